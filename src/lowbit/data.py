@@ -1,0 +1,61 @@
+"""Calibration data: iterate any source of model inputs as checked (args, kwargs) calls."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+
+from lowbit.errors import DataError
+
+
+def as_call(item) -> tuple[tuple, dict]:
+    """A model input (tensor, tuple/list of tensors, or dict of named tensors) as (args, kwargs)."""
+    if isinstance(item, Mapping):
+        return (), dict(item)
+    if isinstance(item, (tuple, list)):
+        return tuple(item), {}
+    return (item,), {}
+
+
+def tensors_of(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """Every tensor passed in a call."""
+    values = list(args) + list(kwargs.values())
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def move_call(args: tuple, kwargs: dict, device) -> tuple[tuple, dict]:
+    """The call with its tensors moved to ``device``."""
+    move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
+    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+
+def checked_calls(data: Iterable, transform: Callable | None = None, num_batches: int | None = None):
+    """Yield (args, kwargs) for each batch; DataError for empty data or non-finite values."""
+    if num_batches is not None and num_batches < 1:
+        raise DataError(f"num_batches must be at least 1, got {num_batches}")
+    if isinstance(data, torch.Tensor):
+        raise DataError("calibration data must be an iterable of batches (e.g. a list of tensors or "
+                        "a DataLoader), not a single tensor: wrap it as [tensor]")
+    seen = 0
+    for index, item in enumerate(itertools.islice(data, num_batches)):
+        if transform is not None:
+            item = transform(item)
+        args, kwargs = as_call(item)
+        for tensor in tensors_of(args, kwargs):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise DataError(f"calibration batch {index} contains NaN or Inf values")
+        seen += 1
+        yield args, kwargs
+    if seen == 0:
+        raise DataError("calibration data is empty: no batch was produced")
+
+
+def batch_count(data, num_batches: int | None) -> int | None:
+    """Number of batches a loop over ``data`` will see, when knowable (for progress bars)."""
+    try:
+        total = len(data)
+    except TypeError:
+        return num_batches
+    return total if num_batches is None else min(total, num_batches)

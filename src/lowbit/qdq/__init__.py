@@ -1,0 +1,1 @@
+"""ONNX QDQ graphs: split a tagged export into FP32 + encodings + an integer QDQ model."""

@@ -1,0 +1,73 @@
+"""Look-ups on an ONNX graph: producers, consumers, constant values, renames and clean-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class GraphIndex:
+    """Producers, consumers, initializers and Constant values of one ONNX graph (rebuilt on demand)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.producer = {out: node for node in self.graph.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in self.graph.output}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """Value of an initializer or Constant-node output, else None."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    return numpy_helper.to_array(attribute.t)
+        return None
+
+
+def rename_tensors(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Rename initializers and Constant outputs (and every reference to them) in place."""
+    if not renames:
+        return
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    for value in graph.input:
+        value.name = renames.get(value.name, value.name)
+
+
+def remove_unused(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads (repeat until stable)."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(out in used for out in n.output)]
+        for node in dead:
+            graph.node.remove(node)
+        if not dead:
+            break
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+
+
+def strip_attribute(node: onnx.NodeProto, name: str) -> str | None:
+    """Remove attribute ``name`` from ``node``; return its string value (None if absent)."""
+    for attribute in list(node.attribute):
+        if attribute.name == name:
+            node.attribute.remove(attribute)
+            return attribute.s.decode()
+    return None

@@ -1,0 +1,75 @@
+"""Turn a tagged Q/DQ export into the FP32 model, the encodings, and an integer QDQ model."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import onnx
+
+from lowbit.qdq.graph_index import GraphIndex, remove_unused, rename_tensors, strip_attribute
+from lowbit.qdq.weights import fold_transposed_weights, quantize_biases, quantize_weights
+from lowbit.quant.encoding import Encoding
+
+QUANTIZER_KEY_ATTRIBUTE = "lowbit_quantizer"
+
+
+@dataclass
+class SplitGraph:
+    """The three products of an export, plus each quantizer's tensor name in the graph."""
+
+    float_model: onnx.ModelProto
+    qdq_model: onnx.ModelProto
+    activation_encodings: dict[str, Encoding]
+    param_encodings: dict[str, Encoding]
+    tensor_names: dict[str, str]
+
+
+def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict[str, str]) -> SplitGraph:
+    """Read the quantizer tags, then build the FP32 and the integer QDQ models from ``model``."""
+    rename_tensors(model.graph, renames)
+    index = GraphIndex(model.graph)
+    activation, params, names, pairs = {}, {}, {}, []
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        key = strip_attribute(node, QUANTIZER_KEY_ATTRIBUTE)
+        if key is None:
+            continue
+        source = node.input[0]
+        encoding = quantizers[key].encoding.to("cpu")
+        (params if source in index.initializers else activation)[source] = encoding
+        names[key] = source
+        (dequantize,) = index.consumers[node.output[0]]
+        pairs.append((node, dequantize))
+    return SplitGraph(_float_model(model, pairs), _qdq_model(model, params), activation, params, names)
+
+
+def _float_model(model: onnx.ModelProto, pairs) -> onnx.ModelProto:
+    """``model`` with every tagged Q/DQ pair bypassed (DQ outputs that are graph outputs become Identity)."""
+    result = copy.deepcopy(model)
+    graph = result.graph
+    outputs = {o.name for o in graph.output}
+    bypass = {dq.output[0]: q.input[0] for q, dq in pairs}
+    doomed = {q.output[0] for q, _ in pairs} | set(bypass)
+    kept = [n for n in graph.node if not any(out in doomed for out in n.output)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = bypass.get(name, name)
+    for name in bypass:
+        if name in outputs:
+            kept.append(onnx.helper.make_node("Identity", [bypass[name]], [name]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    remove_unused(graph)
+    return result
+
+
+def _qdq_model(model: onnx.ModelProto, params: dict[str, Encoding]) -> onnx.ModelProto:
+    """``model`` with weights stored as integers, biases as int32, and no tag attributes."""
+    result = copy.deepcopy(model)
+    quantize_weights(result.graph, params)
+    fold_transposed_weights(result.graph)
+    quantize_biases(result.graph)
+    remove_unused(result.graph)
+    return result

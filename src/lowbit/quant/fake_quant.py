@@ -1,0 +1,76 @@
+"""Quantize, dequantize and fake-quantize (straight-through gradients) a tensor with an Encoding."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.layout import as_rows, broadcastable
+
+
+def quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """Integer grid index q in [0, 2**bits − 1] (int64) nearest to each value of ``x``.
+
+    Multiplies by 1/scale, as torch's fused fake-quant kernels do, so ties round the same way.
+    """
+    spec = encoding.spec
+    if spec.block_size is not None:
+        rows = as_rows(x, spec)
+        inverse_scale = 1.0 / encoding.scale.reshape(-1, 1)
+        q = torch.round(rows * inverse_scale) - encoding.offset.reshape(-1, 1)
+        return _unrows(q.clamp(0, spec.levels - 1), x, spec).to(torch.int64)
+    scale = broadcastable(encoding.scale, x, spec)
+    offset = broadcastable(encoding.offset, x, spec)
+    q = torch.round(x * (1.0 / scale)) - offset
+    return q.clamp(0, spec.levels - 1).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """Real values (q + offset) · scale of grid indices ``q``."""
+    spec = encoding.spec
+    if spec.block_size is not None:
+        rows = as_rows(q, spec).to(torch.float32)
+        real = (rows + encoding.offset.reshape(-1, 1)) * encoding.scale.reshape(-1, 1)
+        return _unrows(real, q, spec)
+    scale = broadcastable(encoding.scale, q, spec)
+    offset = broadcastable(encoding.offset, q, spec)
+    return (q + offset).to(torch.float32) * scale
+
+
+def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """dequantize(quantize(x)) with straight-through gradients inside the range, zero outside.
+
+    Per-tensor and per-channel use torch's fused fake-quant kernels.
+    """
+    spec = encoding.spec
+    qmax = spec.levels - 1
+    if spec.block_size is not None:
+        return _fake_quantize_blocks(x, encoding)
+    zero_point = (-encoding.offset).to(torch.int32)
+    if x.dtype != torch.float32:
+        return fake_quantize(x.float(), encoding).to(x.dtype)
+    if spec.axis is None:
+        return torch.fake_quantize_per_tensor_affine(
+            x, encoding.scale.reshape(1), zero_point.reshape(1), 0, qmax)
+    return torch.fake_quantize_per_channel_affine(
+        x, encoding.scale, zero_point, spec.axis % x.dim(), 0, qmax)
+
+
+def _fake_quantize_blocks(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """Per-block fake quantization composed from ops, with the same STE gradient."""
+    spec = encoding.spec
+    rows = as_rows(x, spec)
+    scale = encoding.scale.reshape(-1, 1)
+    offset = encoding.offset.reshape(-1, 1).to(rows.dtype)
+    grid = torch.round(rows * (1.0 / scale)) - offset
+    inside = (grid >= 0) & (grid <= spec.levels - 1)
+    real = (grid.clamp(0, spec.levels - 1) + offset) * scale
+    straight_through = rows * inside + (real - rows * inside).detach()
+    return _unrows(straight_through, x, spec)
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor, spec) -> torch.Tensor:
+    """Inverse of :func:`as_rows` for a tensor shaped like ``like``."""
+    axis = spec.axis % like.dim()
+    moved_shape = (like.shape[axis],) + tuple(s for i, s in enumerate(like.shape) if i != axis)
+    return rows.reshape(moved_shape).movedim(0, axis)

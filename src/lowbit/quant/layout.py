@@ -1,0 +1,45 @@
+"""Views of a tensor as rows, one row per encoding entry (tensor, channel or block)."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.errors import SpecError
+from lowbit.quant.spec import QuantSpec
+
+
+def as_rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``x`` as a [rows, n] matrix: one row per tensor, channel, or (channel, block)."""
+    if spec.axis is None:
+        return x.reshape(1, -1)
+    axis = spec.axis % x.dim()
+    rows = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    if spec.block_size is None:
+        return rows
+    if rows.shape[1] % spec.block_size:
+        raise SpecError(
+            f"block size {spec.block_size} does not divide the {rows.shape[1]} elements per channel")
+    return rows.reshape(-1, spec.block_size)
+
+
+def encoding_shape(x_shape: torch.Size, spec: QuantSpec) -> tuple[int, ...]:
+    """Shape of the scale/offset tensors for a tensor of ``x_shape``: (), (C,) or (C, blocks)."""
+    if spec.axis is None:
+        return ()
+    channels = x_shape[spec.axis % len(x_shape)]
+    if spec.block_size is None:
+        return (channels,)
+    per_channel = 1
+    for i, size in enumerate(x_shape):
+        if i != spec.axis % len(x_shape):
+            per_channel *= size
+    return (channels, per_channel // spec.block_size)
+
+
+def broadcastable(values: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per-channel ``values`` reshaped to broadcast against ``x`` along the channel axis."""
+    if spec.axis is None:
+        return values
+    shape = [1] * x.dim()
+    shape[spec.axis % x.dim()] = -1
+    return values.reshape(shape)

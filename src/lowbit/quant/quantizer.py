@@ -1,0 +1,80 @@
+"""Quantizer: an nn.Module that observes ranges while calibrating, then fake-quantizes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.errors import NotCalibratedError
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.fake_quant import fake_quantize
+from lowbit.quant.layout import encoding_shape
+from lowbit.quant.range_estimators import RangeEstimator, make_estimator
+from lowbit.quant.spec import QuantSpec
+
+
+class Quantizer(nn.Module):
+    """Holds a spec and (once calibrated) an encoding; ``mode`` decides what forward does.
+
+    Modes: ``"calibrate"`` observes and passes values through unchanged, ``"quantize"``
+    fake-quantizes, ``"off"`` passes through.
+    """
+
+    def __init__(self, spec: QuantSpec, scheme: str = "minmax"):
+        super().__init__()
+        self.spec = spec
+        self.scheme = scheme
+        self.mode = "off"
+        self.estimator: RangeEstimator | None = None
+        self.register_buffer("scale", torch.empty(0))
+        self.register_buffer("offset", torch.empty(0, dtype=torch.int64))
+
+    @property
+    def encoding(self) -> Encoding | None:
+        """The current encoding, or None before calibration."""
+        if self.scale.numel() == 0:
+            return None
+        return Encoding(self.spec, self.scale, self.offset)
+
+    @encoding.setter
+    def encoding(self, encoding: Encoding) -> None:
+        device = self.scale.device
+        self.spec = encoding.spec
+        self.scale = encoding.scale.detach().to(device, torch.float32).clone()
+        self.offset = encoding.offset.detach().to(device, torch.int64).clone()
+
+    def start_calibration(self) -> None:
+        """Forget the previous statistics and observe the next batches."""
+        self.estimator = make_estimator(self.scheme, self.spec)
+        self.mode = "calibrate"
+
+    def finish_calibration(self, shape: torch.Size | None = None,
+                           constraints: tuple[float, float] | None = None) -> None:
+        """Turn the observed range (clamped to ``constraints`` if given) into the encoding and
+        start fake-quantizing; ``shape`` is the tensor's shape for per-channel/per-block specs."""
+        lo, hi = self.estimator.range()
+        if constraints is not None:
+            lo, hi = lo.clamp(min=constraints[0]), hi.clamp(max=constraints[1])
+        if shape is not None:
+            lo, hi = lo.reshape(encoding_shape(shape, self.spec)), hi.reshape(encoding_shape(shape, self.spec))
+        elif self.spec.axis is None:
+            lo, hi = lo.reshape(()), hi.reshape(())
+        self.encoding = Encoding.from_range(self.spec, lo, hi)
+        self.estimator = None
+        self.mode = "quantize"
+
+    def require_encoding(self, name: str) -> Encoding:
+        """The encoding, or a NotCalibratedError naming this quantizer."""
+        if self.encoding is None:
+            raise NotCalibratedError(f"quantizer {name!r} has no encoding: call sim.calibrate(data) first")
+        return self.encoding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "quantize":
+            return fake_quantize(x, self.encoding)
+        if self.mode == "calibrate" and x.is_floating_point():
+            self.estimator.observe(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"bits={self.spec.bits}, {self.spec.granularity}, symmetric={self.spec.symmetric}, mode={self.mode}"

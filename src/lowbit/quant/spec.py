@@ -1,0 +1,49 @@
+"""QuantSpec: how one tensor is quantized (bits, symmetry, sign, granularity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbit.errors import SpecError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Bitwidth, symmetry and granularity of one quantizer.
+
+    ``axis`` selects per-channel quantization along that axis; ``block_size`` with ``axis``
+    splits each channel's other dimension (the last one) into blocks of that many elements.
+    ``signed=False`` with ``symmetric=True`` is unsigned-symmetric (for non-negative tensors).
+    """
+
+    bits: int = 8
+    symmetric: bool = False
+    signed: bool = True
+    axis: int | None = None
+    block_size: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
+            raise SpecError(f"bitwidth must be an integer in 2..16, got {self.bits!r}")
+        if self.block_size is not None:
+            if self.axis is None:
+                raise SpecError("per-block quantization needs a channel axis")
+            if self.block_size < 1:
+                raise SpecError(f"block size must be positive, got {self.block_size}")
+
+    @property
+    def levels(self) -> int:
+        """Number of grid points, 2**bits."""
+        return 1 << self.bits
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether the encoding holds one scale per channel (or block)."""
+        return self.axis is not None
+
+    @property
+    def granularity(self) -> str:
+        """'per_tensor', 'per_channel' or 'per_block'."""
+        if self.block_size is not None:
+            return "per_block"
+        return "per_channel" if self.axis is not None else "per_tensor"

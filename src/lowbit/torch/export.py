@@ -1,0 +1,130 @@
+"""Export a calibrated QuantSim: FP32 ONNX, AIMET encodings, and a QDQ ONNX for onnxruntime."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from lowbit.atomic import atomic_write_bytes
+from lowbit.data import as_call
+from lowbit.errors import ExportError, NotCalibratedError
+from lowbit.qdq.split import split_exported_graph
+from lowbit.quant.encodings_file import write_encodings
+from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.onnx_qdq_op import ExportQuantizer
+from lowbit.torch.leaf_fallback import OutputQuantized
+from lowbit.torch.weight_quantized import WeightQuantized
+
+WRAPPERS = (WeightQuantized, OutputQuantized)
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """The three files ``export`` writes."""
+
+    onnx: Path
+    encodings: Path
+    qdq_onnx: Path
+
+    def __iter__(self):
+        return iter((self.onnx, self.encodings, self.qdq_onnx))
+
+
+def export_sim(sim, out_dir, name: str = "model") -> ExportPaths:
+    """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx (each atomically) and return their paths."""
+    missing = [k for k, q in sim.quantizers().items() if q.encoding is None]
+    if missing:
+        raise NotCalibratedError(f"export before calibration: {len(missing)} quantizers have no encoding "
+                                 f"(first: {missing[0]!r}); call sim.calibrate(data) first")
+    exported = exported_onnx(sim)
+    split = split_exported_graph(exported, sim.quantizers(), parameter_renames(sim.model))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ExportPaths(out / f"{name}.onnx", out / f"{name}.encodings", out / f"{name}.qdq.onnx")
+    atomic_write_bytes(paths.onnx, split.float_model.SerializeToString())
+    write_encodings(paths.encodings, split.activation_encodings, split.param_encodings,
+                    quantizer_args=quantizer_args(sim))
+    atomic_write_bytes(paths.qdq_onnx, split.qdq_model.SerializeToString())
+    sim.tensor_names = split.tensor_names
+    return paths
+
+
+def exported_onnx(sim) -> onnx.ModelProto:
+    """The sim traced to ONNX with every quantizer written as tagged QuantizeLinear/DequantizeLinear.
+
+    Biases stay float here: the QDQ step rounds them to int32 exactly as the simulation does.
+    """
+    memo: dict = {}
+    module = copy.deepcopy(sim.model, memo).cpu().eval()
+    keys = {id(memo[id(q)]): key for key, q in sim.quantizers().items()}
+    for path, child in list(module.named_modules()):
+        if isinstance(child, WeightQuantized):
+            child.link_input_quantizer(None)
+        if isinstance(child, Quantizer):
+            module.set_submodule(path, ExportQuantizer(keys[id(child)], child.encoding))
+    args, kwargs = as_call(sim.example_input)
+    args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    names = _input_names(module, args, kwargs)
+    outputs = _output_names(module, args, kwargs)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buffer, kwargs=kwargs or None, dynamo=False, opset_version=OPSET,
+                              input_names=names, output_names=outputs,
+                              dynamic_axes={n: {0: "batch"} for n in names + outputs},
+                              do_constant_folding=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"ONNX export failed: {reason}") from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _input_names(module, args: tuple, kwargs: dict) -> list[str]:
+    """ONNX input names: the forward's parameter names for the tensors actually passed."""
+    parameters = [p for p in inspect.signature(module.forward).parameters]
+    names = [parameters[i] for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    return names
+
+
+def _output_names(module, args: tuple, kwargs: dict) -> list[str]:
+    """``output`` for a single tensor output, ``output_0`` ... for several."""
+    with torch.no_grad():
+        result = module(*args, **kwargs)
+    count = len(torch.utils._pytree.tree_leaves(result))
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def parameter_renames(model) -> dict[str, str]:
+    """Exported parameter names → the user's names, dropping wrapper segments (``a.layer.weight`` → ``a.weight``)."""
+    wrappers = {path for path, child in model.named_modules() if isinstance(child, WRAPPERS)}
+    renames = {}
+    for name, _ in list(model.named_parameters()) + list(model.named_buffers()):
+        kept, prefix = [], []
+        for part in name.split("."):
+            if part == "layer" and ".".join(prefix) in wrappers:
+                prefix.append(part)
+                continue
+            prefix.append(part)
+            kept.append(part)
+        if len(kept) != len(prefix):
+            renames[name] = ".".join(kept)
+    return renames
+
+
+def quantizer_args(sim) -> dict:
+    """The ``quantizer_args`` section of the encodings file."""
+    return {"activation_bitwidth": sim.target.default_act_bits, "param_bitwidth": sim.target.default_param_bits,
+            "dtype": "int", "is_symmetric": True, "per_channel_quantization": sim.target.per_channel,
+            "quant_scheme": sim.scheme}

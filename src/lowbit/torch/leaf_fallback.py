@@ -1,0 +1,69 @@
+"""Fallback when torch.fx cannot trace: quantize weights and outputs of leaf modules."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lowbit.quant.quantizer import Quantizer
+from lowbit.target import PASSTHROUGH_OPS, Target
+from lowbit.torch.op_types import WEIGHTED_OP_TYPES, module_op_type
+from lowbit.torch.plan import QuantPoint, activation_spec, weight_spec
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+class OutputQuantized(nn.Module):
+    """Runs ``layer`` then quantizes its (tensor) output."""
+
+    def __init__(self, layer: nn.Module, output_quantizer: Quantizer):
+        super().__init__()
+        self.layer = layer
+        self.output_quantizer = output_quantizer
+
+    def forward(self, *args, **kwargs):
+        return self.output_quantizer(self.layer(*args, **kwargs))
+
+
+def _followed_in_group(names: list[str], types: list[str], index: int, target: Target) -> bool:
+    """Whether sibling ``index`` starts or continues a supergroup with the next sibling."""
+    for group in target.supergroups:
+        for start in range(len(group) - 1):
+            if types[index] == group[start] and index + 1 < len(types) and types[index + 1] == group[start + 1]:
+                return True
+    return False
+
+
+def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
+    """Wrap every quantizable leaf of ``model`` in place; returns (model, points, quantizers)."""
+    points, quantizers = [], {}
+    leaves = [(name, module) for name, module in model.named_modules()
+              if name and not list(module.children())]
+    parents = {}
+    for name, _ in leaves:
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        parents.setdefault(parent, []).append(name)
+    types = {name: module_op_type(module) for name, module in leaves}
+    for name, module in leaves:
+        op_type = types[name]
+        if op_type in PASSTHROUGH_OPS:
+            continue
+        rule = target.op(op_type)
+        wrapped = module
+        spec = weight_spec(rule, op_type) if op_type in WEIGHTED_OP_TYPES else None
+        if spec is not None:
+            quantizer = Quantizer(spec, scheme)
+            points.append(QuantPoint(f"{name}.weight", "weight", name, op_type, spec, module=name))
+            quantizers[f"{name}.weight"] = quantizer
+            wrapped = WeightQuantized(wrapped, quantizer)
+        siblings = parents[name.rsplit(".", 1)[0] if "." in name else ""]
+        position = siblings.index(name)
+        fused = _followed_in_group(siblings, [types[s] for s in siblings], position, target)
+        if rule.output_quantized and not fused and rule.activation.dtype == "int":
+            key = name.replace(".", "_")
+            quantizer = Quantizer(activation_spec(rule, target), scheme)
+            points.append(QuantPoint(key, "output", name, op_type, activation_spec(rule, target),
+                                     constraints=rule.encoding_constraints))
+            quantizers[key] = quantizer
+            wrapped = OutputQuantized(wrapped, quantizer)
+        if wrapped is not module:
+            model.set_submodule(name, wrapped)
+    return model, points, quantizers

@@ -1,0 +1,67 @@
+"""A fake-quant op that the TorchScript ONNX exporter writes as QuantizeLinear → DequantizeLinear."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.qdq.split import QUANTIZER_KEY_ATTRIBUTE
+from lowbit.qdq.storage import onnx_storage
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.fake_quant import fake_quantize
+
+_TORCH_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "uint16": torch.uint16}
+
+
+class _QuantizeDequantize(torch.autograd.Function):
+    """forward: quantize-dequantize; symbolic: Q/DQ nodes tagged with the quantizer's key.
+
+    Arguments are plain Python values (the TorchScript tracer accepts no other objects).
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key):
+        scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device)
+        zero_t = torch.tensor(zero_point, dtype=torch.float32, device=x.device)
+        if axis is not None:
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            scale_t, zero_t = scale_t.reshape(shape), zero_t.reshape(shape)
+        grid = torch.clamp(torch.round(x / scale_t) + zero_t, low, high)
+        return (grid - zero_t) * scale_t
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key):
+        scale_value = torch.tensor(scale, dtype=torch.float32)
+        zero_value = torch.tensor(zero_point, dtype=_TORCH_DTYPES[type_name])
+        if axis is None:
+            scale_value, zero_value = scale_value.reshape(()), zero_value.reshape(())
+        scale_node = g.op("Constant", value_t=scale_value)
+        zero_node = g.op("Constant", value_t=zero_value)
+        axis_attribute = {"axis_i": axis} if axis is not None else {}
+        domain = "" if type_name in ("int8", "uint8") else "com.microsoft::"
+        tag = {f"{QUANTIZER_KEY_ATTRIBUTE}_s": key}
+        quantized = g.op(f"{domain}QuantizeLinear", x, scale_node, zero_node, **axis_attribute, **tag)
+        return g.op(f"{domain}DequantizeLinear", quantized, scale_node, zero_node, **axis_attribute)
+
+
+class ExportQuantizer(nn.Module):
+    """Stands in for a calibrated Quantizer while exporting: same values, exported as Q/DQ."""
+
+    def __init__(self, key: str, encoding: Encoding):
+        super().__init__()
+        self.key = key
+        self.encoding = encoding
+
+    def forward(self, x):
+        encoding = self.encoding
+        type_name, zero_point = onnx_storage(encoding)
+        grid_low = int(-encoding.offset.reshape(-1)[0]) if type_name.startswith("int") else 0
+        low = -grid_low if type_name.startswith("int") else 0
+        high = low + encoding.spec.levels - 1
+        axis = None if encoding.spec.axis is None else encoding.spec.axis % x.dim()
+        scale = encoding.scale.reshape(-1).tolist()
+        zero = zero_point.reshape(-1).tolist()
+        if axis is None:
+            scale, zero = scale[0], zero[0]
+        return _QuantizeDequantize.apply(x, scale, zero, axis, type_name, low, high, self.key)

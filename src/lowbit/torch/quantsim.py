@@ -1,0 +1,139 @@
+"""QuantSim for PyTorch: a copy of the model with quantizers in place, calibrated on data."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from lowbit.data import as_call, batch_count, checked_calls, move_call, tensors_of
+from lowbit.errors import InputError, NotCalibratedError, SpecError
+from lowbit.progress import progress
+from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.range_estimators import SCHEMES
+from lowbit.target import load_target
+from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
+from lowbit.torch.insert import insert_quantizers
+from lowbit.torch.leaf_fallback import wrap_leaf_modules
+from lowbit.torch.plan import QuantPoint, plan_graph
+
+
+class QuantSim(nn.Module):
+    """Simulates the model as the target runs it; ``calibrate(data)`` then call it like the model.
+
+    The user's model is copied, never modified. Graphs are captured with torch.fx; models fx
+    cannot trace fall back to quantizing leaf modules (``capture_mode`` says which, and why).
+    """
+
+    def __init__(self, model: nn.Module, example_input, target="default", param_bits: int | None = None,
+                 act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None):
+        super().__init__()
+        for label, bits in (("param_bits", param_bits), ("act_bits", act_bits)):
+            if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
+                raise SpecError(f"{label} must be an integer in 2..16, got {bits!r}")
+        if scheme not in SCHEMES:
+            raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if not isinstance(model, nn.Module):
+            raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
+        self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
+        self.scheme = scheme
+        args, kwargs = as_call(example_input)
+        if not tensors_of(args, kwargs):
+            raise InputError(f"example input must be a tensor, a tuple or a dict of tensors, "
+                             f"got {type(example_input).__name__}")
+        self.example_input = example_input
+        copied = copy.deepcopy(model).eval()
+        check_example(copied, args, kwargs)
+        self.capture_mode, self.capture_note = "fx", ""
+        try:
+            graph_module = trace(copied, args, kwargs)
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.capture_mode = "leaf-modules"
+            self.capture_note = (f"torch.fx could not trace {type(model).__name__} ({reason}); quantizing "
+                                 f"leaf modules only: functional ops stay in float")
+            warnings.warn(self.capture_note, stacklevel=2)
+        if self.capture_mode == "fx":
+            dtypes = node_dtypes(graph_module, placeholder_values(graph_module, copied, args, kwargs))
+            self.points = plan_graph(graph_module, dtypes, self.target)
+            self._quantizers = insert_quantizers(graph_module, self.points, scheme)
+            self.model = graph_module
+        else:
+            self.model, self.points, self._quantizers = wrap_leaf_modules(copied, self.target, scheme)
+        self.calibration_seconds: float | None = None
+
+    def forward(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and isinstance(args[0], dict):
+            return self.model(**args[0])
+        return self.model(*args, **kwargs)
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        """Every quantizer by key (activation keys are graph node names, weights ``module.weight``)."""
+        return dict(self._quantizers)
+
+    def point(self, key: str) -> QuantPoint:
+        """The plan entry of quantizer ``key``."""
+        return next(p for p in self.points if p.key == key)
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether every quantizer has an encoding."""
+        return all(q.encoding is not None for q in self._quantizers.values())
+
+    def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
+        """Compute every encoding: weights from their values, activations from ``data`` batches."""
+        start = time.perf_counter()
+        device = self._device()
+        self.calibrate_weights()
+        activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
+        for quantizer in activations.values():
+            quantizer.start_calibration()
+        try:
+            with torch.no_grad():
+                batches = checked_calls(data, transform, num_batches)
+                for args, kwargs in progress(batches, "calibrate", batch_count(data, num_batches)):
+                    args, kwargs = move_call(args, kwargs, device)
+                    self.model(*args, **kwargs)
+            for key, quantizer in activations.items():
+                if quantizer.estimator.batches == 0:
+                    raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration "
+                                             f"(its branch never ran)")
+                quantizer.finish_calibration(constraints=self.point(key).constraints)
+        except BaseException:
+            for quantizer in activations.values():
+                quantizer.mode = "quantize" if quantizer.encoding is not None else "off"
+            raise
+        self.calibration_seconds = time.perf_counter() - start
+        return self
+
+    def calibrate_weights(self) -> None:
+        """Weight encodings from the current weight values (no data needed)."""
+        for key, quantizer in self._quantizers.items():
+            point = self.point(key)
+            if point.role != "weight":
+                continue
+            weight = self.model.get_submodule(point.module).layer.weight.detach()
+            quantizer.start_calibration()
+            quantizer(weight)
+            quantizer.finish_calibration(shape=weight.shape)
+
+    def export(self, out_dir, name: str = "model"):
+        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths."""
+        from lowbit.torch.export import export_sim
+        return export_sim(self, out_dir, name)
+
+    def summary(self) -> dict:
+        """Counts of quantizers by role, and how the graph was captured."""
+        roles = {}
+        for point in self.points:
+            roles[point.role] = roles.get(point.role, 0) + 1
+        return {"capture": self.capture_mode, "note": self.capture_note, "quantizers": roles,
+                "target": self.target.name}
+
+    def _device(self) -> torch.device:
+        for tensor in list(self.model.parameters()) + list(self.model.buffers()):
+            return tensor.device
+        return torch.device("cpu")

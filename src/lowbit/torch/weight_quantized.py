@@ -1,0 +1,65 @@
+"""A leaf module whose weight (and bias, as int32) is fake-quantized on every call."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.quant.quantizer import Quantizer
+
+
+def _conv_transpose(layer, x, weight, bias):
+    spatial = x.dim() - 2
+    output_padding = layer._output_padding(x, None, layer.stride, layer.padding, layer.kernel_size,
+                                           spatial, layer.dilation)
+    function = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
+    return function(x, weight, bias, layer.stride, layer.padding, output_padding, layer.groups,
+                    layer.dilation)
+
+
+_FORWARDS = {
+    nn.Linear: lambda layer, x, weight, bias: F.linear(x, weight, bias),
+    nn.Conv1d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
+    nn.Conv2d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
+    nn.Conv3d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
+    nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
+    nn.Embedding: lambda layer, x, weight, bias: F.embedding(
+        x, weight, layer.padding_idx, layer.max_norm, layer.norm_type, layer.scale_grad_by_freq, layer.sparse),
+}
+
+
+class WeightQuantized(nn.Module):
+    """Wraps ``layer``; runs it with ``weight_quantizer(layer.weight)``.
+
+    When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
+    rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it.
+    """
+
+    def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
+        super().__init__()
+        self.layer = layer
+        self.weight_quantizer = weight_quantizer
+        self.link_input_quantizer(None)
+        self._forward = next((f for cls, f in _FORWARDS.items() if isinstance(layer, cls)), None)
+
+    def link_input_quantizer(self, quantizer: Quantizer | None) -> None:
+        """Remember (without owning it as a submodule) the quantizer of this layer's input."""
+        object.__setattr__(self, "input_quantizer", quantizer)
+
+    def forward(self, x, *args, **kwargs):
+        weight = self.weight_quantizer(self.layer.weight)
+        if self._forward is not None and not args and not kwargs:
+            return self._forward(self.layer, x, weight, self._bias())
+        return torch.func.functional_call(self.layer, {"weight": weight}, (x,) + args, kwargs)
+
+    def _bias(self) -> torch.Tensor | None:
+        bias = getattr(self.layer, "bias", None)
+        source = self.input_quantizer
+        weights = self.weight_quantizer
+        if (bias is None or source is None or source.mode != "quantize" or weights.mode != "quantize"
+                or source.spec.axis is not None or weights.spec.block_size is not None):
+            return bias
+        scale = source.scale.reshape(()) * weights.scale
+        integers = torch.clamp(torch.round(bias / scale), -2.0**31, 2.0**31 - 1)
+        return bias + (integers * scale - bias).detach()

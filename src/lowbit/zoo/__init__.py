@@ -1,0 +1,22 @@
+"""Demo models (MobileNetV2, ResNet, a small Transformer) and demo photos, all from installed wheels."""
+
+from lowbit.zoo.imagenet import imagenet_preprocess, photos_to_batch
+from lowbit.zoo.mobilenet_v2 import MobileNetV2, mobilenet_v2, pretrained_mobilenet_v2
+from lowbit.zoo.photos import augmented, calibration_photos, labelled_photos
+from lowbit.zoo.resnet import ResNet, resnet18, tiny_resnet
+from lowbit.zoo.transformer import TransformerEncoderNet
+
+__all__ = [
+    "MobileNetV2",
+    "ResNet",
+    "TransformerEncoderNet",
+    "augmented",
+    "calibration_photos",
+    "imagenet_preprocess",
+    "labelled_photos",
+    "mobilenet_v2",
+    "photos_to_batch",
+    "pretrained_mobilenet_v2",
+    "resnet18",
+    "tiny_resnet",
+]

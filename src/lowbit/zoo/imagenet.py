@@ -1,0 +1,32 @@
+"""torchvision's standard ImageNet eval transform (resize 256, center crop 224, normalise) without torchvision."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
+    """Resize the shorter side to size/0.875 (bilinear), center crop size x size, normalise: [3, size, size]."""
+    img = img.convert("RGB")
+    short = round(size / 0.875)
+    if img.width <= img.height:
+        new = (short, int(short * img.height / img.width))
+    else:
+        new = (int(short * img.width / img.height), short)
+    img = img.resize(new, Image.Resampling.BILINEAR)
+    left = int(round((img.width - size) / 2.0))
+    top = int(round((img.height - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+def photos_to_batch(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
+    """Preprocess PIL images and stack them into a float32 batch [N, 3, size, size]."""
+    return torch.stack([imagenet_preprocess(img, size) for img in images])
+
