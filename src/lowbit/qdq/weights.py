@@ -92,7 +92,8 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
         bias_scale = (scales[0].reshape(()) * scales[1]).astype(np.float32).reshape(-1)
         if bias_scale.size == 1:
             bias_scale = np.full(bias.shape, bias_scale[0], dtype=np.float32)
-        integers = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+        # clip in float64: float32(2**31 - 1) is 2**31, which wraps to -2**31 as int32 (dead channels)
+        integers = np.clip(np.round(bias / bias_scale).astype(np.float64), -2**31, 2**31 - 1).astype(np.int32)
         name = node.input[2]
         graph.initializer.extend([
             numpy_helper.from_array(integers, f"{name}_quantized"),

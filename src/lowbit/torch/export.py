@@ -50,10 +50,17 @@ def export_sim(sim, out_dir, name: str = "model") -> ExportPaths:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = ExportPaths(out / f"{name}.onnx", out / f"{name}.encodings", out / f"{name}.qdq.onnx")
-    atomic_write_bytes(paths.onnx, split.float_model.SerializeToString())
-    write_encodings(paths.encodings, split.activation_encodings, split.param_encodings,
-                    quantizer_args=quantizer_args(sim))
-    atomic_write_bytes(paths.qdq_onnx, split.qdq_model.SerializeToString())
+    created = [p for p in paths if not p.exists()]
+    try:
+        atomic_write_bytes(paths.onnx, split.float_model.SerializeToString())
+        write_encodings(paths.encodings, split.activation_encodings, split.param_encodings,
+                        quantizer_args=quantizer_args(sim))
+        atomic_write_bytes(paths.qdq_onnx, split.qdq_model.SerializeToString())
+    except BaseException:
+        # no partial export: remove the files this call created (each write is atomic on its own)
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     sim.tensor_names = split.tensor_names
     return paths
 

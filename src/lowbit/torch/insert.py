@@ -49,7 +49,11 @@ def _link_bias_sources(gm: fx.GraphModule) -> None:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
             continue
         source = node.args[0] if node.args else None
-        while isinstance(source, fx.Node) and source.op != "call_module" and node_op_type(gm, source) in PASSTHROUGH_OPS:
+        # pass-through ops include modules (the Identity left by a folded BatchNorm, Dropout):
+        # ONNX export drops them, so the QDQ bias grid uses the quantizer before them
+        while (isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node)
+               and not (source.op == "call_module" and isinstance(gm.get_submodule(source.target), Quantizer))
+               and node_op_type(gm, source) in PASSTHROUGH_OPS):
             source = source.args[0]
         if isinstance(source, fx.Node) and source.op == "call_module":
             found = gm.get_submodule(source.target)

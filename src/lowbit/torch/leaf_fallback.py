@@ -19,6 +19,13 @@ class OutputQuantized(nn.Module):
         self.layer = layer
         self.output_quantizer = output_quantizer
 
+    def __getattr__(self, name: str):
+        """Attributes the wrapper lacks come from the wrapped layer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
     def forward(self, *args, **kwargs):
         return self.output_quantizer(self.layer(*args, **kwargs))
 

@@ -73,7 +73,8 @@ class _GraphFacts:
             return not self.is_float[node]
         if node.op == "get_attr" or (node.op == "call_module" and self.op_type[node] in WEIGHTED_OP_TYPES):
             return False
-        inputs = [a for a in node.all_input_nodes]
+        # only tensor inputs count: ``mask.to(x.dtype)`` reads x's dtype, not its values
+        inputs = [a for a in node.all_input_nodes if a.name in dtypes]
         return bool(inputs) and all(self.mask_like[a] for a in inputs)
 
     def is_passthrough(self, node: fx.Node) -> bool:

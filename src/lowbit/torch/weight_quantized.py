@@ -43,6 +43,13 @@ class WeightQuantized(nn.Module):
         self.link_input_quantizer(None)
         self._forward = next((f for cls, f in _FORWARDS.items() if isinstance(layer, cls)), None)
 
+    def __getattr__(self, name: str):
+        """Attributes the wrapper lacks (weight, in_features ...) come from the wrapped layer."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
     def link_input_quantizer(self, quantizer: Quantizer | None) -> None:
         """Remember (without owning it as a submodule) the quantizer of this layer's input."""
         object.__setattr__(self, "input_quantizer", quantizer)

@@ -1,0 +1,113 @@
+"""The `lowbit` command: `quantize` a model on your data, or run the `demo`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lowbit.errors import InputError, LowbitError
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lowbit")
+def cli() -> None:
+    """Quantize PyTorch models and export int8 ONNX for onnxruntime."""
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Image folder (jpg/png/bmp, ImageNet preprocessing), a .npy float array N x ..., "
+                   "or a .pt tensor.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for NAME.onnx, NAME.encodings and NAME.qdq.onnx.")
+@click.option("--target", default="default", show_default=True,
+              help="Target preset name or a target JSON file.")
+@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
+@click.option("--activations", "act_bits", type=int, default=None,
+              help="Activation bitwidth [default: the target's].")
+@click.option("--scheme", type=click.Choice(["minmax", "percentile", "sqnr", "entropy"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per calibration batch.")
+@click.option("--num-batches", type=int, default=None, help="Calibrate on at most this many batches.")
+@click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
+@click.option("--input-shape", default=None,
+              help="Model input shape, e.g. 1,3,224,224: images are resized to its H x W; array data "
+                   "is checked against it.")
+def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
+             input_shape) -> None:
+    """Quantize MODEL on --data and export it to --out.
+
+    MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
+    directory on sys.path; factory() must return a torch.nn.Module), a TorchScript file (torch.jit.save),
+    or a torch.export file ending in `.pt2` (torch.export.save).
+    """
+    import lowbit
+    from lowbit.cli_inputs import load_batches, load_model
+    from lowbit.fidelity import measure_fidelity
+
+    shape = _parse_shape(input_shape)
+    lowbit.load_target(target)
+    batches = load_batches(data_path, batch_size, image_size=shape[-1] if shape else 224)
+    if shape and tuple(batches[0].shape[1:]) != shape[1:]:
+        raise InputError(f"data samples have shape {tuple(batches[0].shape[1:])}, --input-shape expects {shape[1:]}")
+    net = load_model(model, batches[0])
+    sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
+                          num_batches=num_batches)
+    paths = sim.export(out_dir, name=name)
+    fidelity = measure_fidelity(sim, paths.qdq_onnx, batches[:4])
+    click.echo(_summary_table(sim, paths, fidelity))
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """`1,3,224,224` as a tuple; InputError unless it is N,C,H,W with H == W (images are square-cropped)."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape {text!r} is not a comma-separated list of integers") from None
+    if len(shape) != 4 or shape[2] != shape[3] or min(shape) < 1:
+        raise InputError(f"--input-shape {text!r} must be N,C,H,W with H == W, e.g. 1,3,224,224")
+    return shape
+
+
+def _summary_table(sim, paths, fidelity) -> str:
+    """Markdown table of what was placed, how long calibration took, the files and their fidelity."""
+    summary = sim.summary()
+    roles = ", ".join(f"{role} {count}" for role, count in sorted(summary["quantizers"].items()))
+    rows = [("target", summary["target"]), ("quantizers placed", roles),
+            ("capture mode", summary["capture"] + (f" ({summary['note']})" if summary["note"] else "")),
+            ("calibration time", f"{sim.calibration_seconds:.2f} s")]
+    rows += [(f"file {p.name}", f"{p} ({p.stat().st_size / 1024:.1f} KiB)") for p in paths]
+    rows.append(("fidelity (sim vs onnxruntime)", fidelity.row()))
+    return "\n".join(["| item | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows])
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the exported MobileNetV2 files and results.json.")
+@click.option("--calibration-images", type=int, default=64, show_default=True,
+              help="Augmented calibration images (from scikit-image's photos).")
+@click.option("--quick", is_flag=True, help="32 calibration images and fewer latency runs (for tests).")
+def demo(out_dir, calibration_images, quick) -> None:
+    """Quantize a pretrained MobileNetV2 to int8, compare FP32, sim and onnxruntime, time both ONNX files."""
+    from lowbit.demo import run_demo
+    run_demo(out_dir, calibration_images=32 if quick else calibration_images, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command; a LowbitError becomes a one-line `error:` message and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="lowbit", standalone_mode=False)
+    except LowbitError as error:
+        message = str(error).strip() or type(error).__name__
+        click.echo(f"error: {message.splitlines()[0]}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)

@@ -1,0 +1,39 @@
+"""Run exported models in onnxruntime (CPU), the runtime whose results the simulation must predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from lowbit.data import as_call
+
+
+def session(path, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU InferenceSession for ``path`` (all graph optimisations on unless ``optimize=False``)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds(runtime: ort.InferenceSession, item) -> dict[str, np.ndarray]:
+    """Model input (tensor, tuple or dict) as onnxruntime feeds, matched by position or name."""
+    args, kwargs = as_call(item)
+    names = [i.name for i in runtime.get_inputs()]
+    values = {}
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    for name, tensor in zip(names, tensors):
+        values[name] = tensor.detach().cpu().numpy()
+    for name, tensor in kwargs.items():
+        if name in names and isinstance(tensor, torch.Tensor):
+            values[name] = tensor.detach().cpu().numpy()
+    return values
+
+
+def run(runtime: ort.InferenceSession, item) -> list[np.ndarray]:
+    """All outputs of one run on ``item``."""
+    return runtime.run(None, feeds(runtime, item))

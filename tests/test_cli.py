@@ -1,0 +1,122 @@
+"""The `lowbit` command end to end: real models, real files, and one-line errors on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from lowbit.cli import cli, main
+from lowbit.zoo import tiny_resnet
+
+TINY = "lowbit.zoo.resnet:tiny_resnet"
+FILES = ("model.onnx", "model.encodings", "model.qdq.onnx")
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    """No progress bars in tests."""
+    monkeypatch.setenv("LOWBIT_QUIET", "1")
+
+
+@pytest.fixture
+def npy(tmp_path):
+    """16 seeded random 32x32 images as a .npy file."""
+    path = tmp_path / "data.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    return path
+
+
+def invoke(args):
+    """Run the command in-process; returns the click Result."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_exported(result, out):
+    """The command succeeded, wrote the three files and printed the summary table."""
+    assert result.exit_code == 0, result.output
+    assert all((out / name).stat().st_size > 0 for name in FILES)
+    assert "| quantizers placed |" in result.output and "| fidelity (sim vs onnxruntime) |" in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["quantize", "--help"], ["demo", "--help"]])
+def test_help(args):
+    result = invoke(args)
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_quantize_help_documents_model_kinds():
+    output = invoke(["quantize", "--help"]).output
+    assert "module:factory" in output and "TorchScript" in output and ".pt2" in output
+
+
+def test_quantize_npy(npy, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--scheme", "percentile"])
+    assert_exported(result, out)
+    assert "weight 13" in result.output
+
+
+def test_quantize_pt_tensor(tmp_path):
+    torch.save(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), tmp_path / "data.pt")
+    out = tmp_path / "out"
+    assert_exported(invoke(["quantize", TINY, "--data", tmp_path / "data.pt", "--out", out, "--batch-size", 4,
+                            "--target", "cpu-int8", "--name", "model"]), out)
+
+
+def test_quantize_image_folder(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    out = tmp_path / "out"
+    assert_exported(invoke(["quantize", TINY, "--data", images, "--out", out, "--input-shape", "1,3,32,32"]), out)
+
+
+def test_quantize_torchscript_file(npy, tmp_path):
+    model_path = tmp_path / "tiny.pt"
+    torch.jit.trace(tiny_resnet().eval(), torch.randn(1, 3, 32, 32)).save(model_path)
+    out = tmp_path / "out"
+    assert_exported(invoke(["quantize", model_path, "--data", npy, "--out", out]), out)
+
+
+@pytest.mark.parametrize("case", ["missing model file", "no such module", "empty folder", "nan data",
+                                  "unknown target"])
+def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
+    model, data, extra = TINY, npy, []
+    if case == "missing model file":
+        model = tmp_path / "missing.pt"
+    elif case == "no such module":
+        model = "nosuchmodule:factory"
+    elif case == "empty folder":
+        data = tmp_path / "empty"
+        data.mkdir()
+    elif case == "nan data":
+        array = np.zeros((4, 3, 32, 32), np.float32)
+        array[1, 0, 0, 0] = np.nan
+        data = tmp_path / "nan.npy"
+        np.save(data, array)
+    else:
+        extra = ["--target", "no-such-target"]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(model), "--data", str(data), "--out", str(out), *extra])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(["demo", "--quick", "--out", out])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    fractions = [*results["accuracy"].values(), *results["agreement_with_fp32"].values(),
+                 results["sim_vs_onnxruntime"]["top1_agreement"]]
+    assert all(0.0 <= value <= 1.0 for value in fractions)
+    assert results["agreement_with_fp32"]["sim"] >= 0.8
+    assert all((out / f"mobilenet_v2{suffix}").is_file() for suffix in (".onnx", ".encodings", ".qdq.onnx"))
