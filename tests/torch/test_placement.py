@@ -85,7 +85,8 @@ def test_mobilenet_projection_convs_get_an_output_quantizer(mobilenet_plan_sim):
 
 def test_mobilenet_one_quantizer_per_residual_add(mobilenet_plan_sim):
     gm = mobilenet_plan_sim.model
-    adds = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (operator.add, torch.add)]
+    adds = [n for n in gm.graph.nodes if (n.op == "call_function" and n.target in (operator.add, torch.add))
+            or (n.op == "call_module" and n.target.startswith("integer_adds."))]
     assert len(adds) == 10
     for add in adds:
         quantizers = [u for u in add.users if _is_quantizer(gm, u)]

@@ -66,14 +66,19 @@ def _grid_index(centers, encoding):
     """[rows, K, bins] grid index each bin centre rounds to under each candidate encoding."""
     scale = encoding.scale[:, :, None]
     offset = encoding.offset[:, :, None].to(torch.float32)
-    return (torch.round(centers[:, None, :] / scale) - offset).clamp(0, encoding.spec.levels - 1)
+    return (torch.round(centers[:, None, :] / scale) - offset).clamp_(0, encoding.spec.levels - 1)
 
 
 def _squared_error(centers, counts, encoding):
     """Expected squared quantization error per candidate, [rows, K]."""
-    grid = _grid_index(centers, encoding)
-    rebuilt = (grid + encoding.offset[:, :, None]) * encoding.scale[:, :, None]
-    return ((centers[:, None, :] - rebuilt) ** 2 * counts[:, None, :]).sum(2)
+    rebuilt = _grid_index(centers, encoding).add_(encoding.offset[:, :, None]).mul_(encoding.scale[:, :, None])
+    error = rebuilt.sub_(centers[:, None, :]).square_()
+    return torch.matmul(error, counts[:, :, None])[:, :, 0]
+
+
+def _xlogx(x):
+    """x · log x, 0 at 0."""
+    return torch.xlogy(x, x)
 
 
 def _kl_divergence(centers, counts, encoding):
@@ -83,28 +88,61 @@ def _kl_divergence(centers, counts, encoding):
     lies outside) added to its edge bins; Q: the in-range counts (without the clipped mass) merged
     per grid level and spread over non-empty bins.
 
-    Candidates spanning fewer bins than grid levels are excluded: their KL is trivially zero.
+    Computed per grid level (KL's sum over the bins of a level has a closed form), so only the
+    level of each bin is a [rows, K, bins] tensor. Candidates spanning fewer bins than grid levels
+    are excluded: their KL is trivially zero.
+    """
+    bins = centers.shape[1]
+    counts = counts.to(torch.float64)
+    first = torch.searchsorted(centers, encoding.min.contiguous()).clamp(max=bins - 1)
+    last = (torch.searchsorted(centers, encoding.max.contiguous(), right=True) - 1).clamp(min=0)
+    mass, nonzero, mass_log_mass = (_prefix_sums(values) for values in
+                                    (counts, (counts > 0).to(torch.float64), _xlogx(counts)))
+    total = mass[:, -1:]
+    below, above = mass.gather(1, first), total - mass.gather(1, last + 1)
+    level_mass, level_nonzero = _level_sums(centers, counts, encoding, below, above, first, last, nonzero)
+    kept = total - below - above
+    edge_first, edge_last = counts.gather(1, first), counts.gather(1, last)
+    p_log_p = (mass_log_mass.gather(1, last + 1) - mass_log_mass.gather(1, first)
+               - _xlogx(edge_first) - _xlogx(edge_last)
+               + _xlogx(edge_first + below) + _xlogx(edge_last + above))
+    q = level_mass / (level_nonzero.clamp(min=1) * kept.clamp(min=1e-12)[:, :, None])
+    p_log_q = (torch.xlogy(level_mass, q).sum(2) + _edge_log_q(below, edge_first, q, centers, encoding, first)
+               + _edge_log_q(above, edge_last, q, centers, encoding, last))
+    divergence = (p_log_p - p_log_q) / total - torch.log(total)
+    too_narrow = last - first + 1 < min(encoding.spec.levels, bins)
+    return divergence.to(torch.float32).masked_fill(too_narrow, float("inf"))
+
+
+def _prefix_sums(values):
+    """[rows, bins + 1] cumulative sums of [rows, bins] ``values``, starting at 0."""
+    return torch.nn.functional.pad(values.cumsum(1), (1, 0))
+
+
+def _level_sums(centers, counts, encoding, below, above, first, last, nonzero):
+    """[rows, K, levels] in-range mass and number of non-empty bins per grid level.
+
+    Bins below (above) the candidate all round to the lowest (highest) level, so their sums are
+    taken back out of it.
     """
     rows, candidates = encoding.scale.shape
-    bins = centers.shape[1]
-    below_range = centers[:, None, :] < encoding.min[:, :, None]
-    above_range = centers[:, None, :] > encoding.max[:, :, None]
-    inside = ~(below_range | above_range)
-    first = below_range.sum(2, keepdim=True).clamp(max=bins - 1)
-    last = (bins - 1 - above_range.sum(2, keepdim=True)).clamp(min=0)
-    below = (counts[:, None, :] * below_range).sum(2, keepdim=True)
-    above = (counts[:, None, :] * above_range).sum(2, keepdim=True)
-    kept = counts[:, None, :] * inside
-    reference = kept.scatter_add(2, first, below).scatter_add(2, last, above)
+    levels = encoding.spec.levels
     group = _grid_index(centers, encoding).long()
-    group_total = torch.zeros(rows, candidates, encoding.spec.levels, device=counts.device)
-    group_total.scatter_add_(2, group, kept)
-    group_nonzero = torch.zeros_like(group_total).scatter_add_(2, group, (kept > 0).float())
-    spread = group_total.gather(2, group) / group_nonzero.gather(2, group).clamp(min=1)
-    spread = torch.where(kept > 0, spread, torch.zeros_like(spread))
-    p = reference / reference.sum(2, keepdim=True).clamp(min=1e-12)
-    q = spread / spread.sum(2, keepdim=True).clamp(min=1e-12)
-    terms = torch.where(p > 0, p * (torch.log(p.clamp(min=1e-12)) - torch.log(q.clamp(min=1e-12))),
-                        torch.zeros_like(p))
-    too_narrow = inside.sum(2) < min(encoding.spec.levels, bins)
-    return terms.sum(2).masked_fill(too_narrow, float("inf"))
+    level_mass = counts.new_zeros(rows, candidates, levels)
+    level_mass.scatter_add_(2, group, counts[:, None, :].expand(-1, candidates, -1))
+    level_nonzero = torch.zeros_like(level_mass)
+    level_nonzero.scatter_add_(2, group, (counts > 0).to(torch.float64)[:, None, :].expand(-1, candidates, -1))
+    level_mass[:, :, 0] -= below
+    level_mass[:, :, -1] -= above
+    level_nonzero[:, :, 0] -= nonzero.gather(1, first)
+    level_nonzero[:, :, -1] -= nonzero[:, -1:] - nonzero.gather(1, last + 1)
+    return level_mass.clamp_(min=0), level_nonzero
+
+
+def _edge_log_q(clipped, edge_count, q, centers, encoding, edge):
+    """clipped · log q of the edge bin receiving the ``clipped`` mass, [rows, K]."""
+    index = torch.round(centers.gather(1, edge) / encoding.scale) - encoding.offset.to(torch.float32)
+    level = index.clamp(0, encoding.spec.levels - 1).long()
+    edge_q = q.gather(2, level[:, :, None])[:, :, 0].clamp(min=1e-12)
+    edge_q = torch.where(edge_count > 0, edge_q, torch.full_like(edge_q, 1e-12))
+    return clipped * torch.log(edge_q)

@@ -74,3 +74,14 @@ def _unrows(rows: torch.Tensor, like: torch.Tensor, spec) -> torch.Tensor:
     axis = spec.axis % like.dim()
     moved_shape = (like.shape[axis],) + tuple(s for i, s in enumerate(like.shape) if i != axis)
     return rows.reshape(moved_shape).movedim(0, axis)
+
+
+def fake_quantize_dividing(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """Per-tensor fake quantization that divides by the scale, as onnxruntime's QuantizeLinear does
+    (torch's fused kernel multiplies by the reciprocal, which rounds differently at rare ties)."""
+    spec = encoding.spec
+    offset = encoding.offset.reshape(()).to(x.dtype)
+    grid = torch.round(x / encoding.scale.reshape(())) - offset
+    inside = (grid >= 0) & (grid <= spec.levels - 1)
+    real = (grid.clamp(0, spec.levels - 1) + offset) * encoding.scale.reshape(())
+    return x * inside + (real - x * inside).detach()

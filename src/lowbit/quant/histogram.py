@@ -6,6 +6,7 @@ import torch
 
 _MIN_WIDTH = 1e-12
 _MIN_RELATIVE_WIDTH = 1e-6
+_MAX_ELEMENTS_PER_CHUNK = 1 << 24
 
 
 class StreamingHistogram:
@@ -20,7 +21,7 @@ class StreamingHistogram:
     def update(self, rows: torch.Tensor) -> None:
         """Add a [rows, n] batch of values."""
         rows = rows.detach().to(torch.float32)
-        batch_lo, batch_hi = rows.amin(1), rows.amax(1)
+        batch_lo, batch_hi = torch.aminmax(rows, dim=1)
         if self.counts is None:
             min_width = (batch_lo.abs() * _MIN_RELATIVE_WIDTH).clamp(min=_MIN_WIDTH)
             self.lo, self.hi = batch_lo, torch.maximum(batch_hi, batch_lo + min_width)
@@ -40,11 +41,21 @@ class StreamingHistogram:
         return (edges[:, 1:] + edges[:, :-1]) / 2
 
     def _add(self, rows: torch.Tensor) -> None:
-        width = (self.hi - self.lo)[:, None]
-        index = ((rows - self.lo[:, None]) / width * self.bins).floor().clamp(0, self.bins - 1).long()
+        if rows.shape[0] == 1:
+            counts = torch.histc(rows, self.bins, min=self.lo.item(), max=self.hi.item())
+            self.counts += counts[None].to(torch.float64)
+            return
+        chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // rows.shape[1])
+        for start in range(0, rows.shape[0], chunk):
+            self._add_rows(rows[start:start + chunk], slice(start, start + chunk))
+
+    def _add_rows(self, rows: torch.Tensor, part: slice) -> None:
+        """Add [r, n] ``rows`` to the counts of rows ``part``, by one bincount over all of them."""
+        lo, width = self.lo[part, None], (self.hi - self.lo)[part, None]
+        index = ((rows - lo) / width * self.bins).floor_().clamp_(0, self.bins - 1).long()
         index += torch.arange(rows.shape[0], device=rows.device)[:, None] * self.bins
-        flat = torch.bincount(index.reshape(-1), minlength=self.counts.numel())
-        self.counts += flat.reshape(self.counts.shape).to(torch.float64)
+        flat = torch.bincount(index.reshape(-1), minlength=rows.shape[0] * self.bins)
+        self.counts[part] += flat.reshape(rows.shape[0], self.bins).to(torch.float64)
 
     def _rebin(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
         """Re-distribute counts onto a wider range, assuming values uniform within a bin."""

@@ -7,7 +7,7 @@ from torch import nn
 
 from lowbit.errors import NotCalibratedError
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.fake_quant import fake_quantize
+from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing
 from lowbit.quant.layout import encoding_shape
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
 from lowbit.quant.spec import QuantSpec
@@ -17,13 +17,15 @@ class Quantizer(nn.Module):
     """Holds a spec and (once calibrated) an encoding; ``mode`` decides what forward does.
 
     Modes: ``"calibrate"`` observes and passes values through unchanged, ``"quantize"``
-    fake-quantizes, ``"off"`` passes through.
+    fake-quantizes, ``"off"`` passes through. ``divide=True`` rounds x / scale (as runtimes quantize
+    float tensors) instead of torch's x · (1 / scale); lowbit uses it where float values enter.
     """
 
-    def __init__(self, spec: QuantSpec, scheme: str = "minmax"):
+    def __init__(self, spec: QuantSpec, scheme: str = "minmax", divide: bool = False):
         super().__init__()
         self.spec = spec
         self.scheme = scheme
+        self.divide = divide
         self.mode = "off"
         self.estimator: RangeEstimator | None = None
         self.register_buffer("scale", torch.empty(0))
@@ -71,6 +73,8 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
+            if self.divide and self.spec.axis is None:
+                return fake_quantize_dividing(x, self.encoding)
             return fake_quantize(x, self.encoding)
         if self.mode == "calibrate" and x.is_floating_point():
             self.estimator.observe(x)

@@ -44,7 +44,7 @@ class MinMaxEstimator(RangeEstimator):
         self.lo = self.hi = None
 
     def update(self, rows):
-        lo, hi = rows.amin(1), rows.amax(1)
+        lo, hi = torch.aminmax(rows, dim=1)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 

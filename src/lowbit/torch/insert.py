@@ -6,10 +6,12 @@ from torch import fx, nn
 
 from lowbit.quant.quantizer import Quantizer
 from lowbit.target import PASSTHROUGH_OPS
+from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.plan import QuantPoint, node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
 
 ACTIVATION_QUANTIZERS = "activation_quantizers"
+INTEGER_ADDS = "integer_adds"
 
 
 def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str) -> dict[str, Quantizer]:
@@ -19,7 +21,7 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     nodes = {n.name: n for n in gm.graph.nodes}
     quantizers: dict[str, Quantizer] = {}
     for point in points:
-        quantizer = Quantizer(point.spec, scheme)
+        quantizer = Quantizer(point.spec, scheme, divide=point.role == "input")
         quantizers[point.key] = quantizer
         if point.role == "weight":
             layer = gm.get_submodule(point.module)
@@ -40,6 +42,8 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     gm.graph.lint()
     gm.recompile()
     _link_bias_sources(gm)
+    _link_output_quantizers(gm)
+    _emulate_integer_adds(gm)
     return quantizers
 
 
@@ -59,3 +63,54 @@ def _link_bias_sources(gm: fx.GraphModule) -> None:
             found = gm.get_submodule(source.target)
             if isinstance(found, Quantizer):
                 gm.get_submodule(node.target).link_input_quantizer(found)
+
+
+_FUSED_FOLLOWERS = frozenset({"Identity", "Dropout", "Relu", "Clip"})
+
+
+def _link_output_quantizers(gm: fx.GraphModule) -> None:
+    """Give each weight-quantized layer the quantizer ending its fused group (through Identity,
+    Dropout, Relu, Clip with a single reader each), as onnxruntime fuses them into one kernel."""
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
+            continue
+        current = node
+        while len(current.users) == 1:
+            (current,) = current.users
+            if current.op == "call_module" and isinstance(gm.get_submodule(current.target), Quantizer):
+                gm.get_submodule(node.target).link_output_quantizer(gm.get_submodule(current.target))
+                break
+            if node_op_type(gm, current) not in _FUSED_FOLLOWERS:
+                break
+
+
+def _emulate_integer_adds(gm: fx.GraphModule) -> None:
+    """Replace each Add of two quantized tensors whose only reader is a quantizer by IntegerAdd."""
+    gm.add_module(INTEGER_ADDS, nn.ModuleDict())
+    holder = gm.get_submodule(INTEGER_ADDS)
+
+    def quantizer_of(node, backwards: bool = True):
+        while isinstance(node, fx.Node):
+            module = gm.get_submodule(node.target) if node.op == "call_module" else None
+            if isinstance(module, Quantizer):
+                return module
+            if node_op_type(gm, node) not in ("Identity", "Dropout"):
+                return None
+            node = (node.args[0] if node.args else None) if backwards else \
+                (next(iter(node.users)) if len(node.users) == 1 else None)
+        return None
+
+    for node in list(gm.graph.nodes):
+        if node_op_type(gm, node) != "Add" or len(node.args) != 2 or node.kwargs or len(node.users) != 1:
+            continue
+        sources = [quantizer_of(a) for a in node.args]
+        output = quantizer_of(next(iter(node.users)), backwards=False)
+        if None in sources or output is None:
+            continue
+        holder[node.name] = IntegerAdd(sources[0], sources[1], output)
+        with gm.graph.inserting_before(node):
+            replacement = gm.graph.call_module(f"{INTEGER_ADDS}.{node.name}", node.args)
+        node.replace_all_uses_with(replacement)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.integer_emulation import emulable, integer_bias, requantized_conv
 
 
 def _conv_transpose(layer, x, weight, bias):
@@ -33,7 +34,9 @@ class WeightQuantized(nn.Module):
     """Wraps ``layer``; runs it with ``weight_quantizer(layer.weight)``.
 
     When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
-    rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it.
+    rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it;
+    when ``output_quantizer`` is set too, convolutions are computed as onnxruntime's integer kernels
+    compute them (with straight-through gradients to the float result).
     """
 
     def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
@@ -41,6 +44,7 @@ class WeightQuantized(nn.Module):
         self.layer = layer
         self.weight_quantizer = weight_quantizer
         self.link_input_quantizer(None)
+        self.link_output_quantizer(None)
         self._forward = next((f for cls, f in _FORWARDS.items() if isinstance(layer, cls)), None)
 
     def __getattr__(self, name: str):
@@ -54,11 +58,34 @@ class WeightQuantized(nn.Module):
         """Remember (without owning it as a submodule) the quantizer of this layer's input."""
         object.__setattr__(self, "input_quantizer", quantizer)
 
+    def link_output_quantizer(self, quantizer: Quantizer | None) -> None:
+        """Remember the quantizer that ends this layer's fused group (layer → activation → quantizer)."""
+        object.__setattr__(self, "output_quantizer", quantizer)
+
     def forward(self, x, *args, **kwargs):
         weight = self.weight_quantizer(self.layer.weight)
-        if self._forward is not None and not args and not kwargs:
-            return self._forward(self.layer, x, weight, self._bias())
-        return torch.func.functional_call(self.layer, {"weight": weight}, (x,) + args, kwargs)
+        if self._forward is None or args or kwargs:
+            return torch.func.functional_call(self.layer, {"weight": weight}, (x,) + args, kwargs)
+        encodings = self._integer_encodings()
+        convolve = lambda inputs, weights, bias: self._forward(self.layer, inputs, weights, bias)
+        needs_gradient = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if encodings is not None and not needs_gradient:
+            return requantized_conv(convolve, x, weight, self.layer.bias, *encodings)
+        output = convolve(x, weight, self._bias())
+        if encodings is None:
+            return output
+        exact = requantized_conv(convolve, x.detach(), weight.detach(), self.layer.bias, *encodings)
+        return output + (exact - output).detach()
+
+    def _integer_encodings(self):
+        """(input, weight, output) encodings when this convolution runs as an integer kernel, else None."""
+        if not isinstance(self.layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return None
+        quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
+        if any(q is None or q.mode != "quantize" for q in quantizers):
+            return None
+        encodings = tuple(q.encoding for q in quantizers)
+        return encodings if emulable(*encodings) else None
 
     def _bias(self) -> torch.Tensor | None:
         bias = getattr(self.layer, "bias", None)
@@ -68,5 +95,4 @@ class WeightQuantized(nn.Module):
                 or source.spec.axis is not None or weights.spec.block_size is not None):
             return bias
         scale = source.scale.reshape(()) * weights.scale
-        integers = torch.clamp(torch.round(bias / scale), -2.0**31, 2.0**31 - 1)
-        return bias + (integers * scale - bias).detach()
+        return bias + (integer_bias(bias, source.scale, weights.scale) * scale - bias).detach()

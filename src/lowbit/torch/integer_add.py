@@ -1,0 +1,30 @@
+"""An addition of two quantized tensors that the sim computes as onnxruntime's QLinearAdd does."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.integer_emulation import emulable_add, requantized_add
+
+
+class IntegerAdd(nn.Module):
+    """a + b; when both inputs and the output are quantized, the result is QLinearAdd's (straight-
+    through gradients to the float sum). Exports as a plain Add. Holds its quantizers by reference."""
+
+    def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer):
+        super().__init__()
+        object.__setattr__(self, "quantizers", (a_quantizer, b_quantizer, output_quantizer))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        total = a + b
+        if torch.onnx.is_in_onnx_export() or any(q.mode != "quantize" for q in self.quantizers):
+            return total
+        encodings = tuple(q.encoding for q in self.quantizers)
+        if not emulable_add(*encodings):
+            return total
+        exact = requantized_add(a.detach(), b.detach(), *encodings)
+        if not torch.is_grad_enabled():
+            return exact
+        return total + (exact - total).detach()

@@ -1,0 +1,80 @@
+"""Convolutions computed as onnxruntime's integer kernels compute them, so the sim predicts them exactly.
+
+onnxruntime fuses DequantizeLinear → Conv → (Relu/Clip) → QuantizeLinear into QLinearConv: an exact
+int32 accumulation of (x − zx)(w − zw) plus the int32 bias, multiplied once by the float32
+requantization scale sx·sw/sy, rounded half to even, shifted by zy and saturated. Float convolution
+of dequantized values rounds differently in rare cases, and deep nets amplify every such flip.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.quant.encoding import Encoding
+
+_INT32_MAX = 2.0**31 - 1
+
+
+def emulable(input_encoding: Encoding | None, weight_encoding: Encoding | None,
+             output_encoding: Encoding | None) -> bool:
+    """Whether the layer maps onto onnxruntime's QLinearConv (8-bit per-tensor activations,
+    signed-symmetric per-tensor or per-output-channel weights)."""
+    if input_encoding is None or weight_encoding is None or output_encoding is None:
+        return False
+    activations = (input_encoding, output_encoding)
+    return (all(e.spec.axis is None and e.spec.bits == 8 for e in activations)
+            and weight_encoding.spec.block_size is None and weight_encoding.spec.bits <= 8
+            and weight_encoding.spec.axis in (None, 0) and weight_encoding.is_signed_symmetric)
+
+
+def integer_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """The int32 bias (as float) on the grid input_scale · weight_scale, as the QDQ export stores it."""
+    scale = input_scale.reshape(()) * weight_scale
+    return torch.clamp(torch.round(bias / scale), -_INT32_MAX - 1, _INT32_MAX)
+
+
+def requantized_conv(convolve, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     input_encoding: Encoding, weight_encoding: Encoding, output_encoding: Encoding) -> torch.Tensor:
+    """Output of ``convolve(x, weight, bias)`` on the output grid, computed in integers like QLinearConv.
+
+    ``x`` must already lie on the input grid; the result lies on the output grid (dequantized).
+    """
+    input_scale = input_encoding.scale.reshape(())
+    weight_scale = weight_encoding.scale
+    x_integers = torch.round(x / input_scale)
+    w_integers = torch.round(weight / _per_channel(weight_scale, weight))
+    accumulator = convolve(x_integers, w_integers, None)
+    if bias is not None:
+        accumulator = accumulator + _per_channel(integer_bias(bias, input_scale, weight_scale), accumulator, 1)
+    multiplier = (input_scale * weight_scale) / output_encoding.scale.reshape(())
+    offset = output_encoding.offset.reshape(()).to(accumulator.dtype)
+    grid = torch.round(accumulator * _per_channel(multiplier, accumulator, 1)) - offset
+    grid = grid.clamp(0, output_encoding.spec.levels - 1)
+    return (grid + offset) * output_encoding.scale.reshape(())
+
+
+def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of ``like`` (scalars unchanged)."""
+    if values.dim() == 0:
+        return values
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
+                    output_encoding: Encoding) -> torch.Tensor:
+    """a + b on the output grid as onnxruntime's QLinearAdd computes it: float32 scale ratios
+    sa/sc and sb/sc times the centred integers, plus the zero point, rounded half to even, saturated."""
+    a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
+    output_scale = output_encoding.scale.reshape(())
+    total = (a_scale / output_scale) * torch.round(a / a_scale) + (b_scale / output_scale) * torch.round(b / b_scale)
+    offset = output_encoding.offset.reshape(()).to(total.dtype)
+    grid = torch.round(total - offset).clamp(0, output_encoding.spec.levels - 1)
+    return (grid + offset) * output_scale
+
+
+def emulable_add(a_encoding: Encoding | None, b_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:
+    """Whether an addition maps onto onnxruntime's QLinearAdd (three 8-bit per-tensor encodings)."""
+    encodings = (a_encoding, b_encoding, output_encoding)
+    return all(e is not None and e.spec.axis is None and e.spec.bits == 8 for e in encodings)
