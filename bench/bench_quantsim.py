@@ -11,7 +11,7 @@
    a peak; the calibration times of 2. come from the same subprocesses. Goal: <= 1.5x.
    The FP32 subprocess runs twice (before and after the schemes); its times/RSS are averaged.
 
-    .venv/bin/python bench/bench_quantsim.py
+    .venv/bin/python bench/bench_quantsim.py [--quick]   # --quick: only 1. (forward), nothing written
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def run_child(mode: str, data_path: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(quick: bool = False) -> None:
     _common.setup_threads()
     start = time.perf_counter()
     model = pretrained_mobilenet_v2().eval()
@@ -100,6 +100,12 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     fwd = {k: statistics.median(v) for k, v in times.items()}
     del sim, models
+    if quick:
+        _common.print_table(["measure", "sim", "FP32", "ratio"], [
+            [f"forward b32: sim / {base.replace('_', ' ')}", f"{fwd['sim'] * 1e3:.0f} ms",
+             f"{fwd[base] * 1e3:.0f} ms", f"{fwd['sim'] / fwd[base]:.2f}×"]
+            for base in ("fp32_folded", "fp32_unfolded")])
+        return
 
     # 2./3. calibration time and peak RSS, fresh subprocesses
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,4 +156,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
     else:
-        main()
+        main(quick="--quick" in sys.argv[1:])

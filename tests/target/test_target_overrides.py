@@ -9,16 +9,18 @@ from lowbit.target import Target, load_target, preset_names
 
 
 def test_with_overrides_changes_defaults_but_keeps_op_specific_bits():
-    target = load_target("transformer")
-    changed = target.with_overrides(param_bits=4, act_bits=16, per_channel=False)
-    assert (changed.default_param_bits, changed.default_act_bits) == (4, 16)
+    config = load_target("default").to_json()
+    config["op_type"]["Softmax"] = {"supported_kernels": [{"activation": {"bitwidth": 16, "dtype": "int"}}]}
+    target = Target(config, name="custom")
+    changed = target.with_overrides(param_bits=4, act_bits=8, per_channel=False)
+    assert (changed.default_param_bits, changed.default_act_bits) == (4, 8)
     assert not changed.per_channel
     assert changed.op("Conv").param("weight").bits == 4
     assert not changed.op("Conv").param("weight").per_channel
-    assert changed.op("Relu").activation.bits == 16
+    assert changed.op("Relu").activation.bits == 8
     assert changed.op("Softmax").activation.bits == 16
     assert target.op("Conv").param("weight").bits == 8
-    assert changed.name == "transformer(param_bits=4, act_bits=16, per_channel=False)"
+    assert changed.name == "custom(param_bits=4, act_bits=8, per_channel=False)"
 
 
 def test_with_overrides_on_a_config_without_kernels_starts_from_8_bits():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from lowbit.qdq.graph_index import GraphIndex, remove_unused, rename_tensors, strip_attribute
 from lowbit.qdq.weights import fold_transposed_weights, quantize_biases, quantize_weights
@@ -28,6 +30,7 @@ class SplitGraph:
 def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict[str, str]) -> SplitGraph:
     """Read the quantizer tags, then build the FP32 and the integer QDQ models from ``model``."""
     rename_tensors(model.graph, renames)
+    retype_uint16_zero_points(model.graph)
     index = GraphIndex(model.graph)
     activation, params, names, pairs = {}, {}, {}, []
     for node in model.graph.node:
@@ -43,6 +46,27 @@ def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict
         (dequantize,) = index.consumers[node.output[0]]
         pairs.append((node, dequantize))
     return SplitGraph(_float_model(model, pairs), _qdq_model(model, params), activation, params, names)
+
+
+def retype_uint16_zero_points(graph: onnx.GraphProto) -> None:
+    """int32 zero-point constants of com.microsoft Q/DQ nodes become uint16 (how 16-bit unsigned
+    encodings leave the exporter, which cannot write uint16 constants)."""
+    index = GraphIndex(graph)
+    retyped = set()
+    for node in graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        producer = index.producer.get(node.input[2])
+        if producer is None or producer.op_type != "Constant" or node.input[2] in retyped:
+            continue
+        for attribute in producer.attribute:
+            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.INT32:
+                values = numpy_helper.to_array(attribute.t).astype(np.uint16)
+                attribute.t.CopyFrom(numpy_helper.from_array(values, attribute.t.name))
+                retyped.add(node.input[2])
+    stale = {name for node in graph.node if node.domain == "com.microsoft" for name in node.output}
+    for value in [v for v in graph.value_info if v.name in stale]:
+        graph.value_info.remove(value)
 
 
 def _float_model(model: onnx.ModelProto, pairs) -> onnx.ModelProto:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -71,8 +73,21 @@ class Quantizer(nn.Module):
             raise NotCalibratedError(f"quantizer {name!r} has no encoding: call sim.calibrate(data) first")
         return self.encoding
 
+    def mark_on_grid(self, x: torch.Tensor) -> None:
+        """Note that ``x`` was just computed on this quantizer's grid: while it stays unmodified and
+        needs no gradient, forward returns it as is (fake-quantizing it again would not change it)."""
+        object.__setattr__(self, "_on_grid", (weakref.ref(x), x._version))
+
+    def _is_on_grid(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is the tensor last marked by :meth:`mark_on_grid`, unmodified since."""
+        marked = self.__dict__.get("_on_grid")
+        return (marked is not None and marked[0]() is x and x._version == marked[1]
+                and not (torch.is_grad_enabled() and x.requires_grad))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
+            if self._is_on_grid(x):
+                return x
             if self.divide and self.spec.axis is None:
                 return fake_quantize_dividing(x, self.encoding)
             return fake_quantize(x, self.encoding)

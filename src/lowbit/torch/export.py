@@ -11,18 +11,20 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 
 from lowbit.atomic import atomic_write_bytes
 from lowbit.data import as_call
 from lowbit.errors import ExportError, NotCalibratedError
+from lowbit.qdq.graph_index import rename_tensors
 from lowbit.qdq.split import split_exported_graph
 from lowbit.quant.encodings_file import write_encodings
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.onnx_qdq_op import ExportQuantizer
-from lowbit.torch.leaf_fallback import OutputQuantized
+from lowbit.torch.leaf_fallback import InputQuantized, OutputQuantized
 from lowbit.torch.weight_quantized import WeightQuantized
 
-WRAPPERS = (WeightQuantized, OutputQuantized)
+WRAPPERS = (WeightQuantized, OutputQuantized, InputQuantized)
 
 OPSET = 17
 
@@ -81,7 +83,9 @@ def exported_onnx(sim) -> onnx.ModelProto:
     args, kwargs = as_call(sim.example_input)
     args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
     kwargs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    names = _input_names(module, args, kwargs)
+    if kwargs:
+        module, args, kwargs = KeywordCall(module, list(kwargs)), tuple(kwargs.values()), {}
+    names = module.names if isinstance(module, KeywordCall) else _input_names(module, args, kwargs)
     outputs = _output_names(module, args, kwargs)
     buffer = io.BytesIO()
     try:
@@ -89,12 +93,44 @@ def exported_onnx(sim) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, buffer, kwargs=kwargs or None, dynamo=False, opset_version=OPSET,
                               input_names=names, output_names=outputs,
-                              dynamic_axes={n: {0: "batch"} for n in names + outputs},
+                              dynamic_axes=_dynamic_axes(names, args, outputs),
                               do_constant_folding=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"ONNX export failed: {reason}") from None
-    return onnx.load_from_string(buffer.getvalue())
+    exported = onnx.load_from_string(buffer.getvalue())
+    if isinstance(module, KeywordCall):
+        prefix = f"{KeywordCall.INNER}."
+        rename_tensors(exported.graph, {t.name: t.name.removeprefix(prefix) for t in exported.graph.initializer})
+    return exported
+
+
+class KeywordCall(nn.Module):
+    """Calls ``model`` with keyword arguments from positional tensors (the exporter's calling form)."""
+
+    INNER = "model"
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *values):
+        return self.model(**dict(zip(self.names, values)))
+
+
+def _dynamic_axes(names: list[str], args: tuple, outputs: list[str]) -> dict:
+    """Batch is dynamic everywhere; so is the sequence axis of integer (token) inputs and of outputs
+    when there are such inputs."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    tokens = any(not t.is_floating_point() and t.dim() >= 2 for t in tensors)
+    axes = {}
+    for name, tensor in zip(names, tensors):
+        axes[name] = {0: "batch", 1: "sequence"} if tokens and not tensor.is_floating_point() and tensor.dim() >= 2 \
+            else {0: "batch"}
+    for name in outputs:
+        axes[name] = {0: "batch", 1: "sequence"} if tokens else {0: "batch"}
+    return axes
 
 
 def _input_names(module, args: tuple, kwargs: dict) -> list[str]:

@@ -8,6 +8,8 @@ of dequantized values rounds differently in rare cases, and deep nets amplify ev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lowbit.quant.encoding import Encoding
@@ -33,24 +35,50 @@ def integer_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: to
     return torch.clamp(torch.round(bias / scale), -_INT32_MAX - 1, _INT32_MAX)
 
 
+@dataclass(frozen=True)
+class ConvRequantization:
+    """What QLinearConv needs besides its input: integer weights and bias, the per-channel
+    requantization multiplier, the centred output range [low, high] and the scales."""
+
+    input_scale: torch.Tensor
+    weights: torch.Tensor
+    bias: torch.Tensor | None
+    multiplier: torch.Tensor
+    low: float
+    high: float
+    output_scale: torch.Tensor
+
+
+def conv_requantization(weight: torch.Tensor, bias: torch.Tensor | None, input_encoding: Encoding,
+                        weight_encoding: Encoding, output_encoding: Encoding) -> ConvRequantization:
+    """The integer form of a convolution with (fake-quantized) ``weight`` and float ``bias``."""
+    input_scale = input_encoding.scale.reshape(())
+    weight_scale = weight_encoding.scale
+    weights = torch.round(weight / _per_channel(weight_scale, weight))
+    if bias is not None:
+        bias = integer_bias(bias, input_scale, weight_scale)
+    output_scale = output_encoding.scale.reshape(())
+    low = float(output_encoding.offset.reshape(()))
+    return ConvRequantization(input_scale, weights, bias, (input_scale * weight_scale) / output_scale,
+                              low, low + output_encoding.spec.levels - 1, output_scale)
+
+
+def requantize(convolve, x: torch.Tensor, integer_form: ConvRequantization) -> torch.Tensor:
+    """``convolve`` computed as QLinearConv with ``integer_form``; ``x`` must lie on the input grid,
+    the result lies on the output grid (dequantized)."""
+    accumulator = convolve(torch.div(x, integer_form.input_scale).round_(), integer_form.weights, integer_form.bias)
+    accumulator.mul_(_per_channel(integer_form.multiplier, accumulator, 1)).round_()
+    return accumulator.clamp_(integer_form.low, integer_form.high).mul_(integer_form.output_scale)
+
+
 def requantized_conv(convolve, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      input_encoding: Encoding, weight_encoding: Encoding, output_encoding: Encoding) -> torch.Tensor:
     """Output of ``convolve(x, weight, bias)`` on the output grid, computed in integers like QLinearConv.
 
     ``x`` must already lie on the input grid; the result lies on the output grid (dequantized).
     """
-    input_scale = input_encoding.scale.reshape(())
-    weight_scale = weight_encoding.scale
-    x_integers = torch.round(x / input_scale)
-    w_integers = torch.round(weight / _per_channel(weight_scale, weight))
-    accumulator = convolve(x_integers, w_integers, None)
-    if bias is not None:
-        accumulator = accumulator + _per_channel(integer_bias(bias, input_scale, weight_scale), accumulator, 1)
-    multiplier = (input_scale * weight_scale) / output_encoding.scale.reshape(())
-    offset = output_encoding.offset.reshape(()).to(accumulator.dtype)
-    grid = torch.round(accumulator * _per_channel(multiplier, accumulator, 1)) - offset
-    grid = grid.clamp(0, output_encoding.spec.levels - 1)
-    return (grid + offset) * output_encoding.scale.reshape(())
+    return requantize(convolve, x, conv_requantization(weight, bias, input_encoding, weight_encoding,
+                                                       output_encoding))
 
 
 def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
@@ -68,10 +96,11 @@ def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_en
     sa/sc and sb/sc times the centred integers, plus the zero point, rounded half to even, saturated."""
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
-    total = (a_scale / output_scale) * torch.round(a / a_scale) + (b_scale / output_scale) * torch.round(b / b_scale)
+    total = torch.div(a, a_scale).round_().mul_(a_scale / output_scale)
+    total.add_(torch.div(b, b_scale).round_().mul_(b_scale / output_scale))
     offset = output_encoding.offset.reshape(()).to(total.dtype)
-    grid = torch.round(total - offset).clamp(0, output_encoding.spec.levels - 1)
-    return (grid + offset) * output_scale
+    grid = total.sub_(offset).round_().clamp_(0, output_encoding.spec.levels - 1)
+    return grid.add_(offset).mul_(output_scale)
 
 
 def emulable_add(a_encoding: Encoding | None, b_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer
 from lowbit.target import PASSTHROUGH_OPS, Target
+from lowbit.torch.layer_wrapper import LayerWrapper
 from lowbit.torch.op_types import WEIGHTED_OP_TYPES, module_op_type
 from lowbit.torch.plan import QuantPoint, activation_spec, weight_spec
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
-class OutputQuantized(nn.Module):
+class OutputQuantized(LayerWrapper):
     """Runs ``layer`` then quantizes its (tensor) output."""
 
     def __init__(self, layer: nn.Module, output_quantizer: Quantizer):
-        super().__init__()
-        self.layer = layer
+        super().__init__(layer)
         self.output_quantizer = output_quantizer
-
-    def __getattr__(self, name: str):
-        """Attributes the wrapper lacks come from the wrapped layer."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["layer"], name)
 
     def forward(self, *args, **kwargs):
         return self.output_quantizer(self.layer(*args, **kwargs))
+
+
+class InputQuantized(LayerWrapper):
+    """Quantizes the (first, float) input of ``layer`` before running it."""
+
+    def __init__(self, layer: nn.Module, input_quantizer: Quantizer):
+        super().__init__(layer)
+        self.input_quantizer = input_quantizer
+
+    def forward(self, x, *args, **kwargs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = self.input_quantizer(x)
+        return self.layer(x, *args, **kwargs)
 
 
 def _followed_in_group(names: list[str], types: list[str], index: int, target: Target) -> bool:
@@ -61,6 +68,12 @@ def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
             points.append(QuantPoint(f"{name}.weight", "weight", name, op_type, spec, module=name))
             quantizers[f"{name}.weight"] = quantizer
             wrapped = WeightQuantized(wrapped, quantizer)
+        if rule.input_quantized and rule.activation.dtype == "int":
+            key = name.replace(".", "_") + "_input0"
+            quantizer = Quantizer(activation_spec(rule, target), scheme)
+            points.append(QuantPoint(key, "input", name, op_type, activation_spec(rule, target), argument="input"))
+            quantizers[key] = quantizer
+            wrapped = InputQuantized(wrapped, quantizer)
         siblings = parents[name.rsplit(".", 1)[0] if "." in name else ""]
         position = siblings.index(name)
         fused = _followed_in_group(siblings, [types[s] for s in siblings], position, target)

@@ -10,13 +10,14 @@ from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize
 
-_TORCH_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "uint16": torch.uint16}
+_TORCH_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}
 
 
 class _QuantizeDequantize(torch.autograd.Function):
     """forward: quantize-dequantize; symbolic: Q/DQ nodes tagged with the quantizer's key.
 
-    Arguments are plain Python values (the TorchScript tracer accepts no other objects).
+    Arguments are plain Python values (the TorchScript tracer accepts no other objects). uint16 zero
+    points are written as int32 constants (the exporter has no uint16) and retyped after export.
     """
 
     @staticmethod
@@ -33,7 +34,7 @@ class _QuantizeDequantize(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key):
         scale_value = torch.tensor(scale, dtype=torch.float32)
-        zero_value = torch.tensor(zero_point, dtype=_TORCH_DTYPES[type_name])
+        zero_value = torch.tensor(zero_point, dtype=_TORCH_DTYPES.get(type_name, torch.int32))
         if axis is None:
             scale_value, zero_value = scale_value.reshape(()), zero_value.reshape(())
         scale_node = g.op("Constant", value_t=scale_value)

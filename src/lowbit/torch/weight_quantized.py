@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.integer_emulation import emulable, integer_bias, requantized_conv
+from lowbit.torch.layer_wrapper import LayerWrapper
+from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable, integer_bias,
+                                            requantize, requantized_conv)
 
 
 def _conv_transpose(layer, x, weight, bias):
@@ -30,7 +32,7 @@ _FORWARDS = {
 }
 
 
-class WeightQuantized(nn.Module):
+class WeightQuantized(LayerWrapper):
     """Wraps ``layer``; runs it with ``weight_quantizer(layer.weight)``.
 
     When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
@@ -40,19 +42,11 @@ class WeightQuantized(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
-        super().__init__()
-        self.layer = layer
+        super().__init__(layer)
         self.weight_quantizer = weight_quantizer
         self.link_input_quantizer(None)
         self.link_output_quantizer(None)
         self._forward = next((f for cls, f in _FORWARDS.items() if isinstance(layer, cls)), None)
-
-    def __getattr__(self, name: str):
-        """Attributes the wrapper lacks (weight, in_features ...) come from the wrapped layer."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["layer"], name)
 
     def link_input_quantizer(self, quantizer: Quantizer | None) -> None:
         """Remember (without owning it as a submodule) the quantizer of this layer's input."""
@@ -63,12 +57,20 @@ class WeightQuantized(nn.Module):
         object.__setattr__(self, "output_quantizer", quantizer)
 
     def forward(self, x, *args, **kwargs):
-        weight = self.weight_quantizer(self.layer.weight)
         if self._forward is None or args or kwargs:
+            weight = self.weight_quantizer(self.layer.weight)
             return torch.func.functional_call(self.layer, {"weight": weight}, (x,) + args, kwargs)
-        encodings = self._integer_encodings()
         convolve = lambda inputs, weights, bias: self._forward(self.layer, inputs, weights, bias)
-        needs_gradient = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        needs_gradient = torch.is_grad_enabled() and (x.requires_grad or self.layer.weight.requires_grad)
+        if not needs_gradient and self._cacheable():
+            frozen = self._frozen()
+            if isinstance(frozen, ConvRequantization):
+                output = requantize(convolve, x, frozen)
+                self.output_quantizer.mark_on_grid(output)
+                return output
+            return convolve(x, *frozen)
+        weight = self.weight_quantizer(self.layer.weight)
+        encodings = self._integer_encodings()
         if encodings is not None and not needs_gradient:
             return requantized_conv(convolve, x, weight, self.layer.bias, *encodings)
         output = convolve(x, weight, self._bias())
@@ -76,6 +78,44 @@ class WeightQuantized(nn.Module):
             return output
         exact = requantized_conv(convolve, x.detach(), weight.detach(), self.layer.bias, *encodings)
         return output + (exact - output).detach()
+
+    def _cacheable(self) -> bool:
+        """Whether the weight quantizer fake-quantizes, the linked ones are Quantizers and no graph is traced."""
+        linked = (self.input_quantizer, self.output_quantizer)
+        return (isinstance(self.weight_quantizer, Quantizer) and self.weight_quantizer.mode == "quantize"
+                and all(q is None or isinstance(q, Quantizer) for q in linked)
+                and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing())
+
+    def _frozen(self):
+        """The no-gradient form of the layer (integer form, or quantized weight and bias), cached until
+        the weight, the bias or a linked quantizer's mode or encoding changes."""
+        key = self._state_key()
+        cached = self.__dict__.get("_frozen_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self._freeze(), self._state_tensors())
+            object.__setattr__(self, "_frozen_cache", cached)
+        return cached[1]
+
+    def _freeze(self):
+        """Integer form when this convolution runs as an integer kernel, else (quantized weight, bias)."""
+        weight = self.weight_quantizer(self.layer.weight)
+        encodings = self._integer_encodings()
+        if encodings is not None:
+            return conv_requantization(weight, self.layer.bias, *encodings)
+        return weight, self._bias()
+
+    def _state_tensors(self) -> tuple:
+        """The tensors the frozen form depends on (held so that their ids stay unique)."""
+        quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
+        buffers = tuple(t for q in quantizers if q is not None for t in (q.scale, q.offset))
+        return (self.layer.weight, getattr(self.layer, "bias", None)) + buffers
+
+    def _state_key(self) -> tuple:
+        """Identity, version and storage of every state tensor, plus the quantizers' modes and specs."""
+        tensors = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in self._state_tensors())
+        quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
+        return tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
 
     def _integer_encodings(self):
         """(input, weight, output) encodings when this convolution runs as an integer kernel, else None."""
