@@ -92,15 +92,21 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> tor
 
 def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
                     output_encoding: Encoding) -> torch.Tensor:
-    """a + b on the output grid as onnxruntime's QLinearAdd computes it: float32 scale ratios
-    sa/sc and sb/sc times the centred integers, plus the zero point, rounded half to even, saturated."""
+    """a + b on the output grid as onnxruntime's QLinearAdd computes it: with float32 scale ratios
+    ra = sa/sc, rb = sb/sc and fused multiply-adds, q = round(fma(ra, a, fma(rb, b, zc))), saturated.
+
+    A float32 fused multiply-add is a float64 multiply-add rounded once to float32 (the product of
+    two float32 values is exact in float64).
+    """
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
-    total = torch.div(a, a_scale).round_().mul_(a_scale / output_scale)
-    total.add_(torch.div(b, b_scale).round_().mul_(b_scale / output_scale))
-    offset = output_encoding.offset.reshape(()).to(total.dtype)
-    grid = total.sub_(offset).round_().clamp_(0, output_encoding.spec.levels - 1)
-    return grid.add_(offset).mul_(output_scale)
+    a_ratio, b_ratio = (a_scale / output_scale).double(), (b_scale / output_scale).double()
+    zero_point = (-output_encoding.offset.reshape(())).double()
+    a_integers = torch.div(a, a_scale).round_().double()
+    b_integers = torch.div(b, b_scale).round_().double()
+    inner = b_integers.mul_(b_ratio).add_(zero_point).float().double()
+    grid = a_integers.mul_(a_ratio).add_(inner).float().round_().clamp_(0, output_encoding.spec.levels - 1)
+    return grid.sub_(zero_point.float()).mul_(output_scale)
 
 
 def emulable_add(a_encoding: Encoding | None, b_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:
