@@ -80,7 +80,41 @@ def test_quantize_torchscript_file(npy, tmp_path):
     model_path = tmp_path / "tiny.pt"
     torch.jit.trace(tiny_resnet().eval(), torch.randn(1, 3, 32, 32)).save(model_path)
     out = tmp_path / "out"
-    assert_exported(invoke(["quantize", model_path, "--data", npy, "--out", out]), out)
+    result = invoke(["quantize", model_path, "--data", npy, "--out", out])
+    assert_exported(result, out)
+    assert "weight 13" in result.output
+
+
+def test_quantize_pt2_file_quantizes_weights(npy, tmp_path):
+    """An aten-level .pt2 graph gets the eager model's weight quantizers; its static batch of 2 is checked
+    to be batch-independent, so the default --batch-size 16 runs, with a note."""
+    model_path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(tiny_resnet().eval(), (torch.randn(2, 3, 32, 32),)), model_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["quantize", str(model_path), "--data", str(npy), "--out", str(out)],
+                                catch_exceptions=False)
+    assert_exported(result, out)
+    assert "weight 13" in result.output and "top-1 agreement 100.00%" in result.output
+
+
+def test_pt2_with_batch_dependent_graph_is_one_line_error(tmp_path, capsys):
+    class BatchBound(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x.reshape(2, -1, 4)).softmax(1).reshape(x.shape)
+
+    model_path, data = tmp_path / "bound.pt2", tmp_path / "data.npy"
+    torch.export.save(torch.export.export(BatchBound().eval(), (torch.randn(2, 8, 4),)), model_path)
+    np.save(data, np.random.default_rng(0).standard_normal((8, 8, 4)).astype(np.float32))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(model_path), "--data", str(data), "--out", str(out), "--batch-size", "4"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "static batch size of 2" in lines[0] and "--batch-size 2" in lines[0]
 
 
 @pytest.mark.parametrize("case", ["missing model file", "no such module", "empty folder", "nan data",

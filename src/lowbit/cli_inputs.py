@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import warnings
@@ -13,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from lowbit.errors import DataError, ModelLoadError
+from lowbit.torch.module_graph import as_module_graph, is_aten_graph
 from lowbit.zoo import imagenet_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -25,10 +27,99 @@ def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
     """
     path = Path(spec)
     if path.suffix == ".pt2":
-        return _load_file(path, lambda p: torch.export.load(str(p)).module())
+        program = _read_file(path, lambda p: torch.export.load(str(p)))
+        model = _module_form(_inference_form(_read_file(path, lambda p: program.module())))
+        return _fit_batch(model, _static_batch(program), example_input, path)
     if path.exists() or ":" not in spec:
-        return _load_file(path, lambda p: _torchscript_as_graph(p, example_input))
+        return _module_form(_load_file(path, lambda p: _torchscript_as_graph(p, example_input)))
     return _load_factory(spec)
+
+
+def _module_form(model: nn.Module) -> nn.Module:
+    """An aten-level graph with its convolutions, linear layers and batch norms as modules, so lowbit
+    quantizes their weights, folds BatchNorm and emulates the integer kernels."""
+    return as_module_graph(model) if is_aten_graph(model) else model
+
+
+def _static_batch(program) -> int | None:
+    """The batch size a torch.export program was exported with, when its first input's is static."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            value = node.meta.get("val")
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return value.shape[0] if isinstance(value.shape[0], int) else None
+            return None
+    return None
+
+
+def _fit_batch(model: nn.Module, batch: int | None, example: torch.Tensor, path: Path) -> nn.Module:
+    """The .pt2 model, made to accept the data's batches when it was exported with a static batch.
+
+    torch.export guards the exported batch size. When the data's batches differ from it and the graph's
+    results do not depend on the batch size (checked on ``example``: the batch at once and one sample
+    alone against runs at the exported batch size), the guard is dropped with a note; otherwise a
+    DataError names the fix."""
+    if batch is None or example.dim() == 0 or len(example) == batch:
+        return model
+    unguarded = _without_guards(model)
+    if unguarded is not None and _batch_independent(model, unguarded, batch, example):
+        print(f"note: '{path}' was exported with a static batch size of {batch}; its graph does not "
+              f"depend on the batch size, so lowbit runs it on batches of {len(example)}", file=sys.stderr)
+        return unguarded
+    raise DataError(f"'{path}' was exported with a static batch size of {batch} and its graph depends on it: "
+                    f"pass --batch-size {batch} (with a sample count divisible by it) or export with a dynamic "
+                    f"batch dimension (torch.export.Dim)")
+
+
+def _without_guards(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` without torch.export's input guards, or None when it has none to drop."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation notice on copy
+        unguarded = copy.deepcopy(model)
+    guards = [n for n in unguarded.graph.nodes
+              if n.op == "call_module" and type(unguarded.get_submodule(n.target)).__name__ == "GuardsFn"]
+    if not guards or any(n.users for n in guards):
+        return None
+    for node in guards:
+        unguarded.graph.erase_node(node)
+    unguarded.delete_all_unused_submodules()
+    unguarded.recompile()
+    unguarded.__dict__.pop("train", None)
+    unguarded.__dict__.pop("eval", None)
+    return unguarded.eval()
+
+
+def _batch_independent(model: nn.Module, unguarded: nn.Module, batch: int, example: torch.Tensor) -> bool:
+    """Whether ``unguarded`` gives, on ``example`` at once and on its first sample alone, what ``model``
+    gives at its exported batch size ``batch``."""
+    count = len(example)
+    chunks = -(-count // batch)
+    tiled = example[torch.arange(chunks * batch) % count]
+    try:
+        with torch.no_grad():
+            reference = [torch.cat(parts) for parts in zip(*(_leaves(model(part)) for part in tiled.split(batch)))]
+            runs = [_leaves(unguarded(example)), _leaves(unguarded(example[:1]))]
+    except Exception:
+        return False
+    for outputs, size in zip(runs, (count, 1)):
+        if len(outputs) != len(reference):
+            return False
+        for output, expected in zip(outputs, reference):
+            expected = expected[:size]
+            if output.shape != expected.shape:
+                return False
+            scale = float(expected.abs().max()) if expected.numel() else 1.0
+            if not torch.allclose(output.float(), expected.float(), rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+                return False
+    return True
+
+
+def _leaves(value) -> list[torch.Tensor]:
+    """The tensors of a model's output (tensor, tuple, list or dict)."""
+    return [leaf for leaf in torch.utils._pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
 
 
 def _torchscript_as_graph(path: Path, example_input: torch.Tensor) -> nn.Module:
@@ -41,14 +132,24 @@ def _torchscript_as_graph(path: Path, example_input: torch.Tensor) -> nn.Module:
         return TS2EPConverter(script, (example_input,)).convert().module()
 
 
-def _load_file(path: Path, reader) -> nn.Module:
-    """Read a model file with ``reader``; ModelLoadError if it is missing or unreadable."""
+def _read_file(path: Path, reader):
+    """``reader(path)``; ModelLoadError if the file is missing or unreadable."""
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' not found (MODEL is a module:factory spec or a model file)")
     try:
-        model = reader(path)
+        return reader(path)
     except Exception as error:
         raise ModelLoadError(f"cannot read model file '{path}': {_first_line(error)}") from None
+
+
+def _load_file(path: Path, reader) -> nn.Module:
+    """Read a model file with ``reader``; ModelLoadError if it is missing or unreadable."""
+    model = _read_file(path, reader)
+    return _inference_form(model)
+
+
+def _inference_form(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, with nn.Module's train()/eval() usable."""
     # torch.export's module() forbids train()/eval() through instance attributes; its graph is already
     # in inference form, so restoring nn.Module's methods lets lowbit copy it and call eval().
     model.__dict__.pop("train", None)

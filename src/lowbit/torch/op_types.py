@@ -84,3 +84,58 @@ WEIGHT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}
 
 WEIGHTED_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "Gather"})
 """Op types whose ``weight`` parameter gets a quantizer."""
+
+
+def _aten_op_types() -> dict:
+    """ONNX op types of the aten operators in torch.export and converted-TorchScript graphs, keyed by
+    both the overload (``aten.relu.default``) and its packet (``aten.relu``); None for non-tensor ops."""
+    aten = torch.ops.aten
+    names = {
+        "Add": ["add.Tensor", "add_.Tensor", "add.Scalar"], "Sub": ["sub.Tensor", "sub.Scalar", "rsub.Scalar"],
+        "Mul": ["mul.Tensor", "mul_.Tensor", "mul.Scalar"], "Div": ["div.Tensor", "div.Scalar"],
+        "MatMul": ["matmul.default", "mm.default", "bmm.default"], "Gemm": ["linear.default", "addmm.default"],
+        "Conv": ["conv1d.default", "conv2d.default", "conv3d.default", "conv1d.padding", "conv2d.padding",
+                 "conv3d.padding", "convolution.default"],
+        "ConvTranspose": ["conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"],
+        "BatchNormalization": ["batch_norm.default", "_native_batch_norm_legit_no_training.default"],
+        "Concat": ["cat.default", "stack.default", "concat.default"],
+        "Reshape": ["view.default", "reshape.default", "_unsafe_view.default", "unflatten.int"],
+        "Flatten": ["flatten.using_ints"],
+        "Transpose": ["transpose.int", "permute.default", "t.default"],
+        "Squeeze": ["squeeze.dim", "squeeze.dims", "squeeze.default"], "Unsqueeze": ["unsqueeze.default"],
+        "Slice": ["slice.Tensor", "select.int", "narrow.default"],
+        "Identity": ["contiguous.default", "clone.default", "alias.default", "detach.default"],
+        "Expand": ["expand.default"], "Split": ["split.Tensor", "split_with_sizes.default", "chunk.default"],
+        "ReduceMean": ["mean.dim", "mean.default"], "ReduceSum": ["sum.dim_IntList", "sum.default"],
+        "Relu": ["relu.default", "relu_.default"],
+        "Clip": ["hardtanh.default", "hardtanh_.default", "clamp.default", "clamp.Tensor", "clamp_min.default",
+                 "clamp_max.default"],
+        "Sigmoid": ["sigmoid.default"], "Tanh": ["tanh.default"], "Gelu": ["gelu.default"], "Silu": ["silu.default"],
+        "HardSwish": ["hardswish.default"], "HardSigmoid": ["hardsigmoid.default"],
+        "LeakyRelu": ["leaky_relu.default"], "Elu": ["elu.default"],
+        "Softmax": ["softmax.int", "_softmax.default"], "LayerNormalization": ["layer_norm.default"],
+        "GroupNormalization": ["group_norm.default"],
+        "GlobalAveragePool": ["adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
+                              "_adaptive_avg_pool2d.default", "adaptive_avg_pool3d.default"],
+        "AveragePool": ["avg_pool1d.default", "avg_pool2d.default", "avg_pool3d.default"],
+        "MaxPool": ["max_pool1d.default", "max_pool2d.default", "max_pool3d.default"],
+        "Pad": ["pad.default", "constant_pad_nd.default"],
+        "Resize": ["upsample_nearest2d.vec", "upsample_bilinear2d.vec", "upsample_nearest2d.default",
+                   "upsample_bilinear2d.default"],
+        "Dropout": ["dropout.default"], "Gather": ["embedding.default"],
+        None: ["sym_size.int", "sym_numel.default", "_assert_scalar.default", "_assert_tensor_metadata.default"],
+    }
+    table = {}
+    for op_type, overloads in names.items():
+        for name in overloads:
+            packet_name, _, overload_name = name.partition(".")
+            packet = getattr(aten, packet_name, None)
+            overload = getattr(packet, overload_name, None) if packet is not None else None
+            if overload is None:
+                continue
+            table[overload] = op_type
+            table.setdefault(packet, op_type)
+    return table
+
+
+FUNCTION_OP_TYPES.update(_aten_op_types())

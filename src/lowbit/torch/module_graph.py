@@ -1,0 +1,294 @@
+"""Turn aten-level graphs (torch.export, TorchScript conversion) back into module form.
+
+A GraphModule from ``torch.export.load(...).module()`` or from converting TorchScript computes
+convolutions, linear layers and batch norms as aten calls on ``get_attr`` parameters. lowbit places
+weight quantizers, folds BatchNorm and emulates integer kernels on modules, so ``as_module_graph``
+rewrites those calls into ``call_module`` nodes on new ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*``/
+``nn.Embedding`` modules holding the same tensors, named after the parameters' own paths.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+aten = torch.ops.aten
+
+_CONV = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3,
+         aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3}
+_CONV_TRANSPOSE = {aten.conv_transpose1d.default: 1, aten.conv_transpose2d.input: 2,
+                   aten.conv_transpose3d.input: 3}
+_CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSE_CLASSES = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_BATCHNORM_CLASSES = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def is_aten_graph(gm: nn.Module) -> bool:
+    """Whether ``gm`` is a GraphModule calling aten operators (torch.export / converted TorchScript)."""
+    return isinstance(gm, fx.GraphModule) and any(
+        n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) for n in gm.graph.nodes)
+
+
+def as_module_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite ``gm``'s aten conv/linear/batch-norm/embedding calls on parameters into module calls,
+    in place; returns ``gm``. Calls whose weights are computed (not ``get_attr``) stay as they are."""
+    _erase_unused_attributes(gm)
+    rewriter = _Rewriter(gm)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function":
+            rewriter.rewrite(node)
+    _erase_unused_attributes(gm)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _erase_unused_attributes(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+
+
+class _Rewriter:
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.created: dict[str, tuple] = {}  # module path -> (kind, config key)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def tensor(self, arg) -> torch.Tensor | None:
+        """The tensor a ``get_attr`` node reads, or None (also for None args)."""
+        if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+            return None
+        value = _attribute(self.gm, arg.target)
+        return value if isinstance(value, torch.Tensor) else None
+
+    def path_for(self, weight_node: fx.Node, consumed: list[fx.Node], key: tuple, fallback: str) -> str | None:
+        """Module path for a new module: the weight's parent path when it holds nothing else the graph
+        reads; an existing path when the same module (shared weights) was already made."""
+        parent, _, _ = weight_node.target.rpartition(".")
+        candidates = [parent] if parent else []
+        candidates.append(fallback)
+        consumed_targets = {n.target for n in consumed if isinstance(n, fx.Node)}
+        for path in candidates:
+            if path in self.created:
+                if self.created[path] == key:
+                    return path
+                continue
+            if self._free(path, consumed_targets):
+                return path
+        base, index = fallback, 1
+        while not self._free(f"{base}_{index}", set()) or f"{base}_{index}" in self.created:
+            index += 1
+        return f"{base}_{index}"
+
+    def _free(self, path: str, consumed_targets: set) -> bool:
+        """Whether ``path`` can hold a new module: unused, or a plain holder of only ``consumed_targets``."""
+        try:
+            existing = self.gm.get_submodule(path)
+        except AttributeError:
+            parent, _, name = path.rpartition(".")
+            try:
+                holder = self.gm.get_submodule(parent) if parent else self.gm
+            except AttributeError:
+                return "." not in path
+            return not hasattr(holder, name)
+        if existing is self.gm or any(True for _ in existing.children()):
+            return False
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr" and node.target.startswith(path + ".") and node.target not in consumed_targets:
+                return False
+            if node.op == "call_module" and node.target == path:
+                return False
+        return True
+
+    def install(self, node: fx.Node, path: str, module: nn.Module, key: tuple, inputs: tuple,
+                replace: fx.Node | None = None) -> None:
+        if path not in self.created:
+            self.gm.set_submodule(path, module) if "." in path else setattr(self.gm, path, module)
+            self.created[path] = key
+        with self.gm.graph.inserting_before(node):
+            call = self.gm.graph.call_module(path, inputs)
+        call.meta = dict(node.meta)
+        (replace or node).replace_all_uses_with(call)
+        if replace is not None:
+            self.gm.graph.erase_node(replace)
+        self.gm.graph.erase_node(node)
+
+    # -- rewrites --------------------------------------------------------------------------------
+    def rewrite(self, node: fx.Node) -> None:
+        target = node.target
+        if target in _CONV:
+            self.conv(node, _CONV[target], transposed=False)
+        elif target in _CONV_TRANSPOSE:
+            self.conv(node, _CONV_TRANSPOSE[target], transposed=True)
+        elif target is aten.convolution.default:
+            weight = self.tensor(_arg(node, 1, "weight"))
+            if weight is not None:
+                self.conv(node, weight.dim() - 2, transposed=bool(_arg(node, 6, "transposed", False)))
+        elif target is aten.linear.default:
+            self.linear(node)
+        elif target is aten.batch_norm.default:
+            if not _arg(node, 5, "training", False):
+                self.batchnorm(node, eps_index=7, replace=None)
+        elif target is aten._native_batch_norm_legit_no_training.default:
+            getters = list(node.users)
+            if (len(getters) == 1 and getters[0].op == "call_function"
+                    and getters[0].target.__name__ == "getitem" and getters[0].args[1] == 0):
+                self.batchnorm(node, eps_index=6, replace=getters[0])
+        elif target is aten.embedding.default:
+            self.embedding(node)
+        elif target is aten.addmm.default:
+            self.addmm(node)
+        elif target is aten.max_pool2d_with_indices.default:
+            getters = list(node.users)
+            if (len(getters) == 1 and getters[0].op == "call_function"
+                    and getters[0].target.__name__ == "getitem" and getters[0].args[1] == 0):
+                with self.gm.graph.inserting_before(node):
+                    pool = self.gm.graph.call_function(aten.max_pool2d.default, node.args, node.kwargs)
+                pool.meta = dict(getters[0].meta)
+                getters[0].replace_all_uses_with(pool)
+                self.gm.graph.erase_node(getters[0])
+                self.gm.graph.erase_node(node)
+
+    def conv(self, node: fx.Node, dims: int, transposed: bool) -> None:
+        x, weight_node, bias_node = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        weight, bias = self.tensor(weight_node), self.tensor(bias_node)
+        if weight is None or (bias_node is not None and bias is None) or dims not in _CONV_CLASSES:
+            return
+        if weight.dim() != dims + 2:
+            return
+        if node.target is aten.convolution.default:
+            stride, padding, dilation = node.args[3], node.args[4], node.args[5]
+            output_padding, groups = node.args[7], node.args[8]
+        elif transposed:  # conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
+            stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
+            output_padding, groups = _arg(node, 5, "output_padding", 0), _arg(node, 6, "groups", 1)
+            dilation = _arg(node, 7, "dilation", 1)
+        else:  # convNd(input, weight, bias, stride, padding, dilation, groups)
+            stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
+            dilation, groups, output_padding = _arg(node, 5, "dilation", 1), _arg(node, 6, "groups", 1), 0
+        stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
+        padding = padding if isinstance(padding, str) else _tuple(padding, dims)
+        output_padding = _tuple(output_padding, dims)
+        if not all(isinstance(v, int) for v in (*stride, *dilation, *output_padding, groups)):
+            return
+        if transposed:
+            in_channels, out_channels = weight.shape[0], weight.shape[1] * groups
+            module = _CONV_TRANSPOSE_CLASSES[dims](in_channels, out_channels, tuple(weight.shape[2:]), stride,
+                                                   padding, output_padding, groups, bias is not None, dilation,
+                                                   device="meta")
+        else:
+            if any(output_padding):
+                return
+            module = _CONV_CLASSES[dims](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                                         stride, padding, dilation, groups, bias is not None, device="meta")
+        module.weight = _parameter(weight)
+        if bias is not None:
+            module.bias = _parameter(bias)
+        kind = "ConvTranspose" if transposed else "Conv"
+        key = (kind, dims, id(weight), id(bias), stride, padding, dilation, groups, output_padding)
+        path = self.path_for(weight_node, [weight_node, bias_node], key, f"{node.name}")
+        self.install(node, path, module, key, (x,))
+
+    def linear(self, node: fx.Node) -> None:
+        x, weight_node, bias_node = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        weight, bias = self.tensor(weight_node), self.tensor(bias_node)
+        if weight is None or weight.dim() != 2 or (bias_node is not None and bias is None):
+            return
+        module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        module.weight = _parameter(weight)
+        if bias is not None:
+            module.bias = _parameter(bias)
+        key = ("Linear", id(weight), id(bias))
+        self.install(node, self.path_for(weight_node, [weight_node, bias_node], key, node.name), module, key, (x,))
+
+    def addmm(self, node: fx.Node) -> None:
+        """``addmm(bias, x, t(weight))`` (linear after decomposition) as an nn.Linear."""
+        if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+            return
+        bias_node, x, transposed = node.args
+        if not (isinstance(transposed, fx.Node) and transposed.op == "call_function" and len(transposed.users) == 1
+                and (transposed.target is aten.t.default
+                     or (transposed.target is aten.permute.default and list(transposed.args[1]) == [1, 0]))):
+            return
+        weight_node = transposed.args[0]
+        weight, bias = self.tensor(weight_node), self.tensor(bias_node)
+        if weight is None or weight.dim() != 2 or bias is None or bias.shape != (weight.shape[0],):
+            return
+        module = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+        module.weight, module.bias = _parameter(weight), _parameter(bias)
+        key = ("Linear", id(weight), id(bias))
+        self.install(node, self.path_for(weight_node, [weight_node, bias_node], key, node.name), module, key, (x,))
+        self.gm.graph.erase_node(transposed)
+
+    def batchnorm(self, node: fx.Node, eps_index: int, replace: fx.Node | None) -> None:
+        x = node.args[0]
+        nodes = [_arg(node, i, name) for i, name in
+                 enumerate(("weight", "bias", "running_mean", "running_var"), start=1)]
+        tensors = [self.tensor(n) for n in nodes]
+        weight, bias, mean, var = tensors
+        if mean is None or var is None or any(n is not None and t is None for n, t in zip(nodes, tensors)):
+            return
+        if (weight is None) != (bias is None):
+            return
+        eps = node.args[eps_index] if len(node.args) > eps_index else node.kwargs.get("eps", 1e-5)
+        if not isinstance(eps, (int, float)):
+            return
+        rank = _rank(x)
+        module = _BATCHNORM_CLASSES.get(rank, nn.BatchNorm2d)(mean.shape[0], eps=float(eps),
+                                                              affine=weight is not None, device="meta")
+        if weight is not None:
+            module.weight, module.bias = _parameter(weight), _parameter(bias)
+        module.running_mean, module.running_var = mean, var
+        module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+        module.eval()
+        anchor = nodes[0] if nodes[0] is not None else nodes[2]
+        key = ("BatchNorm", tuple(id(t) for t in tensors), float(eps))
+        path = self.path_for(anchor, [n for n in nodes if n is not None], key, node.name)
+        self.install(node, path, module, key, (x,), replace=replace)
+
+    def embedding(self, node: fx.Node) -> None:
+        weight_node, indices = node.args[0], node.args[1]
+        weight = self.tensor(weight_node)
+        padding_idx = _arg(node, 2, "padding_idx", -1)
+        if weight is None or weight.dim() != 2 or _arg(node, 4, "sparse", False) or not isinstance(padding_idx, int):
+            return
+        module = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=None if padding_idx < 0 else padding_idx,
+                              device="meta")
+        module.weight = _parameter(weight)
+        key = ("Embedding", id(weight), padding_idx)
+        self.install(node, self.path_for(weight_node, [weight_node], key, node.name), module, key, (indices,))
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _tuple(value, dims: int) -> tuple:
+    if isinstance(value, (list, tuple)):
+        values = tuple(value)
+        return values * dims if len(values) == 1 and dims > 1 else values
+    return (value,) * dims
+
+
+def _rank(node) -> int | None:
+    value = node.meta.get("val", node.meta.get("example_value")) if isinstance(node, fx.Node) else None
+    return value.dim() if isinstance(value, torch.Tensor) else None
+
+
+def _attribute(gm: nn.Module, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def _parameter(tensor: torch.Tensor) -> nn.Parameter:
+    if isinstance(tensor, nn.Parameter):
+        return tensor
+    return nn.Parameter(tensor.detach(), requires_grad=False)
