@@ -179,7 +179,7 @@ def reference_entropy_range(histogram, spec):
                                   histogram.hi.item(), encoding.min.item(), encoding.max.item(),
                                   encoding.scale.item(), encoding.offset.item(), spec.levels)
         if divergence < best:
-            best, best_range = divergence, (encoding.min.item(), encoding.max.item())
+            best, best_range = divergence, (lo.item(), hi.item())
     return best_range
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.histogram import StreamingHistogram
+from lowbit.quant.histogram import StreamingHistogram, row_aminmax
 from lowbit.quant.spec import QuantSpec
 
 _STEPS_PER_SIDE = 24
@@ -15,6 +15,17 @@ _MAX_ELEMENTS_PER_CHUNK = 1 << 24
 def sqnr_range(histogram: StreamingHistogram, spec: QuantSpec):
     """Per-row (min, max) whose grid has the lowest expected squared error on the histogram."""
     return _search(histogram, spec, _squared_error, candidate_ranges)
+
+
+def sqnr_range_of_values(values: torch.Tensor, spec: QuantSpec):
+    """Per-row (min, max) whose grid has the lowest squared error on the [rows, n] ``values`` themselves.
+
+    The exact counterpart of :func:`sqnr_range` for tensors known in full (weights): the same
+    candidates, each scored on every value rather than on bin centres.
+    """
+    values = values.detach().to(torch.float32)
+    lo, hi = row_aminmax(values)
+    return _search_on(values, torch.ones_like(values), lo, hi, spec, _squared_error, candidate_ranges)
 
 
 def entropy_range(histogram: StreamingHistogram, spec: QuantSpec):
@@ -46,19 +57,27 @@ def candidate_ranges(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
 
 
 def _search(histogram, spec, cost, candidates):
-    """Evaluate ``cost`` for every candidate and keep the cheapest, in row chunks to bound memory."""
-    cand_lo, cand_hi = candidates(histogram.lo, histogram.hi, spec)
-    rows, per_row = cand_lo.shape[0], cand_lo.shape[1] * histogram.bins
+    """Evaluate ``cost`` for every candidate on the histogram and keep the cheapest."""
+    return _search_on(histogram.centers(), histogram.counts.to(torch.float32), histogram.lo, histogram.hi,
+                      spec, cost, candidates)
+
+
+def _search_on(centers, counts, lo, hi, spec, cost, candidates):
+    """Evaluate ``cost`` of [rows, n] ``centers`` weighted by ``counts`` for every candidate range of
+    (``lo``, ``hi``) and keep the cheapest, in row chunks to bound memory. Returns the candidate
+    ranges themselves: ``Encoding.from_range`` rebuilds exactly the grid that was scored (a grid's
+    own min/max would not: signed symmetric grids reach one step further below zero)."""
+    cand_lo, cand_hi = candidates(lo, hi, spec)
+    rows, per_row = cand_lo.shape[0], cand_lo.shape[1] * centers.shape[1]
     chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // per_row)
-    centers, counts = histogram.centers(), histogram.counts.to(torch.float32)
     best_lo, best_hi = [], []
     for start in range(0, rows, chunk):
         part = slice(start, start + chunk)
         encoding = Encoding.from_range(spec, cand_lo[part], cand_hi[part])
         costs = cost(centers[part], counts[part], encoding)
         choice = costs.argmin(1, keepdim=True)
-        best_lo.append(encoding.min.gather(1, choice)[:, 0])
-        best_hi.append(encoding.max.gather(1, choice)[:, 0])
+        best_lo.append(cand_lo[part].gather(1, choice)[:, 0])
+        best_hi.append(cand_hi[part].gather(1, choice)[:, 0])
     return torch.cat(best_lo), torch.cat(best_hi)
 
 

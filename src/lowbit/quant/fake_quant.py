@@ -66,6 +66,15 @@ def _fake_quantize_per_tensor_values(x: torch.Tensor, encoding: Encoding) -> tor
     return grid.clamp_(low, low + encoding.spec.levels - 1).mul_(encoding.scale.reshape(()))
 
 
+def fake_quantize_per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values of :func:`_fake_quantize_per_tensor_values` (float32, per-tensor, no gradient) and
+    the centred grid indices c they are c · scale of (float32)."""
+    low = float(encoding.offset.reshape(()))
+    grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
+    grid.clamp_(low, low + encoding.spec.levels - 1)
+    return torch.mul(grid, encoding.scale.reshape(())), grid
+
+
 def _fake_quantize_blocks(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """Per-block fake quantization composed from ops, with the same STE gradient."""
     spec = encoding.spec

@@ -9,7 +9,7 @@ from torch import nn
 
 from lowbit.errors import NotCalibratedError
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing
+from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_quantize_per_tensor_grid
 from lowbit.quant.layout import encoding_shape
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
 from lowbit.quant.spec import QuantSpec
@@ -73,10 +73,23 @@ class Quantizer(nn.Module):
             raise NotCalibratedError(f"quantizer {name!r} has no encoding: call sim.calibrate(data) first")
         return self.encoding
 
-    def mark_on_grid(self, x: torch.Tensor) -> None:
+    def mark_on_grid(self, x: torch.Tensor, integers: torch.Tensor | None = None) -> None:
         """Note that ``x`` was just computed on this quantizer's grid: while it stays unmodified and
-        needs no gradient, forward returns it as is (fake-quantizing it again would not change it)."""
+        needs no gradient, forward returns it as is (fake-quantizing it again would not change it).
+
+        ``integers``, when given, are the centred grid indices c (as float32) with x = c · scale, kept
+        alongside ``x`` (for as long as ``x`` lives) so that integer kernels reading ``x`` need not
+        recompute round(x / scale), which equals c exactly for such x.
+        """
         object.__setattr__(self, "_on_grid", (weakref.ref(x), x._version))
+        if integers is not None:
+            x._lowbit_grid = (integers, self.scale)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_on_grid", None)  # a weak reference to a transient tensor
+        return state
 
     def _is_on_grid(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is the tensor last marked by :meth:`mark_on_grid`, unmodified since."""
@@ -84,12 +97,34 @@ class Quantizer(nn.Module):
         return (marked is not None and marked[0]() is x and x._version == marked[1]
                 and not (torch.is_grad_enabled() and x.requires_grad))
 
+    def grid_integers(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+        """round(x / scale) without computing it: the centred grid indices stored with ``x`` by
+        :meth:`mark_on_grid`, when ``x`` is on this quantizer's grid and ``scale`` is its scale."""
+        if self.mode != "quantize" or not self._is_on_grid(x):
+            return None
+        stored = getattr(x, "_lowbit_grid", None)
+        if stored is None or stored[1] is not self.scale or not torch.equal(scale.reshape(()), self.scale.reshape(())):
+            return None
+        return stored[0]
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """What forward returns in ``"quantize"`` mode for an unmarked ``x`` (marks nothing)."""
+        if self.divide and self.spec.axis is None:
+            return fake_quantize_dividing(x, self.encoding)
+        return fake_quantize(x, self.encoding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
             if self._is_on_grid(x):
                 return x
             if self.divide and self.spec.axis is None:
                 return fake_quantize_dividing(x, self.encoding)
+            if (self.spec.axis is None and self.spec.block_size is None and x.dtype == torch.float32
+                    and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+                    and not torch.jit.is_tracing() and self.scale.dim() == 0):
+                output, integers = fake_quantize_per_tensor_grid(x, self.encoding)
+                self.mark_on_grid(output, integers)
+                return output
             return fake_quantize(x, self.encoding)
         if self.mode == "calibrate" and x.is_floating_point():
             self.estimator.observe(x)

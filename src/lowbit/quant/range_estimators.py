@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from lowbit.errors import NotCalibratedError, SpecError
-from lowbit.quant.clipping_search import entropy_range, sqnr_range
-from lowbit.quant.histogram import StreamingHistogram
+from lowbit.quant.clipping_search import entropy_range, sqnr_range, sqnr_range_of_values
+from lowbit.quant.histogram import StreamingHistogram, row_aminmax
 from lowbit.quant.layout import as_rows
 from lowbit.quant.spec import QuantSpec
 
@@ -44,7 +44,7 @@ class MinMaxEstimator(RangeEstimator):
         self.lo = self.hi = None
 
     def update(self, rows):
-        lo, hi = torch.aminmax(rows, dim=1)
+        lo, hi = row_aminmax(rows)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -112,3 +112,41 @@ def make_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
     if scheme not in estimators:
         raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     return estimators[scheme](spec)
+
+
+class WeightSqnrEstimator(RangeEstimator):
+    """``sqnr`` for a tensor observed once and in full (a weight): the clipping range with the lowest
+    squared error, scored on the values themselves where that is no dearer than a histogram (symmetric
+    grids, whose 24 candidates are cheap to score, or rows no longer than ``bins``), else on a
+    ``bins``-bin histogram of them, as :class:`SqnrEstimator` does."""
+
+    def __init__(self, spec: QuantSpec, bins: int = 512):
+        super().__init__(spec)
+        self.bins = bins
+        self.values: torch.Tensor | None = None
+
+    def update(self, rows):
+        rows = rows.to(torch.float32)
+        self.values = rows if self.values is None else torch.cat([self.values, rows], dim=1)
+
+    def range(self):
+        self._require_data()
+        if self.spec.symmetric or self.values.shape[1] <= self.bins:
+            return sqnr_range_of_values(self.values, self.spec)
+        histogram = StreamingHistogram(self.bins, max_counted=self.values.shape[1])
+        histogram.update(self.values)
+        return sqnr_range(histogram, self.spec)
+
+
+def make_weight_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
+    """The range estimator for a weight (observed once, in full) calibrated with ``scheme``.
+
+    ``minmax`` and ``percentile``/``entropy`` give the weight's min and max: weights have no outliers
+    from data to clip, the percentile and KL criteria are statistics of activation distributions, and
+    this is what TensorRT, onnxruntime's calibrators and NNCF do with weights. ``sqnr`` keeps its
+    MSE-optimal search (it pays off at low bit widths), scored exactly on the weight values
+    (:class:`WeightSqnrEstimator`).
+    """
+    if scheme not in SCHEMES:
+        raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    return WeightSqnrEstimator(spec) if scheme == "sqnr" else MinMaxEstimator(spec)

@@ -6,6 +6,7 @@ from torch import fx, nn
 
 from lowbit.quant.quantizer import Quantizer
 from lowbit.target import PASSTHROUGH_OPS
+from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.plan import QuantPoint, node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -44,6 +45,7 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     _link_bias_sources(gm)
     _link_output_quantizers(gm)
     _emulate_integer_adds(gm)
+    _link_grid_followers(gm)
     return quantizers
 
 
@@ -114,3 +116,29 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+
+
+def _link_grid_followers(gm: fx.GraphModule) -> None:
+    """Let each Relu/Clip module fused between a weight-quantized layer and its output quantizer skip
+    itself on that quantizer's grid when it is the identity there (the module's class becomes a
+    subclass of its own; the graph is unchanged)."""
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
+            continue
+        quantizer = gm.get_submodule(node.target).output_quantizer
+        if quantizer is None:
+            continue
+        chain, current = [], node
+        while len(current.users) == 1:
+            (current,) = current.users
+            if current.op == "call_module" and gm.get_submodule(current.target) is quantizer:
+                break
+            if node_op_type(gm, current) not in _FUSED_FOLLOWERS:
+                chain = []
+                break
+            chain.append(current)
+        else:
+            chain = []
+        for follower in chain:
+            if follower.op == "call_module":
+                link_grid_follower(gm.get_submodule(follower.target), quantizer)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.integer_emulation import emulable_add, requantized_add
+from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid
 
 
 class IntegerAdd(nn.Module):
@@ -24,8 +24,12 @@ class IntegerAdd(nn.Module):
         encodings = tuple(q.encoding for q in self.quantizers)
         if not emulable_add(*encodings):
             return total
-        exact = requantized_add(a.detach(), b.detach(), *encodings)
         if not torch.is_grad_enabled():
-            self.quantizers[2].mark_on_grid(exact)
+            a_quantizer, b_quantizer, output_quantizer = self.quantizers
+            exact, integers = requantized_add_grid(
+                a, b, *encodings, a_integers=a_quantizer.grid_integers(a, a_quantizer.scale),
+                b_integers=b_quantizer.grid_integers(b, b_quantizer.scale))
+            output_quantizer.mark_on_grid(exact, integers)
             return exact
+        exact = requantized_add(a.detach(), b.detach(), *encodings)
         return total + (exact - total).detach()

@@ -71,6 +71,21 @@ def requantize(convolve, x: torch.Tensor, integer_form: ConvRequantization) -> t
     return accumulator.clamp_(integer_form.low, integer_form.high).mul_(integer_form.output_scale)
 
 
+def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
+                    integers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`requantize`'s result and the centred output grid indices c it is c · output_scale of.
+
+    ``integers``, when given, must be round(x / input_scale) (the centred input grid indices, which a
+    previous integer kernel produced); they are used instead of recomputing them from ``x``.
+    """
+    if integers is None:
+        integers = torch.div(x, integer_form.input_scale).round_()
+    accumulator = convolve(integers, integer_form.weights, integer_form.bias)
+    accumulator.mul_(_per_channel(integer_form.multiplier, accumulator, 1)).round_()
+    accumulator.clamp_(integer_form.low, integer_form.high)
+    return torch.mul(accumulator, integer_form.output_scale), accumulator
+
+
 def requantized_conv(convolve, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      input_encoding: Encoding, weight_encoding: Encoding, output_encoding: Encoding) -> torch.Tensor:
     """Output of ``convolve(x, weight, bias)`` on the output grid, computed in integers like QLinearConv.
@@ -98,15 +113,24 @@ def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_en
     A float32 fused multiply-add is a float64 multiply-add rounded once to float32 (the product of
     two float32 values is exact in float64).
     """
+    return requantized_add_grid(a, b, a_encoding, b_encoding, output_encoding)[0]
+
+
+def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
+                         output_encoding: Encoding, a_integers: torch.Tensor | None = None,
+                         b_integers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`requantized_add`'s result and the centred output grid indices it is those times the
+    output scale of; ``a_integers``/``b_integers``, when given, must be round(a / sa), round(b / sb)."""
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
     a_ratio, b_ratio = (a_scale / output_scale).double(), (b_scale / output_scale).double()
     zero_point = (-output_encoding.offset.reshape(())).double()
-    a_integers = torch.div(a, a_scale).round_().double()
-    b_integers = torch.div(b, b_scale).round_().double()
+    a_integers = (torch.div(a, a_scale).round_() if a_integers is None else a_integers).double()
+    b_integers = (torch.div(b, b_scale).round_() if b_integers is None else b_integers).double()
     inner = b_integers.mul_(b_ratio).add_(zero_point).float().double()
     grid = a_integers.mul_(a_ratio).add_(inner).float().round_().clamp_(0, output_encoding.spec.levels - 1)
-    return grid.sub_(zero_point.float()).mul_(output_scale)
+    grid.sub_(zero_point.float())
+    return torch.mul(grid, output_scale), grid
 
 
 def emulable_add(a_encoding: Encoding | None, b_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:

@@ -13,7 +13,7 @@ from lowbit.data import as_call, batch_count, checked_calls, move_call, tensors_
 from lowbit.errors import InputError, NotCalibratedError, SpecError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
-from lowbit.quant.range_estimators import SCHEMES
+from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator
 from lowbit.target import load_target
 from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
 from lowbit.torch.insert import insert_quantizers
@@ -110,14 +110,19 @@ class QuantSim(nn.Module):
         return self
 
     def calibrate_weights(self) -> None:
-        """Weight encodings from the current weight values (no data needed)."""
+        """Weight encodings from the current weight values (no data needed).
+
+        Weights are known in full, so they skip the streaming estimators: ``minmax``, ``percentile``
+        and ``entropy`` give each channel's min and max, ``sqnr`` searches the lowest-MSE clipping on
+        the weight values themselves (see :func:`lowbit.quant.range_estimators.make_weight_estimator`).
+        """
         for key, quantizer in self._quantizers.items():
             point = self.point(key)
             if point.role != "weight":
                 continue
             weight = self.model.get_submodule(point.module).layer.weight.detach()
-            quantizer.start_calibration()
-            quantizer(weight)
+            quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
+            quantizer.estimator.observe(weight)
             quantizer.finish_calibration(shape=weight.shape)
 
     def export(self, out_dir, name: str = "model"):

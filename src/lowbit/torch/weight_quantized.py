@@ -9,7 +9,7 @@ from torch import nn
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.layer_wrapper import LayerWrapper
 from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable, integer_bias,
-                                            requantize, requantized_conv)
+                                            requantize_grid, requantized_conv)
 
 
 def _conv_transpose(layer, x, weight, bias):
@@ -65,8 +65,9 @@ class WeightQuantized(LayerWrapper):
         if not needs_gradient and self._cacheable():
             frozen = self._frozen()
             if isinstance(frozen, ConvRequantization):
-                output = requantize(convolve, x, frozen)
-                self.output_quantizer.mark_on_grid(output)
+                integers = self.input_quantizer.grid_integers(x, frozen.input_scale)
+                output, output_integers = requantize_grid(convolve, x, frozen, integers)
+                self.output_quantizer.mark_on_grid(output, output_integers)
                 return output
             return convolve(x, *frozen)
         weight = self.weight_quantizer(self.layer.weight)
