@@ -132,6 +132,14 @@ class Target:
         name = f"{self._name}({', '.join(changes)})" if changes else self._name
         return Target(config, name=name)
 
+    def __reduce__(self):
+        """Pickles (and copies) as its config and name; the resolved rules are rebuilt on demand."""
+        return Target, (self._config, self._name)
+
+    def __deepcopy__(self, memo) -> "Target":
+        """Targets are immutable: a copy is the same object."""
+        return self
+
     def to_json(self, include_lowbit: bool = True) -> dict:
         """The config as an AIMET-format dict with "True"/"False" booleans (loads back equal).
 

@@ -21,14 +21,23 @@ def _conv_transpose(layer, x, weight, bias):
                     layer.dilation)
 
 
+def _linear(layer, x, weight, bias):
+    return F.linear(x, weight, bias)
+
+
+def _conv(layer, x, weight, bias):
+    return layer._conv_forward(x, weight, bias)
+
+
+def _embedding(layer, x, weight, bias):
+    return F.embedding(x, weight, layer.padding_idx, layer.max_norm, layer.norm_type, layer.scale_grad_by_freq,
+                       layer.sparse)
+
+
 _FORWARDS = {
-    nn.Linear: lambda layer, x, weight, bias: F.linear(x, weight, bias),
-    nn.Conv1d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
-    nn.Conv2d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
-    nn.Conv3d: lambda layer, x, weight, bias: layer._conv_forward(x, weight, bias),
+    nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Embedding: lambda layer, x, weight, bias: F.embedding(
-        x, weight, layer.padding_idx, layer.max_norm, layer.norm_type, layer.scale_grad_by_freq, layer.sparse),
+    nn.Embedding: _embedding,
 }
 
 
