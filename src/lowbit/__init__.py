@@ -4,8 +4,9 @@ from lowbit.api import load_encodings, quantize
 from lowbit.errors import LowbitError
 from lowbit.target import load_target, preset_names
 from lowbit.torch.batchnorm_fold import fold_batchnorm
+from lowbit.torch.equalize import equalize
 from lowbit.torch.quantsim import QuantSim
 
-__all__ = ["QuantSim", "quantize", "load_encodings", "fold_batchnorm", "load_target", "preset_names",
-           "LowbitError"]
+__all__ = ["QuantSim", "quantize", "load_encodings", "fold_batchnorm", "equalize", "load_target",
+           "preset_names", "LowbitError"]
 __version__ = "0.1.0"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from lowbit.data import as_call
-from lowbit.errors import GraphCaptureError
-from lowbit.torch.capture import trace
+from lowbit.torch.capture import trace_for
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d,
              nn.ConvTranspose3d)
@@ -17,11 +15,7 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
     """Fold every BatchNorm that directly follows a Conv/ConvTranspose/Linear (whose output feeds
     only that BatchNorm) into it, in place; the BatchNorm becomes Identity. Returns (layer, bn) pairs."""
-    args, kwargs = as_call(example_input)
-    try:
-        graph_module = trace(model, args, kwargs)
-    except Exception as error:
-        raise GraphCaptureError(f"fold_batchnorm needs a torch.fx-traceable model: {error}") from None
+    graph_module = trace_for("fold_batchnorm", model, example_input)
     pairs = []
     for node in graph_module.graph.nodes:
         layer_path, bn_path = _layer_and_batchnorm(graph_module, node)

@@ -7,7 +7,8 @@ import inspect
 import torch
 from torch import fx, nn
 
-from lowbit.errors import InputError
+from lowbit.data import as_call
+from lowbit.errors import GraphCaptureError, InputError
 
 
 def trace(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
@@ -65,3 +66,12 @@ def check_example(model: nn.Module, args: tuple, kwargs: dict) -> None:
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"the example input does not fit the model: {first_line}") from None
+
+
+def trace_for(purpose: str, model: nn.Module, example_input) -> fx.GraphModule:
+    """:func:`trace` on an example input; GraphCaptureError saying ``purpose`` needs a traceable model."""
+    args, kwargs = as_call(example_input)
+    try:
+        return trace(model, args, kwargs)
+    except Exception as error:
+        raise GraphCaptureError(f"{purpose} needs a torch.fx-traceable model: {error}") from None

@@ -1,0 +1,110 @@
+"""Cross-layer equalization and high-bias absorption (Nagel et al. 2019, "Data-Free Quantization
+Through Weight Equalization and Bias Correction", §4.1 and §4.2.2), on weight tensors.
+
+Layout: a layer's weight is ``[out_channels, in_channels_per_group, *kernel]`` (Conv1d/2d/3d,
+Linear). A *depthwise* layer (groups == in == out channels) has weight ``[C, 1, *kernel]``: its
+channel ``i`` is both input and output channel ``i``. Every function is vectorised over channels.
+
+For two consecutive layers whose connecting activation is positive-homogeneous
+(``f(s x) = s f(x)`` for ``s > 0``: identity, ReLU, LeakyReLU), dividing output channel ``i`` of
+layer 1 (weight row and bias) by ``s_i`` and multiplying input channel ``i`` of layer 2 by ``s_i``
+leaves the function unchanged. With ``r1_i = max|W1[i]|`` and ``r2_i = max|W2[:, i]|`` the paper's
+choice ``s_i = sqrt(r1_i r2_i) / r2_i`` makes both ranges ``sqrt(r1_i r2_i)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def output_channel_ranges(weight: torch.Tensor) -> torch.Tensor:
+    """max |W[i]| per output channel ``i`` (over every other dim)."""
+    return weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
+
+
+def input_channel_ranges(weight: torch.Tensor, depthwise: bool = False) -> torch.Tensor:
+    """max |W[:, i]| per input channel ``i``; for a depthwise weight, max |W[i]|."""
+    if depthwise:
+        return output_channel_ranges(weight)
+    w = weight.detach().abs()
+    return w.transpose(0, 1).reshape(w.shape[1], -1).amax(dim=1)
+
+
+def equalization_scales(range_1: torch.Tensor, range_2: torch.Tensor) -> torch.Tensor:
+    """``s_i = sqrt(r1_i r2_i) / r2_i`` (paper eq. 11); 1 where either range is zero or not finite
+    (dead channels are left alone)."""
+    scales = torch.sqrt(range_1 * range_2) / range_2
+    valid = (range_1 > 0) & (range_2 > 0) & torch.isfinite(scales) & (scales > 0)
+    return torch.where(valid, scales, torch.ones_like(scales))
+
+
+def _along(t: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return t.reshape(shape)
+
+
+@torch.no_grad()
+def scale_pair_(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, scales: torch.Tensor,
+                depthwise: bool = False) -> None:
+    """In place: ``W1[i] /= s_i``, ``b1[i] /= s_i``, ``W2[:, i] *= s_i`` (``W2[i] *= s_i`` when the
+    second layer is ``depthwise``)."""
+    scales = scales.to(w1.dtype)
+    w1.div_(_along(scales, 0, w1.dim()))
+    if b1 is not None:
+        b1.div_(scales.to(b1.dtype))
+    w2.mul_(_along(scales.to(w2.dtype), 0 if depthwise else 1, w2.dim()))
+
+
+@torch.no_grad()
+def equalize_pair_(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                   depthwise: bool = False) -> torch.Tensor:
+    """Equalize two consecutive layers in place (closed form); returns the scales ``s``."""
+    scales = equalization_scales(output_channel_ranges(w1), input_channel_ranges(w2, depthwise))
+    scale_pair_(w1, b1, w2, scales, depthwise)
+    return scales
+
+
+@torch.no_grad()
+def equalize_chain_(weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+                    depthwise: list[bool], max_sweeps: int = 100,
+                    tolerance: float = 1e-6) -> tuple[list[torch.Tensor], int]:
+    """Equalize a chain of layers ``L0 → L1 → ... → Ln`` in place: sweep the pairs
+    (L0, L1), (L1, L2), ... until every scale of a sweep is within ``tolerance`` of 1 (a pair
+    converges in one sweep; a Conv → depthwise → Conv triplet in a few). ``depthwise[k]`` says layer
+    ``k`` is depthwise. Returns, per layer but the last, the factor each output channel was
+    multiplied by in total (product of ``1/s``), and the number of sweeps."""
+    if len(weights) < 2:
+        raise ValueError("a chain needs at least two layers")
+    factors = [torch.ones(w.shape[0], dtype=torch.float64, device=w.device) for w in weights[:-1]]
+    sweeps = 0
+    for sweeps in range(1, max_sweeps + 1):
+        worst = 0.0
+        for k in range(len(weights) - 1):
+            scales = equalize_pair_(weights[k], biases[k], weights[k + 1], depthwise[k + 1])
+            factors[k] /= scales.to(torch.float64)
+            worst = max(worst, float((scales - 1).abs().max()))
+        if worst <= tolerance:
+            break
+    return [f.to(weights[k].dtype) for k, f in enumerate(factors)], sweeps
+
+
+def absorbable_shift(beta: torch.Tensor, gamma: torch.Tensor, num_sigmas: float = 3.0) -> torch.Tensor:
+    """``c = max(0, beta - num_sigmas |gamma|)`` (paper §4.2.2): the part of a pre-ReLU activation
+    distributed as N(beta, gamma^2) that is (almost surely) always passed through the ReLU."""
+    return torch.clamp(beta - num_sigmas * gamma.abs(), min=0)
+
+
+@torch.no_grad()
+def absorb_high_bias_(b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, shift: torch.Tensor,
+                      depthwise: bool = False) -> None:
+    """In place: ``b1 -= c``, ``b2 += W2 c`` (the constant input ``c`` pushed through layer 2, whose
+    padding must be zero-free: no padding, or 1x1 / Linear). Exact when layer 1's pre-activation is
+    ≥ c everywhere, since then ``relu(x - c) + c = relu(x)``."""
+    shift = shift.to(b1.dtype)
+    b1.sub_(shift)
+    if depthwise:
+        b2.add_(w2.reshape(w2.shape[0], -1).sum(dim=1) * shift.to(w2.dtype))
+    else:
+        summed = w2.sum(dim=tuple(range(2, w2.dim()))) if w2.dim() > 2 else w2  # [out, in]
+        b2.add_(summed @ shift.to(w2.dtype))
