@@ -86,17 +86,12 @@ class QuantSim(nn.Module):
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
         """Compute every encoding: weights from their values, activations from ``data`` batches."""
         start = time.perf_counter()
-        device = self._device()
         self.calibrate_weights()
         activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
         for quantizer in activations.values():
             quantizer.start_calibration()
         try:
-            with torch.no_grad():
-                batches = checked_calls(data, transform, num_batches)
-                for args, kwargs in progress(batches, "calibrate", batch_count(data, num_batches)):
-                    args, kwargs = move_call(args, kwargs, device)
-                    self.model(*args, **kwargs)
+            self.run_on(data, transform, num_batches, "calibrate")
             for key, quantizer in activations.items():
                 if quantizer.estimator.batches == 0:
                     raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration "
@@ -108,6 +103,18 @@ class QuantSim(nn.Module):
             raise
         self.calibration_seconds = time.perf_counter() - start
         return self
+
+    def run_on(self, data, transform=None, num_batches: int | None = None, description: str = "run") -> int:
+        """Run the sim (no gradients) on every checked batch of ``data``; returns the batch count."""
+        device = self._device()
+        count = 0
+        with torch.no_grad():
+            calls = checked_calls(data, transform, num_batches)
+            for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
+                args, kwargs = move_call(args, kwargs, device)
+                self.model(*args, **kwargs)
+                count += 1
+        return count
 
     def calibrate_weights(self) -> None:
         """Weight encodings from the current weight values (no data needed).

@@ -1,0 +1,57 @@
+"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through Weight
+Equalization and Bias Correction", §4.2), on tensors: the expected output shift that weight
+quantization causes, from the weight error and the mean of the layer's input.
+
+Layout: a layer's weight is ``[out_channels, in_channels_per_group, *kernel]`` (Conv1d/2d/3d,
+Linear). For ``y = W x + b`` the quantized layer computes ``W_q x + b``, whose expected output differs
+by ``Δ = E[(W_q − W) x] = (W_q − W) E[x]``; for a convolution, with ``E[x]`` constant over space, that
+is the weight error summed over kernel positions times the per-channel input mean (exact away from
+zero padding). Subtracting ``Δ`` from the bias removes the shift.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class InputMean:
+    """Running mean of a layer's input per input channel (``channel_dim`` 1 for convolutions, -1 for
+    Linear), accumulated in float64 over every other dimension of each batch."""
+
+    def __init__(self, channel_dim: int):
+        self.channel_dim = channel_dim
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        channels = x.detach().movedim(self.channel_dim, -1)
+        channels = channels.reshape(-1, channels.shape[-1]).to(torch.float64)
+        batch_sum = channels.sum(dim=0)
+        self.total = batch_sum if self.total is None else self.total + batch_sum
+        self.count += channels.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """E[x_c] per channel, or None before any batch."""
+        return None if self.total is None else self.total / self.count
+
+
+def expected_output_shift(weight_error: torch.Tensor, input_mean: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``Δ_o = Σ_{c,k} E[o, c, k] · E[x_c]`` where ``E = W_q − W`` (``[out, in/groups, *kernel]``) and
+    ``input_mean`` is ``[in]``; with ``groups > 1`` output channel ``o`` only sees the inputs of its
+    group (depthwise: ``groups == in == out``). Returns ``[out]`` in ``weight_error``'s dtype."""
+    out_channels, per_group = weight_error.shape[:2]
+    if out_channels % groups or input_mean.numel() != per_group * groups:
+        raise ValueError(f"weight error {tuple(weight_error.shape)} with {groups} groups does not match "
+                         f"{input_mean.numel()} input channels")
+    summed = weight_error.detach().to(torch.float64).reshape(out_channels, per_group, -1).sum(dim=2)
+    summed = summed.reshape(groups, out_channels // groups, per_group)
+    means = input_mean.to(torch.float64).reshape(groups, per_group, 1)
+    return torch.bmm(summed, means).reshape(out_channels).to(weight_error.dtype)
+
+
+@torch.no_grad()
+def correct_bias_(bias: torch.Tensor, shift: torch.Tensor) -> None:
+    """In place: ``bias −= Δ`` (through the tensor itself, so its version counter moves)."""
+    bias.sub_(shift.to(bias.dtype))
