@@ -118,7 +118,7 @@ def test_pt2_with_batch_dependent_graph_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model file", "no such module", "empty folder", "nan data",
-                                  "unknown target"])
+                                  "unknown target", "unknown technique"])
 def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
     model, data, extra = TINY, npy, []
     if case == "missing model file":
@@ -133,8 +133,10 @@ def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
         array[1, 0, 0, 0] = np.nan
         data = tmp_path / "nan.npy"
         np.save(data, array)
-    else:
+    elif case == "unknown target":
         extra = ["--target", "no-such-target"]
+    else:
+        extra = ["--techniques", "adaround"]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", str(model), "--data", str(data), "--out", str(out), *extra])
@@ -154,3 +156,11 @@ def test_demo_quick(tmp_path):
     assert all(0.0 <= value <= 1.0 for value in fractions)
     assert results["agreement_with_fp32"]["sim"] >= 0.8
     assert all((out / f"mobilenet_v2{suffix}").is_file() for suffix in (".onnx", ".encodings", ".qdq.onnx"))
+
+
+
+def test_quantize_with_techniques(npy, tmp_path):
+    """--techniques runs equalization before and bias correction after calibration."""
+    out = tmp_path / "out"
+    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques", "equalize,bias_correction"])
+    assert_exported(result, out)

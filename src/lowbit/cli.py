@@ -32,11 +32,14 @@ def cli() -> None:
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per calibration batch.")
 @click.option("--num-batches", type=int, default=None, help="Calibrate on at most this many batches.")
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
+@click.option("--techniques", default="", show_default=False,
+              help="Comma-separated post-training techniques, applied in the recommended order: "
+                   "equalize (before calibration), bias_correction (after).")
 @click.option("--input-shape", default=None,
               help="Model input shape, e.g. 1,3,224,224: images are resized to its H x W; array data "
                    "is checked against it.")
 def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
-             input_shape) -> None:
+             techniques, input_shape) -> None:
     """Quantize MODEL on --data and export it to --out.
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
@@ -54,7 +57,7 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
         raise InputError(f"data samples have shape {tuple(batches[0].shape[1:])}, --input-shape expects {shape[1:]}")
     net = load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
-                          num_batches=num_batches)
+                          num_batches=num_batches, techniques=[t for t in techniques.split(",") if t])
     paths = sim.export(out_dir, name=name)
     fidelity = measure_fidelity(sim, paths.qdq_onnx, batches[:4])
     click.echo(_summary_table(sim, paths, fidelity))
