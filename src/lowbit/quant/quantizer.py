@@ -117,15 +117,14 @@ class Quantizer(nn.Module):
         if self.mode == "quantize":
             if self._is_on_grid(x):
                 return x
-            if self.divide and self.spec.axis is None:
-                return fake_quantize_dividing(x, self.encoding)
-            if (self.spec.axis is None and self.spec.block_size is None and x.dtype == torch.float32
+            if (not self.divide and self.spec.axis is None and self.spec.block_size is None
+                    and x.dtype == torch.float32
                     and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
                     and not torch.jit.is_tracing() and self.scale.dim() == 0):
                 output, integers = fake_quantize_per_tensor_grid(x, self.encoding)
                 self.mark_on_grid(output, integers)
                 return output
-            return fake_quantize(x, self.encoding)
+            return self.fake_quantize(x)
         if self.mode == "calibrate" and x.is_floating_point():
             self.estimator.observe(x)
         return x

@@ -18,12 +18,11 @@ class IntegerAdd(nn.Module):
         object.__setattr__(self, "quantizers", (a_quantizer, b_quantizer, output_quantizer))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        total = a + b
         if torch.onnx.is_in_onnx_export() or any(q.mode != "quantize" for q in self.quantizers):
-            return total
+            return a + b
         encodings = tuple(q.encoding for q in self.quantizers)
         if not emulable_add(*encodings):
-            return total
+            return a + b
         if not torch.is_grad_enabled():
             a_quantizer, b_quantizer, output_quantizer = self.quantizers
             exact, integers = requantized_add_grid(
@@ -31,5 +30,6 @@ class IntegerAdd(nn.Module):
                 b_integers=b_quantizer.grid_integers(b, b_quantizer.scale))
             output_quantizer.mark_on_grid(exact, integers)
             return exact
+        total = a + b
         exact = requantized_add(a.detach(), b.detach(), *encodings)
         return total + (exact - total).detach()

@@ -66,9 +66,7 @@ def conv_requantization(weight: torch.Tensor, bias: torch.Tensor | None, input_e
 def requantize(convolve, x: torch.Tensor, integer_form: ConvRequantization) -> torch.Tensor:
     """``convolve`` computed as QLinearConv with ``integer_form``; ``x`` must lie on the input grid,
     the result lies on the output grid (dequantized)."""
-    accumulator = convolve(torch.div(x, integer_form.input_scale).round_(), integer_form.weights, integer_form.bias)
-    accumulator.mul_(_per_channel(integer_form.multiplier, accumulator, 1)).round_()
-    return accumulator.clamp_(integer_form.low, integer_form.high).mul_(integer_form.output_scale)
+    return requantize_grid(convolve, x, integer_form)[0]
 
 
 def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
