@@ -29,6 +29,7 @@ class Quantizer(nn.Module):
         self.scheme = scheme
         self.divide = divide
         self.mode = "off"
+        self.frozen = False
         self.estimator: RangeEstimator | None = None
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("offset", torch.empty(0, dtype=torch.int64))
@@ -46,6 +47,13 @@ class Quantizer(nn.Module):
         self.spec = encoding.spec
         self.scale = encoding.scale.detach().to(device, torch.float32).clone()
         self.offset = encoding.offset.detach().to(device, torch.int64).clone()
+
+    def freeze(self, encoding: Encoding) -> None:
+        """Set ``encoding`` and keep it: weight calibration no longer recomputes it (AdaRound and
+        sequential MSE choose weight encodings this way)."""
+        self.encoding = encoding
+        self.frozen = True
+        self.mode = "quantize"
 
     def start_calibration(self) -> None:
         """Forget the previous statistics and observe the next batches."""

@@ -122,10 +122,11 @@ class QuantSim(nn.Module):
         Weights are known in full, so they skip the streaming estimators: ``minmax``, ``percentile``
         and ``entropy`` give each channel's min and max, ``sqnr`` searches the lowest-MSE clipping on
         the weight values themselves (see :func:`lowbit.quant.range_estimators.make_weight_estimator`).
+        Encodings frozen by :meth:`Quantizer.freeze` (AdaRound, sequential MSE) are kept.
         """
         for key, quantizer in self._quantizers.items():
             point = self.point(key)
-            if point.role != "weight":
+            if point.role != "weight" or getattr(quantizer, "frozen", False):
                 continue
             weight = self.model.get_submodule(point.module).layer.weight.detach()
             quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
