@@ -1,0 +1,94 @@
+"""Per-layer data for layer-wise optimisations: run the sim and a float copy of it on the same
+batches, stop at one layer, and keep sampled rows of the layer's quantized input and float output."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from lowbit.data import move_call
+from lowbit.progress import progress
+from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.layer_rows import sample_rows
+from lowbit.torch.row_cache import RowCache
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+class _Reached(Exception):
+    """Raised by a hook to stop a forward pass once the layer of interest has been seen."""
+
+
+class LayerInputs:
+    """The sim (quantized, with every earlier layer's final weights) and a float reference copy taken
+    at construction (every quantizer off), run on the same materialised ``calls``."""
+
+    def __init__(self, sim, calls: list[tuple[tuple, dict]]):
+        self.sim = sim
+        self.calls = calls
+        self.device = sim._device()
+        self.reference = copy.deepcopy(sim.model)
+        for module in self.reference.modules():
+            if isinstance(module, Quantizer):
+                module.mode = "off"
+
+    def layer_order(self) -> list[str]:
+        """Names of the weight-quantized layers in the order the first batch calls them."""
+        order: list[str] = []
+        hooks = [module.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
+                 for name, module in self.sim.model.named_modules() if isinstance(module, WeightQuantized)]
+        try:
+            self._run(self.sim.model, self.calls[0])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return list(dict.fromkeys(order))
+
+    def collect(self, name: str, max_rows: int, memory_limit: int, generator: torch.Generator,
+                description: str) -> RowCache:
+        """Rows (input patch of the sim's layer, float output of the reference's) sampled evenly over
+        the batches, at most ``max_rows`` in all."""
+        layer = self.sim.model.get_submodule(name).layer
+        cache = None
+        for args_kwargs in progress(self.calls, f"{description} {name}", len(self.calls)):
+            quantized_input = self._capture(self.sim.model, name, args_kwargs, "input")
+            float_output = self._capture(self.reference, name, args_kwargs, "output")
+            if cache is None:
+                positions = float_output.numel() // float_output.shape[-1 if isinstance(layer, nn.Linear) else 1]
+                per_batch = min(positions, math.ceil(max_rows / len(self.calls)))
+                probe_inputs, _ = sample_rows(layer, quantized_input[:1], float_output[:1], 1, generator)
+                cache = RowCache(per_batch * len(self.calls), tuple(probe_inputs.shape[1:]),
+                                 layer.weight.shape[0], memory_limit)
+            inputs, outputs = sample_rows(layer, quantized_input, float_output, per_batch, generator)
+            cache.append(inputs, outputs)
+        return cache
+
+    def _capture(self, model: nn.Module, name: str, args_kwargs, what: str) -> torch.Tensor:
+        """The input (or output) of ``model``'s module ``name`` at its first call for this batch."""
+        seen = []
+
+        def keep_input(module, args):
+            seen.append(args[0])
+            raise _Reached
+
+        def keep_output(module, args, output):
+            seen.append(output)
+            raise _Reached
+
+        module = model.get_submodule(name)
+        hook = (module.register_forward_pre_hook(keep_input) if what == "input"
+                else module.register_forward_hook(keep_output))
+        try:
+            self._run(model, args_kwargs)
+        except _Reached:
+            pass
+        finally:
+            hook.remove()
+        return seen[0].detach()
+
+    def _run(self, model: nn.Module, args_kwargs) -> None:
+        args, kwargs = move_call(*args_kwargs, self.device)
+        with torch.no_grad():
+            model(*args, **kwargs)

@@ -1,0 +1,62 @@
+"""Fixed-size storage of (input patch, target output) rows for one layer: in memory up to a byte
+limit, past it in a temporary file on disk (memory-mapped), removed when closed."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+
+class RowCache:
+    """Holds up to ``rows`` rows of inputs ``[groups, k]`` and targets ``[out]`` (float32); filled by
+    :meth:`append`, read by :meth:`sample` and :meth:`all`. Use as a context manager."""
+
+    def __init__(self, rows: int, input_shape: tuple[int, int], out_features: int, memory_limit: int):
+        row_bytes = 4 * (input_shape[0] * input_shape[1] + out_features)
+        self.on_disk = rows * row_bytes > memory_limit
+        self._path = None
+        if self.on_disk:
+            handle, self._path = tempfile.mkstemp(prefix="lowbit-rows-", suffix=".bin")
+            os.close(handle)
+            size = rows * input_shape[0] * input_shape[1]
+            inputs = np.memmap(self._path, np.float32, "w+", shape=(rows,) + tuple(input_shape))
+            targets = np.memmap(self._path, np.float32, "r+", offset=4 * size, shape=(rows, out_features))
+            self.inputs, self.targets = torch.from_numpy(inputs), torch.from_numpy(targets)
+        else:
+            self.inputs = torch.empty((rows,) + tuple(input_shape))
+            self.targets = torch.empty(rows, out_features)
+        self.count = 0
+
+    def append(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Store a batch of rows after the previous ones (rows past the capacity are dropped)."""
+        take = min(inputs.shape[0], self.inputs.shape[0] - self.count)
+        self.inputs[self.count:self.count + take] = inputs[:take].detach().float().cpu()
+        self.targets[self.count:self.count + take] = targets[:take].detach().float().cpu()
+        self.count += take
+
+    def sample(self, size: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` rows drawn uniformly (with replacement) from the stored ones, on ``device``."""
+        chosen = torch.randint(self.count, (size,), generator=generator)
+        if self.on_disk:
+            chosen = chosen.sort().values
+        return self.inputs[chosen].to(device), self.targets[chosen].to(device)
+
+    def all(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored row, on ``device``."""
+        return self.inputs[:self.count].to(device), self.targets[:self.count].to(device)
+
+    def close(self) -> None:
+        """Release the rows and delete the file, if any."""
+        self.inputs = self.targets = None
+        if self._path is not None:
+            os.unlink(self._path)
+            self._path = None
+
+    def __enter__(self) -> "RowCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
