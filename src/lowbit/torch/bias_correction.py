@@ -1,68 +1,129 @@
-"""Bias correction of a QuantSim's layers: forward pre-hooks gather each layer's input mean, the math
-in ``lowbit.algorithms.bias_correction`` turns it into the bias update."""
+"""Bias correction of a QuantSim's layers: each layer's input mean, measured by forward pre-hooks or
+derived from folded BatchNorm statistics along the sim's graph, and the math in
+``lowbit.algorithms.bias_correction`` turns it into the bias update."""
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from lowbit.algorithms.bias_correction import InputMean, correct_bias_, expected_output_shift
-from lowbit.errors import NotCalibratedError, SpecError
+from lowbit.algorithms.bias_correction_analytical import ChannelStatistics
+from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.batchnorm_fold import FoldedBatchNorm
+from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MODES = ("empirical", "analytical")
 
+_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, Quantizer)
+_AVERAGE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_AVERAGE_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCTIONS = (operator.add, torch.add)
+
 
 @dataclass(frozen=True)
 class BiasCorrectionResult:
-    """What ``correct_bias`` changed: the corrected layers (module names in ``sim.model``), the
-    weight-quantized layers it skipped (types it cannot handle, or layers no batch reached), the mean
-    |Δ| over every corrected output channel, and how many batches it ran."""
+    """What ``correct_bias`` changed: the corrected layers (module names in ``sim.model``), those of
+    them whose input mean came from BatchNorm statistics (analytical mode), the weight-quantized
+    layers it skipped (types it cannot handle, layers no batch reached, or in analytical mode without
+    data layers whose input statistics are unknown), the mean |Δ| over every corrected output channel,
+    how many batches it ran, and the mode."""
 
     corrected: tuple[str, ...]
     skipped: tuple[str, ...]
     mean_abs_shift: float
     batches: int
+    mode: str = "empirical"
+    from_statistics: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        derived = f" ({len(self.from_statistics)} from BatchNorm statistics)" if self.mode == "analytical" else ""
         skipped = f", skipped {', '.join(self.skipped)}" if self.skipped else ""
-        return (f"bias correction: {len(self.corrected)} layers, {self.batches} batches, "
+        return (f"bias correction ({self.mode}): {len(self.corrected)} layers{derived}, {self.batches} batches, "
                 f"mean |shift| {self.mean_abs_shift:.3g}{skipped}")
 
 
-def correct_bias(sim, data, mode: str = "empirical", num_batches: int | None = None,
+def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None,
                  transform=None) -> BiasCorrectionResult:
-    """Bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s layers (the user's model is
-    untouched: the sim holds a copy).
+    """Bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized
+    Conv1d/2d/3d and Linear layers (the user's model is untouched: the sim holds a copy).
 
-    ``mode="empirical"``: one pass over ``data`` with every quantizer active; forward pre-hooks on
-    each weight-quantized Conv1d/2d/3d or Linear record the mean of its (simulated) input per
-    channel. Weight quantization shifts the layer's expected output by ``Δ = (W_q − W) E[x]``
-    (convolutions: weight error summed over the kernel; grouped/depthwise convolutions: each output
-    channel over its group's inputs; exact but for zero padding), and ``bias −= Δ`` removes it (a zero
-    bias is created where the layer had none). All layers use the means of the same pass, taken
-    before any correction. Other weight-quantized layers (ConvTranspose, Embedding) are skipped and
-    named in the result, as are layers no batch reached.
+    Weight quantization shifts a layer's expected output by ``Δ = (W_q − W) E[x]`` (convolutions:
+    weight error summed over the kernel; grouped/depthwise convolutions: each output channel over its
+    group's inputs; exact but for zero padding), and ``bias −= Δ`` removes it (a zero bias is created
+    where the layer had none). All layers use input means taken before any correction.
 
-    ``mode="analytical"`` (data-free, from BatchNorm statistics) is not implemented yet: it raises
-    ``SpecError``.
+    ``mode="empirical"``: E[x] per channel is the mean of the layer's (simulated) input over one pass
+    over ``data`` with every quantizer active.
 
-    Raises ``NotCalibratedError`` on a sim that was never calibrated and ``DataError`` on empty or
-    non-finite data.
+    ``mode="analytical"`` (data-free): where a layer's input comes, through Identity, Dropout and
+    activation quantizers, from a layer with a folded BatchNorm (``lowbit.fold_batchnorm`` records
+    its statistics), each channel is taken as N(β, γ²) and E[x] is β, or the mean of that normal after
+    ReLU, ReLU6 or Hardtanh; means also pass through adaptive average pooling, flatten and additions
+    of known means. Other layers (the model's input, after an unknown op) use ``data`` when given and
+    are skipped otherwise.
+
+    ConvTranspose and Embedding layers are skipped and named in the result, as are layers no batch
+    reached. Raises ``NotCalibratedError`` on a sim that was never calibrated and ``DataError`` on
+    empty or non-finite data, or none in empirical mode.
     """
     if mode not in _MODES:
         raise SpecError(f"unknown bias correction mode {mode!r}; choose one of {', '.join(_MODES)}")
-    if mode == "analytical":
-        raise SpecError("analytical bias correction (from BatchNorm statistics) is not implemented yet; "
-                        "use mode='empirical' with calibration data")
+    if data is None and mode == "empirical":
+        raise DataError("empirical bias correction needs data; pass calibration batches or use mode='analytical'")
     if not sim.is_calibrated:
         raise NotCalibratedError("bias correction needs a calibrated sim: call sim.calibrate(data) first")
 
     wrappers = {name: m for name, m in sim.model.named_modules() if isinstance(m, WeightQuantized)}
     layers = {name: w for name, w in wrappers.items() if isinstance(w.layer, _CONVOLUTIONS + (nn.Linear,))}
+    means = _derived_input_means(sim.model, layers) if mode == "analytical" else {}
+    derived = set(means)
+    measure = {name: wrapper for name, wrapper in layers.items() if name not in means}
+    batches = 0
+    if measure and data is not None:
+        measured, batches = _measured_input_means(sim, measure, data, transform, num_batches)
+        means.update(measured)
+
+    corrected, shifts = [], []
+    with torch.no_grad():
+        for name, wrapper in layers.items():
+            if name in means:
+                shifts.append(_correct_layer(wrapper, means[name]).abs().to(torch.float64))
+                corrected.append(name)
+    skipped = tuple(name for name in wrappers if name not in corrected)
+    mean_abs = float(torch.cat(shifts).mean()) if shifts else 0.0
+    from_statistics = tuple(name for name in corrected if name in derived)
+    return BiasCorrectionResult(tuple(corrected), skipped, mean_abs, batches, mode, from_statistics)
+
+
+def _correct_layer(wrapper: WeightQuantized, input_mean: torch.Tensor) -> torch.Tensor:
+    """``bias −= Δ`` on ``wrapper``'s layer; returns Δ. A folded BatchNorm's statistics stay as they
+    were: the correction restores the output mean that weight quantization moved."""
+    layer = wrapper.layer
+    recorded = getattr(layer, "folded_batchnorm", None)
+    moments = recorded.moments(layer) if recorded is not None else None
+    weight_error = wrapper.weight_quantizer(layer.weight) - layer.weight
+    shift = expected_output_shift(weight_error, input_mean.to(weight_error.device), getattr(layer, "groups", 1))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
+                                              device=layer.weight.device))
+    correct_bias_(layer.bias, shift)
+    if moments is not None:
+        layer.folded_batchnorm = FoldedBatchNorm.of(layer, *moments)
+    return shift
+
+
+def _measured_input_means(sim, layers: dict, data, transform, num_batches) -> tuple[dict, int]:
+    """Each layer's input mean per channel over one pass of the sim on ``data``, and the batch count."""
     means = {name: InputMean(-1 if isinstance(w.layer, nn.Linear) else 1) for name, w in layers.items()}
 
     def recorder(mean: InputMean):
@@ -77,23 +138,93 @@ def correct_bias(sim, data, mode: str = "empirical", num_batches: int | None = N
     finally:
         for handle in handles:
             handle.remove()
+    return {name: mean.mean for name, mean in means.items() if mean.mean is not None}, batches
 
-    corrected, shifts = [], []
-    with torch.no_grad():
-        for name, wrapper in layers.items():
-            input_mean = means[name].mean
-            if input_mean is None:
-                continue
-            layer = wrapper.layer
-            weight_error = wrapper.weight_quantizer(layer.weight) - layer.weight
-            groups = getattr(layer, "groups", 1)
-            shift = expected_output_shift(weight_error, input_mean.to(weight_error.device), groups)
-            if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
-                                                      device=layer.weight.device))
-            correct_bias_(layer.bias, shift)
-            corrected.append(name)
-            shifts.append(shift.abs().to(torch.float64))
-    skipped = tuple(name for name in wrappers if name not in corrected)
-    mean_abs = float(torch.cat(shifts).mean()) if shifts else 0.0
-    return BiasCorrectionResult(tuple(corrected), skipped, mean_abs, batches)
+
+@dataclass(frozen=True)
+class _Known:
+    """Channel statistics of a graph value; ``flat`` when the channels are its last dim of two."""
+
+    statistics: ChannelStatistics
+    flat: bool
+
+
+def _derived_input_means(gm, layers: dict) -> dict[str, torch.Tensor]:
+    """The input mean of every layer in ``layers`` that follows from folded BatchNorm statistics
+    along ``gm``'s graph (none when the sim is not a torch.fx graph)."""
+    if not isinstance(gm, fx.GraphModule):
+        return {}
+    known: dict[fx.Node, _Known | None] = {}
+    means = {}
+    for node in gm.graph.nodes:
+        known[node] = _statistics_of(gm, node, known)
+        if node.op == "call_module" and node.target in layers and node.args:
+            source = known.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            layer = layers[node.target].layer
+            linear = isinstance(layer, nn.Linear)
+            channels = layer.in_features if linear else layer.in_channels
+            if source is not None and source.flat == linear and source.statistics.mean.numel() == channels:
+                means[node.target] = source.statistics.mean
+    return means
+
+
+def _statistics_of(gm: fx.GraphModule, node: fx.Node, known: dict) -> _Known | None:
+    """What follows for ``node``'s output from what is known of the nodes before it."""
+    first = known.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        layer = module.layer if isinstance(module, WeightQuantized) else module
+        recorded = getattr(layer, "folded_batchnorm", None)
+        if isinstance(recorded, FoldedBatchNorm):
+            mean, std = recorded.moments(layer)
+            return _Known(ChannelStatistics(mean, std), isinstance(layer, nn.Linear))
+        if isinstance(module, IntegerAdd):
+            return _sum(known, node)
+        if first is None:
+            return None
+        if isinstance(module, _PASS_MODULES):
+            return first
+        if isinstance(module, nn.Hardtanh):  # ReLU6 too
+            return _clamped(first, module.min_val, module.max_val)
+        if isinstance(module, nn.ReLU):
+            return _clamped(first, 0.0)
+        if isinstance(module, _AVERAGE_MODULES):
+            return _Known(first.statistics.mean_only(), first.flat)
+        if isinstance(module, nn.Flatten) and module.start_dim == 1:
+            return _Known(first.statistics, True)
+        return None
+    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+        return _sum(known, node)
+    if first is None or node.op not in ("call_function", "call_method"):
+        return None
+    target = node.target
+    if target in _RELU_FUNCTIONS or target in ("relu", "relu_"):
+        return _clamped(first, 0.0)
+    if target is F.relu6:
+        return _clamped(first, 0.0, 6.0)
+    if target is F.dropout:
+        return first
+    if target in _AVERAGE_FUNCTIONS:
+        return _Known(first.statistics.mean_only(), first.flat)
+    if target in (torch.flatten, "flatten") and _argument(node, 1, "start_dim", 0) == 1:
+        return _Known(first.statistics, True)
+    return None
+
+
+def _argument(node: fx.Node, index: int, name: str, default):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _clamped(known: _Known, low: float, high: float = math.inf) -> _Known | None:
+    statistics = known.statistics.clamped(low, high)
+    return None if statistics is None else _Known(statistics, known.flat)
+
+
+def _sum(known: dict, node: fx.Node) -> _Known | None:
+    if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    a, b = known.get(node.args[0]), known.get(node.args[1])
+    if a is None or b is None or a.flat != b.flat:
+        return None
+    total = a.statistics.plus(b.statistics)
+    return None if total is None else _Known(total, a.flat)
