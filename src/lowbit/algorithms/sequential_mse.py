@@ -1,0 +1,109 @@
+"""Sequential MSE (AIMET's recipe), on tensors: for one layer, grid-search the weight range that
+minimises the error of the layer's output on rows of quantized inputs against float targets.
+
+Candidates shrink the weight's own range: ``[c · min, c · max]`` for ``c = 1, (N−1)/N, …, 1/N``
+(AIMET's grid; with N = 20, c runs from 1 down to 0.05), per channel for per-channel specs;
+``Encoding.from_range`` makes each symmetric where the spec is, so a signed symmetric candidate is
+``[−c · max|W|, c · max|W|]``. Output channel ``o`` depends on weight row ``o`` only, so with
+per-channel encodings (axis 0) every channel picks its own best candidate; a per-tensor encoding picks
+the candidate with the lowest mean over channels. Ties go to the wider range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.fake_quant import fake_quantize
+from lowbit.quant.layout import as_rows
+from lowbit.quant.spec import QuantSpec
+
+LOSSES = ("mse", "l1", "sqnr")
+_EPSILON = 1e-10
+
+Rows = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+LayerOutput = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class OutputError:
+    """Sums over rows, per output channel (float64), of the squared error, the absolute error and the
+    squared target (``sums``, ``[3, out]``): enough for every loss in :data:`LOSSES`."""
+
+    def __init__(self, sums: torch.Tensor | None = None, rows: int = 0):
+        self.sums = sums
+        self.rows = rows
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate one chunk of rows ``[rows, out]``."""
+        error, target = (output - target).to(torch.float64), target.to(torch.float64)
+        sums = torch.stack([error.square().sum(dim=0), error.abs().sum(dim=0), target.square().sum(dim=0)])
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.rows += output.shape[0]
+
+    def loss(self, name: str) -> torch.Tensor:
+        """Per-channel loss ``[out]``: mean squared or absolute error over rows, or the negative SQNR
+        in dB (AIMET's ``neg_sqnr``: 10 · log10(noise / signal))."""
+        squared, absolute, signal = self.sums / self.rows
+        if name == "mse":
+            return squared
+        if name == "l1":
+            return absolute
+        return 10 * torch.log10((squared + _EPSILON) / (signal + _EPSILON))
+
+    @property
+    def mse(self) -> float:
+        """Mean squared error over every row and channel."""
+        return float(self.loss("mse").mean())
+
+
+@dataclass(frozen=True)
+class WeightSearch:
+    """The chosen weight encoding and the layer's output error with it."""
+
+    encoding: Encoding
+    error: OutputError
+
+
+@torch.no_grad()
+def output_error(quantized_weight: torch.Tensor, rows: Rows, layer_output: LayerOutput) -> OutputError:
+    """The error of ``layer_output(inputs, quantized_weight)`` against the targets, over every chunk of
+    ``rows()`` (pairs of input rows and target rows ``[rows, out]``)."""
+    error = OutputError()
+    for inputs, targets in rows():
+        error.add(layer_output(inputs, quantized_weight), targets)
+    return error
+
+
+def candidate_ranges(weight: torch.Tensor, spec: QuantSpec,
+                     num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(minima, maxima) of the candidates, ``[num_candidates]`` (per-tensor) or ``[num_candidates,
+    channels]`` (per-channel): the weight's range times ``c = 1, (N−1)/N, …, 1/N``."""
+    channels = as_rows(weight.detach().float(), spec)
+    low, high = channels.amin(dim=1), channels.amax(dim=1)
+    if spec.axis is None:
+        low, high = low.reshape(()), high.reshape(())
+    fractions = torch.arange(num_candidates, 0, -1, device=weight.device) / num_candidates
+    fractions = fractions.reshape((-1,) + (1,) * low.dim())
+    return fractions * low, fractions * high
+
+
+@torch.no_grad()
+def search_weight_encoding(weight: torch.Tensor, spec: QuantSpec, rows: Rows, layer_output: LayerOutput,
+                           num_candidates: int = 20, loss: str = "mse") -> WeightSearch:
+    """The candidate encoding of ``weight`` (``[out, ...]``, per-tensor or per-channel on axis 0) whose
+    fake-quantized weight gives the lowest ``loss`` of ``layer_output`` over ``rows()``."""
+    lows, highs = candidate_ranges(weight, spec, num_candidates)
+    errors = [output_error(fake_quantize(weight, Encoding.from_range(spec, low, high)), rows, layer_output)
+              for low, high in zip(lows, highs)]
+    losses = torch.stack([error.loss(loss) for error in errors])  # [candidates, out]
+    if spec.axis is None:
+        best = losses.mean(dim=1).argmin()
+        return WeightSearch(Encoding.from_range(spec, lows[best], highs[best]), errors[best])
+    best = losses.argmin(dim=0)
+    channels = torch.arange(losses.shape[1], device=best.device)
+    sums = torch.stack([error.sums for error in errors])[best, :, channels].T  # [3, out]
+    encoding = Encoding.from_range(spec, lows[best, channels], highs[best, channels])
+    return WeightSearch(encoding, OutputError(sums, errors[0].rows))
