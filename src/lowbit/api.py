@@ -12,20 +12,23 @@ from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias
 from lowbit.torch.encodings_io import apply_encodings
 from lowbit.torch.equalize import equalize
+from lowbit.torch.adaround import adaround
 from lowbit.torch.quantsim import QuantSim
+from lowbit.torch.sequential_mse import sequential_mse
 
 
-TECHNIQUES = ("equalize", "bias_correction")
-"""Techniques ``quantize`` can apply, always in this (the recommended) order around calibration."""
+TECHNIQUES = ("equalize", "adaround", "sequential_mse", "bias_correction")
+"""Techniques ``quantize`` can apply, always in this (the recommended) order: equalize before
+calibration; AdaRound / sequential MSE (weight encodings frozen, activations recalibrated) and bias
+correction after."""
 
 
 def quantize(model: nn.Module, data, example_input=None, target="default", param_bits: int | None = None,
              act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
              transform=None, num_batches: int | None = None, techniques=()) -> QuantSim:
-    """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace), optionally equalize, build a
-    QuantSim, calibrate it on ``data``, optionally correct biases; returns the sim.
-
-    ``techniques``: any of ``"equalize"`` (before calibration) and ``"bias_correction"`` (after).
+    """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace), build a QuantSim, calibrate
+    it on ``data`` and apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the
+    order given); returns the sim, with one result line per step in ``sim.technique_results``.
     """
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
@@ -33,17 +36,24 @@ def quantize(model: nn.Module, data, example_input=None, target="default", param
     if example_input is None:
         example_input = _first_batch(data, transform)
     model = copy.deepcopy(model).eval()
+    lines = []
     try:
-        fold_batchnorm(model, example_input)
+        lines.append(f"fold batchnorm: {len(fold_batchnorm(model, example_input))} layers")
     except GraphCaptureError:
-        pass  # untraceable models keep their BatchNorm layers; QuantSim says how it captured them
+        lines.append("fold batchnorm: skipped (torch.fx cannot trace the model)")
     if "equalize" in techniques:
-        equalize(model, example_input)
+        lines.append(f"equalize: {len(equalize(model, example_input))} layer groups")
     sim = QuantSim(model, example_input, target=target, param_bits=param_bits, act_bits=act_bits,
                    scheme=scheme, per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
+    lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
+    for name, technique in (("adaround", adaround), ("sequential_mse", sequential_mse)):
+        if name in techniques:
+            lines.append(str(technique(sim, data, num_batches=num_batches, transform=transform)))
+            sim.calibrate(data, transform=transform, num_batches=num_batches)
     if "bias_correction" in techniques:
-        correct_bias(sim, data, num_batches=num_batches, transform=transform)
+        lines.append(str(correct_bias(sim, data, num_batches=num_batches, transform=transform)))
+    sim.technique_results = tuple(lines)
     return sim
 
 

@@ -34,7 +34,7 @@ def cli() -> None:
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
 @click.option("--techniques", default="", show_default=False,
               help="Comma-separated post-training techniques, applied in the recommended order: "
-                   "equalize (before calibration), bias_correction (after).")
+                   "equalize (before calibration); adaround, sequential_mse, bias_correction (after).")
 @click.option("--input-shape", default=None,
               help="Model input shape, e.g. 1,3,224,224: images are resized to its H x W; array data "
                    "is checked against it.")
@@ -83,6 +83,7 @@ def _summary_table(sim, paths, fidelity) -> str:
     rows = [("target", summary["target"]), ("quantizers placed", roles),
             ("capture mode", summary["capture"] + (f" ({summary['note']})" if summary["note"] else "")),
             ("calibration time", f"{sim.calibration_seconds:.2f} s")]
+    rows += [("technique", line) for line in sim.technique_results]
     rows += [(f"file {p.name}", f"{p} ({p.stat().st_size / 1024:.1f} KiB)") for p in paths]
     rows.append(("fidelity (sim vs onnxruntime)", fidelity.row()))
     return "\n".join(["| item | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows])

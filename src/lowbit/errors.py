@@ -39,3 +39,7 @@ class ExportError(LowbitError):
 
 class TargetError(LowbitError):
     """A target description is unknown, unreadable or invalid."""
+
+
+class OptimizationError(LowbitError):
+    """A layer-wise optimisation (AdaRound) produced non-finite values."""

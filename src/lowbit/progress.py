@@ -8,7 +8,7 @@ import sys
 from tqdm.auto import tqdm
 
 
-def progress(iterable, description: str, total: int | None = None):
+def progress(iterable, description: str, total: int | None = None, unit: str = "batch"):
     """Wrap ``iterable`` in a tqdm bar unless output is not a terminal or LOWBIT_QUIET=1."""
     quiet = os.environ.get("LOWBIT_QUIET") == "1" or not sys.stderr.isatty()
-    return tqdm(iterable, desc=description, total=total, disable=quiet, leave=False, unit="batch")
+    return tqdm(iterable, desc=description, total=total, disable=quiet, leave=False, unit=unit)

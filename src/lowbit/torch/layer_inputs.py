@@ -9,16 +9,38 @@ import math
 import torch
 from torch import nn
 
-from lowbit.data import move_call
+from lowbit.data import checked_calls, move_call
+from lowbit.errors import DataError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.layer_rows import sample_rows
+from lowbit.torch.layer_rows import rows_unsupported, sample_rows
 from lowbit.torch.row_cache import RowCache
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
 class _Reached(Exception):
     """Raised by a hook to stop a forward pass once the layer of interest has been seen."""
+
+
+def layer_inputs_for(sim, data, transform, num_batches: int | None, technique: str) -> "LayerInputs":
+    """The checked start of a layer-wise technique: the sim must be calibrated and ``data`` must hold
+    at least ``num_batches`` batches."""
+    if not sim.is_calibrated:
+        raise NotCalibratedError(f"{technique} needs a calibrated sim: call sim.calibrate(data) first")
+    calls = list(checked_calls(data, transform, num_batches))
+    if num_batches is not None and len(calls) < num_batches:
+        raise DataError(f"{technique} asked for {num_batches} batches but the data has only {len(calls)}")
+    return LayerInputs(sim, calls)
+
+
+def weight_skip_reason(wrapper: WeightQuantized) -> str | None:
+    """Why a layer-wise weight technique cannot optimise this layer, or None."""
+    quantizer = wrapper.weight_quantizer
+    if not isinstance(quantizer, Quantizer) or quantizer.mode != "quantize":
+        return "weight quantizer disabled"
+    if quantizer.spec.block_size is not None:
+        return "per-block weight encodings"
+    return rows_unsupported(wrapper.layer)
 
 
 class LayerInputs:
@@ -55,6 +77,8 @@ class LayerInputs:
         for args_kwargs in progress(self.calls, f"{description} {name}", len(self.calls)):
             quantized_input = self._capture(self.sim.model, name, args_kwargs, "input")
             float_output = self._capture(self.reference, name, args_kwargs, "output")
+            if quantized_input is None or float_output is None:
+                continue
             if cache is None:
                 positions = float_output.numel() // float_output.shape[-1 if isinstance(layer, nn.Linear) else 1]
                 per_batch = min(positions, math.ceil(max_rows / len(self.calls)))
@@ -65,8 +89,9 @@ class LayerInputs:
             cache.append(inputs, outputs)
         return cache
 
-    def _capture(self, model: nn.Module, name: str, args_kwargs, what: str) -> torch.Tensor:
-        """The input (or output) of ``model``'s module ``name`` at its first call for this batch."""
+    def _capture(self, model: nn.Module, name: str, args_kwargs, what: str) -> torch.Tensor | None:
+        """The input (or output) of ``model``'s module ``name`` at its first call for this batch, None
+        when this batch does not reach it."""
         seen = []
 
         def keep_input(module, args):
@@ -86,7 +111,7 @@ class LayerInputs:
             pass
         finally:
             hook.remove()
-        return seen[0].detach()
+        return seen[0].detach() if seen else None
 
     def _run(self, model: nn.Module, args_kwargs) -> None:
         args, kwargs = move_call(*args_kwargs, self.device)

@@ -64,6 +64,7 @@ class QuantSim(nn.Module):
         else:
             self.model, self.points, self._quantizers = wrap_leaf_modules(copied, self.target, scheme)
         self.calibration_seconds: float | None = None
+        self.technique_results: tuple[str, ...] = ()
 
     def forward(self, *args, **kwargs):
         if len(args) == 1 and not kwargs and isinstance(args[0], dict):

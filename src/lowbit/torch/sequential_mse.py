@@ -10,12 +10,10 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.algorithms.sequential_mse import LOSSES, output_error, search_weight_encoding
-from lowbit.data import checked_calls
-from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.errors import SpecError
 from lowbit.quant.fake_quant import fake_quantize
-from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.layer_inputs import LayerInputs
-from lowbit.torch.layer_rows import layer_groups, rows_forward, rows_unsupported
+from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
+from lowbit.torch.layer_rows import layer_groups, rows_forward
 from lowbit.torch.row_cache import RowCache
 from lowbit.torch.weight_quantized import WeightQuantized
 
@@ -72,14 +70,8 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
     for label, value in (("num_candidates", num_candidates), ("max_rows", max_rows)):
         if not isinstance(value, int) or value < 1:
             raise SpecError(f"{label} must be a positive integer, got {value!r}")
-    if not sim.is_calibrated:
-        raise NotCalibratedError("sequential MSE needs a calibrated sim: call sim.calibrate(data) first")
-    calls = list(checked_calls(data, transform, num_batches))
-    if num_batches is not None and len(calls) < num_batches:
-        raise DataError(f"sequential MSE asked for {num_batches} batches, the data has {len(calls)}")
-
     start = time.perf_counter()
-    layer_inputs = LayerInputs(sim, calls)
+    layer_inputs = layer_inputs_for(sim, data, transform, num_batches, "sequential MSE")
     order = layer_inputs.layer_order()
     wrappers = {name: m for name, m in sim.model.named_modules() if isinstance(m, WeightQuantized)}
     reasons = {name: _skip_reason(wrapper, name in order) for name, wrapper in wrappers.items()}
@@ -110,15 +102,10 @@ def _skip_reason(wrapper: WeightQuantized, reached: bool) -> str | None:
     """Why sequential MSE leaves this layer alone, or None."""
     if not reached:
         return "not reached by the first batch"
-    quantizer = wrapper.weight_quantizer
-    if not isinstance(quantizer, Quantizer) or quantizer.mode != "quantize":
-        return "weight quantizer disabled"
-    unsupported = rows_unsupported(wrapper.layer)
-    if unsupported is not None:
-        return unsupported
-    spec = quantizer.spec
-    if spec.block_size is not None:
-        return "per-block weight encodings"
+    reason = weight_skip_reason(wrapper)
+    if reason is not None:
+        return reason
+    spec = wrapper.weight_quantizer.spec
     if spec.axis is not None and spec.axis % wrapper.layer.weight.dim() != 0:
         return f"per-channel weight encodings on axis {spec.axis}, not the output channels"
     return None
