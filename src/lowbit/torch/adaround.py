@@ -14,6 +14,7 @@ from lowbit.errors import OptimizationError, SpecError
 from lowbit.progress import progress
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.quant.layout import broadcastable
+from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
 from lowbit.torch.layer_rows import layer_groups, rows_forward
 from lowbit.torch.row_cache import RowCache
@@ -65,7 +66,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
 
     Per layer: up to ``max_rows`` output positions sampled evenly over ``data`` give rows of the
     layer's quantized input (the sim with earlier layers already rounded) and float output (a float
-    copy of the sim), kept in memory up to ``memory_limit`` bytes, past it on disk. Adam learns the
+    copy of the sim), kept in memory up to ``memory_limit`` bytes, past it on disk. Errors are
+    measured after the ReLU / ReLU6 that directly follows a layer (fused into it on export). Adam learns the
     rounding on ``batch_rows`` random rows per iteration, with the regulariser off for the first
     ``warm_start`` of the iterations and its exponent annealed from 20 to 2 after; a layer stops early
     once every rounding variable is exactly 0 or 1 (nothing can change after). A layer keeps nearest
@@ -87,20 +89,25 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
             skipped[name] = reason
             continue
         layer_start = time.perf_counter()
+        activation = following_activation(sim.model, name) or _identity
         with inputs.collect(name, max_rows, memory_limit, generator, "adaround inputs") as cache:
             iterations, nearest_mse, rounded_mse = _round_layer(
-                name, wrapper, cache, num_iterations, batch_rows, learning_rate, reg_weight, warm_start,
-                generator)
+                name, wrapper, cache, activation, num_iterations, batch_rows, learning_rate, reg_weight,
+                warm_start, generator)
         layers.append(LayerRounding(name, iterations, time.perf_counter() - layer_start, nearest_mse,
                                     rounded_mse))
     return AdaroundResult(tuple(layers), skipped, time.perf_counter() - start)
 
 
-def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, iterations: int, batch_rows: int,
-                 learning_rate: float, reg_weight: float, warm_start: float,
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activation, iterations: int,
+                 batch_rows: int, learning_rate: float, reg_weight: float, warm_start: float,
                  generator: torch.Generator) -> tuple[int, float, float]:
     """Learn the layer's rounding, write the better of it and nearest rounding into the weight, freeze
-    the encoding; returns (iterations run, nearest MSE, kept MSE)."""
+    the encoding; returns (iterations run, nearest MSE, kept MSE), errors measured after ``activation``."""
     layer, quantizer = wrapper.layer, wrapper.weight_quantizer
     encoding = quantizer.encoding
     weight = layer.weight.detach()
@@ -117,8 +124,8 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, iteration
     for run in range(1, iterations + 1):
         rows, targets = cache.sample(batch_rows, generator, weight.device)
         h = rectified_sigmoid(alpha)
-        output = rows_forward(rows, grid_weight(floor, h, scale, low, high), bias, groups)
-        loss = (output - targets).pow(2).sum(dim=1).mean()
+        output = activation(rows_forward(rows, grid_weight(floor, h, scale, low, high), bias, groups))
+        loss = (output - activation(targets)).pow(2).sum(dim=1).mean()
         beta = annealed_beta(run - 1, iterations, warm_start)
         if beta is not None:
             loss = loss + reg_weight * rounding_regularizer(h, beta)
@@ -132,10 +139,9 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, iteration
     with torch.no_grad():
         rounded = grid_weight(floor, (rectified_sigmoid(alpha) >= 0.5).to(weight.dtype), scale, low, high)
         nearest = fake_quantize(weight, encoding)
-        nearest_mse = _output_mse(cache, nearest, bias, groups)
-        rounded_mse = _output_mse(cache, rounded, bias, groups)
-        if rounded_mse < nearest_mse:
-            layer.weight.copy_(rounded)
+        nearest_mse = _output_mse(cache, nearest, bias, groups, activation)
+        rounded_mse = _output_mse(cache, rounded, bias, groups, activation)
+        layer.weight.copy_(rounded if rounded_mse < nearest_mse else nearest)
     quantizer.freeze(encoding)
     return run, nearest_mse, min(rounded_mse, nearest_mse)
 
@@ -147,12 +153,15 @@ def _decided(alpha: torch.Tensor) -> bool:
         return bool(((h == 0) | (h == 1)).all())
 
 
-def _output_mse(cache: RowCache, weight: torch.Tensor, bias, groups: int, chunk: int = 4096) -> float:
-    """Mean squared error of the layer's output with ``weight`` against the cached float outputs."""
+def _output_mse(cache: RowCache, weight: torch.Tensor, bias, groups: int, activation,
+                chunk: int = 4096) -> float:
+    """Mean squared error of the layer's output with ``weight`` against the cached float outputs, both
+    after ``activation``."""
     total, count = 0.0, 0
     for first in range(0, cache.count, chunk):
         rows = cache.inputs[first:first + chunk].to(weight.device)
         targets = cache.targets[first:first + chunk].to(weight.device)
-        total += float((rows_forward(rows, weight, bias, groups) - targets).pow(2).sum())
+        error = activation(rows_forward(rows, weight, bias, groups)) - activation(targets)
+        total += float(error.pow(2).sum())
         count += targets.numel()
     return total / max(count, 1)

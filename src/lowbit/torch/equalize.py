@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from lowbit.algorithms.cross_layer_equalization import (absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
-from lowbit.torch.batchnorm_fold import _BATCHNORMS, fold_batchnorm
+from lowbit.torch.batchnorm_fold import FoldedBatchNorm, fold_batchnorm
 from lowbit.torch.capture import trace_for
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -35,7 +35,8 @@ class EqualizedGroup:
 def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> list[EqualizedGroup]:
     """Cross-layer equalization (Nagel et al. 2019), in place; returns the equalized groups.
 
-    1. BatchNorm is folded (``lowbit.fold_batchnorm``); the BN statistics are kept for step 4.
+    1. BatchNorm is folded (``lowbit.fold_batchnorm``); each layer that absorbed the BN after it keeps
+       the BN's output statistics (``layer.folded_batchnorm``), which step 5 follows through the scaling.
     2. Chains of Conv1d/2d/3d/Linear layers are found with torch.fx where each layer's output feeds
        only the next layer, through nothing but positive-homogeneous ops (ReLU, LeakyReLU, Identity,
        Dropout, or no op) and ReLU6. Layers must be ungrouped or depthwise (groups == channels).
@@ -54,15 +55,7 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
        convs with padding (the padded zeros would not carry c).
     """
     model.eval()
-    batchnorms = {name: module for name, module in model.named_modules() if isinstance(module, _BATCHNORMS)}
-    folded = fold_batchnorm(model, example_input)
-    bn_stats = {}
-    for layer_name, bn_name in folded:
-        bn = batchnorms[bn_name]
-        beta = bn.bias.detach().clone() if bn.affine else torch.zeros_like(bn.running_mean)
-        gamma = bn.weight.detach().clone() if bn.affine else torch.ones_like(bn.running_mean)
-        bn_stats[layer_name] = (beta, gamma)
-
+    fold_batchnorm(model, example_input)
     gm = trace_for("equalize", model, example_input)
 
     groups = []
@@ -75,18 +68,24 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
             if layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
                                                       device=layer.weight.device))
+        folded = [getattr(layer, "folded_batchnorm", None) for layer in layers]
+        moments = [None if stats is None else stats.moments(layer) for stats, layer in zip(folded, layers)]
         with torch.no_grad():
             factors, sweeps = equalize_chain_([layer.weight.data for layer in layers],
                                               [layer.bias.data for layer in layers],
                                               [_depthwise(layer) for layer in layers])
+            for layer, moment, factor in zip(layers, moments, factors):  # CLE scales inputs too: reset
+                if moment is not None:
+                    layer.folded_batchnorm = FoldedBatchNorm.of(layer, moment[0] * factor, moment[1] * factor)
             absorbed = []
             if absorb_high_bias:
                 for k, link in enumerate(links):
                     nxt = layers[k + 1]
-                    if not link.relu or chain[k] not in bn_stats or not _zero_free(nxt):
+                    statistics = getattr(layers[k], "folded_batchnorm", None)
+                    if not link.relu or statistics is None or not _zero_free(nxt):
                         continue
-                    beta, gamma = bn_stats[chain[k]]
-                    shift = absorbable_shift(beta * factors[k], gamma * factors[k])
+                    mean, std = statistics.moments(layers[k])
+                    shift = absorbable_shift(mean.to(nxt.weight.dtype), std.to(nxt.weight.dtype))
                     if bool((shift > 0).any()):
                         absorb_high_bias_(layers[k].bias.data, nxt.weight.data, nxt.bias.data, shift,
                                           _depthwise(nxt))

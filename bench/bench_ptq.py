@@ -1,0 +1,151 @@
+"""Post-training techniques on the real MobileNetV2: nearest rounding vs each technique vs their
+combination, at W8A8 and W4A8, against the weight-only W8 ceiling.
+
+Calibration: augmented crops of scikit-image's photos (``--calibration-images``, default 256).
+Evaluation: the 20 labelled ImageNet photos plus 108 augmented crops of them (128 images, never
+filtered). Figures per row: top-1 agreement with FP32, mean KL(FP32 ‖ quantized) of the softmax
+outputs, labelled top-1 on the 20 photos, and the technique's wall time (AdaRound: also per layer).
+
+    .venv/bin/python bench/bench_ptq.py                      # every row
+    .venv/bin/python bench/bench_ptq.py --rows w4a8-adaround --iterations 500,2000,10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import torch  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit.torch.adaround import DEFAULT_ITERATIONS  # noqa: E402
+from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
+
+N_LABELLED = 20
+ROWS = {
+    "w8-weight-only": ("default", ()),
+    "w8a8-nearest": ("default", ()),
+    "w8a8-equalize": ("default", ("equalize",)),
+    "w8a8-bias-correction": ("default", ("bias_correction",)),
+    "w8a8-bias-correction-analytical": ("default", ("bias_correction_analytical",)),
+    "w8a8-sequential-mse": ("default", ("sequential_mse",)),
+    "w8a8-adaround": ("default", ("adaround",)),
+    "w8a8-equalize+bias-correction": ("default", ("equalize", "bias_correction")),
+    "w8a8-equalize+adaround+bias-correction": ("default", ("equalize", "adaround", "bias_correction")),
+    "w4a8-nearest": ("w4a8", ()),
+    "w4a8-equalize": ("w4a8", ("equalize",)),
+    "w4a8-bias-correction": ("w4a8", ("bias_correction",)),
+    "w4a8-bias-correction-analytical": ("w4a8", ("bias_correction_analytical",)),
+    "w4a8-sequential-mse": ("w4a8", ("sequential_mse",)),
+    "w4a8-adaround": ("w4a8", ("adaround",)),
+    "w4a8-equalize+adaround": ("w4a8", ("equalize", "adaround")),
+    "w4a8-equalize+adaround+bias-correction": ("w4a8", ("equalize", "adaround", "bias_correction")),
+}
+
+
+def build(model, calib, target, techniques, iterations):
+    """Fold, (equalize), calibrate, then the techniques in the recommended order; returns the sim and
+    the seconds and result line of each step."""
+    timings, lines = {}, []
+    start = time.perf_counter()
+    sim = lowbit.quantize(model, calib, target=target,
+                          techniques=[t for t in techniques if t == "equalize"])
+    timings["fold+equalize+calibrate"] = time.perf_counter() - start
+    layer_seconds = None
+    for technique in techniques:
+        start = time.perf_counter()
+        if technique == "adaround":
+            result = lowbit.adaround(sim, calib, num_iterations=iterations)
+            sim.calibrate(calib)
+            layer_seconds = [r.seconds for r in result.layers]
+        elif technique == "sequential_mse":
+            result = lowbit.sequential_mse(sim, calib)
+            sim.calibrate(calib)
+        elif technique == "bias_correction":
+            result = lowbit.correct_bias(sim, calib)
+        elif technique == "bias_correction_analytical":
+            result = lowbit.correct_bias(sim, mode="analytical")
+        else:
+            continue
+        timings[technique] = time.perf_counter() - start
+        lines.append(str(result))
+    return sim, timings, lines, layer_seconds
+
+
+def evaluate(outputs: torch.Tensor, fp32: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 agreement and mean KL(FP32 ‖ quantized) against the FP32 logits; labelled top-1."""
+    log_p, log_q = fp32.log_softmax(1), outputs.log_softmax(1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    top = outputs.argmax(1)
+    return {"top1_agreement": float((top == fp32.argmax(1)).float().mean()), "mean_kl": float(kl),
+            "labelled_top1": float((top[:N_LABELLED] == labels[:N_LABELLED]).float().mean())}
+
+
+def run_row(name, model, calib, evals, fp32, labels, iterations):
+    """One benchmark row (AdaRound rows once per iteration count)."""
+    target, techniques = ROWS[name]
+    sim, timings, lines, layer_seconds = build(model, calib, target, techniques, iterations)
+    if name == "w8-weight-only":
+        for key, quantizer in sim.quantizers().items():
+            if sim.point(key).role != "weight":
+                quantizer.mode = "off"
+    with torch.no_grad():
+        outputs = torch.cat([sim(b) for b in evals])
+    result = {"target": target, "techniques": list(techniques), **evaluate(outputs, fp32, labels),
+              "seconds": timings, "results": lines}
+    if layer_seconds is not None:
+        result.update(adaround_iterations=iterations, adaround_layers=len(layer_seconds),
+                      adaround_seconds_per_layer=sum(layer_seconds) / len(layer_seconds))
+    return result
+
+
+def markdown_row(key: str, r: dict) -> list:
+    technique_seconds = sum(v for k, v in r["seconds"].items() if k != "fold+equalize+calibrate")
+    per_layer = f"{r['adaround_seconds_per_layer']:.1f}" if "adaround_seconds_per_layer" in r else ""
+    return [key, f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}", f"{r['labelled_top1']:.0%}",
+            f"{technique_seconds:.0f}", per_layer]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    parser.add_argument("--iterations", default=str(DEFAULT_ITERATIONS),
+                        help="AdaRound iterations per layer; several (comma-separated) repeat AdaRound rows")
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--output", default="bench_ptq", help="results file name under bench/results/")
+    args = parser.parse_args()
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]}; choose from {', '.join(ROWS)}")
+    _common.setup_threads()
+    model = pretrained_mobilenet_v2().eval()
+    calib = _common.calibration_batches(n_images=args.calibration_images)
+    evals, labels = _common.evaluation_batches(n_augmented=108)
+    with torch.no_grad():
+        fp32 = torch.cat([model(b) for b in evals])
+    path = _common.RESULTS / f"{args.output}.json"
+    results = json.loads(path.read_text())["rows"] if path.exists() else {}
+    for name in args.rows.split(","):
+        counts = [int(n) for n in args.iterations.split(",")] if "adaround" in name else [None]
+        for iterations in counts:
+            key = name if iterations is None else f"{name} ({iterations} it)"
+            results[key] = run_row(name, model, calib, evals, fp32, labels, iterations)
+            print(f"{key}: {results[key]['top1_agreement']:.1%} | {' | '.join(results[key]['results'])}",
+                  flush=True)
+            _common.write_results(args.output, {
+                "model": "mobilenet_v2 (pretrained, 224x224)", "calibration_images": args.calibration_images,
+                "evaluation_images": int(labels.numel()), "labelled_images": N_LABELLED, "rows": results})
+    print()
+    _common.print_table(["setting", "top-1 agreement", "mean KL", "labelled top-1 (20)", "technique s",
+                         "AdaRound s/layer"], [markdown_row(k, r) for k, r in results.items()])
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
