@@ -141,3 +141,33 @@ def test_mobilenet_top1_survives_relu6_replacement_and_bias_absorption(mobilenet
         equalized = float((model(images).argmax(1) == labels).float().mean())
     print(f"top-1 on 20 photos: FP32 {fp32:.2f}, equalized {equalized:.2f}")
     assert equalized >= fp32 - 0.05
+
+
+def test_folded_statistics_follow_the_scaling_of_mid_chain_layers(mobilenet, labelled):
+    """A depthwise layer inside a Conv→depthwise→Conv triplet has its input and output rescaled; its
+    recorded BN statistics must scale by the output factor measured on data."""
+    images = labelled[0][:2]
+    name = "features.2.conv.1.0"
+    folded, equalized = copy.deepcopy(mobilenet), copy.deepcopy(mobilenet)
+    lowbit.fold_batchnorm(folded, images[:1])
+    for module_name, module in list(folded.named_modules()):
+        if isinstance(module, nn.ReLU6):  # as equalize does between equalized layers
+            folded.set_submodule(module_name, nn.ReLU())
+    lowbit.equalize(equalized, images[:1], absorb_high_bias=False)
+    outputs = {}
+    for key, model in (("folded", folded), ("equalized", equalized)):
+        layer = model.get_submodule(name)
+        hook = layer.register_forward_hook(lambda m, a, out, key=key: outputs.setdefault(key, out))
+        with torch.no_grad():
+            model(images)
+        hook.remove()
+    a, b = (outputs[key].transpose(0, 1).flatten(1).double() for key in ("folded", "equalized"))
+    factor = (a * b).sum(1) / (a * a).sum(1)  # least-squares per-channel scale: b = factor · a
+    assert float((b - factor[:, None] * a).abs().max() / b.abs().max()) < 1e-4
+    assert float((factor - 1).abs().max()) > 0.1  # the layer really was rescaled
+    before = folded.get_submodule(name)
+    after = equalized.get_submodule(name)
+    mean_before, std_before = before.folded_batchnorm.moments(before)
+    mean_after, std_after = after.folded_batchnorm.moments(after)
+    torch.testing.assert_close(mean_after, mean_before * factor, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(std_after, std_before * factor, rtol=1e-4, atol=1e-6)
