@@ -44,7 +44,6 @@ ROWS = {
     "w4a8-bias-correction-analytical": ("w4a8", ("bias_correction_analytical",)),
     "w4a8-sequential-mse": ("w4a8", ("sequential_mse",)),
     "w4a8-adaround": ("w4a8", ("adaround",)),
-    "w4a8-equalize+adaround": ("w4a8", ("equalize", "adaround")),
     "w4a8-equalize+adaround+bias-correction": ("w4a8", ("equalize", "adaround", "bias_correction")),
 }
 
