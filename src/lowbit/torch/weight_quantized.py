@@ -47,7 +47,8 @@ class WeightQuantized(LayerWrapper):
     When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
     rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it;
     when ``output_quantizer`` is set too, convolutions are computed as onnxruntime's integer kernels
-    compute them (with straight-through gradients to the float result).
+    compute them (with straight-through gradients to the float result). A subclass that overrides
+    ``forward`` (a conv that pads itself, say) runs its own forward with the quantized weight.
     """
 
     def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
@@ -55,7 +56,8 @@ class WeightQuantized(LayerWrapper):
         self.weight_quantizer = weight_quantizer
         self.link_input_quantizer(None)
         self.link_output_quantizer(None)
-        self._forward = next((f for cls, f in _FORWARDS.items() if isinstance(layer, cls)), None)
+        self._forward = next((f for cls, f in _FORWARDS.items()
+                              if isinstance(layer, cls) and type(layer).forward is cls.forward), None)
 
     def link_input_quantizer(self, quantizer: Quantizer | None) -> None:
         """Remember (without owning it as a submodule) the quantizer of this layer's input."""
