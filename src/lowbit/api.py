@@ -17,10 +17,10 @@ from lowbit.torch.quantsim import QuantSim
 from lowbit.torch.sequential_mse import sequential_mse
 
 
-TECHNIQUES = ("equalize", "adaround", "sequential_mse", "bias_correction")
+TECHNIQUES = ("equalize", "sequential_mse", "adaround", "bias_correction")
 """Techniques ``quantize`` can apply, always in this (the recommended) order: equalize before
-calibration; AdaRound / sequential MSE (weight encodings frozen, activations recalibrated) and bias
-correction after."""
+calibration; after it sequential MSE (chooses each weight range), AdaRound (rounds on that grid) —
+both freeze the weight encodings and activations are recalibrated after each — and bias correction."""
 
 
 def quantize(model: nn.Module, data, example_input=None, target="default", param_bits: int | None = None,
@@ -47,7 +47,7 @@ def quantize(model: nn.Module, data, example_input=None, target="default", param
                    scheme=scheme, per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
     lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
-    for name, technique in (("adaround", adaround), ("sequential_mse", sequential_mse)):
+    for name, technique in (("sequential_mse", sequential_mse), ("adaround", adaround)):
         if name in techniques:
             lines.append(str(technique(sim, data, num_batches=num_batches, transform=transform)))
             sim.calibrate(data, transform=transform, num_batches=num_batches)
