@@ -37,14 +37,13 @@ ROWS = {
     "w8a8-sequential-mse": ("default", ("sequential_mse",)),
     "w8a8-adaround": ("default", ("adaround",)),
     "w8a8-equalize+bias-correction": ("default", ("equalize", "bias_correction")),
-    "w8a8-equalize+adaround+bias-correction": ("default", ("equalize", "adaround", "bias_correction")),
     "w4a8-nearest": ("w4a8", ()),
     "w4a8-equalize": ("w4a8", ("equalize",)),
     "w4a8-bias-correction": ("w4a8", ("bias_correction",)),
     "w4a8-bias-correction-analytical": ("w4a8", ("bias_correction_analytical",)),
     "w4a8-sequential-mse": ("w4a8", ("sequential_mse",)),
     "w4a8-adaround": ("w4a8", ("adaround",)),
-    "w4a8-equalize+adaround+bias-correction": ("w4a8", ("equalize", "adaround", "bias_correction")),
+    "w4a8-sequential-mse+adaround+bias-correction": ("w4a8", ("sequential_mse", "adaround", "bias_correction")),
 }
 
 
