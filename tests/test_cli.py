@@ -136,7 +136,7 @@ def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
     elif case == "unknown target":
         extra = ["--target", "no-such-target"]
     else:
-        extra = ["--techniques", "adaround"]
+        extra = ["--techniques", "gptq"]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", str(model), "--data", str(data), "--out", str(out), *extra])
@@ -160,7 +160,11 @@ def test_demo_quick(tmp_path):
 
 
 def test_quantize_with_techniques(npy, tmp_path):
-    """--techniques runs equalization before and bias correction after calibration."""
+    """--techniques runs equalization before calibration, AdaRound and bias correction after, and
+    the summary has one line per step."""
     out = tmp_path / "out"
-    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques", "equalize,bias_correction"])
+    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques", "bias_correction,adaround,equalize"])
     assert_exported(result, out)
+    steps = [line.split("|")[2].strip() for line in result.output.splitlines() if line.startswith("| technique |")]
+    assert [step.split(":")[0] for step in steps] == ["fold batchnorm", "equalize", "calibrate", "adaround",
+                                                    "bias correction (empirical)"]

@@ -378,5 +378,5 @@ def test_quantize_applies_techniques_in_order_and_rejects_unknown_ones():
         treated_error = (treated(x) - reference).abs().mean()
     print(f"\ntiny_resnet w4a8 mean |error|: nearest {plain_error:.4f}, equalize + bias correction {treated_error:.4f}")
     assert treated_error < plain_error
-    with pytest.raises(SpecError, match="unknown technique 'adaround'"):
-        lowbit.quantize(model, data, techniques=["adaround"])
+    with pytest.raises(SpecError, match="unknown technique 'gptq'"):
+        lowbit.quantize(model, data, techniques=["gptq"])
