@@ -118,7 +118,7 @@ def test_pt2_with_batch_dependent_graph_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model file", "no such module", "empty folder", "nan data",
-                                  "unknown target", "unknown technique"])
+                                  "unknown target", "unknown technique", "adaround with bias correction"])
 def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
     model, data, extra = TINY, npy, []
     if case == "missing model file":
@@ -135,8 +135,10 @@ def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
         np.save(data, array)
     elif case == "unknown target":
         extra = ["--target", "no-such-target"]
-    else:
+    elif case == "unknown technique":
         extra = ["--techniques", "gptq"]
+    else:
+        extra = ["--techniques", "adaround,bias_correction"]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", str(model), "--data", str(data), "--out", str(out), *extra])
@@ -160,11 +162,12 @@ def test_demo_quick(tmp_path):
 
 
 def test_quantize_with_techniques(npy, tmp_path):
-    """--techniques runs equalization before calibration, AdaRound and bias correction after, and
+    """--techniques runs equalization before calibration, sequential MSE and bias correction after, and
     the summary has one line per step."""
     out = tmp_path / "out"
-    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques", "bias_correction,adaround,equalize"])
+    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques",
+                     "bias_correction,sequential_mse,equalize"])
     assert_exported(result, out)
     steps = [line.split("|")[2].strip() for line in result.output.splitlines() if line.startswith("| technique |")]
-    assert [step.split(":")[0] for step in steps] == ["fold batchnorm", "equalize", "calibrate", "adaround",
+    assert [step.split(":")[0] for step in steps] == ["fold batchnorm", "equalize", "calibrate", "sequential mse",
                                                     "bias correction (empirical)"]

@@ -20,7 +20,8 @@ from lowbit.torch.sequential_mse import sequential_mse
 TECHNIQUES = ("equalize", "sequential_mse", "adaround", "bias_correction")
 """Techniques ``quantize`` can apply, always in this (the recommended) order: equalize before
 calibration; after it sequential MSE (chooses each weight range), AdaRound (rounds on that grid) —
-both freeze the weight encodings and activations are recalibrated after each — and bias correction."""
+both freeze the weight encodings and activations are recalibrated after each — and bias correction
+(not with AdaRound, which already fits each layer's output mean)."""
 
 
 def quantize(model: nn.Module, data, example_input=None, target="default", param_bits: int | None = None,
@@ -33,6 +34,9 @@ def quantize(model: nn.Module, data, example_input=None, target="default", param
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
         raise SpecError(f"unknown technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)}")
+    if "adaround" in techniques and "bias_correction" in techniques:
+        raise SpecError("adaround and bias_correction exclude each other: AdaRound already fits each "
+                        "layer's output mean; choose one")
     if example_input is None:
         example_input = _first_batch(data, transform)
     model = copy.deepcopy(model).eval()

@@ -34,7 +34,8 @@ def cli() -> None:
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
 @click.option("--techniques", default="", show_default=False,
               help="Comma-separated post-training techniques, applied in the recommended order: "
-                   "equalize (before calibration); sequential_mse, adaround, bias_correction (after).")
+                   "equalize (before calibration); sequential_mse, adaround, bias_correction (after; "
+                   "adaround and bias_correction exclude each other).")
 @click.option("--input-shape", default=None,
               help="Model input shape, e.g. 1,3,224,224: images are resized to its H x W; array data "
                    "is checked against it.")

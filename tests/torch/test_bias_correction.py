@@ -380,3 +380,5 @@ def test_quantize_applies_techniques_in_order_and_rejects_unknown_ones():
     assert treated_error < plain_error
     with pytest.raises(SpecError, match="unknown technique 'gptq'"):
         lowbit.quantize(model, data, techniques=["gptq"])
+    with pytest.raises(SpecError, match="adaround and bias_correction exclude each other"):
+        lowbit.quantize(model, data, techniques=["bias_correction", "adaround"])

@@ -63,7 +63,9 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
              seed: int = 0) -> AdaroundResult:
     """AdaRound (Nagel et al. 2020) on every weight-quantized Conv1d/Conv2d/Linear of a calibrated
     ``sim``, in place; the chosen roundings are written into the weights (on the grid) and their
-    encodings frozen, so calibration keeps them and export writes them like any other.
+    encodings frozen, so calibration keeps them and export writes them like any other. Each rounded
+    layer is marked ``rounded_by_adaround``: bias correction leaves it alone, since the learned
+    rounding already fits its output mean on quantized inputs.
 
     Per layer: up to ``max_rows`` output positions sampled evenly over ``data`` give rows of the
     layer's quantized input (the sim with earlier layers already rounded) and float output (a float
@@ -143,6 +145,7 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
         nearest_mse = _output_mse(cache, nearest, bias, groups, activation)
         rounded_mse = _output_mse(cache, rounded, bias, groups, activation)
         layer.weight.copy_(rounded if rounded_mse < nearest_mse else nearest)
+        layer.rounded_by_adaround = True
     quantizer.freeze(encoding)
     return run, nearest_mse, min(rounded_mse, nearest_mse)
 
