@@ -7,12 +7,13 @@ import copy
 import math
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from lowbit.data import checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.graph_cursor import GraphCursor
 from lowbit.torch.layer_rows import rows_unsupported, sample_rows
 from lowbit.torch.row_cache import RowCache
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -45,7 +46,13 @@ def weight_skip_reason(wrapper: WeightQuantized) -> str | None:
 
 class LayerInputs:
     """The sim (quantized, with every earlier layer's final weights) and a float reference copy taken
-    at construction (every quantizer off), run on the same materialised ``calls``."""
+    at construction (every quantizer off), run on the same materialised ``calls``.
+
+    On a torch.fx graph where each layer is called once, both runs pause at the layer asked for and
+    resume there for the next one (:class:`GraphCursor`), so every node runs once per batch in all
+    instead of once per later layer; layers must then be collected in call order (going back restarts
+    the runs). Otherwise each collection re-runs the model from its input and stops at the layer.
+    """
 
     def __init__(self, sim, calls: list[tuple[tuple, dict]]):
         self.sim = sim
@@ -55,6 +62,8 @@ class LayerInputs:
         for module in self.reference.modules():
             if isinstance(module, Quantizer):
                 module.mode = "off"
+        self._node_index = _single_call_layers(sim.model)
+        self._cursors: list[tuple[GraphCursor, GraphCursor]] = []
 
     def layer_order(self) -> list[str]:
         """Names of the weight-quantized layers in the order the first batch calls them."""
@@ -74,9 +83,12 @@ class LayerInputs:
         the batches, at most ``max_rows`` in all."""
         layer = self.sim.model.get_submodule(name).layer
         cache = None
-        for args_kwargs in progress(self.calls, f"{description} {name}", len(self.calls)):
-            quantized_input = self._capture(self.sim.model, name, args_kwargs, "input")
-            float_output = self._capture(self.reference, name, args_kwargs, "output")
+        for batch, args_kwargs in enumerate(progress(self.calls, f"{description} {name}", len(self.calls))):
+            if self._node_index is not None:
+                quantized_input, float_output = self._resume(name, batch)
+            else:
+                quantized_input = self._capture(self.sim.model, name, args_kwargs, "input")
+                float_output = self._capture(self.reference, name, args_kwargs, "output")
             if quantized_input is None or float_output is None:
                 continue
             if cache is None:
@@ -88,6 +100,20 @@ class LayerInputs:
             inputs, outputs = sample_rows(layer, quantized_input, float_output, per_batch, generator)
             cache.append(inputs, outputs)
         return cache
+
+    def _resume(self, name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``batch``'s quantized input and float output of layer ``name``, from the paused runs."""
+        index = self._node_index[name]
+        if batch == 0 and (not self._cursors or self._cursors[0][0].position > index):
+            self._cursors = []
+            for args_kwargs in self.calls:
+                args, kwargs = move_call(*args_kwargs, self.device)
+                self._cursors.append((GraphCursor(self.sim.model, args, kwargs),
+                                      GraphCursor(self.reference, args, kwargs)))
+        quantized, reference = self._cursors[batch]
+        quantized.run_to(index)
+        reference.run_to(index)
+        return quantized.arguments()[0].detach(), reference.step().detach()
 
     def _capture(self, model: nn.Module, name: str, args_kwargs, what: str) -> torch.Tensor | None:
         """The input (or output) of ``model``'s module ``name`` at its first call for this batch, None
@@ -117,3 +143,18 @@ class LayerInputs:
         args, kwargs = move_call(*args_kwargs, self.device)
         with torch.no_grad():
             model(*args, **kwargs)
+
+
+def _single_call_layers(model: nn.Module) -> dict[str, int] | None:
+    """Graph position of each weight-quantized layer's call node, when ``model`` is a torch.fx
+    GraphModule that calls every such layer exactly once; None otherwise."""
+    if not isinstance(model, fx.GraphModule):
+        return None
+    wrappers = {name for name, module in model.named_modules() if isinstance(module, WeightQuantized)}
+    positions: dict[str, int] = {}
+    for index, node in enumerate(model.graph.nodes):
+        if node.op == "call_module" and node.target in wrappers:
+            if node.target in positions:
+                return None
+            positions[node.target] = index
+    return positions if set(positions) == wrappers else None

@@ -1,0 +1,58 @@
+"""Run a torch.fx GraphModule on one call node by node, pausing before any node and resuming there
+later, holding only the values later nodes still read."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import fx
+
+
+class GraphCursor:
+    """A paused run of ``graph_module`` on one call: ``run_to(i)`` executes the nodes before index i
+    not yet run (with the modules' weights as they are then), ``arguments()`` gives what the next node
+    will read, ``step()`` runs it and returns its value."""
+
+    def __init__(self, graph_module: fx.GraphModule, args: tuple, kwargs: dict):
+        self.module = graph_module
+        self.nodes = list(graph_module.graph.nodes)
+        self.position = 0
+        self.env: dict[fx.Node, object] = {}
+        self._interpreter = fx.Interpreter(graph_module, garbage_collect_values=False)
+        self._interpreter.env = self.env
+        bound = inspect.signature(graph_module.forward).bind(*args, **kwargs)
+        self._inputs = dict(bound.arguments)
+        index = {node: i for i, node in enumerate(self.nodes)}
+        self._last_reader: dict[int, list[fx.Node]] = {}
+        for node in self.nodes:
+            readers = [index[user] for user in node.users]
+            self._last_reader.setdefault(max(readers, default=index[node]), []).append(node)
+
+    def run_to(self, stop: int) -> None:
+        """Execute the nodes from the current position up to (not including) index ``stop``."""
+        while self.position < stop:
+            self.step()
+
+    def step(self):
+        """Execute the node at the current position and return its value."""
+        node = self.nodes[self.position]
+        with torch.no_grad():
+            value = self._run(node)
+        self.env[node] = value
+        for done in self._last_reader.get(self.position, ()):
+            self.env.pop(done, None)
+        self.position += 1
+        return value
+
+    def arguments(self) -> tuple:
+        """The positional arguments the node at the current position will be called with."""
+        args, _ = self._interpreter.fetch_args_kwargs_from_env(self.nodes[self.position])
+        return args
+
+    def _run(self, node: fx.Node):
+        if node.op == "placeholder":
+            if node.target in self._inputs:
+                return self._inputs[node.target]
+            return node.args[0] if node.args else None
+        return self._interpreter.run_node(node)
