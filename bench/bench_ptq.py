@@ -113,7 +113,7 @@ def run_row(name, model, calib, evals, fp32, labels, iterations):
 def markdown_row(key: str, r: dict) -> list:
     technique_seconds = sum(v for k, v in r["seconds"].items() if k != "fold+equalize+calibrate")
     per_layer = f"{r['adaround_seconds_per_layer']:.1f}" if "adaround_seconds_per_layer" in r else ""
-    return [key, f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}", f"{r['labelled_top1']:.0%}",
+    return [key, r.get("scheme", "minmax"), f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}", f"{r['labelled_top1']:.0%}",
             f"{technique_seconds:.0f}", per_layer]
 
 
@@ -150,7 +150,7 @@ def main() -> None:
                 "model": "mobilenet_v2 (pretrained, 224x224)", "calibration_images": args.calibration_images,
                 "evaluation_images": int(labels.numel()), "labelled_images": N_LABELLED, "rows": results})
     print()
-    _common.print_table(["setting", "top-1 agreement", "mean KL", "labelled top-1 (20)", "technique s",
+    _common.print_table(["setting", "scheme", "top-1 agreement", "mean KL", "labelled top-1 (20)", "technique s",
                          "AdaRound s/layer"], [markdown_row(k, r) for k, r in results.items()])
     print(f"\nwrote {path}")
 
