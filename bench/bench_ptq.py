@@ -102,8 +102,8 @@ def run_row(name, model, calib, evals, fp32, labels, iterations):
                 quantizer.mode = "off"
     with torch.no_grad():
         outputs = torch.cat([sim(b) for b in evals])
-    result = {"target": target, "techniques": list(techniques), "scheme": scheme, **evaluate(outputs, fp32, labels),
-              "seconds": timings, "results": lines}
+    result = {"target": target, "techniques": list(techniques), "scheme": scheme,
+              **evaluate(outputs, fp32, labels), "seconds": timings, "results": lines}
     if layer_seconds is not None:
         result.update(adaround_iterations=iterations, adaround_layers=len(layer_seconds),
                       adaround_seconds_per_layer=sum(layer_seconds) / len(layer_seconds))
@@ -113,8 +113,8 @@ def run_row(name, model, calib, evals, fp32, labels, iterations):
 def markdown_row(key: str, r: dict) -> list:
     technique_seconds = sum(v for k, v in r["seconds"].items() if k != "fold+equalize+calibrate")
     per_layer = f"{r['adaround_seconds_per_layer']:.1f}" if "adaround_seconds_per_layer" in r else ""
-    return [key, r.get("scheme", "minmax"), f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}", f"{r['labelled_top1']:.0%}",
-            f"{technique_seconds:.0f}", per_layer]
+    return [key, r.get("scheme", "minmax"), f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}",
+            f"{r['labelled_top1']:.0%}", f"{technique_seconds:.0f}", per_layer]
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ def test_learned_rounding_beats_nearest_on_the_first_layer():
 
 def test_bias_correction_leaves_adarounded_layers_alone():
     """AdaRound fits each layer's output mean on quantized inputs; bias correction after it must not
-    shift those biases again (on MobileNetV2 W4A8 it cost 8 points of agreement), and says so."""
+    shift those biases again, and says so."""
     model, data = _small_network()
     sim = _w4a8(model, data)
     sim.model.get_submodule("5").weight_quantizer.mode = "off"

@@ -35,8 +35,8 @@ class BiasCorrectionResult:
     """What ``correct_bias`` changed: the corrected layers (module names in ``sim.model``), those of
     them whose input mean came from BatchNorm statistics (analytical mode), the weight-quantized
     layers it skipped (types it cannot handle, layers no batch reached or AdaRound rounded, or in
-    analytical mode without data layers whose input statistics are unknown), the mean |Δ| over every corrected output channel,
-    how many batches it ran, and the mode."""
+    analytical mode without data layers whose input statistics are unknown), the mean |Δ| over every
+    corrected output channel, how many batches it ran, and the mode."""
 
     corrected: tuple[str, ...]
     skipped: tuple[str, ...]
@@ -74,8 +74,8 @@ def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | Non
 
     ConvTranspose and Embedding layers are skipped and named in the result, as are layers no batch
     reached and layers AdaRound rounded (it fits their output mean already; correcting them again
-    measured −8 points of top-1 agreement on MobileNetV2 W4A8). Raises ``NotCalibratedError`` on a sim that was never calibrated and ``DataError`` on
-    empty or non-finite data, or none in empirical mode.
+    undoes that). Raises ``NotCalibratedError`` on a sim that was never calibrated and ``DataError``
+    on empty or non-finite data, or none in empirical mode.
     """
     if mode not in _MODES:
         raise SpecError(f"unknown bias correction mode {mode!r}; choose one of {', '.join(_MODES)}")

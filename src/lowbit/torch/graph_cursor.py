@@ -15,19 +15,10 @@ class GraphCursor:
     will read, ``step()`` runs it and returns its value."""
 
     def __init__(self, graph_module: fx.GraphModule, args: tuple, kwargs: dict):
-        self.module = graph_module
         self.nodes = list(graph_module.graph.nodes)
         self.position = 0
-        self.env: dict[fx.Node, object] = {}
-        self._interpreter = fx.Interpreter(graph_module, garbage_collect_values=False)
-        self._interpreter.env = self.env
-        bound = inspect.signature(graph_module.forward).bind(*args, **kwargs)
-        self._inputs = dict(bound.arguments)
-        index = {node: i for i, node in enumerate(self.nodes)}
-        self._last_reader: dict[int, list[fx.Node]] = {}
-        for node in self.nodes:
-            readers = [index[user] for user in node.users]
-            self._last_reader.setdefault(max(readers, default=index[node]), []).append(node)
+        self._interpreter = fx.Interpreter(graph_module, garbage_collect_values=True)
+        self._inputs = dict(inspect.signature(graph_module.forward).bind(*args, **kwargs).arguments)
 
     def run_to(self, stop: int) -> None:
         """Execute the nodes from the current position up to (not including) index ``stop``."""
@@ -39,9 +30,12 @@ class GraphCursor:
         node = self.nodes[self.position]
         with torch.no_grad():
             value = self._run(node)
-        self.env[node] = value
-        for done in self._last_reader.get(self.position, ()):
-            self.env.pop(done, None)
+        env = self._interpreter.env
+        env[node] = value
+        for done in self._interpreter.user_to_last_uses.get(node, ()):
+            del env[done]
+        if not node.users:
+            del env[node]
         self.position += 1
         return value
 

@@ -67,6 +67,8 @@ class LayerInputs:
 
     def layer_order(self) -> list[str]:
         """Names of the weight-quantized layers in the order the first batch calls them."""
+        if self._node_index is not None:
+            return sorted(self._node_index, key=self._node_index.get)
         order: list[str] = []
         hooks = [module.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
                  for name, module in self.sim.model.named_modules() if isinstance(module, WeightQuantized)]
