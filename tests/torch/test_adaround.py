@@ -173,7 +173,7 @@ def test_bad_input():
     message = _one_line_error(DataError, lambda: lowbit.adaround(sim, data, num_batches=3))
     assert message == "adaround asked for 3 batches but the data has only 2"
     message = _one_line_error(SpecError, lambda: lowbit.adaround(sim, data, num_iterations=0))
-    assert message == "num_iterations, batch_rows and max_rows must be at least 1"
+    assert message == "num_iterations, batch_rows, max_rows, batch_samples and block_layers must be at least 1"
     assert not any(sim.model.get_submodule(name).weight_quantizer.frozen for name in WEIGHTED)
 
 

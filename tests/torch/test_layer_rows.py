@@ -52,7 +52,7 @@ def test_unsupported_layers_are_named():
 def test_row_cache_keeps_rows_in_memory_or_on_disk(memory_limit):
     rows = torch.arange(60, dtype=torch.float32).reshape(10, 2, 3)
     targets = torch.arange(40, dtype=torch.float32).reshape(10, 4)
-    with RowCache(8, (2, 3), 4, memory_limit) as cache:
+    with RowCache(8, (2, 3), (4,), memory_limit) as cache:
         cache.append(rows[:5], targets[:5])
         cache.append(rows[5:], targets[5:])
         assert cache.on_disk == (memory_limit == 16)

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.algorithms.adaround import (annealed_beta, grid_weight, initial_alpha, rectified_sigmoid,
-                                        rounding_regularizer)
+from lowbit.algorithms.adaround import annealed_beta
 from lowbit.errors import OptimizationError, SpecError
 from lowbit.progress import progress
 from lowbit.quant.fake_quant import fake_quantize
-from lowbit.quant.layout import broadcastable
+from lowbit.torch.adaround_block import round_block
+from lowbit.torch.graph_blocks import block_module
 from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
 from lowbit.torch.layer_rows import layer_groups, rows_forward
 from lowbit.torch.row_cache import RowCache
+from lowbit.torch.soft_rounding import SoftRounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 DEFAULT_ITERATIONS = 1000
@@ -27,19 +28,25 @@ DEFAULT_ITERATIONS = 1000
 
 @dataclass(frozen=True)
 class LayerRounding:
-    """One layer's outcome: iterations run, seconds, and the output MSE (on its cached rows) of
-    nearest rounding and of the rounding kept."""
+    """One rounded unit (a layer, or the layers of a block rounded together): iterations run, seconds,
+    and the output MSE (on its cached rows or samples) of nearest rounding and of the rounding kept."""
 
-    name: str
+    names: tuple[str, ...]
     iterations: int
     seconds: float
     nearest_mse: float
     rounded_mse: float
 
+    @property
+    def name(self) -> str:
+        """The layer's name, or the block's layer names joined by "+"."""
+        return "+".join(self.names)
+
 
 @dataclass(frozen=True)
 class AdaroundResult:
-    """What ``adaround`` did: one entry per rounded layer, the skipped layers (name → why), total time."""
+    """What ``adaround`` did: one entry per rounded layer or block, the skipped layers (name → why),
+    total time."""
 
     layers: tuple[LayerRounding, ...]
     skipped: dict[str, str]
@@ -47,20 +54,23 @@ class AdaroundResult:
 
     @property
     def mean_error_change(self) -> float:
-        """Mean relative change of the layers' output MSE against nearest rounding (−0.6 = −60 %)."""
+        """Mean relative change of the units' output MSE against nearest rounding (−0.6 = −60 %)."""
         changes = [r.rounded_mse / r.nearest_mse - 1 for r in self.layers if r.nearest_mse > 0]
         return sum(changes) / len(changes) if changes else 0.0
 
     def __str__(self) -> str:
         skipped = "".join(f", skipped {name} ({reason})" for name, reason in self.skipped.items())
-        return (f"adaround: {len(self.layers)} layers, {self.seconds:.0f} s, mean layer output MSE "
+        count = sum(len(r.names) for r in self.layers)
+        blocks = "" if count == len(self.layers) else f" in {len(self.layers)} blocks"
+        return (f"adaround: {count} layers{blocks}, {self.seconds:.0f} s, mean output MSE "
                 f"{100 * self.mean_error_change:+.0f} % vs nearest rounding{skipped}")
 
 
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
-             seed: int = 0) -> AdaroundResult:
+             seed: int = 0, granularity: str = "layer", block_layers: int = 3,
+             batch_samples: int = 16) -> AdaroundResult:
     """AdaRound (Nagel et al. 2020) on every weight-quantized Conv1d/Conv2d/Linear of a calibrated
     ``sim``, in place; the chosen roundings are written into the weights (on the grid) and their
     encodings frozen, so calibration keeps them and export writes them like any other. Each rounded
@@ -75,31 +85,66 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     ``warm_start`` of the iterations and its exponent annealed from 20 to 2 after; a layer stops early
     once every rounding variable is exactly 0 or 1 (nothing can change after). A layer keeps nearest
     rounding if that reconstructs its output better.
+
+    ``granularity="block"`` rounds the layers of each graph block together (BRECQ's unit: spans of
+    the torch.fx graph between points where one value is live, merged up to ``block_layers`` layers,
+    e.g. one MobileNetV2 inverted residual): the loss is the block's output error with its
+    activation quantizers active, on ``batch_samples`` cached whole samples per iteration. Layers
+    outside such blocks (and every layer of a sim without a graph) are rounded one by one.
     """
-    if num_iterations < 1 or batch_rows < 1 or max_rows < 1:
-        raise SpecError("num_iterations, batch_rows and max_rows must be at least 1")
+    if num_iterations < 1 or batch_rows < 1 or max_rows < 1 or batch_samples < 1 or block_layers < 1:
+        raise SpecError("num_iterations, batch_rows, max_rows, batch_samples and block_layers must be at least 1")
+    if granularity not in ("layer", "block"):
+        raise SpecError(f"adaround granularity must be 'layer' or 'block', not {granularity!r}")
     start = time.perf_counter()
     inputs = layer_inputs_for(sim, data, transform, num_batches, "adaround")
     order = inputs.layer_order()
     skipped = {name: "not reached by the first batch" for name, m in sim.model.named_modules()
                if isinstance(m, WeightQuantized) and name not in order}
-    generator = torch.Generator().manual_seed(seed)
-    layers = []
-    for name in progress(order, "adaround", len(order), unit="layer"):
-        wrapper = sim.model.get_submodule(name)
-        reason = weight_skip_reason(wrapper)
+    for name in order:
+        reason = weight_skip_reason(sim.model.get_submodule(name))
         if reason is not None:
             skipped[name] = reason
-            continue
-        layer_start = time.perf_counter()
-        activation = following_activation(sim.model, name) or _identity
-        with inputs.collect(name, max_rows, memory_limit, generator, "adaround inputs") as cache:
-            iterations, nearest_mse, rounded_mse = _round_layer(
-                name, wrapper, cache, activation, num_iterations, batch_rows, learning_rate, reg_weight,
-                warm_start, generator)
-        layers.append(LayerRounding(name, iterations, time.perf_counter() - layer_start, nearest_mse,
+    units = _units(inputs, [name for name in order if name not in skipped], granularity, block_layers)
+    generator = torch.Generator().manual_seed(seed)
+    layers = []
+    for names, block in progress(units, "adaround", len(units), unit=granularity):
+        unit_start = time.perf_counter()
+        if block is None:
+            wrapper = sim.model.get_submodule(names[0])
+            activation = following_activation(sim.model, names[0]) or _identity
+            with inputs.collect(names[0], max_rows, memory_limit, generator, "adaround inputs") as cache:
+                iterations, nearest_mse, rounded_mse = _round_layer(
+                    names[0], wrapper, cache, activation, num_iterations, batch_rows, learning_rate, reg_weight,
+                    warm_start, generator)
+        else:
+            wrappers = [sim.model.get_submodule(name) for name in names]
+            with inputs.collect_block(block, memory_limit, "adaround inputs") as cache:
+                iterations, nearest_mse, rounded_mse = round_block(
+                    names[0], block_module(sim.model, block), wrappers, cache, num_iterations, batch_samples,
+                    learning_rate, reg_weight, warm_start, generator)
+        layers.append(LayerRounding(names, iterations, time.perf_counter() - unit_start, nearest_mse,
                                     rounded_mse))
     return AdaroundResult(tuple(layers), skipped, time.perf_counter() - start)
+
+
+def _units(inputs, names: list[str], granularity: str, block_layers: int) -> list[tuple[tuple[str, ...], object]]:
+    """What to round together, in call order: (layer names, graph block or None for a single layer).
+    Block granularity falls back to single layers without a torch.fx graph and for spans calling more
+    than ``block_layers`` layers."""
+    blocks = inputs.blocks(block_layers) if granularity == "block" else None
+    if blocks is None:
+        return [((name,), None) for name in names]
+    wanted = set(names)
+    units, covered = [], set()
+    for block in blocks:
+        kept = tuple(name for name in block.layers if name in wanted)
+        if kept and len(block.layers) <= block_layers:
+            units.append((kept, block))
+            covered.update(kept)
+    position = {name: index for index, name in enumerate(names)}
+    units += [((name,), None) for name in names if name not in covered]
+    return sorted(units, key=lambda unit: position[unit[0][0]])
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:
@@ -116,31 +161,25 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
     weight = layer.weight.detach()
     bias = None if layer.bias is None else layer.bias.detach()
     groups = layer_groups(layer)
-    scale = broadcastable(encoding.scale, weight, encoding.spec)
-    low = broadcastable(encoding.offset, weight, encoding.spec).to(weight.dtype)
-    high = low + (encoding.spec.levels - 1)
-    ratio = weight / scale
-    floor = ratio.floor()
-    alpha = initial_alpha(ratio - floor).requires_grad_(True)
-    optimizer = torch.optim.Adam([alpha], lr=learning_rate)
+    soft = SoftRounding(weight, encoding)
+    optimizer = torch.optim.Adam([soft.alpha], lr=learning_rate)
     run = 0
     for run in range(1, iterations + 1):
         rows, targets = cache.sample(batch_rows, generator, weight.device)
-        h = rectified_sigmoid(alpha)
-        output = activation(rows_forward(rows, grid_weight(floor, h, scale, low, high), bias, groups))
+        output = activation(rows_forward(rows, soft(), bias, groups))
         loss = (output - activation(targets)).pow(2).sum(dim=1).mean()
         beta = annealed_beta(run - 1, iterations, warm_start)
         if beta is not None:
-            loss = loss + reg_weight * rounding_regularizer(h, beta)
+            loss = loss + reg_weight * soft.regularizer(beta)
         if not bool(torch.isfinite(loss)):
             raise OptimizationError(f"adaround: non-finite loss at layer {name!r}, iteration {run}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if beta is not None and run % 50 == 0 and _decided(alpha):
+        if beta is not None and run % 50 == 0 and soft.decided():
             break
     with torch.no_grad():
-        rounded = grid_weight(floor, (rectified_sigmoid(alpha) >= 0.5).to(weight.dtype), scale, low, high)
+        rounded = soft.hard()
         nearest = fake_quantize(weight, encoding)
         nearest_mse = _output_mse(cache, nearest, bias, groups, activation)
         rounded_mse = _output_mse(cache, rounded, bias, groups, activation)
@@ -148,13 +187,6 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
         layer.rounded_by_adaround = True
     quantizer.freeze(encoding)
     return run, nearest_mse, min(rounded_mse, nearest_mse)
-
-
-def _decided(alpha: torch.Tensor) -> bool:
-    """Whether every rounding variable sits exactly at 0 or 1 (its gradient is zero from then on)."""
-    with torch.no_grad():
-        h = rectified_sigmoid(alpha)
-        return bool(((h == 0) | (h == 1)).all())
 
 
 def _output_mse(cache: RowCache, weight: torch.Tensor, bias, groups: int, activation,

@@ -44,6 +44,10 @@ class GraphCursor:
         args, _ = self._interpreter.fetch_args_kwargs_from_env(self.nodes[self.position])
         return args
 
+    def value(self, node: fx.Node):
+        """The value of an already-run ``node`` that later nodes still read."""
+        return self._interpreter.env[node]
+
     def _run(self, node: fx.Node):
         if node.op == "placeholder":
             if node.target in self._inputs:

@@ -13,6 +13,7 @@ from lowbit.data import checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.graph_blocks import GraphBlock, graph_blocks
 from lowbit.torch.graph_cursor import GraphCursor
 from lowbit.torch.layer_rows import rows_unsupported, sample_rows
 from lowbit.torch.row_cache import RowCache
@@ -98,24 +99,53 @@ class LayerInputs:
                 per_batch = min(positions, math.ceil(max_rows / len(self.calls)))
                 probe_inputs, _ = sample_rows(layer, quantized_input[:1], float_output[:1], 1, generator)
                 cache = RowCache(per_batch * len(self.calls), tuple(probe_inputs.shape[1:]),
-                                 layer.weight.shape[0], memory_limit)
+                                 (layer.weight.shape[0],), memory_limit)
             inputs, outputs = sample_rows(layer, quantized_input, float_output, per_batch, generator)
             cache.append(inputs, outputs)
         return cache
 
+    def collect_block(self, block: GraphBlock, memory_limit: int, description: str) -> RowCache:
+        """Every sample's quantized input of ``block`` (the sim paused at its start) and float output
+        (the reference run past it); needs a torch.fx graph (see :meth:`blocks`)."""
+        cache = None
+        output_index = list(self.sim.model.graph.nodes).index(block.output)
+        for batch in progress(range(len(self.calls)), f"{description} {block.layers[0]}…", len(self.calls)):
+            quantized, reference = self._cursor_pair(batch, block.start)
+            quantized.run_to(block.start)
+            reference.run_to(output_index)
+            quantized_input, float_output = quantized.value(block.input).detach(), reference.step().detach()
+            if cache is None:
+                samples = quantized_input.shape[0] * len(self.calls)
+                cache = RowCache(samples, tuple(quantized_input.shape[1:]), tuple(float_output.shape[1:]),
+                                 memory_limit)
+            cache.append(quantized_input, float_output)
+        return cache
+
+    def blocks(self, max_layers: int) -> list[GraphBlock] | None:
+        """The sim's graph blocks of at most ``max_layers`` weight layers (see :func:`graph_blocks`), or
+        None when the sim has no torch.fx graph calling each layer once."""
+        if self._node_index is None:
+            return None
+        return graph_blocks(self.sim.model, set(self._node_index), max_layers)
+
     def _resume(self, name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``batch``'s quantized input and float output of layer ``name``, from the paused runs."""
         index = self._node_index[name]
+        quantized, reference = self._cursor_pair(batch, index)
+        quantized.run_to(index)
+        reference.run_to(index)
+        return quantized.arguments()[0].detach(), reference.step().detach()
+
+    def _cursor_pair(self, batch: int, index: int) -> tuple[GraphCursor, GraphCursor]:
+        """Batch ``batch``'s paused (sim, reference) runs, restarted from the input for the first batch
+        when the sim's run is already past node ``index``."""
         if batch == 0 and (not self._cursors or self._cursors[0][0].position > index):
             self._cursors = []
             for args_kwargs in self.calls:
                 args, kwargs = move_call(*args_kwargs, self.device)
                 self._cursors.append((GraphCursor(self.sim.model, args, kwargs),
                                       GraphCursor(self.reference, args, kwargs)))
-        quantized, reference = self._cursors[batch]
-        quantized.run_to(index)
-        reference.run_to(index)
-        return quantized.arguments()[0].detach(), reference.step().detach()
+        return self._cursors[batch]
 
     def _capture(self, model: nn.Module, name: str, args_kwargs, what: str) -> torch.Tensor | None:
         """The input (or output) of ``model``'s module ``name`` at its first call for this batch, None

@@ -3,6 +3,7 @@ limit, past it in a temporary file on disk (memory-mapped), removed when closed.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -11,23 +12,25 @@ import torch
 
 
 class RowCache:
-    """Holds up to ``rows`` rows of inputs ``[groups, k]`` and targets ``[out]`` (float32); filled by
-    :meth:`append`, read by :meth:`sample` and :meth:`all`. Use as a context manager."""
+    """Holds up to ``rows`` rows of inputs of ``input_shape`` and targets of ``target_shape`` (float32;
+    a row is a layer's input patch, or a whole sample for a block); filled by :meth:`append`, read by
+    :meth:`sample` and :meth:`all`. Use as a context manager."""
 
-    def __init__(self, rows: int, input_shape: tuple[int, int], out_features: int, memory_limit: int):
-        row_bytes = 4 * (input_shape[0] * input_shape[1] + out_features)
+    def __init__(self, rows: int, input_shape: tuple[int, ...], target_shape: tuple[int, ...], memory_limit: int):
+        input_size, target_size = math.prod(input_shape), math.prod(target_shape)
+        row_bytes = 4 * (input_size + target_size)
         self.on_disk = rows * row_bytes > memory_limit
         self._path = None
         if self.on_disk:
             handle, self._path = tempfile.mkstemp(prefix="lowbit-rows-", suffix=".bin")
             os.close(handle)
-            size = rows * input_shape[0] * input_shape[1]
             inputs = np.memmap(self._path, np.float32, "w+", shape=(rows,) + tuple(input_shape))
-            targets = np.memmap(self._path, np.float32, "r+", offset=4 * size, shape=(rows, out_features))
+            targets = np.memmap(self._path, np.float32, "r+", offset=4 * rows * input_size,
+                                shape=(rows,) + tuple(target_shape))
             self.inputs, self.targets = torch.from_numpy(inputs), torch.from_numpy(targets)
         else:
             self.inputs = torch.empty((rows,) + tuple(input_shape))
-            self.targets = torch.empty(rows, out_features)
+            self.targets = torch.empty((rows,) + tuple(target_shape))
         self.count = 0
 
     def append(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:

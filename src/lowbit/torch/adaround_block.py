@@ -1,0 +1,85 @@
+"""Block-wise AdaRound (the reconstruction unit of Li et al. 2021, BRECQ): learn the rounding of every
+weight layer of a graph block at once, so that the block's output — with its activation quantizers
+active — matches the float model's, on the block's quantized input."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.algorithms.adaround import annealed_beta
+from lowbit.errors import OptimizationError
+from lowbit.quant.fake_quant import fake_quantize
+from lowbit.torch.row_cache import RowCache
+from lowbit.torch.soft_rounding import SoftRounding
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantized], cache: RowCache, iterations: int,
+                batch_samples: int, learning_rate: float, reg_weight: float, warm_start: float,
+                generator: torch.Generator) -> tuple[int, float, float]:
+    """Learn the rounding of ``wrappers`` (the weight layers ``module`` runs) on the cached (input,
+    float output) samples; keep it, or nearest rounding where that reconstructs the block's output
+    better, and freeze the encodings. Returns (iterations run, nearest MSE, kept MSE)."""
+    quantizers = [wrapper.weight_quantizer for wrapper in wrappers]
+    softs = [SoftRounding(wrapper.layer.weight, quantizer.encoding) for wrapper, quantizer in zip(wrappers, quantizers)]
+    alphas = [soft.alpha for soft in softs]
+    optimizer = torch.optim.Adam(alphas, lr=learning_rate)
+    device = alphas[0].device
+    run = 0
+    try:
+        for wrapper, soft in zip(wrappers, softs):
+            wrapper.weight_quantizer = soft
+        for run in range(1, iterations + 1):
+            inputs, targets = cache.sample(batch_samples, generator, device)
+            loss = _error(module(inputs), targets)
+            beta = annealed_beta(run - 1, iterations, warm_start)
+            if beta is not None:
+                loss = loss + reg_weight * sum(soft.regularizer(beta) for soft in softs)
+            if not bool(torch.isfinite(loss)):
+                raise OptimizationError(f"adaround: non-finite loss in block {name!r}, iteration {run}")
+            for alpha, gradient in zip(alphas, torch.autograd.grad(loss, alphas)):
+                alpha.grad = gradient
+            optimizer.step()
+            if beta is not None and run % 50 == 0 and all(soft.decided() for soft in softs):
+                break
+    finally:
+        for wrapper, quantizer in zip(wrappers, quantizers):
+            wrapper.weight_quantizer = quantizer
+    rounded = [soft.hard() for soft in softs]
+    with torch.no_grad():
+        nearest = [fake_quantize(wrapper.layer.weight, quantizer.encoding)
+                   for wrapper, quantizer in zip(wrappers, quantizers)]
+        for quantizer in quantizers:
+            quantizer.freeze(quantizer.encoding)
+        nearest_mse = _block_mse(module, wrappers, nearest, cache)
+        rounded_mse = _block_mse(module, wrappers, rounded, cache)
+        if nearest_mse <= rounded_mse:
+            _set_weights(wrappers, nearest)
+        for wrapper in wrappers:
+            wrapper.layer.rounded_by_adaround = True
+    return run, nearest_mse, min(nearest_mse, rounded_mse)
+
+
+def _error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over channels (dim 1), averaged over samples and positions."""
+    squared = (output - target).pow(2)
+    return squared.sum(dim=1).mean() if squared.dim() > 1 else squared.mean()
+
+
+def _set_weights(wrappers: list[WeightQuantized], weights: list[torch.Tensor]) -> None:
+    for wrapper, weight in zip(wrappers, weights):
+        wrapper.layer.weight.copy_(weight)
+
+
+def _block_mse(module: torch.nn.Module, wrappers: list[WeightQuantized], weights: list[torch.Tensor],
+               cache: RowCache, chunk: int = 32) -> float:
+    """Mean squared error of the block's output (as the sim computes it) with ``weights`` written in."""
+    _set_weights(wrappers, weights)
+    total, count = 0.0, 0
+    device = weights[0].device
+    for first in range(0, cache.count, chunk):
+        inputs = cache.inputs[first:first + chunk].to(device)
+        targets = cache.targets[first:first + chunk].to(device)
+        total += float((module(inputs) - targets).pow(2).sum())
+        count += targets.numel()
+    return total / max(count, 1)
