@@ -41,6 +41,7 @@ ROWS = {
     "w8a8-equalize+bias-correction-sqnr": ("default", ("equalize", "bias_correction"), "sqnr"),
     "w8a8-sequential-mse": ("default", ("sequential_mse",), "minmax"),
     "w8a8-adaround": ("default", ("adaround",), "minmax"),
+    "w8a8-adaround-block": ("default", ("adaround_block",), "minmax"),
     "w4a8-nearest": ("w4a8", (), "minmax"),
     "w4a8-nearest-sqnr": ("w4a8", (), "sqnr"),
     "w4a8-equalize": ("w4a8", ("equalize",), "minmax"),
@@ -50,6 +51,8 @@ ROWS = {
     "w4a8-adaround": ("w4a8", ("adaround",), "minmax"),
     "w4a8-sequential-mse": ("w4a8", ("sequential_mse",), "minmax"),
     "w4a8-sequential-mse+adaround": ("w4a8", ("sequential_mse", "adaround"), "minmax"),
+    "w4a8-adaround-block": ("w4a8", ("adaround_block",), "minmax"),
+    "w4a8-sequential-mse+adaround-block": ("w4a8", ("sequential_mse", "adaround_block"), "minmax"),
 }
 """Row name → (target preset, techniques in the order they run, calibration scheme)."""
 
@@ -65,10 +68,11 @@ def build(model, calib, target, techniques, scheme, iterations):
     layer_seconds = None
     for technique in techniques:
         start = time.perf_counter()
-        if technique == "adaround":
-            result = lowbit.adaround(sim, calib, num_iterations=iterations)
+        if technique.startswith("adaround"):
+            granularity = "block" if technique == "adaround_block" else "layer"
+            result = lowbit.adaround(sim, calib, num_iterations=iterations, granularity=granularity)
             sim.calibrate(calib)
-            layer_seconds = [r.seconds for r in result.layers]
+            layer_seconds = [r.seconds / len(r.names) for r in result.layers for _ in r.names]
         elif technique == "sequential_mse":
             result = lowbit.sequential_mse(sim, calib)
             sim.calibrate(calib)

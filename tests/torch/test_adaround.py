@@ -81,7 +81,7 @@ def test_learned_rounding_beats_nearest_on_the_first_layer():
     sim = _w4a8(model, data)
     input_quantizer = next(q for key, q in sim.quantizers().items() if sim.point(key).role == "input")
     scale = sim.model.get_submodule("0").weight_quantizer.scale.clone().reshape(-1, 1, 1, 1)
-    result = lowbit.adaround(sim, data, num_iterations=300)
+    result = lowbit.adaround(sim, data, granularity="layer", num_iterations=300)
     weight, bias = model[0].weight.detach(), model[0].bias.detach()
     ratio = weight / scale
     nearest = torch.round(ratio).clamp(WEIGHT_LOW, WEIGHT_HIGH) * scale
@@ -113,7 +113,7 @@ def test_bias_correction_leaves_adarounded_layers_alone():
     model, data = _small_network()
     sim = _w4a8(model, data)
     sim.model.get_submodule("5").weight_quantizer.mode = "off"
-    lowbit.adaround(sim, data, num_iterations=50)
+    lowbit.adaround(sim, data, granularity="layer", num_iterations=50)
     biases = {name: sim.model.get_submodule(name).layer.bias.detach().clone() for name in WEIGHTED}
     result = lowbit.correct_bias(sim, data)
     assert set(result.skipped) == {"0", "2"} and result.corrected == ("5",)
@@ -127,7 +127,7 @@ def test_weights_on_the_grid_and_frozen_through_recalibration_and_export(num_ite
     get the nearest-rounded weight, on the grid too."""
     model, data = _small_network()
     sim = _w4a8(model, data)
-    result = lowbit.adaround(sim, data, num_iterations=num_iterations)
+    result = lowbit.adaround(sim, data, granularity="layer", num_iterations=num_iterations)
     kept_nearest = [layer.name for layer in result.layers if layer.rounded_mse == layer.nearest_mse]
     assert bool(kept_nearest) == (num_iterations == 1)
     wrappers = {name: sim.model.get_submodule(name) for name in WEIGHTED}
@@ -184,7 +184,7 @@ def test_non_finite_loss_names_the_layer():
     sim = _w4a8(model, data)
     with torch.no_grad():
         sim.model.get_submodule("2").layer.weight[0, 0, 0, 0] = math.inf
-    message = _one_line_error(OptimizationError, lambda: lowbit.adaround(sim, data, num_iterations=20))
+    message = _one_line_error(OptimizationError, lambda: lowbit.adaround(sim, data, granularity="layer", num_iterations=20))
     assert message == "adaround: non-finite loss at layer '2', iteration 1"
     assert sim.model.get_submodule("0").weight_quantizer.frozen
     assert not sim.model.get_submodule("2").weight_quantizer.frozen
@@ -194,7 +194,7 @@ def test_disabled_weight_quantizer_is_skipped():
     model, data = _small_network()
     sim = _w4a8(model, data)
     sim.model.get_submodule("2").weight_quantizer.mode = "off"
-    result = lowbit.adaround(sim, data, num_iterations=50)
+    result = lowbit.adaround(sim, data, granularity="layer", num_iterations=50)
     assert [layer.name for layer in result.layers] == ["0", "5"]
     assert result.skipped == {"2": "weight quantizer disabled"}
     assert str(result).endswith(", skipped 2 (weight quantizer disabled)")
@@ -224,7 +224,7 @@ def test_unreached_and_unsupported_layers_are_skipped():
     with pytest.warns(UserWarning, match="could not trace"):
         sim = lowbit.QuantSim(model, data[0], target="w4a8")
     sim.calibrate(data)
-    result = lowbit.adaround(sim, data, num_iterations=50)
+    result = lowbit.adaround(sim, data, granularity="layer", num_iterations=50)
     assert [layer.name for layer in result.layers] == ["a.layer"]
     assert result.skipped == {"b.layer": "not reached by the first batch",
                               "up.layer": "ConvTranspose1d is not a Conv1d, Conv2d or Linear"}
@@ -250,7 +250,7 @@ def test_mobilenet_w4a8_agreement(mobilenet, folded_mobilenet, calibration_batch
     with torch.no_grad():
         reference_top1 = [mobilenet(batch).argmax(dim=1) for batch in batches]
     agreement_before = _agreement(sim, reference_top1, batches)
-    result = lowbit.adaround(sim, [calibration_batches[0][:1]], num_iterations=50, batch_rows=128,
+    result = lowbit.adaround(sim, [calibration_batches[0][:1]], granularity="layer", num_iterations=50, batch_rows=128,
                              max_rows=2048)
     sim.calibrate(calibration_batches)
     agreement_after = _agreement(sim, reference_top1, batches)
@@ -271,7 +271,7 @@ def test_quantize_runs_adaround_then_recalibrates():
     result = lowbit.adaround(by_hand, data)
     by_hand.calibrate(data)
     line = treated.technique_results[-1]
-    assert line.startswith("adaround: 2 layers, ")
+    assert line.startswith("adaround: 2 layers in 1 block, ")
     without_time = lambda text: re.sub(r", \d+ s,", ",", text)
     assert without_time(line) == without_time(str(result))
     for key, quantizer in treated.quantizers().items():

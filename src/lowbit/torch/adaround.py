@@ -1,5 +1,5 @@
-"""AdaRound on a QuantSim: learn, layer by layer in call order, whether each weight rounds up or
-down, so that the layer's output on its quantized input matches the float model's output."""
+"""AdaRound on a QuantSim: learn, block by block (or layer by layer) in call order, whether each
+weight rounds up or down, so that the output on the quantized input matches the float model's."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from lowbit.torch.soft_rounding import SoftRounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 DEFAULT_ITERATIONS = 1000
-"""Iterations per layer: the smallest count within 2 % of the paper's 10 000 in layer output error
-(bench/bench_adaround_iterations.py)."""
+"""Iterations per block or layer: per layer, the smallest count within 2 % of the paper's 10 000 in
+layer output error (bench/bench_adaround_iterations.py); per block, 1000 rounded MobileNetV2 W4A8 to
+87 % top-1 agreement in a trial where 500 gave 86 %."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class AdaroundResult:
     def __str__(self) -> str:
         skipped = "".join(f", skipped {name} ({reason})" for name, reason in self.skipped.items())
         count = sum(len(r.names) for r in self.layers)
-        blocks = "" if count == len(self.layers) else f" in {len(self.layers)} blocks"
+        units = len(self.layers)
+        blocks = "" if count == units else f" in {units} block{'' if units == 1 else 's'}"
         return (f"adaround: {count} layers{blocks}, {self.seconds:.0f} s, mean output MSE "
                 f"{100 * self.mean_error_change:+.0f} % vs nearest rounding{skipped}")
 
@@ -69,7 +71,7 @@ class AdaroundResult:
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
-             seed: int = 0, granularity: str = "layer", block_layers: int = 3,
+             seed: int = 0, granularity: str = "block", block_layers: int = 3,
              batch_samples: int = 16) -> AdaroundResult:
     """AdaRound (Nagel et al. 2020) on every weight-quantized Conv1d/Conv2d/Linear of a calibrated
     ``sim``, in place; the chosen roundings are written into the weights (on the grid) and their
@@ -77,20 +79,22 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     layer is marked ``rounded_by_adaround``: bias correction leaves it alone, since the learned
     rounding already fits its output mean on quantized inputs.
 
-    Per layer: up to ``max_rows`` output positions sampled evenly over ``data`` give rows of the
-    layer's quantized input (the sim with earlier layers already rounded) and float output (a float
-    copy of the sim), kept in memory up to ``memory_limit`` bytes, past it on disk. Errors are
-    measured after the ReLU / ReLU6 that directly follows a layer (fused into it on export). Adam learns the
-    rounding on ``batch_rows`` random rows per iteration, with the regulariser off for the first
-    ``warm_start`` of the iterations and its exponent annealed from 20 to 2 after; a layer stops early
-    once every rounding variable is exactly 0 or 1 (nothing can change after). A layer keeps nearest
-    rounding if that reconstructs its output better.
+    ``granularity="block"`` (the default) rounds the layers of each graph block together (BRECQ's
+    unit, Li et al. 2021: spans of the torch.fx graph between points where one value is live, merged
+    up to ``block_layers`` layers, e.g. one MobileNetV2 inverted residual). Every sample's block
+    input (the sim, earlier blocks already rounded) and float output (a float copy) is cached, in
+    memory up to ``memory_limit`` bytes, past it on disk; the loss is the block's output error with
+    its activation quantizers active, on ``batch_samples`` samples per iteration (fewer on large
+    feature maps). Layers outside such blocks, and every layer of a sim without a graph, are rounded
+    one by one.
 
-    ``granularity="block"`` rounds the layers of each graph block together (BRECQ's unit: spans of
-    the torch.fx graph between points where one value is live, merged up to ``block_layers`` layers,
-    e.g. one MobileNetV2 inverted residual): the loss is the block's output error with its
-    activation quantizers active, on ``batch_samples`` cached whole samples per iteration. Layers
-    outside such blocks (and every layer of a sim without a graph) are rounded one by one.
+    ``granularity="layer"``: up to ``max_rows`` output positions per layer, sampled evenly over
+    ``data``, give rows of its quantized input and float output; errors are measured after the
+    ReLU / ReLU6 that directly follows it (fused into it on export), on ``batch_rows`` rows per step.
+
+    Both: Adam, the regulariser off for the first ``warm_start`` of the iterations and its exponent
+    annealed from 20 to 2 after; a unit stops early once every rounding variable is exactly 0 or 1
+    (nothing can change after), and keeps nearest rounding if that reconstructs its output better.
     """
     if num_iterations < 1 or batch_rows < 1 or max_rows < 1 or batch_samples < 1 or block_layers < 1:
         raise SpecError("num_iterations, batch_rows, max_rows, batch_samples and block_layers must be at least 1")

@@ -4,6 +4,8 @@ active — matches the float model's, on the block's quantized input."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lowbit.algorithms.adaround import annealed_beta
@@ -13,24 +15,31 @@ from lowbit.torch.row_cache import RowCache
 from lowbit.torch.soft_rounding import SoftRounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
+POSITIONS_PER_ITERATION = 16 * 28 * 28
+"""Output positions (samples × spatial size) one iteration needs at most: blocks on large feature maps
+take fewer samples per iteration (never fewer than 2) instead of costing many times more per step."""
+
 
 def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantized], cache: RowCache, iterations: int,
                 batch_samples: int, learning_rate: float, reg_weight: float, warm_start: float,
                 generator: torch.Generator) -> tuple[int, float, float]:
     """Learn the rounding of ``wrappers`` (the weight layers ``module`` runs) on the cached (input,
-    float output) samples; keep it, or nearest rounding where that reconstructs the block's output
+    float output) samples, ``batch_samples`` per iteration (fewer on large maps, see
+    ``POSITIONS_PER_ITERATION``); keep it, or nearest rounding where that reconstructs the block's output
     better, and freeze the encodings. Returns (iterations run, nearest MSE, kept MSE)."""
     quantizers = [wrapper.weight_quantizer for wrapper in wrappers]
     softs = [SoftRounding(wrapper.layer.weight, quantizer.encoding) for wrapper, quantizer in zip(wrappers, quantizers)]
     alphas = [soft.alpha for soft in softs]
     optimizer = torch.optim.Adam(alphas, lr=learning_rate)
     device = alphas[0].device
+    positions = math.prod(cache.targets.shape[2:])
+    samples = min(batch_samples, max(2, POSITIONS_PER_ITERATION // positions))
     run = 0
     try:
         for wrapper, soft in zip(wrappers, softs):
             wrapper.weight_quantizer = soft
         for run in range(1, iterations + 1):
-            inputs, targets = cache.sample(batch_samples, generator, device)
+            inputs, targets = cache.sample(samples, generator, device)
             loss = _error(module(inputs), targets)
             beta = annealed_beta(run - 1, iterations, warm_start)
             if beta is not None:
