@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 import lowbit
-from lowbit.errors import SpecError
+from lowbit.errors import OptimizationError, SpecError
 from lowbit.torch.graph_blocks import block_module, graph_blocks
 
 WEIGHT_LOW, WEIGHT_HIGH = -8, 7  # grid indices of a 4-bit signed symmetric weight
@@ -145,3 +145,15 @@ def test_mobilenet_w4a8_block_rounding(mobilenet, folded_mobilenet, calibration_
     assert [len(unit.names) for unit in result.layers][1:-1] == [3] * 16
     assert all(unit.rounded_mse <= unit.nearest_mse for unit in result.layers)
     assert after > before + 0.3
+
+
+def test_non_finite_loss_names_the_block_and_restores_its_quantizers():
+    model, data = _small_network()
+    sim = lowbit.QuantSim(model, data[0], target="w4a8").calibrate(data)
+    quantizers = {name: sim.model.get_submodule(name).weight_quantizer for name in ("0", "2", "5")}
+    with torch.no_grad():
+        sim.model.get_submodule("2").layer.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(OptimizationError) as error:
+        lowbit.adaround(sim, data, num_iterations=20)
+    assert str(error.value) == "adaround: non-finite loss in block '0+2+5', iteration 1"
+    assert all(sim.model.get_submodule(name).weight_quantizer is q for name, q in quantizers.items())

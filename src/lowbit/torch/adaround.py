@@ -125,8 +125,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
             wrappers = [sim.model.get_submodule(name) for name in names]
             with inputs.collect_block(block, memory_limit, "adaround inputs") as cache:
                 iterations, nearest_mse, rounded_mse = round_block(
-                    names[0], block_module(sim.model, block), wrappers, cache, num_iterations, batch_samples,
-                    learning_rate, reg_weight, warm_start, generator)
+                    "+".join(names), block_module(sim.model, block), wrappers, cache, num_iterations,
+                    batch_samples, learning_rate, reg_weight, warm_start, generator)
         layers.append(LayerRounding(names, iterations, time.perf_counter() - unit_start, nearest_mse,
                                     rounded_mse))
     return AdaroundResult(tuple(layers), skipped, time.perf_counter() - start)
