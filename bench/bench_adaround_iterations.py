@@ -7,7 +7,10 @@ the layers, and its excess over the 10 000-iteration result. The smallest count 
 is lowbit's default (``lowbit.torch.adaround.DEFAULT_ITERATIONS``); bench_ptq.py then checks the
 whole model's agreement.
 
+With ``--granularity block`` every ``--stride``-th graph block is rounded instead (block output MSE).
+
     .venv/bin/python bench/bench_adaround_iterations.py [--stride 6] [--iterations 250,500,1000,2000,10000]
+    .venv/bin/python bench/bench_adaround_iterations.py --granularity block --stride 8 --iterations 500,1000,2000,10000
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.torch.adaround import _identity, _round_layer  # noqa: E402
+from lowbit.torch.adaround_block import round_block  # noqa: E402
+from lowbit.torch.graph_blocks import block_module  # noqa: E402
 from lowbit.torch.layer_activation import following_activation  # noqa: E402
 from lowbit.torch.layer_inputs import layer_inputs_for  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=6)
     parser.add_argument("--iterations", default="250,500,1000,2000,10000")
     parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--granularity", choices=("layer", "block"), default="layer")
     args = parser.parse_args()
     counts = [int(n) for n in args.iterations.split(",")]
     _common.setup_threads()
@@ -41,24 +47,37 @@ def main() -> None:
     calib = _common.calibration_batches(n_images=args.calibration_images)
     sim = lowbit.quantize(model, calib, target="w4a8")
     inputs = layer_inputs_for(sim, calib, None, None, "adaround")
-    names = inputs.layer_order()[::args.stride]
+    if args.granularity == "block":
+        units = [("+".join(b.layers), b) for b in inputs.blocks(3)[::args.stride]]
+    else:
+        units = [(name, None) for name in inputs.layer_order()[::args.stride]]
+    names = [name for name, _ in units]
     generator = torch.Generator().manual_seed(0)
     ratios = {n: [] for n in counts}
     seconds = {n: [] for n in counts}
-    for name in names:
-        wrapper = sim.model.get_submodule(name)
-        original = wrapper.layer.weight.detach().clone()
-        activation = following_activation(sim.model, name) or _identity
-        with inputs.collect(name, 16384, 512 << 20, generator, "rows") as cache:
+    for name, block in units:
+        wrappers = [sim.model.get_submodule(n) for n in (block.layers if block else (name,))]
+        originals = [w.layer.weight.detach().clone() for w in wrappers]
+        if block is None:
+            activation = following_activation(sim.model, name) or _identity
+            collected = inputs.collect(name, 16384, 512 << 20, generator, "rows")
+            run = lambda cache, count: _round_layer(name, wrappers[0], cache, activation, count, 1024, 1e-2,
+                                                    0.01, 0.2, generator)
+        else:
+            collected = inputs.collect_block(block, 512 << 20, "samples")
+            module = block_module(sim.model, block)
+            run = lambda cache, count: round_block(name, module, wrappers, cache, count, 16, 1e-2, 0.01, 0.2,
+                                                   generator)
+        with collected as cache:
             for count in counts:
                 start = time.perf_counter()
-                _, nearest, rounded = _round_layer(name, wrapper, cache, activation, count, 1024, 1e-2, 0.01,
-                                                   0.2, generator)
+                _, nearest, rounded = run(cache, count)
                 seconds[count].append(time.perf_counter() - start)
                 ratios[count].append(rounded / nearest)
                 with torch.no_grad():
-                    wrapper.layer.weight.copy_(original)
-                wrapper.weight_quantizer.frozen = False
+                    for wrapper, original in zip(wrappers, originals):
+                        wrapper.layer.weight.copy_(original)
+                        wrapper.weight_quantizer.frozen = False
         print(name, " ".join(f"{n}:{r[-1]:.3f}" for n, r in ratios.items()), flush=True)
     reference = sum(ratios[max(counts)]) / len(names)
     rows, payload = [], {}
@@ -68,9 +87,12 @@ def main() -> None:
                           "seconds_per_layer": sum(seconds[count]) / len(names)}
         rows.append([count, f"{mean:.3f}", f"{100 * (mean / reference - 1):+.1f} %",
                      f"{payload[count]['seconds_per_layer']:.1f}"])
-    _common.print_table(["iterations", "layer output MSE / nearest", f"vs {max(counts)} it", "s per layer"], rows)
-    path = _common.write_results("bench_adaround_iterations", {
-        "model": "mobilenet_v2 W4A8", "calibration_images": args.calibration_images, "layers": names,
+    unit = args.granularity
+    _common.print_table(["iterations", f"{unit} output MSE / nearest", f"vs {max(counts)} it", f"s per {unit}"], rows)
+    output = "bench_adaround_iterations" + ("" if unit == "layer" else "_block")
+    path = _common.write_results(output, {
+        "model": "mobilenet_v2 W4A8", "granularity": unit, "calibration_images": args.calibration_images,
+        "units": names,
         "iterations": payload})
     print(f"\nwrote {path}")
 
