@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.algorithms.adaround import annealed_beta
-from lowbit.errors import OptimizationError, SpecError
+from lowbit.errors import SpecError
 from lowbit.progress import progress
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.torch.adaround_block import round_block
@@ -18,7 +17,7 @@ from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
 from lowbit.torch.layer_rows import layer_groups, rows_forward
 from lowbit.torch.row_cache import RowCache
-from lowbit.torch.soft_rounding import SoftRounding
+from lowbit.torch.soft_rounding import SoftRounding, learn_rounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 DEFAULT_ITERATIONS = 1000
@@ -166,22 +165,14 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
     bias = None if layer.bias is None else layer.bias.detach()
     groups = layer_groups(layer)
     soft = SoftRounding(weight, encoding)
-    optimizer = torch.optim.Adam([soft.alpha], lr=learning_rate)
-    run = 0
-    for run in range(1, iterations + 1):
+
+    def batch_loss() -> torch.Tensor:
         rows, targets = cache.sample(batch_rows, generator, weight.device)
         output = activation(rows_forward(rows, soft(), bias, groups))
-        loss = (output - activation(targets)).pow(2).sum(dim=1).mean()
-        beta = annealed_beta(run - 1, iterations, warm_start)
-        if beta is not None:
-            loss = loss + reg_weight * soft.regularizer(beta)
-        if not bool(torch.isfinite(loss)):
-            raise OptimizationError(f"adaround: non-finite loss at layer {name!r}, iteration {run}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if beta is not None and run % 50 == 0 and soft.decided():
-            break
+        return (output - activation(targets)).pow(2).sum(dim=1).mean()
+
+    run = learn_rounding([soft], batch_loss, iterations, learning_rate, reg_weight, warm_start,
+                         f"at layer {name!r}")
     with torch.no_grad():
         rounded = soft.hard()
         nearest = fake_quantize(weight, encoding)

@@ -8,11 +8,9 @@ import math
 
 import torch
 
-from lowbit.algorithms.adaround import annealed_beta
-from lowbit.errors import OptimizationError
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.torch.row_cache import RowCache
-from lowbit.torch.soft_rounding import SoftRounding
+from lowbit.torch.soft_rounding import SoftRounding, learn_rounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 POSITIONS_PER_ITERATION = 16 * 28 * 28
@@ -29,28 +27,19 @@ def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantiz
     better, and freeze the encodings. Returns (iterations run, nearest MSE, kept MSE)."""
     quantizers = [wrapper.weight_quantizer for wrapper in wrappers]
     softs = [SoftRounding(wrapper.layer.weight, quantizer.encoding) for wrapper, quantizer in zip(wrappers, quantizers)]
-    alphas = [soft.alpha for soft in softs]
-    optimizer = torch.optim.Adam(alphas, lr=learning_rate)
-    device = alphas[0].device
     positions = math.prod(cache.targets.shape[2:])
     samples = min(batch_samples, max(2, POSITIONS_PER_ITERATION // positions))
-    run = 0
+    device = softs[0].alpha.device
+
+    def batch_loss() -> torch.Tensor:
+        inputs, targets = cache.sample(samples, generator, device)
+        return _error(module(inputs), targets)
+
     try:
         for wrapper, soft in zip(wrappers, softs):
             wrapper.weight_quantizer = soft
-        for run in range(1, iterations + 1):
-            inputs, targets = cache.sample(samples, generator, device)
-            loss = _error(module(inputs), targets)
-            beta = annealed_beta(run - 1, iterations, warm_start)
-            if beta is not None:
-                loss = loss + reg_weight * sum(soft.regularizer(beta) for soft in softs)
-            if not bool(torch.isfinite(loss)):
-                raise OptimizationError(f"adaround: non-finite loss in block {name!r}, iteration {run}")
-            for alpha, gradient in zip(alphas, torch.autograd.grad(loss, alphas)):
-                alpha.grad = gradient
-            optimizer.step()
-            if beta is not None and run % 50 == 0 and all(soft.decided() for soft in softs):
-                break
+        run = learn_rounding(softs, batch_loss, iterations, learning_rate, reg_weight, warm_start,
+                             f"in block {name!r}")
     finally:
         for wrapper, quantizer in zip(wrappers, quantizers):
             wrapper.weight_quantizer = quantizer

@@ -60,13 +60,18 @@ def _spans(graph_module: fx.GraphModule, layers: set[str]) -> list[GraphBlock]:
     nodes = list(graph_module.graph.nodes)
     index = {node: i for i, node in enumerate(nodes)}
     last_use = {node: max((index[user] for user in node.users), default=index[node]) for node in nodes}
-    values = [node for node in nodes if node.op not in ("get_attr", "output")]
     end = next(i for i, node in enumerate(nodes) if node.op == "output")
-    cuts = []
-    for position in range(1, end + 1):
-        live = [node for node in values if index[node] < position <= last_use[node]]
+    dying: dict[int, list[fx.Node]] = {}
+    for node in nodes:
+        dying.setdefault(last_use[node], []).append(node)
+    cuts, live = [], set()
+    for position in range(1, end + 1):  # live before node ``position``: index < position <= last use
+        produced = nodes[position - 1]
+        if produced.op != "get_attr" and last_use[produced] >= position:
+            live.add(produced)
+        live.difference_update(dying.get(position - 1, ()))
         if len(live) == 1:
-            cuts.append((position, live[0]))
+            cuts.append((position, next(iter(live))))
     spans = []
     for (start, first), (stop, last) in zip(cuts, cuts[1:]):
         if last is first:

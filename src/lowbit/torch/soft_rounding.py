@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.algorithms.adaround import grid_weight, initial_alpha, rectified_sigmoid, rounding_regularizer
+from lowbit.algorithms.adaround import (annealed_beta, grid_weight, initial_alpha, rectified_sigmoid,
+                                        rounding_regularizer)
+from lowbit.errors import OptimizationError
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.layout import broadcastable
 
@@ -46,3 +48,26 @@ class SoftRounding(nn.Module):
         with torch.no_grad():
             h = rectified_sigmoid(self.alpha)
             return bool(((h == 0) | (h == 1)).all())
+
+
+def learn_rounding(softs: list[SoftRounding], batch_loss, iterations: int, learning_rate: float,
+                   reg_weight: float, warm_start: float, where: str) -> int:
+    """Adam on the ``softs``' α: each step adds the annealed regulariser to ``batch_loss()`` (the
+    reconstruction error on a fresh batch), stopping early once every variable is decided; returns the
+    iterations run. A non-finite loss raises ``OptimizationError`` naming ``where``."""
+    alphas = [soft.alpha for soft in softs]
+    optimizer = torch.optim.Adam(alphas, lr=learning_rate)
+    run = 0
+    for run in range(1, iterations + 1):
+        loss = batch_loss()
+        beta = annealed_beta(run - 1, iterations, warm_start)
+        if beta is not None:
+            loss = loss + reg_weight * sum(soft.regularizer(beta) for soft in softs)
+        if not bool(torch.isfinite(loss)):
+            raise OptimizationError(f"adaround: non-finite loss {where}, iteration {run}")
+        for alpha, gradient in zip(alphas, torch.autograd.grad(loss, alphas)):
+            alpha.grad = gradient
+        optimizer.step()
+        if beta is not None and run % 50 == 0 and all(soft.decided() for soft in softs):
+            break
+    return run
