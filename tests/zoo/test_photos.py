@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lowbit.errors import DataError
-from lowbit.zoo import augmented, calibration_photos, labelled_photos
+from lowbit.zoo import augmented, calibration_photos, held_out_photos, labelled_photos
 
 
 def test_labelled_photos():
@@ -22,8 +22,15 @@ def test_calibration_photos_are_rgb():
     assert all(img.mode == "RGB" and min(img.size) >= 100 for img, _ in photos)
 
 
+def test_held_out_photos_are_rgb_photographs():
+    photos = held_out_photos()
+    assert [n for _, n in photos] == ["china", "flower", "grace_hopper"]
+    assert all(img.mode == "RGB" and min(img.size) >= 400 for img, _ in photos)
+
+
 def test_calibration_and_evaluation_disjoint():
-    calibration, evaluation = calibration_photos(), labelled_photos()
+    calibration = calibration_photos()
+    evaluation = [(img, -1, n) for img, n in held_out_photos()] + labelled_photos()
     assert not {n for _, n in calibration} & {n for _, _, n in evaluation}
     for img, _, _ in evaluation:
         for other, _ in calibration:

@@ -10,7 +10,8 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
+def imagenet_preprocess(img: Image.Image, size: int = 224, mean: Sequence[float] = MEAN,
+                        std: Sequence[float] = STD) -> torch.Tensor:
     """Resize the shorter side to size/0.875 (bilinear), center crop size x size, normalise: [3, size, size]."""
     img = img.convert("RGB")
     short = round(size / 0.875)
@@ -23,10 +24,11 @@ def imagenet_preprocess(img: Image.Image, size: int = 224) -> torch.Tensor:
     top = int(round((img.height - size) / 2.0))
     img = img.crop((left, top, left + size, top + size))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def photos_to_batch(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
+def photos_to_batch(images: Sequence[Image.Image], size: int = 224, mean: Sequence[float] = MEAN,
+                    std: Sequence[float] = STD) -> torch.Tensor:
     """Preprocess PIL images and stack them into a float32 batch [N, 3, size, size]."""
-    return torch.stack([imagenet_preprocess(img, size) for img in images])
+    return torch.stack([imagenet_preprocess(img, size, mean, std) for img in images])
 

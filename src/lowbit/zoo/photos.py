@@ -1,7 +1,8 @@
 """Real photographs shipped inside installed wheels: labelled ImageNet photos and calibration photos.
 
-Evaluation photos come from foolbox's `data` folder, calibration photos from scikit-image's `data`
-folder; the two sets are different files from different packages, so they never overlap.
+Evaluation photos come from foolbox's `data` folder (labelled) and from scikit-learn's and matplotlib's
+sample photos (unlabelled), calibration photos from scikit-image's `data` folder; the sets are different
+files from different packages, so they never overlap.
 """
 
 import math
@@ -56,6 +57,25 @@ def calibration_photos() -> list[tuple[Image.Image, str]]:
     if missing:
         raise DataError(f"scikit-image in {folder} lacks photos {missing}")
     return [(_read_rgb(folder / f), Path(f).stem) for f in CALIBRATION_FILES]
+
+
+# (package, folder inside it, install hint, photographs): the sample photos of other wheels; their
+# charts, logos and clip-art (matplotlib's gift box) are left out
+HELD_OUT_FILES = (
+    ("sklearn", "datasets/images", "pip install scikit-learn", ("china.jpg", "flower.jpg")),
+    ("matplotlib", "mpl-data/sample_data", "pip install matplotlib", ("grace_hopper.jpg",)),
+)
+
+
+def held_out_photos() -> list[tuple[Image.Image, str]]:
+    """Return the photographs shipped in scikit-learn and matplotlib as (RGB image, name)."""
+    photos = []
+    for package, sub, install, files in HELD_OUT_FILES:
+        folder = package_dir(package)
+        if folder is None or not all((folder / sub / f).is_file() for f in files):
+            raise DataError(f"held-out photos need the {package} package's sample images; run: {install}")
+        photos += [(_read_rgb(folder / sub / f), Path(f).stem) for f in files]
+    return photos
 
 
 def _random_crop(img: Image.Image, gen: torch.Generator) -> Image.Image:
