@@ -1,0 +1,45 @@
+"""lowbit's runner: BN fold, QuantSim, calibration, techniques, export (NAME.qdq.onnx is what ships)."""
+
+from __future__ import annotations
+
+import copy
+
+from runner_common import Job, Steps, parse_args, torch_outputs, write_result
+
+# setting: (target, scheme, techniques)
+SETTINGS = {
+    "w8a8-minmax": ("default", "minmax", ()),
+    "w8a8-sqnr": ("default", "sqnr", ()),
+    "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
+}
+
+
+def main() -> None:
+    args = parse_args(tuple(SETTINGS), __doc__)
+    import torch
+    import lowbit
+    torch.set_num_threads(2)
+    job, steps = Job(args.job), Steps()
+    target, scheme, techniques = SETTINGS[args.setting]
+    model = copy.deepcopy(job.model())
+    calibration = job.torch_batches("calibration")
+    with steps("fold"):
+        folded = lowbit.fold_batchnorm(model, calibration[0][:1])
+    with steps("sim creation"):
+        sim = lowbit.QuantSim(model, calibration[0][:1], target=target, scheme=scheme)
+    with steps("calibration"):
+        sim.calibrate(calibration)
+    lines = [f"{len(folded)} BN folded"]
+    for name in techniques:
+        technique = {"sequential_mse": lowbit.sequential_mse, "adaround": lowbit.adaround}[name]
+        with steps(name.replace("_", " ")):
+            lines.append(str(technique(sim, calibration)))
+            sim.calibrate(calibration)
+    with steps("export"):
+        paths = sim.export(args.out, "model")
+    write_result(args.out, tool="lowbit", version=lowbit.__version__, setting=args.setting, steps=steps,
+                 outputs=torch_outputs(sim, job), exported=paths.qdq_onnx, notes="; ".join(lines))
+
+
+if __name__ == "__main__":
+    main()
