@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-ptq bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	python3 -m venv $(VENV)
@@ -20,8 +20,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTHON) -m pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
+# lowbit alone, minutes: simulation cost, latency, fidelity, and the peer harness's lowbit W8A8 rows
 bench: $(STAMP)
-	for script in bench/bench_*.py; do $(PYTHON) $$script || exit 1; done
+	for script in bench_quantsim bench_latency bench_fidelity; do $(PYTHON) bench/$$script.py || exit 1; done
+	$(PYTHON) bench/peers/run.py --tools lowbit:w8a8-minmax,lowbit:w8a8-sqnr
+
+# the post-training tables (AdaRound at 1000 iterations per block: about an hour)
+bench-ptq: $(STAMP)
+	$(PYTHON) bench/bench_ptq.py && $(PYTHON) bench/bench_adaround_iterations.py
+
+# every tool side by side, each peer in its own venv under .venv-peers (hours: AdaRound rows)
+PEERS := .venv-peers
+$(PEERS)/%/.installed: bench/peers/install_%.sh bench/peers/requirements-%.txt
+	bash bench/peers/install_$*.sh $(PEERS)/$*
+
+bench-peers: $(STAMP) $(PEERS)/onnxruntime/.installed $(PEERS)/aimet/.installed $(PEERS)/nncf/.installed
+	$(PYTHON) bench/peers/run.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(PEERS) demo-out
