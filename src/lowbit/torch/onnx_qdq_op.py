@@ -8,13 +8,12 @@ from torch import nn
 from lowbit.qdq.split import QUANTIZER_KEY_ATTRIBUTE
 from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.fake_quant import fake_quantize
 
 _TORCH_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}
 
 
 class _QuantizeDequantize(torch.autograd.Function):
-    """forward: quantize-dequantize; symbolic: Q/DQ nodes tagged with the quantizer's key.
+    """forward: quantize-dequantize (torch's fused kernels); symbolic: Q/DQ nodes tagged with the quantizer's key.
 
     Arguments are plain Python values (the TorchScript tracer accepts no other objects). uint16 zero
     points are written as int32 constants (the exporter has no uint16) and retyped after export.
@@ -22,14 +21,11 @@ class _QuantizeDequantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key):
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), low, high)
         scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device)
-        zero_t = torch.tensor(zero_point, dtype=torch.float32, device=x.device)
-        if axis is not None:
-            shape = [1] * x.dim()
-            shape[axis] = -1
-            scale_t, zero_t = scale_t.reshape(shape), zero_t.reshape(shape)
-        grid = torch.clamp(torch.round(x / scale_t) + zero_t, low, high)
-        return (grid - zero_t) * scale_t
+        zero_t = torch.tensor(zero_point, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_channel_affine(x, scale_t, zero_t, axis, low, high)
 
     @staticmethod
     def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key):
