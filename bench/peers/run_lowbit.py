@@ -6,10 +6,11 @@ import copy
 
 from runner_common import Job, Steps, parse_args, torch_outputs, write_result
 
-# setting: (target, scheme, techniques)
+# setting: (target, scheme, techniques); equalize runs before the sim is built, the others after calibration
 SETTINGS = {
     "w8a8-minmax": ("default", "minmax", ()),
     "w8a8-sqnr": ("default", "sqnr", ()),
+    "w8a8-sqnr-equalize-bias-correction": ("default", "sqnr", ("equalize", "bias_correction")),
     "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
 }
 
@@ -25,16 +26,21 @@ def main() -> None:
     calibration = job.torch_batches("calibration")
     with steps("fold"):
         folded = lowbit.fold_batchnorm(model, calibration[0][:1])
+    if "equalize" in techniques:
+        with steps("equalize"):
+            lowbit.equalize(model, calibration[0][:1])
     with steps("sim creation"):
         sim = lowbit.QuantSim(model, calibration[0][:1], target=target, scheme=scheme)
     with steps("calibration"):
         sim.calibrate(calibration)
     lines = [f"{len(folded)} BN folded"]
-    for name in techniques:
-        technique = {"sequential_mse": lowbit.sequential_mse, "adaround": lowbit.adaround}[name]
+    for name in [t for t in techniques if t != "equalize"]:
+        technique = {"sequential_mse": lowbit.sequential_mse, "adaround": lowbit.adaround,
+                     "bias_correction": lowbit.correct_bias}[name]
         with steps(name.replace("_", " ")):
             lines.append(str(technique(sim, calibration)))
-            sim.calibrate(calibration)
+            if name != "bias_correction":  # it changes biases, not weight grids; ranges stay
+                sim.calibrate(calibration)
     with steps("export"):
         paths = sim.export(args.out, "model")
     write_result(args.out, tool="lowbit", version=lowbit.__version__, setting=args.setting, steps=steps,
