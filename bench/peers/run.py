@@ -28,7 +28,7 @@ import report  # noqa: E402
 
 # tool: (runner script, settings run by default)
 TOOLS = {
-    "lowbit": ("run_lowbit.py", ("w8a8-minmax", "w8a8-sqnr", "w8a8-sqnr-equalize-bias-correction",
+    "lowbit": ("run_lowbit.py", ("w8a8-minmax", "w8a8-sqnr", "w8a8-percentile", "w8a8-sqnr-equalize-bias-correction",
                                  "w4a8-adaround")),
     "onnxruntime": ("run_onnxruntime.py", ("w8a8-minmax", "w8a8-minmax-reduce-range", "w8a8-entropy",
                                            "w8a8-entropy-reduce-range", "w8a8-percentile",

@@ -10,6 +10,7 @@ from runner_common import Job, Steps, parse_args, torch_outputs, write_result
 SETTINGS = {
     "w8a8-minmax": ("default", "minmax", ()),
     "w8a8-sqnr": ("default", "sqnr", ()),
+    "w8a8-percentile": ("default", "percentile", ()),
     "w8a8-sqnr-equalize-bias-correction": ("default", "sqnr", ("equalize", "bias_correction")),
     "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
 }
