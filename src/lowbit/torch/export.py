@@ -67,9 +67,6 @@ def export_sim(sim, out_dir, name: str = "model") -> ExportPaths:
     return paths
 
 
-TRACE_BATCH = 2
-
-
 def exported_onnx(sim) -> onnx.ModelProto:
     """The sim traced to ONNX with every quantizer written as tagged QuantizeLinear/DequantizeLinear.
 
@@ -84,8 +81,8 @@ def exported_onnx(sim) -> onnx.ModelProto:
         if isinstance(child, Quantizer):
             module.set_submodule(path, ExportQuantizer(keys[id(child)], child.encoding))
     args, kwargs = as_call(sim.example_input)
-    args = tuple(_trace_sample(a) for a in args)
-    kwargs = {k: _trace_sample(v) for k, v in kwargs.items()}
+    args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     if kwargs:
         module, args, kwargs = KeywordCall(module, list(kwargs)), tuple(kwargs.values()), {}
     names = module.names if isinstance(module, KeywordCall) else _input_names(module, args, kwargs)
@@ -120,14 +117,6 @@ class KeywordCall(nn.Module):
 
     def forward(self, *values):
         return self.model(**dict(zip(self.names, values)))
-
-
-def _trace_sample(value):
-    """The first two items of a batched tensor, on the CPU: the batch axis is exported as dynamic, so
-    tracing the whole example batch only costs time (two, not one, so no axis is traced at size 1)."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    return value[:TRACE_BATCH].cpu() if value.dim() > 0 else value.cpu()
 
 
 def _dynamic_axes(names: list[str], args: tuple, outputs: list[str]) -> dict:
