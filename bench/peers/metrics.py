@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-THREADS = 2
+from runner_common import ort_session
+
 LATENCY_REPEATS = {1: 30, 32: 4}
 
 
@@ -37,25 +37,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
-def session(path: Path) -> ort.InferenceSession:
-    """onnxruntime CPU session, 2 intra-op threads, all graph optimisations."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits of ``path`` run by onnxruntime on ``images`` in batches."""
-    runtime = session(path)
-    name = runtime.get_inputs()[0].name
-    return np.concatenate([runtime.run(None, {name: images[i:i + batch_size]})[0]
-                           for i in range(0, len(images), batch_size)])
-
-
 def latency(fp32_path: Path, int8_path: Path, images: np.ndarray) -> dict:
     """Median onnxruntime latency (ms) of both models at batch 1 and 32, runs alternated so noise hits both."""
-    sessions = {"fp32": session(fp32_path), "int8": session(int8_path)}
+    sessions = {"fp32": ort_session(fp32_path), "int8": ort_session(int8_path)}
     figures = {}
     for batch, repeats in LATENCY_REPEATS.items():
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))

@@ -25,6 +25,7 @@ import _common  # noqa: E402
 import metrics  # noqa: E402
 import prepare  # noqa: E402
 import report  # noqa: E402
+from runner_common import Job, run_onnx  # noqa: E402
 
 # tool: (runner script, settings run by default)
 TOOLS = {
@@ -66,20 +67,17 @@ def run_setting(python: str, tool: str, setting: str, job: Path, out: Path) -> d
     return result
 
 
-def figures(result: dict, job: Path, out: Path) -> dict:
+def figures(result: dict, job: Job, fp32: np.ndarray, labels: np.ndarray, out: Path) -> dict:
     """Accuracy of the tool's own simulation, of its exported model in onnxruntime, and latency."""
-    fp32 = np.load(job / "fp32_outputs.npy")
-    labels = np.load(job / "labels.npy")
     outputs = np.load(out / "outputs.npy")
     result["sim"] = {**metrics.agreement(fp32, outputs), "labelled_top1": metrics.labelled_top1(outputs, labels)}
     if result.get("exported"):
-        images = np.load(job / "evaluation.npy")
-        executed = metrics.run_onnx(Path(result["exported"]), images, int(json.loads(
-            (job / "job.json").read_text())["batch_size"]))
+        exported = Path(result["exported"])
+        executed = run_onnx(exported, job.evaluation, job.batch_size)
         result["onnxruntime"] = {**metrics.agreement(fp32, executed),
                                  "labelled_top1": metrics.labelled_top1(executed, labels),
                                  "sim_agreement": float((executed.argmax(1) == outputs.argmax(1)).mean())}
-        result["latency"] = metrics.latency(job / "fp32.onnx", Path(result["exported"]), images[:32])
+        result["latency"] = metrics.latency(job.fp32_onnx, exported, job.evaluation[:32])
     return result
 
 
@@ -106,7 +104,9 @@ def main() -> None:
         job = prepare.prepare(model, args.work / model, args.calibration_images, args.evaluation_images,
                               args.batch_size)
         path = args.results / f"peers_{model}.json"
-        info = json.loads((job / "job.json").read_text())
+        data = Job(job)
+        info = data.info
+        fp32, labels = np.load(job / "fp32_outputs.npy"), np.load(job / "labels.npy")
         previous = json.loads(path.read_text()) if path.exists() else {}
         rows = previous.get("rows", {}) if previous.get("job") == info else {}
         for tool, settings in plan.items():
@@ -115,7 +115,7 @@ def main() -> None:
                 out = args.work / model / "runs" / f"{tool}-{setting}"
                 result = run_setting(python, tool, setting, job, out)
                 if "error" not in result:
-                    result = figures(result, job, out)
+                    result = figures(result, data, fp32, labels, out)
                 rows[f"{tool} {setting}"] = result
                 print(report.row_line(model, result), flush=True)
                 args.results.mkdir(parents=True, exist_ok=True)

@@ -81,15 +81,26 @@ def torch_outputs(model, job: Job) -> np.ndarray:
         return np.concatenate([model(b).float().numpy() for b in job.torch_batches("evaluation")])
 
 
-def onnx_outputs(path: Path, job: Job) -> np.ndarray:
-    """Logits of an ONNX model run by onnxruntime (CPU, 2 threads) on the evaluation images."""
+def ort_session(path: Path):
+    """onnxruntime CPU session, 2 intra-op threads, all graph optimisations."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of ``path`` run by onnxruntime on ``images`` in batches."""
+    session = ort_session(path)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: b})[0] for b in job.batches("evaluation")])
+    return np.concatenate([session.run(None, {name: images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+def onnx_outputs(path: Path, job: Job) -> np.ndarray:
+    """Logits of an ONNX model run by onnxruntime on the evaluation images."""
+    return run_onnx(path, job.evaluation, job.batch_size)
 
 
 def write_result(out: Path, *, tool: str, version: str, setting: str, steps: Steps, outputs: np.ndarray,
