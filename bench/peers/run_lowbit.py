@@ -9,8 +9,11 @@ from runner_common import Job, Steps, parse_args, torch_outputs, write_result
 # setting: (target, scheme, techniques); equalize runs before the sim is built, the others after calibration
 SETTINGS = {
     "w8a8-minmax": ("default", "minmax", ()),
+    "w8a8-minmax-bias-correction": ("default", "minmax", ("bias_correction",)),
     "w8a8-sqnr": ("default", "sqnr", ()),
     "w8a8-percentile": ("default", "percentile", ()),
+    "w8a8-mean-minmax": ("default", "mean_minmax", ()),
+    "w8a8-mean-minmax-bias-correction": ("default", "mean_minmax", ("bias_correction",)),
     "w8a8-sqnr-equalize-bias-correction": ("default", "sqnr", ("equalize", "bias_correction")),
     "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
 }

@@ -9,6 +9,7 @@ import click
 
 from lowbit.errors import InputError, LowbitError
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lowbit")
 def cli() -> None:
@@ -27,7 +28,7 @@ def cli() -> None:
 @click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
 @click.option("--activations", "act_bits", type=int, default=None,
               help="Activation bitwidth [default: the target's].")
-@click.option("--scheme", type=click.Choice(["minmax", "percentile", "sqnr", "entropy"]), default="minmax",
+@click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]), default="minmax",
               show_default=True, help="How activation ranges are chosen.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per calibration batch.")
 @click.option("--num-batches", type=int, default=None, help="Calibrate on at most this many batches.")

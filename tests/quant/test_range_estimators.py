@@ -44,6 +44,38 @@ def test_minmax_per_channel_is_min_max_of_each_channel():
     assert torch.equal(lo, everything.amin(0)) and torch.equal(hi, everything.amax(0))
 
 
+def images(seed=0, count=7):
+    """[count, 3, 5, 4] activations whose per-image spread differs, as a batch of feature maps."""
+    generator = torch.Generator().manual_seed(seed)
+    spread = torch.linspace(0.5, 4.0, count)[:, None, None, None]
+    return torch.randn(count, 3, 5, 4, generator=generator) * spread + 0.3
+
+
+@pytest.mark.parametrize("split", [1, 3, 7])
+def test_mean_minmax_per_tensor_averages_each_images_min_and_max(split):
+    data = images()
+    lo, hi = observed(make_estimator("mean_minmax", QuantSpec(8)), data.split(split)).range()
+    expected_lo = sum(image.min().item() for image in data) / len(data)
+    expected_hi = sum(image.max().item() for image in data) / len(data)
+    assert lo.item() == pytest.approx(expected_lo, rel=1e-6) and hi.item() == pytest.approx(expected_hi, rel=1e-6)
+
+
+def test_mean_minmax_per_channel_averages_each_images_channel_min_and_max():
+    data = images()
+    lo, hi = observed(make_estimator("mean_minmax", QuantSpec(8, axis=1)), data.split(2)).range()
+    for channel in range(3):
+        values = [image[channel] for image in data]
+        assert lo[channel].item() == pytest.approx(sum(v.min().item() for v in values) / 7, rel=1e-6)
+        assert hi[channel].item() == pytest.approx(sum(v.max().item() for v in values) / 7, rel=1e-6)
+
+
+def test_mean_minmax_lies_within_minmax():
+    data = images().split(2)
+    mean_lo, mean_hi = observed(make_estimator("mean_minmax", QuantSpec(8)), data).range()
+    lo, hi = observed(make_estimator("minmax", QuantSpec(8)), data).range()
+    assert lo.item() < mean_lo.item() < mean_hi.item() < hi.item()
+
+
 def histogram_width(estimator):
     histogram = estimator.histogram
     return (histogram.hi - histogram.lo) / histogram.bins

@@ -10,7 +10,7 @@ from lowbit.quant.histogram import StreamingHistogram, row_aminmax
 from lowbit.quant.layout import as_rows
 from lowbit.quant.spec import QuantSpec
 
-SCHEMES = ("minmax", "percentile", "sqnr", "entropy")
+SCHEMES = ("minmax", "mean_minmax", "percentile", "sqnr", "entropy")
 
 
 class RangeEstimator:
@@ -51,6 +51,40 @@ class MinMaxEstimator(RangeEstimator):
     def range(self):
         self._require_data()
         return self.lo, self.hi
+
+
+class MeanMinMaxEstimator(RangeEstimator):
+    """Mean over samples (first dimension) of each sample's minimum and maximum: one outlier image
+    widens the range by 1/N of its excess instead of setting it (NNCF's activation default)."""
+
+    def __init__(self, spec: QuantSpec):
+        super().__init__(spec)
+        self.lo_sum = self.hi_sum = None
+        self.samples = 0
+
+    def observe(self, x):
+        lo, hi = self._per_sample_aminmax(x.detach())
+        self.lo_sum = lo.sum(1) if self.lo_sum is None else self.lo_sum + lo.sum(1)
+        self.hi_sum = hi.sum(1) if self.hi_sum is None else self.hi_sum + hi.sum(1)
+        self.samples += lo.shape[1]
+        self.batches += 1
+
+    def _per_sample_aminmax(self, x):
+        """[rows, samples] minima and maxima; the whole batch is one sample where its first dimension
+        is the encoding's channel axis, the spec is blocked, or the tensor has no batch dimension."""
+        per_channel = self.spec.axis is not None and self.spec.block_size is None
+        if x.dim() < 2 or self.spec.block_size is not None or (per_channel and self.spec.axis % x.dim() == 0):
+            lo, hi = row_aminmax(as_rows(x, self.spec))
+            return lo[:, None], hi[:, None]
+        if not per_channel:
+            lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=1)
+            return lo[None], hi[None]
+        rows = x.movedim(self.spec.axis % x.dim(), 0)
+        return torch.aminmax(rows.reshape(rows.shape[0], rows.shape[1], -1), dim=2)
+
+    def range(self):
+        self._require_data()
+        return self.lo_sum / self.samples, self.hi_sum / self.samples
 
 
 class HistogramEstimator(RangeEstimator):
@@ -105,9 +139,15 @@ class EntropyEstimator(HistogramEstimator):
         return entropy_range(self.histogram, self.spec)
 
 
+def model_output_scheme(scheme: str) -> str:
+    """The scheme for a tensor the model returns: ``mean_minmax`` keeps the full range there, since
+    each sample's extreme (the winning logit) is the prediction and averaging would clip it."""
+    return "minmax" if scheme == "mean_minmax" else scheme
+
+
 def make_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
     """The range estimator called ``scheme`` for tensors quantized with ``spec``."""
-    estimators = {"minmax": MinMaxEstimator, "percentile": PercentileEstimator,
+    estimators = {"minmax": MinMaxEstimator, "mean_minmax": MeanMinMaxEstimator, "percentile": PercentileEstimator,
                   "sqnr": SqnrEstimator, "entropy": EntropyEstimator}
     if scheme not in estimators:
         raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -141,7 +181,7 @@ class WeightSqnrEstimator(RangeEstimator):
 def make_weight_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
     """The range estimator for a weight (observed once, in full) calibrated with ``scheme``.
 
-    ``minmax`` and ``percentile``/``entropy`` give the weight's min and max: weights have no outliers
+    ``minmax``, ``mean_minmax`` and ``percentile``/``entropy`` give the weight's min and max: weights have no outliers
     from data to clip, the percentile and KL criteria are statistics of activation distributions, and
     this is what TensorRT, onnxruntime's calibrators and NNCF do with weights. ``sqnr`` keeps its
     MSE-optimal search (it pays off at low bit widths), scored exactly on the weight values

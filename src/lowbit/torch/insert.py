@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.range_estimators import model_output_scheme
 from lowbit.target import PASSTHROUGH_OPS
 from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
@@ -21,8 +22,11 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     holder = gm.get_submodule(ACTIVATION_QUANTIZERS)
     nodes = {n.name: n for n in gm.graph.nodes}
     quantizers: dict[str, Quantizer] = {}
+    returned = _returned_nodes(gm)
     for point in points:
-        quantizer = Quantizer(point.spec, scheme, divide=point.role == "input")
+        returns = point.role == "output" and point.node in returned
+        quantizer = Quantizer(point.spec, model_output_scheme(scheme) if returns else scheme,
+                              divide=point.role == "input")
         quantizers[point.key] = quantizer
         if point.role == "weight":
             layer = gm.get_submodule(point.module)
@@ -47,6 +51,19 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     _emulate_integer_adds(gm)
     _link_grid_followers(gm)
     return quantizers
+
+
+def _returned_nodes(gm: fx.GraphModule) -> set[str]:
+    """Names of the nodes whose value the model returns, directly or through pass-through ops."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    returned, pending = set(), list(output.all_input_nodes)
+    while pending:
+        node = pending.pop()
+        if node.name not in returned:
+            returned.add(node.name)
+            if node_op_type(gm, node) in PASSTHROUGH_OPS:
+                pending.extend(node.all_input_nodes)
+    return returned
 
 
 def _link_bias_sources(gm: fx.GraphModule) -> None:
