@@ -1,0 +1,106 @@
+"""Read an ONNX model (path or ModelProto), check it, and normalise it for quantization: weights held
+in Constant nodes become initializers, and shapes are inferred."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from lowbit.errors import ModelLoadError
+
+MIN_OPSET = 11
+"""Oldest default-domain opset read: 11 settled the Resize, Pad and Clip signatures exporters use."""
+
+
+def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """A checked copy of ``model`` with Constant-node tensors as initializers and inferred shapes."""
+    proto = _read(Path(model)) if isinstance(model, (str, Path)) else copy.deepcopy(model)
+    if not isinstance(proto, onnx.ModelProto):
+        raise ModelLoadError(f"expected an ONNX file path or onnx.ModelProto, got {type(model).__name__}")
+    _check_opset(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ModelLoadError(f"invalid ONNX model: {_first_line(e)}") from None
+    constants_to_initializers(proto)
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise ModelLoadError(f"ONNX shape inference failed: {_first_line(e)}") from None
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    """The model at ``path`` with its external data, or one ModelLoadError naming what is wrong."""
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX model '{path}' not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated ({_first_line(e)})") from None
+    if not proto.graph.node:
+        raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated (no graph nodes)")
+    for tensor in _external_tensors(proto):
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        if not (path.parent / location).is_file():
+            raise ModelLoadError(f"external data file '{location}' of tensor '{tensor.name}' not found "
+                                 f"next to '{path}'")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the external data of '{path}': {_first_line(e)}") from None
+    return proto
+
+
+def _external_tensors(proto: onnx.ModelProto):
+    """Initializers whose values live in a separate file."""
+    return [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _check_opset(proto: onnx.ModelProto) -> None:
+    """ModelLoadError unless the default-domain opset is between MIN_OPSET and what onnx knows."""
+    versions = {o.domain: o.version for o in proto.opset_import}
+    version = versions.get("", versions.get("ai.onnx"))
+    newest = onnx.defs.onnx_opset_version()
+    if version is None or not MIN_OPSET <= version <= newest:
+        raise ModelLoadError(f"unsupported ONNX opset {version}: lowbit reads opsets {MIN_OPSET} to {newest} "
+                             f"(convert with onnx.version_converter.convert_version)")
+
+
+def constants_to_initializers(proto: onnx.ModelProto) -> int:
+    """Move the tensors of top-level Constant nodes into initializers (in place); returns how many."""
+    graph, kept, moved = proto.graph, [], 0
+    for node in graph.node:
+        tensor = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if tensor is None:
+            kept.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return moved
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node produces, or None for sparse and string values (left as nodes)."""
+    attribute = node.attribute[0]
+    value = onnx.helper.get_attribute_value(attribute)
+    if attribute.name == "value":
+        return copy.deepcopy(value)
+    if attribute.name in ("value_float", "value_floats"):
+        return numpy_helper.from_array(np.asarray(value, dtype=np.float32))
+    if attribute.name in ("value_int", "value_ints"):
+        return numpy_helper.from_array(np.asarray(value, dtype=np.int64))
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
