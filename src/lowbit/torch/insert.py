@@ -7,9 +7,10 @@ from torch import fx, nn
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import model_output_scheme
 from lowbit.target import PASSTHROUGH_OPS
+from lowbit.target.points import QuantPoint
 from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
-from lowbit.torch.plan import QuantPoint, node_op_type
+from lowbit.torch.plan import node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
 
 ACTIVATION_QUANTIZERS = "activation_quantizers"

@@ -9,7 +9,7 @@ from lowbit.quant.quantizer import Quantizer
 from lowbit.target import PASSTHROUGH_OPS, Target
 from lowbit.torch.layer_wrapper import LayerWrapper
 from lowbit.torch.op_types import WEIGHTED_OP_TYPES, module_op_type
-from lowbit.torch.plan import QuantPoint, activation_spec, weight_spec
+from lowbit.target.points import QuantPoint, activation_spec, weight_spec
 from lowbit.torch.weight_quantized import WeightQuantized
 
 

@@ -79,9 +79,6 @@ def method_op_type(method: str) -> str:
     return METHOD_OP_TYPES.get(method, method)
 
 
-WEIGHT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}
-"""Output-channel axis of the weight of each weighted op type (per-channel quantization)."""
-
 WEIGHTED_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "Gather"})
 """Op types whose ``weight`` parameter gets a quantizer."""
 

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import fx
 
 from lowbit.quant.spec import QuantSpec
 from lowbit.target import PASSTHROUGH_OPS, Target
+from lowbit.target.points import QuantPoint, activation_spec, weight_spec
 from lowbit.target.rules import OpRule
-from lowbit.torch.op_types import (NON_TENSOR_METHODS, WEIGHT_CHANNEL_AXIS, WEIGHTED_OP_TYPES,
-                                   function_op_type, method_op_type, module_op_type)
-
-
-@dataclass(frozen=True)
-class QuantPoint:
-    """One quantizer: ``role`` is "input", "output" or "weight"; ``node`` the fx node it follows
-    (for an op input, the consuming node); ``module`` the module path for weights."""
-
-    key: str
-    role: str
-    node: str
-    op_type: str
-    spec: QuantSpec
-    module: str | None = None
-    argument: str | None = None
-    constraints: tuple[float, float] | None = None
+from lowbit.torch.op_types import NON_TENSOR_METHODS, WEIGHTED_OP_TYPES, function_op_type, method_op_type, module_op_type
 
 
 def node_op_type(gm: fx.GraphModule, node: fx.Node) -> str | None:
@@ -38,21 +21,6 @@ def node_op_type(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if node.op == "call_method":
         return None if node.target in NON_TENSOR_METHODS else method_op_type(node.target)
     return None
-
-
-def activation_spec(rule: OpRule, target: Target) -> QuantSpec:
-    """Spec of an activation quantizer under ``rule``."""
-    return QuantSpec(bits=rule.activation.bits, symmetric=rule.activation.symmetric,
-                     signed=not target.unsigned_symmetric)
-
-
-def weight_spec(rule: OpRule, op_type: str) -> QuantSpec | None:
-    """Spec of a weight quantizer under ``rule``, or None when weights stay in float."""
-    weight = rule.param("weight")
-    if not weight.quantized or weight.dtype != "int":
-        return None
-    axis = WEIGHT_CHANNEL_AXIS.get(op_type) if weight.per_channel else None
-    return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True, axis=axis)
 
 
 class _GraphFacts:

@@ -15,10 +15,11 @@ from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator
 from lowbit.target import load_target
+from lowbit.target.points import QuantPoint
 from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
 from lowbit.torch.insert import insert_quantizers
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
-from lowbit.torch.plan import QuantPoint, plan_graph
+from lowbit.torch.plan import plan_graph
 
 
 class QuantSim(nn.Module):
