@@ -10,14 +10,16 @@ from lowbit.data import as_call
 
 
 def session(path, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
-    """A CPU InferenceSession for ``path`` (all graph optimisations on unless ``optimize=False``)."""
+    """A CPU InferenceSession for ``path`` or serialized model bytes (all graph optimisations on unless
+    ``optimize=False``)."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def feeds(runtime: ort.InferenceSession, item) -> dict[str, np.ndarray]:

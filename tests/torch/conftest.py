@@ -1,4 +1,4 @@
-"""Shared, expensive fixtures for the torch front-end tests (real weights, real photos)."""
+"""Fixtures of the torch front-end tests (the shared MobileNetV2 ones are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.zoo import (augmented, calibration_photos, labelled_photos, photos_to_batch,
-                        pretrained_mobilenet_v2, tiny_resnet)
-
-torch.set_num_threads(2)
-
-CALIBRATION_IMAGES = 32
-EVAL_BATCH = 25
-
-
-@pytest.fixture(scope="session")
-def mobilenet():
-    """Pretrained MobileNetV2 in eval mode (never modified by tests: they deep-copy it)."""
-    return pretrained_mobilenet_v2()
-
-
-@pytest.fixture(scope="session")
-def calibration_batches():
-    """32 augmented crops of scikit-image's photographs, in two batches of 16."""
-    photos = [img for img, _ in calibration_photos()]
-    batch = photos_to_batch(augmented(photos, CALIBRATION_IMAGES, seed=1))
-    return [batch[:16], batch[16:]]
-
-
-@pytest.fixture(scope="session")
-def eval_batches():
-    """The 20 labelled ImageNet photos plus 80 augmented crops of them: 100 images, batches of 25."""
-    photos = [img for img, _, _ in labelled_photos()]
-    images = photos + augmented(photos, 80, seed=7)
-    batch = photos_to_batch(images)
-    return [batch[i:i + EVAL_BATCH] for i in range(0, len(batch), EVAL_BATCH)]
+from lowbit.zoo import tiny_resnet
 
 
 @pytest.fixture(scope="session")
@@ -49,23 +20,10 @@ def folded_mobilenet(mobilenet, calibration_batches):
 
 
 @pytest.fixture(scope="session")
-def mobilenet_sim(mobilenet, calibration_batches):
-    """MobileNetV2 quantized for cpu-int8 on 32 calibration photos."""
-    return lowbit.quantize(mobilenet, calibration_batches, example_input=calibration_batches[0][:1],
-                           target="cpu-int8")
-
-
-@pytest.fixture(scope="session")
 def fresh_mobilenet_sim(folded_mobilenet, calibration_batches):
     """An uncalibrated cpu-int8 sim of the BN-folded MobileNetV2 (what quantize builds before calibrating)."""
     model, _ = folded_mobilenet
     return lowbit.QuantSim(model, calibration_batches[0][:1], target="cpu-int8")
-
-
-@pytest.fixture(scope="session")
-def mobilenet_export(mobilenet_sim, tmp_path_factory):
-    """The three files of the MobileNetV2 sim's export."""
-    return mobilenet_sim.export(tmp_path_factory.mktemp("mobilenet_export"), name="mobilenet_v2")
 
 
 def _trained_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:

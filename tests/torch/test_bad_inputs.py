@@ -146,7 +146,7 @@ def test_failed_export_leaves_no_files(calibrated, tmp_path, monkeypatch):
 
 def test_export_failing_while_writing_leaves_no_files(calibrated, tmp_path, monkeypatch):
     sim, _ = calibrated
-    import lowbit.torch.export as export_module
+    import lowbit.qdq.files as export_module
 
     def broken_write(*args, **kwargs):
         raise EncodingsFileError("cannot write encodings: disk full")

@@ -44,3 +44,30 @@ def weight_spec(rule: OpRule, op_type: str, axis: int | None = None) -> QuantSpe
         axis = WEIGHT_CHANNEL_AXIS.get(op_type)
     return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True,
                      axis=axis if weight.per_channel else None)
+
+
+class PlannedQuantizers:
+    """What both front ends' sims share: a plan (``points``) and its quantizers (``_quantizers``) by key."""
+
+    points: list[QuantPoint]
+    _quantizers: dict
+
+    def quantizers(self) -> dict:
+        """Every quantizer by key (activations: graph node or tensor names; weights: parameter names)."""
+        return dict(self._quantizers)
+
+    def point(self, key: str) -> QuantPoint:
+        """The plan entry of quantizer ``key``."""
+        return next(p for p in self.points if p.key == key)
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether every quantizer has an encoding."""
+        return all(q.encoding is not None for q in self._quantizers.values())
+
+    def quantizer_counts(self) -> dict[str, int]:
+        """Number of quantizers by role (input, output, weight)."""
+        roles: dict[str, int] = {}
+        for point in self.points:
+            roles[point.role] = roles.get(point.role, 0) + 1
+        return roles

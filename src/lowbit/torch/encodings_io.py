@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from lowbit.errors import EncodingsFileError
+from lowbit.quant.apply_encodings import apply_encodings_file
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.encodings_file import read_encodings
 
@@ -34,26 +32,4 @@ def _placeholder(sim, quantizer) -> Encoding:
 
 def apply_encodings(sim, path) -> None:
     """Set every quantizer's encoding from the file; EncodingsFileError on names that do not match."""
-    document = read_encodings(path)
-    names = tensor_names(sim)
-    known = set(names.values())
-    unknown = [n for n in list(document.activation) + list(document.params) if n not in known]
-    if unknown:
-        raise EncodingsFileError(f"encodings file {path}: {len(unknown)} names are not in the model "
-                                 f"(first: {unknown[0]!r})")
-    missing = [k for k, n in names.items() if n not in document.activation and n not in document.params]
-    if missing:
-        raise EncodingsFileError(f"encodings file {path}: no encoding for {len(missing)} quantizers "
-                                 f"(first: {names[missing[0]]!r})")
-    for key, quantizer in sim.quantizers().items():
-        name = names[key]
-        loaded = document.params.get(name) or document.activation.get(name)
-        spec = replace(quantizer.spec, bits=loaded.spec.bits, symmetric=loaded.spec.symmetric)
-        expected = quantizer.scale.numel() if quantizer.encoding is not None else None
-        if spec.axis is not None and expected and loaded.scale.numel() != expected:
-            raise EncodingsFileError(f"encodings file {path}: {name!r} has {loaded.scale.numel()} scales, "
-                                     f"the model needs {expected}")
-        scale = loaded.scale.reshape(quantizer.scale.shape) if expected else loaded.scale.reshape(())
-        offset = loaded.offset.reshape(scale.shape)
-        quantizer.encoding = Encoding(spec, scale, offset)
-        quantizer.mode = "quantize"
+    apply_encodings_file(sim.quantizers(), tensor_names(sim), read_encodings(path), path)

@@ -6,19 +6,16 @@ import copy
 import inspect
 import io
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from lowbit.atomic import atomic_write_bytes
 from lowbit.data import as_call
-from lowbit.errors import ExportError, NotCalibratedError
+from lowbit.errors import ExportError
+from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
 from lowbit.qdq.graph_index import rename_tensors
 from lowbit.qdq.split import split_exported_graph
-from lowbit.quant.encodings_file import write_encodings
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.onnx_qdq_op import ExportQuantizer
 from lowbit.torch.leaf_fallback import InputQuantized, OutputQuantized
@@ -29,40 +26,12 @@ WRAPPERS = (WeightQuantized, OutputQuantized, InputQuantized)
 OPSET = 17
 
 
-@dataclass(frozen=True)
-class ExportPaths:
-    """The three files ``export`` writes."""
-
-    onnx: Path
-    encodings: Path
-    qdq_onnx: Path
-
-    def __iter__(self):
-        return iter((self.onnx, self.encodings, self.qdq_onnx))
-
-
 def export_sim(sim, out_dir, name: str = "model") -> ExportPaths:
     """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx (each atomically) and return their paths."""
-    missing = [k for k, q in sim.quantizers().items() if q.encoding is None]
-    if missing:
-        raise NotCalibratedError(f"export before calibration: {len(missing)} quantizers have no encoding "
-                                 f"(first: {missing[0]!r}); call sim.calibrate(data) first")
+    require_encodings(sim.quantizers())
     exported = exported_onnx(sim)
     split = split_exported_graph(exported, sim.quantizers(), parameter_renames(sim.model))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = ExportPaths(out / f"{name}.onnx", out / f"{name}.encodings", out / f"{name}.qdq.onnx")
-    created = [p for p in paths if not p.exists()]
-    try:
-        atomic_write_bytes(paths.onnx, split.float_model.SerializeToString())
-        write_encodings(paths.encodings, split.activation_encodings, split.param_encodings,
-                        quantizer_args=quantizer_args(sim))
-        atomic_write_bytes(paths.qdq_onnx, split.qdq_model.SerializeToString())
-    except BaseException:
-        # no partial export: remove the files this call created (each write is atomic on its own)
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
+    paths = write_export(split, out_dir, name, quantizer_args(sim.target, sim.scheme))
     sim.tensor_names = split.tensor_names
     return paths
 
@@ -165,9 +134,3 @@ def parameter_renames(model) -> dict[str, str]:
             renames[name] = ".".join(kept)
     return renames
 
-
-def quantizer_args(sim) -> dict:
-    """The ``quantizer_args`` section of the encodings file."""
-    return {"activation_bitwidth": sim.target.default_act_bits, "param_bitwidth": sim.target.default_param_bits,
-            "dtype": "int", "is_symmetric": True, "per_channel_quantization": sim.target.per_channel,
-            "quant_scheme": sim.scheme}

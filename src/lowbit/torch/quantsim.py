@@ -15,14 +15,14 @@ from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator
 from lowbit.target import load_target
-from lowbit.target.points import QuantPoint
+from lowbit.target.points import PlannedQuantizers
 from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
 from lowbit.torch.insert import insert_quantizers
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
 from lowbit.torch.plan import plan_graph
 
 
-class QuantSim(nn.Module):
+class QuantSim(PlannedQuantizers, nn.Module):
     """Simulates the model as the target runs it; ``calibrate(data)`` then call it like the model.
 
     The user's model is copied, never modified. Graphs are captured with torch.fx; models fx
@@ -71,19 +71,6 @@ class QuantSim(nn.Module):
         if len(args) == 1 and not kwargs and isinstance(args[0], dict):
             return self.model(**args[0])
         return self.model(*args, **kwargs)
-
-    def quantizers(self) -> dict[str, Quantizer]:
-        """Every quantizer by key (activation keys are graph node names, weights ``module.weight``)."""
-        return dict(self._quantizers)
-
-    def point(self, key: str) -> QuantPoint:
-        """The plan entry of quantizer ``key``."""
-        return next(p for p in self.points if p.key == key)
-
-    @property
-    def is_calibrated(self) -> bool:
-        """Whether every quantizer has an encoding."""
-        return all(q.encoding is not None for q in self._quantizers.values())
 
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
         """Compute every encoding: weights from their values, activations from ``data`` batches."""
@@ -142,10 +129,7 @@ class QuantSim(nn.Module):
 
     def summary(self) -> dict:
         """Counts of quantizers by role, and how the graph was captured."""
-        roles = {}
-        for point in self.points:
-            roles[point.role] = roles.get(point.role, 0) + 1
-        return {"capture": self.capture_mode, "note": self.capture_note, "quantizers": roles,
+        return {"capture": self.capture_mode, "note": self.capture_note, "quantizers": self.quantizer_counts(),
                 "target": self.target.name}
 
     def _device(self) -> torch.device:

@@ -1,0 +1,162 @@
+"""QuantSim for an ONNX model: the plan's quantizers calibrated by running the graph in onnxruntime;
+the simulation is the exported QDQ graph itself, run by onnxruntime as it will run in deployment."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from lowbit.data import checked_calls
+from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.onnx.calibrate import observe
+from lowbit.onnx.feeds import GraphInputs, as_tensors
+from lowbit.onnx.load import load_model
+from lowbit.onnx.plan import plan_model
+from lowbit.onnx.qdq_insert import tagged_model
+from lowbit.progress import progress
+from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
+from lowbit.qdq.split import SplitGraph, split_exported_graph
+from lowbit.quant.apply_encodings import apply_encodings_file
+from lowbit.quant.encodings_file import read_encodings
+from lowbit.quant.fake_quant import fake_quantize
+from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator, model_output_scheme
+from lowbit.runtime import session
+from lowbit.target import load_target
+from lowbit.target.points import PlannedQuantizers
+
+
+class OnnxQuantSim(PlannedQuantizers):
+    """Simulates an ONNX model as the target runs it: ``calibrate(data)``, then call it on a batch
+    (outputs as numpy arrays) or ``export`` the three files. The caller's model is never modified."""
+
+    def __init__(self, model, target="default", param_bits: int | None = None, act_bits: int | None = None,
+                 scheme: str = "minmax", per_channel: bool | None = None, threads: int | None = None):
+        for label, bits in (("param_bits", param_bits), ("act_bits", act_bits)):
+            if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
+                raise SpecError(f"{label} must be an integer in 2..16, got {bits!r}")
+        if scheme not in SCHEMES:
+            raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        self.model = load_model(model)
+        self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
+        self.scheme = scheme
+        self.threads = threads
+        self.inputs = GraphInputs(self.model)
+        self.points = plan_model(self.model, self.target)
+        returned = {o.name for o in self.model.graph.output}
+        self._quantizers = {
+            p.key: Quantizer(p.spec, model_output_scheme(scheme) if p.node in returned and p.role == "output"
+                             else scheme)
+            for p in self.points}
+        self.calibration_seconds: float | None = None
+        self._split: SplitGraph | None = None
+        self._runtime = None
+
+    def calibrate(self, data, transform=None, num_batches: int | None = None) -> "OnnxQuantSim":
+        """Compute every encoding: weights from their values, activations from ``data`` batches."""
+        start = time.perf_counter()
+        self.calibrate_weights()
+        feeds = self.feeds_of(data, transform, num_batches)
+        activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
+        observed = {}
+        for key, quantizer in activations.items():
+            quantizer.start_calibration()
+            point = self.point(key)
+            observed.setdefault(point.argument or point.node, []).append(quantizer.estimator.observe)
+        from_inputs = {name: calls for name, calls in observed.items() if name in self.inputs.names}
+        for feed in feeds:
+            for name, calls in from_inputs.items():
+                for call in calls:
+                    call(torch.from_numpy(feed[name]))
+        fan_out = {name: _fan_out(calls) for name, calls in observed.items() if name not in from_inputs}
+        observe(self._with_quantized_weights(), fan_out, feeds, self.threads,
+                progress=lambda it, total: progress(it, "calibrate", total))
+        for key, quantizer in activations.items():
+            if quantizer.estimator.batches == 0:
+                raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration")
+            quantizer.finish_calibration(constraints=self.point(key).constraints)
+        self._split = self._runtime = None
+        self.calibration_seconds = time.perf_counter() - start
+        return self
+
+    def calibrate_weights(self) -> None:
+        """Weight encodings from the initializers' values; encodings frozen by a technique are kept."""
+        initializers = {t.name: t for t in self.model.graph.initializer}
+        for key, quantizer in self._quantizers.items():
+            point = self.point(key)
+            if point.role != "weight" or quantizer.frozen:
+                continue
+            weight = torch.from_numpy(numpy_helper.to_array(initializers[point.module]).astype(np.float32))
+            quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
+            quantizer.estimator.observe(weight)
+            quantizer.finish_calibration(shape=weight.shape)
+        self._split = self._runtime = None
+
+    def _with_quantized_weights(self) -> onnx.ModelProto:
+        """The FP32 model with each quantized weight replaced by its fake-quantized values: activation
+        ranges are observed as the quantized model produces them (as the torch front end does)."""
+        result = onnx.ModelProto()
+        result.CopyFrom(self.model)
+        weights = {p.module: self._quantizers[p.key] for p in self.points if p.role == "weight"}
+        for tensor in result.graph.initializer:
+            if tensor.name in weights:
+                values = torch.from_numpy(numpy_helper.to_array(tensor).astype(np.float32))
+                quantized = fake_quantize(values, weights[tensor.name].encoding).numpy()
+                tensor.CopyFrom(numpy_helper.from_array(quantized.astype(numpy_helper.to_array(tensor).dtype),
+                                                        tensor.name))
+        return result
+
+    def feeds_of(self, data, transform=None, num_batches: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Every batch of ``data`` (arrays or tensors; single, tuple or dict) as checked onnxruntime feeds."""
+        if isinstance(data, np.ndarray):
+            raise DataError("data must be an iterable of batches (e.g. a list of arrays), not a single "
+                            "array: wrap it as [array]")
+        prepare = (lambda item: as_tensors(transform(item))) if transform else as_tensors
+        calls = checked_calls(data, prepare, num_batches)
+        return [self.inputs.feeds(args, kwargs) for args, kwargs in calls]
+
+    def __call__(self, batch) -> list[np.ndarray]:
+        """The simulated outputs for one batch (see :meth:`run_on`)."""
+        return self.run_on([batch])[0]
+
+    def run_on(self, data, transform=None, num_batches: int | None = None) -> list[list[np.ndarray]]:
+        """The simulated outputs of every batch of ``data``: the QDQ graph in onnxruntime with its
+        integer kernels, i.e. what the exported ``NAME.qdq.onnx`` computes on this machine."""
+        if self._runtime is None:
+            self._runtime = session(self.split().qdq_model.SerializeToString(), threads=self.threads)
+        feeds = self.feeds_of(data, transform, num_batches)
+        return [self._runtime.run(None, feed) for feed in progress(feeds, "run", len(feeds))]
+
+    def split(self) -> SplitGraph:
+        """FP32 graph, encodings and integer QDQ graph of the current encodings."""
+        if self._split is None:
+            require_encodings(self._quantizers)
+            self._split = split_exported_graph(tagged_model(self.model, self.points, self._quantizers),
+                                               self._quantizers, {})
+        return self._split
+
+    def load_encodings(self, path) -> "OnnxQuantSim":
+        """Set every encoding from an AIMET encodings file (keys: this graph's tensor names)."""
+        apply_encodings_file(self._quantizers, {key: key for key in self._quantizers}, read_encodings(path), path)
+        self._split = self._runtime = None
+        return self
+
+    def export(self, out_dir, name: str = "model") -> ExportPaths:
+        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths."""
+        return write_export(self.split(), Path(out_dir), name, quantizer_args(self.target, self.scheme))
+
+    def summary(self) -> dict:
+        """Counts of quantizers by role, and the target."""
+        return {"capture": "onnx", "quantizers": self.quantizer_counts(), "target": self.target.name}
+
+
+def _fan_out(calls: list):
+    """One observer that passes each tensor to every call (several quantizers on one tensor)."""
+    if len(calls) == 1:
+        return calls[0]
+    return lambda tensor: [call(tensor) for call in calls]
