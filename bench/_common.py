@@ -70,6 +70,19 @@ def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def alternated_times(calls: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each of ``calls`` (name → function), the calls alternated within every round
+    so machine noise hits all alike; ``warmup`` untimed rounds first."""
+    times = {name: [] for name in calls}
+    for step in range(warmup + repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def calibration_batches(n_images: int = 256, batch: int = 32, seed: int = 0) -> list[torch.Tensor]:
     """Augmented crops of scikit-image's photos, preprocessed, as batches."""
     from lowbit.zoo import augmented, calibration_photos, photos_to_batch

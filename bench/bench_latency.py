@@ -29,12 +29,6 @@ REPEATS = {1: 40, 32: 5}
 WARMUP = {1: 5, 32: 1}
 
 
-def timed(sess, feed) -> float:
-    start = time.perf_counter()
-    sess.run(None, feed)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     _common.setup_threads()
     start = time.perf_counter()
@@ -52,13 +46,10 @@ def main() -> None:
             results[target] = {}
             for batch, x in inputs.items():
                 feed_f, feed_q = feeds(fp32, x), feeds(qdq, x)
-                for _ in range(WARMUP[batch]):
-                    fp32.run(None, feed_f)
-                    qdq.run(None, feed_q)
-                tf, tq = [], []
-                for _ in range(REPEATS[batch]):  # alternate so noise hits both
-                    tf.append(timed(fp32, feed_f))
-                    tq.append(timed(qdq, feed_q))
+                times = _common.alternated_times({"fp32": lambda: fp32.run(None, feed_f),
+                                                  "qdq": lambda: qdq.run(None, feed_q)},
+                                                 REPEATS[batch], WARMUP[batch])
+                tf, tq = times["fp32"], times["qdq"]
                 mf, mq = statistics.median(tf), statistics.median(tq)
                 results[target][f"batch_{batch}"] = {
                     "fp32_ms": mf * 1e3, "qdq_ms": mq * 1e3, "fp32_over_qdq": mf / mq,

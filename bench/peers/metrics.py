@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import alternated_times
 from runner_common import ort_session
 
 LATENCY_REPEATS = {1: 30, 32: 4}
@@ -43,13 +43,8 @@ def latency(fp32_path: Path, int8_path: Path, images: np.ndarray) -> dict:
     figures = {}
     for batch, repeats in LATENCY_REPEATS.items():
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        times = {k: [] for k in sessions}
-        for step in range(repeats + 1):
-            for key, runtime in sessions.items():
-                start = time.perf_counter()
-                runtime.run(None, {runtime.get_inputs()[0].name: x})
-                if step:  # the first round warms up
-                    times[key].append(time.perf_counter() - start)
+        times = alternated_times({key: (lambda r=runtime: r.run(None, {r.get_inputs()[0].name: x}))
+                                  for key, runtime in sessions.items()}, repeats)
         fp32, int8 = (statistics.median(times[k]) * 1e3 for k in ("fp32", "int8"))
         figures[f"batch_{batch}"] = {"fp32_ms": fp32, "int8_ms": int8, "speedup": fp32 / int8}
     return figures
