@@ -49,7 +49,7 @@ def test_help(args):
 
 def test_quantize_help_documents_model_kinds():
     output = invoke(["quantize", "--help"]).output
-    assert "module:factory" in output and "TorchScript" in output and ".pt2" in output
+    assert "module:factory" in output and "TorchScript" in output and ".pt2" in output and ".onnx" in output
 
 
 def test_quantize_npy(npy, tmp_path):
@@ -95,6 +95,32 @@ def test_quantize_pt2_file_quantizes_weights(npy, tmp_path):
                                 catch_exceptions=False)
     assert_exported(result, out)
     assert "weight 13" in result.output and "top-1 agreement 100.00%" in result.output
+
+
+def tiny_onnx(path):
+    """tiny_resnet exported to ONNX with a dynamic batch (BatchNorm folded by the exporter)."""
+    torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+    return path
+
+
+def test_quantize_onnx_file(npy, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(["quantize", tiny_onnx(tmp_path / "tiny.onnx"), "--data", npy, "--out", out])
+    assert_exported(result, out)
+    assert "weight 13" in result.output and "| capture mode | onnx |" in result.output
+    assert "top-1 agreement 100.00%" in result.output
+
+
+def test_onnx_file_with_data_of_the_wrong_shape_is_one_line_error(tmp_path, capsys):
+    data = tmp_path / "wrong.npy"
+    np.save(data, np.zeros((4, 3, 32, 30), dtype=np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(tiny_onnx(tmp_path / "tiny.onnx")), "--data", str(data), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert error == "error: input 'image' has shape (4, 3, 32, 30); the model expects (?, 3, 32, 32)"
+    assert not (tmp_path / "o").exists()
 
 
 def test_pt2_with_batch_dependent_graph_is_one_line_error(tmp_path, capsys):

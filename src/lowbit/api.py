@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
-
 from lowbit.data import as_call
 from lowbit.errors import DataError, GraphCaptureError, SpecError
+from lowbit.frontend import is_onnx_model
+from lowbit.onnx.quantize import quantize_onnx
 from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias
 from lowbit.torch.encodings_io import apply_encodings
@@ -24,13 +24,18 @@ both freeze the weight encodings and activations are recalibrated after each —
 (not with AdaRound, which already fits each layer's output mean)."""
 
 
-def quantize(model: nn.Module, data, example_input=None, target="default", param_bits: int | None = None,
+def quantize(model, data, example_input=None, target="default", param_bits: int | None = None,
              act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
              transform=None, num_batches: int | None = None, techniques=()) -> QuantSim:
     """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace), build a QuantSim, calibrate
     it on ``data`` and apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the
     order given); returns the sim, with one result line per step in ``sim.technique_results``.
+    ``model`` may also be an ONNX file path or ``onnx.ModelProto``: it is quantized by the ONNX front end.
     """
+    if is_onnx_model(model):
+        return quantize_onnx(model, data, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
+                             per_channel=per_channel, transform=transform, num_batches=num_batches,
+                             techniques=techniques)
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
         raise SpecError(f"unknown technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)}")

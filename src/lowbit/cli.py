@@ -46,18 +46,21 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
     directory on sys.path; factory() must return a torch.nn.Module), a TorchScript file (torch.jit.save),
-    or a torch.export file ending in `.pt2` (torch.export.save).
+    a torch.export file ending in `.pt2` (torch.export.save), or an ONNX file ending in `.onnx`.
     """
     import lowbit
-    from lowbit.cli_inputs import load_batches, load_model
+    from lowbit.cli_inputs import load_batches, load_model, onnx_image_size
     from lowbit.fidelity import measure_fidelity
+    from lowbit.frontend import is_onnx_model
 
     shape = _parse_shape(input_shape)
     lowbit.load_target(target)
-    batches = load_batches(data_path, batch_size, image_size=shape[-1] if shape else 224)
+    onnx_model = is_onnx_model(model)
+    image_size = shape[-1] if shape else (onnx_image_size(model) if onnx_model else None) or 224
+    batches = load_batches(data_path, batch_size, image_size=image_size)
     if shape and tuple(batches[0].shape[1:]) != shape[1:]:
         raise InputError(f"data samples have shape {tuple(batches[0].shape[1:])}, --input-shape expects {shape[1:]}")
-    net = load_model(model, batches[0])
+    net = model if onnx_model else load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t])
     paths = sim.export(out_dir, name=name)

@@ -179,6 +179,16 @@ def _load_factory(spec: str) -> nn.Module:
     return model.eval()
 
 
+def onnx_image_size(path) -> int | None:
+    """The fixed, square H x W of an ONNX model's first input when it is an image (N, C, H, W)."""
+    from lowbit.onnx import load_model as load_onnx
+    graph = load_onnx(path).graph
+    initializers = {t.name for t in graph.initializer}
+    first = next(i for i in graph.input if i.name not in initializers)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim]
+    return dims[2] if len(dims) == 4 and dims[2] and dims[2] == dims[3] else None
+
+
 def load_batches(path, batch_size: int, image_size: int = 224) -> list[torch.Tensor]:
     """Float batches from an image folder, a `.npy` array or a `.pt` tensor; DataError if unusable."""
     path = Path(path)

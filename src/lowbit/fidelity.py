@@ -29,6 +29,8 @@ class Fidelity:
 
 def output_lsb(sim) -> float:
     """Scale of the quantizer on the model's (first) output; NaN if the output is not quantized."""
+    if hasattr(sim, "output_lsb"):
+        return sim.output_lsb()
     graph = getattr(sim.model, "graph", None)
     if graph is None:
         return float("nan")
@@ -46,7 +48,7 @@ def measure_fidelity(sim, qdq_path, data, transform=None, num_batches: int | Non
     """Run the sim and onnxruntime (integer kernels) on the same batches and compare outputs."""
     runtime = session(qdq_path, threads=threads)
     agree, count, worst = 0, 0, 0.0
-    device = next(iter(sim.parameters()), torch.empty(0)).device
+    device = next(iter(sim.parameters()), torch.empty(0)).device if hasattr(sim, "parameters") else "cpu"
     with torch.no_grad():
         for args, kwargs in progress(checked_calls(data, transform, num_batches), "fidelity"):
             item = kwargs if kwargs else args
@@ -66,6 +68,8 @@ def _first_tensor(result) -> torch.Tensor:
     """The first tensor of a model's output (tensor, tuple, list or dict)."""
     if isinstance(result, torch.Tensor):
         return result
+    if isinstance(result, np.ndarray):
+        return torch.from_numpy(result)
     if isinstance(result, dict):
         return next(iter(result.values()))
     return _first_tensor(result[0])

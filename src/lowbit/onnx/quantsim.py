@@ -16,7 +16,7 @@ from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.onnx.calibrate import observe
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.onnx.load import load_model
-from lowbit.onnx.plan import plan_model
+from lowbit.onnx.plan import GraphFacts, plan_model
 from lowbit.onnx.qdq_insert import tagged_model
 from lowbit.progress import progress
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
@@ -54,6 +54,7 @@ class OnnxQuantSim(PlannedQuantizers):
                              else scheme)
             for p in self.points}
         self.calibration_seconds: float | None = None
+        self.technique_results: tuple[str, ...] = ()
         self._split: SplitGraph | None = None
         self._runtime = None
 
@@ -120,9 +121,17 @@ class OnnxQuantSim(PlannedQuantizers):
         calls = checked_calls(data, prepare, num_batches)
         return [self.inputs.feeds(args, kwargs) for args, kwargs in calls]
 
-    def __call__(self, batch) -> list[np.ndarray]:
-        """The simulated outputs for one batch (see :meth:`run_on`)."""
-        return self.run_on([batch])[0]
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        """The simulated outputs for one batch, given as the model is called (see :meth:`run_on`)."""
+        return self.run_on([kwargs if kwargs else (args[0] if len(args) == 1 else args)])[0]
+
+    def output_lsb(self) -> float:
+        """Scale of the quantizer on the model's first output; NaN if it is not quantized per tensor."""
+        source = GraphFacts(self.model).source(self.model.graph.output[0].name)
+        quantizer = self._quantizers.get(source)
+        if quantizer is None or quantizer.encoding is None or quantizer.spec.axis is not None:
+            return float("nan")
+        return float(quantizer.encoding.scale)
 
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list[list[np.ndarray]]:
         """The simulated outputs of every batch of ``data``: the QDQ graph in onnxruntime with its
@@ -152,7 +161,7 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def summary(self) -> dict:
         """Counts of quantizers by role, and the target."""
-        return {"capture": "onnx", "quantizers": self.quantizer_counts(), "target": self.target.name}
+        return {"capture": "onnx", "note": "", "quantizers": self.quantizer_counts(), "target": self.target.name}
 
 
 def _fan_out(calls: list):
