@@ -23,15 +23,16 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not isinstance(proto, onnx.ModelProto):
         raise ModelLoadError(f"expected an ONNX file path or onnx.ModelProto, got {type(model).__name__}")
     _check_opset(proto)
+    constants_to_initializers(proto)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise ModelLoadError(f"ONNX shape inference failed: {_first_line(e)}") from None
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ModelLoadError(f"invalid ONNX model: {_first_line(e)}") from None
-    constants_to_initializers(proto)
-    try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except onnx.shape_inference.InferenceError as e:
-        raise ModelLoadError(f"ONNX shape inference failed: {_first_line(e)}") from None
+    return proto
 
 
 def _read(path: Path) -> onnx.ModelProto:

@@ -1,0 +1,128 @@
+"""Fold BatchNormalization into the Conv, ConvTranspose, Gemm or 2-D MatMul before it, in an ONNX graph."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lowbit.onnx.plan import GraphFacts
+from lowbit.qdq.graph_index import remove_unused
+
+FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
+    """A copy of ``model`` (as load_model returns it) with every foldable BatchNormalization folded
+    into its producer, and the (layer, batchnorm) node names folded; outputs keep their names."""
+    result = copy.deepcopy(model)
+    graph = result.graph
+    folded = []
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+        facts = GraphFacts(result)
+        layer = facts.producer.get(bn.input[0])
+        if layer is None or not _foldable(facts, layer, bn):
+            continue
+        scale, shift = _affine(facts, bn)
+        _fold_into(graph, facts, layer, scale, shift)
+        for value in [v for v in graph.value_info if v.name == layer.output[0]]:
+            graph.value_info.remove(value)
+        layer.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded.append((layer.name, bn.name))
+    remove_unused(graph)
+    return onnx.shape_inference.infer_shapes(result), folded
+
+
+def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> bool:
+    """An inference-mode BN with constant statistics, alone reading a weighted layer with a constant
+    weight (ConvTranspose: one group; Gemm/MatMul: 2-D output, so BN's channel axis is the last)."""
+    if layer.op_type not in FOLDABLE or len(bn.output) != 1 or len(facts.consumers[layer.output[0]]) != 1:
+        return False
+    if layer.output[0] in facts.graph_outputs or not all(i in facts.initializers for i in bn.input[1:5]):
+        return False
+    if len(layer.input) < 2 or layer.input[1] not in facts.initializers:
+        return False
+    if len(layer.input) > 2 and layer.input[2]:
+        bias = facts.initializers.get(layer.input[2])
+        channels = numpy_helper.to_array(facts.initializers[bn.input[1]]).size
+        if bias is None or int(np.prod(bias.dims)) not in (1, channels):
+            return False
+    if layer.op_type == "ConvTranspose" and _attribute(layer, "group", 1) != 1:
+        return False
+    if layer.op_type in ("Gemm", "MatMul"):
+        rank = len(facts.initializers[layer.input[1]].dims)
+        output_rank = _rank(facts, layer.output[0])
+        if rank != 2 or output_rank != 2 or (layer.op_type == "Gemm" and _attribute(layer, "transA", 0)):
+            return False
+    return True
+
+
+def _affine(facts: GraphFacts, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+    """BN as y = scale · x + shift per channel, computed in float64."""
+    gamma, beta, mean, var = (numpy_helper.to_array(facts.initializers[n]).astype(np.float64) for n in bn.input[1:5])
+    scale = gamma / np.sqrt(var + _attribute(bn, "epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
+def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto, scale, shift) -> None:
+    """Scale the layer's weight along its output channels and give it the folded bias."""
+    weight = numpy_helper.to_array(facts.initializers[layer.input[1]]).astype(np.float64)
+    bias_index = 2
+    if layer.op_type == "Conv":
+        axis = 0
+    elif layer.op_type == "ConvTranspose":
+        axis = 1
+    elif layer.op_type == "Gemm":
+        axis = 0 if _attribute(layer, "transB", 0) else 1
+        weight = weight * _attribute(layer, "alpha", 1.0)
+    else:
+        axis = 1
+    old_bias = _old_bias(facts, layer, len(shift))
+    shape = [-1 if i == axis else 1 for i in range(weight.ndim)]
+    dtype = numpy_helper.to_array(facts.initializers[layer.input[1]]).dtype
+    weight_name, bias_name = f"{layer.input[1]}_bn_folded", f"{layer.name or layer.output[0]}_bn_folded_bias"
+    graph.initializer.extend([numpy_helper.from_array((weight * scale.reshape(shape)).astype(dtype), weight_name),
+                              numpy_helper.from_array((old_bias * scale + shift).astype(dtype), bias_name)])
+    layer.input[1] = weight_name
+    if layer.op_type == "MatMul":
+        layer.op_type = "Gemm"
+    if layer.op_type == "Gemm":
+        _set_attributes(layer, alpha=1.0, beta=1.0)
+    if len(layer.input) > bias_index:
+        layer.input[bias_index] = bias_name
+    else:
+        layer.input.append(bias_name)
+
+
+def _old_bias(facts: GraphFacts, layer: onnx.NodeProto, channels: int) -> np.ndarray:
+    """The layer's bias as a [channels] float64 vector (zeros when it has none; Gemm: beta · C)."""
+    if len(layer.input) < 3 or not layer.input[2]:
+        return np.zeros(channels)
+    bias = numpy_helper.to_array(facts.initializers[layer.input[2]]).astype(np.float64)
+    if layer.op_type == "Gemm":
+        bias = bias * _attribute(layer, "beta", 1.0)
+    return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _set_attributes(node: onnx.NodeProto, **values) -> None:
+    for attribute in [a for a in node.attribute if a.name in values]:
+        node.attribute.remove(attribute)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in values.items())
+
+
+def _rank(facts: GraphFacts, name: str) -> int | None:
+    for value in [*facts.graph.value_info, *facts.graph.output]:
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            return len(value.type.tensor_type.shape.dim)
+    return None
+
