@@ -6,18 +6,23 @@ import onnx
 
 from lowbit.target import PASSTHROUGH_OPS, Target
 from lowbit.target.points import QuantPoint, activation_spec, weight_spec
+from lowbit.target.vocabulary import QUANTIZED_OP_TYPES
 
-WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0}
 """Which input of each weighted op type holds its weight (when it is an initializer)."""
 
 _NO_OPS = ("Identity", "Dropout")
+_SHAPE_ONLY = frozenset({"Shape", "Size", "ConstantOfShape", "Range", "EyeLike"})
+"""Ops whose values depend on their inputs' shapes only: constants for quantization purposes."""
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 
 
 def weight_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int | None:
     """Output-channel axis of ``node``'s weight: Conv 0, ConvTranspose 1, Gemm 0 with transB else 1,
-    MatMul the last axis of a 2-D weight (None: no per-channel axis)."""
+    MatMul the last axis of a 2-D weight (None: no per-channel axis, as for an embedding table)."""
+    if node.op_type == "Gather":
+        return None
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
@@ -49,7 +54,7 @@ class GraphFacts:
                 self.mask_like.add(name)
         for node in graph.node:
             dynamic = [i for i in node.input if i and i not in self.static]
-            if not dynamic:
+            if not dynamic or node.op_type in _SHAPE_ONLY:
                 self.static.update(node.output)
             elif all(i in self.mask_like for i in dynamic):
                 self.mask_like.update(node.output)
@@ -64,7 +69,12 @@ class GraphFacts:
         """A float tensor computed from data by an op that may carry a quantizer of its own."""
         node = self.producer.get(name)
         return (node is not None and self.is_float(name) and name not in self.static
-                and name not in self.mask_like and not self.is_passthrough(node))
+                and name not in self.mask_like and node.op_type in QUANTIZED_OP_TYPES)
+
+    def runs_in_float(self, node: onnx.NodeProto) -> bool:
+        """A node computing float values from data with an op type lowbit does not quantize."""
+        return (node.op_type not in QUANTIZED_OP_TYPES and not self.is_passthrough(node)
+                and any(self.is_float(o) and o not in self.static for o in node.output))
 
     def source(self, name: str) -> str:
         """The tensor whose values ``name`` carries, looking through pass-through ops."""
@@ -148,6 +158,16 @@ def plan_model(model: onnx.ModelProto, target: Target) -> list[QuantPoint]:
                 add_activation(source, facts.producer[source].op_type, target.op(facts.producer[source].op_type),
                                "output")
     return points
+
+
+def float_op_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Op types left in float (see ``lowbit.target.vocabulary``), with how many nodes of each."""
+    facts = GraphFacts(model)
+    counts: dict[str, int] = {}
+    for node in facts.graph.node:
+        if facts.runs_in_float(node):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 def _weight_initializer(facts: GraphFacts, node: onnx.NodeProto) -> onnx.TensorProto | None:

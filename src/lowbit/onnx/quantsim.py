@@ -16,7 +16,7 @@ from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.onnx.calibrate import observe
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.onnx.load import load_model
-from lowbit.onnx.plan import GraphFacts, plan_model
+from lowbit.onnx.plan import GraphFacts, float_op_types, plan_model
 from lowbit.onnx.qdq_insert import tagged_model
 from lowbit.progress import progress
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
@@ -160,8 +160,11 @@ class OnnxQuantSim(PlannedQuantizers):
         return write_export(self.split(), Path(out_dir), name, quantizer_args(self.target, self.scheme))
 
     def summary(self) -> dict:
-        """Counts of quantizers by role, and the target."""
-        return {"capture": "onnx", "note": "", "quantizers": self.quantizer_counts(), "target": self.target.name}
+        """Counts of quantizers by role, the target, and the op types left in float (with counts)."""
+        left = float_op_types(self.model)
+        note = "left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())) if left else ""
+        return {"capture": "onnx", "note": note, "quantizers": self.quantizer_counts(), "target": self.target.name,
+                "float_ops": left}
 
 
 def _fan_out(calls: list):
