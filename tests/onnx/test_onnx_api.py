@@ -10,6 +10,7 @@ import torch
 import lowbit
 from lowbit.errors import DataError, SpecError
 from lowbit.onnx import OnnxQuantSim
+from lowbit.quant.encodings_file import read_encodings
 from lowbit.runtime import session
 from lowbit.zoo import tiny_resnet
 
@@ -17,6 +18,7 @@ from lowbit.zoo import tiny_resnet
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    torch.manual_seed(0)
     torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
                       input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
     return path
@@ -49,3 +51,19 @@ def test_techniques_are_refused_with_one_clear_line(tiny_path):
 def test_a_single_array_is_not_taken_for_a_list_of_batches(tiny_path):
     with pytest.raises(DataError, match="not a single array"):
         lowbit.quantize(tiny_path, batches()[0])
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "mean_minmax", "percentile", "sqnr", "entropy"])
+def test_every_scheme_gives_the_torch_front_ends_encodings(scheme, tmp_path):
+    """Both front ends on the same graph and data (the torch front end's export of tiny_resnet): min-max
+    schemes are reduced inside onnxruntime, histogram schemes see whole tensors; all match torch's."""
+    torch.manual_seed(0)
+    data = [torch.from_numpy(b) for b in batches()]
+    torch_sim = lowbit.quantize(tiny_resnet().eval(), data, scheme=scheme)
+    exported = torch_sim.export(tmp_path / "torch", "tiny")
+    onnx_sim = OnnxQuantSim(exported.onnx, scheme=scheme).calibrate(data)
+    expected = read_encodings(exported.encodings).activation
+    got = read_encodings(onnx_sim.export(tmp_path / "onnx", "tiny").encodings).activation
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name].scale, expected[name].scale, rtol=2e-3, atol=0, msg=name)

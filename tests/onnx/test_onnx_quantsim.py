@@ -81,3 +81,10 @@ def test_qdq_weights_are_integers_on_the_output_channel_axis(onnx_export):
         assert [a.i for a in weight_dq.attribute if a.name == "axis"] == [0], node.name
         bias_dq = producers[node.input[2]]
         assert initializers[bias_dq.input[0]].data_type == onnx.TensorProto.INT32
+
+
+def test_mean_minmax_keeps_the_full_range_on_the_returned_logits(mobilenet_export):
+    # the export returns Identity(Gemm output): the Gemm output is what the model returns
+    sim = OnnxQuantSim(mobilenet_export.onnx, scheme="mean_minmax")
+    schemes = {sim.point(k).op_type: q.scheme for k, q in sim.quantizers().items() if sim.point(k).role == "output"}
+    assert schemes["Gemm"] == "minmax" and schemes["Conv"] == "mean_minmax" and schemes["Clip"] == "mean_minmax"

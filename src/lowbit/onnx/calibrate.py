@@ -1,25 +1,71 @@
-"""Observe intermediate tensors of an ONNX graph by running it in onnxruntime with them exposed as
-outputs, in as few passes over the data as a memory budget allows."""
+"""Observe intermediate tensors of an ONNX graph in onnxruntime. Tensors whose estimators need only
+each sample's extremes (min-max schemes, per tensor) are reduced inside the graph, so onnxruntime
+returns two numbers per sample; the others are exposed as outputs, in as few passes over the data as
+a memory budget allows."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import torch
-from onnx import helper
+from onnx import helper, numpy_helper
 
+from lowbit.quant.range_estimators import RangeEstimator
 from lowbit.runtime import session
 
 DEFAULT_BUDGET_BYTES = 2 << 30
 """Bytes of exposed tensors one batch may produce before the tensors are split over several passes."""
 
+_MIN, _MAX = "_lowbit_sample_min", "_lowbit_sample_max"
 
-def exposed_model(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``names`` (graph outputs stay outputs only if listed)."""
+
+def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]], feeds: list[dict],
+            threads: int | None, budget: int = DEFAULT_BUDGET_BYTES, progress=lambda it, total: it) -> None:
+    """Feed every batch of ``feeds`` to the estimators of each named tensor."""
+    ranks = _ranks(model)
+    reduced = [n for n, group in estimators.items()
+               if ranks.get(n, 0) >= 2 and all(e.takes_extremes and e.spec.axis is None for e in group)]
+    exposed = [n for n in estimators if n not in reduced]
+    batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
+    groups = tensor_groups(model, exposed, batch, budget) or [[]]
+    for index, group in enumerate(groups):
+        first = index == 0  # the reductions ride along with the first pass
+        graph_model = with_outputs(model, group, reduced if first else [], ranks)
+        names = group + ([f"{n}{suffix}" for n in reduced for suffix in (_MIN, _MAX)] if first else [])
+        if not names:
+            continue
+        runtime = session(graph_model.SerializeToString(), threads=threads)
+        for feed in progress(feeds, len(feeds)):
+            values = dict(zip(names, runtime.run(names, feed)))
+            for name in group:
+                tensor = torch.from_numpy(values[name])
+                for estimator in estimators[name]:
+                    estimator.observe(tensor)
+            for name in reduced if first else []:
+                lo, hi = (torch.from_numpy(values[f"{name}{s}"]).reshape(1, -1) for s in (_MIN, _MAX))
+                for estimator in estimators[name]:
+                    estimator.observe_extremes(lo, hi)
+
+
+def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str], ranks: dict[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are the ``exposed`` tensors and, for each ``reduced`` tensor,
+    its per-sample minimum and maximum (ReduceMin/ReduceMax over every axis but the first)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    known = {v.name: v for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
-    del result.graph.output[:]
-    result.graph.output.extend(known[n] if n in known else helper.make_empty_tensor_value_info(n) for n in names)
+    graph = result.graph
+    known = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    del graph.output[:]
+    graph.output.extend(known[n] if n in known else helper.make_empty_tensor_value_info(n) for n in exposed)
+    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 17)
+    for name in reduced:
+        axes = list(range(1, ranks[name]))
+        for op_type, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
+            if opset >= 18:
+                graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), name + suffix + "_axes"))
+                graph.node.append(helper.make_node(op_type, [name, name + suffix + "_axes"], [name + suffix], keepdims=0))
+            else:
+                graph.node.append(helper.make_node(op_type, [name], [name + suffix], axes=axes, keepdims=0))
+            graph.output.append(helper.make_empty_tensor_value_info(name + suffix))
     return result
 
 
@@ -37,22 +83,19 @@ def tensor_groups(model: onnx.ModelProto, names: list[str], batch: int, budget: 
     return groups + [current] if current else groups
 
 
-def observe(model: onnx.ModelProto, observers: dict[str, callable], feeds: list[dict], threads: int | None,
-            budget: int = DEFAULT_BUDGET_BYTES, progress=lambda it, total: it) -> None:
-    """Call ``observers[name](tensor)`` for each exposed tensor of every batch of ``feeds``."""
-    names = list(observers)
-    batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
-    for group in tensor_groups(model, names, batch, budget):
-        runtime = session(exposed_model(model, group).SerializeToString(), threads=threads)
-        for feed in progress(feeds, len(feeds)):
-            for name, value in zip(group, runtime.run(group, feed)):
-                observers[name](torch.from_numpy(value))
+def _values(model: onnx.ModelProto):
+    return [*model.graph.input, *model.graph.value_info, *model.graph.output]
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of each tensor with a known shape."""
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in _values(model) if v.type.tensor_type.HasField("shape")}
 
 
 def _bytes_per_sample(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of one sample of each tensor with a known shape (the first dimension taken as batch)."""
     sizes = {}
-    for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+    for value in _values(model):
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
         count = 1
         for dim in dims[1:]:

@@ -84,6 +84,10 @@ class GraphFacts:
             node = self.producer.get(name)
         return name
 
+    def returned(self) -> set[str]:
+        """Tensors the model returns, directly or through pass-through ops."""
+        return {self.source(name) for name in self.graph_outputs} | set(self.graph_outputs)
+
     def sole_consumer(self, name: str, chain: list) -> onnx.NodeProto | None:
         """The only reader of ``name``, looking through Identity/Dropout (added to ``chain``)."""
         while True:

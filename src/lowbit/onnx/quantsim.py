@@ -48,7 +48,7 @@ class OnnxQuantSim(PlannedQuantizers):
         self.threads = threads
         self.inputs = GraphInputs(self.model)
         self.points = plan_model(self.model, self.target)
-        returned = {o.name for o in self.model.graph.output}
+        returned = GraphFacts(self.model).returned()
         self._quantizers = {
             p.key: Quantizer(p.spec, model_output_scheme(scheme) if p.node in returned and p.role == "output"
                              else scheme)
@@ -64,18 +64,17 @@ class OnnxQuantSim(PlannedQuantizers):
         self.calibrate_weights()
         feeds = self.feeds_of(data, transform, num_batches)
         activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
-        observed = {}
+        estimators: dict[str, list] = {}
         for key, quantizer in activations.items():
             quantizer.start_calibration()
             point = self.point(key)
-            observed.setdefault(point.argument or point.node, []).append(quantizer.estimator.observe)
-        from_inputs = {name: calls for name, calls in observed.items() if name in self.inputs.names}
+            estimators.setdefault(point.argument or point.node, []).append(quantizer.estimator)
         for feed in feeds:
-            for name, calls in from_inputs.items():
-                for call in calls:
-                    call(torch.from_numpy(feed[name]))
-        fan_out = {name: _fan_out(calls) for name, calls in observed.items() if name not in from_inputs}
-        observe(self._with_quantized_weights(), fan_out, feeds, self.threads,
+            for name in [n for n in estimators if n in self.inputs.names]:
+                for estimator in estimators[name]:
+                    estimator.observe(torch.from_numpy(feed[name]))
+        inner = {name: group for name, group in estimators.items() if name not in self.inputs.names}
+        observe(self._with_quantized_weights(), inner, feeds, self.threads,
                 progress=lambda it, total: progress(it, "calibrate", total))
         for key, quantizer in activations.items():
             if quantizer.estimator.batches == 0:
@@ -166,9 +165,3 @@ class OnnxQuantSim(PlannedQuantizers):
         return {"capture": "onnx", "note": note, "quantizers": self.quantizer_counts(), "target": self.target.name,
                 "float_ops": left}
 
-
-def _fan_out(calls: list):
-    """One observer that passes each tensor to every call (several quantizers on one tensor)."""
-    if len(calls) == 1:
-        return calls[0]
-    return lambda tensor: [call(tensor) for call in calls]

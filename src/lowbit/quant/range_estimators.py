@@ -14,7 +14,12 @@ SCHEMES = ("minmax", "mean_minmax", "percentile", "sqnr", "entropy")
 
 
 class RangeEstimator:
-    """Streams [rows, n] views of a tensor; ``range()`` gives per-row (min, max)."""
+    """Streams [rows, n] views of a tensor; ``range()`` gives per-row (min, max).
+
+    Estimators with ``takes_extremes`` can instead be fed each sample's minima and maxima
+    (``observe_extremes``), which a runtime computes without handing the whole tensor over."""
+
+    takes_extremes = False
 
     def __init__(self, spec: QuantSpec):
         self.spec = spec
@@ -39,12 +44,21 @@ class RangeEstimator:
 class MinMaxEstimator(RangeEstimator):
     """Running minimum and maximum."""
 
+    takes_extremes = True
+
     def __init__(self, spec: QuantSpec):
         super().__init__(spec)
         self.lo = self.hi = None
 
     def update(self, rows):
-        lo, hi = row_aminmax(rows)
+        self._widen(*row_aminmax(rows))
+
+    def observe_extremes(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """One batch given as [rows, samples] per-sample minima and maxima."""
+        self._widen(lo.amin(1), hi.amax(1))
+        self.batches += 1
+
+    def _widen(self, lo, hi):
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -62,8 +76,13 @@ class MeanMinMaxEstimator(RangeEstimator):
         self.lo_sum = self.hi_sum = None
         self.samples = 0
 
+    takes_extremes = True
+
     def observe(self, x):
-        lo, hi = self._per_sample_aminmax(x.detach())
+        self.observe_extremes(*self._per_sample_aminmax(x.detach()))
+
+    def observe_extremes(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """One batch given as [rows, samples] per-sample minima and maxima."""
         self.lo_sum = lo.sum(1) if self.lo_sum is None else self.lo_sum + lo.sum(1)
         self.hi_sum = hi.sum(1) if self.hi_sum is None else self.hi_sum + hi.sum(1)
         self.samples += lo.shape[1]
