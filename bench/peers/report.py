@@ -112,7 +112,9 @@ def write(results_dir: Path, docs: Path) -> Path:
                   f"Machine: {machine['cpu_model']} ({machine['cpu_count']} cores; "
                   f"{', '.join(f for f, on in machine['cpu_flags'].items() if on) or 'no AVX2'}), "
                   f"Python {machine['python']}, torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
-                  f"{machine['date'][:10]}. Command: `{payload['command']}`.", ""]
+                  f"{machine['date'][:10]}. Rows accumulate over runs of the same job; commands, in order: "
+                  + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", payload.get("command", "run.py"))
+                                                               for r in payload["rows"].values())) + ".", ""]
         lines += _markdown(HEADER, [table_row(r) for r in payload["rows"].values()]) + [""]
     if results:
         lines += [f"![{p}]({p})" for p in _plots(results, docs)] + [""]

@@ -109,6 +109,9 @@ def main() -> None:
         fp32, labels = np.load(job / "fp32_outputs.npy"), np.load(job / "labels.npy")
         previous = json.loads(path.read_text()) if path.exists() else {}
         rows = previous.get("rows", {}) if previous.get("job") == info else {}
+        for row in rows.values():  # rows written before commands were kept per row
+            row.setdefault("command", previous.get("command", "run.py"))
+        command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
         for tool, settings in plan.items():
             python = interpreter(tool, overrides)
             for setting in settings:
@@ -116,11 +119,10 @@ def main() -> None:
                 result = run_setting(python, tool, setting, job, out)
                 if "error" not in result:
                     result = figures(result, data, fp32, labels, out)
-                rows[f"{tool} {setting}"] = result
+                rows[f"{tool} {setting}"] = {**result, "command": command}
                 print(report.row_line(model, result), flush=True)
                 args.results.mkdir(parents=True, exist_ok=True)
-                payload = {"machine": _common.machine_info(), "job": info, "rows": rows,
-                           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+                payload = {"machine": _common.machine_info(), "job": info, "rows": rows}
                 path.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.smoke:
         print(f"wrote {report.write(args.results, args.docs)}")
