@@ -9,7 +9,7 @@ from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.clipping_search import candidate_ranges, entropy_range, threshold_ranges
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import dequantize, quantize
-from lowbit.quant.histogram import StreamingHistogram
+from lowbit.quant.histogram import StreamingHistogram, row_aminmax
 from lowbit.quant.range_estimators import (SCHEMES, EntropyEstimator, PercentileEstimator,
                                            make_estimator)
 from lowbit.quant.spec import QuantSpec
@@ -253,3 +253,10 @@ def test_unknown_scheme_is_spec_error():
 def test_range_before_any_batch_is_not_calibrated(scheme):
     with pytest.raises(NotCalibratedError):
         make_estimator(scheme, QuantSpec(8)).range()
+
+
+@pytest.mark.parametrize("length", [100, 70000])
+def test_row_aminmax_short_and_long_rows_match_the_definition(length):
+    rows = torch.randn(4, length, generator=torch.Generator().manual_seed(5))
+    lo, hi = row_aminmax(rows)
+    assert lo.tolist() == [min(r) for r in rows.tolist()] and hi.tolist() == [max(r) for r in rows.tolist()]

@@ -13,12 +13,20 @@ _MAX_COUNTED_PER_ROW = 1 << 20
 _SAMPLE_BLOCK = 4096
 
 
+LONG_ROW = 1 << 16
+"""Row length from which two passes (amin, amax) beat torch's fused ``aminmax(dim=1)``: 35 ms vs
+97 ms on [32, 1.2 M] (a batch of MobileNetV2's widest activation, one row per sample), while
+short rows (weights) are faster fused."""
+
+
 def row_aminmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (min, max) of [rows, n] ``rows``; a single row is reduced as a whole tensor, which
-    torch does several times faster than ``aminmax(dim=1)`` on a [1, n] view."""
+    torch does several times faster than ``aminmax(dim=1)`` on a [1, n] view; long rows in two passes."""
     if rows.shape[0] == 1:
         lo, hi = torch.aminmax(rows)
         return lo.reshape(1), hi.reshape(1)
+    if rows.shape[1] >= LONG_ROW:
+        return rows.amin(1), rows.amax(1)
     return torch.aminmax(rows, dim=1)
 
 

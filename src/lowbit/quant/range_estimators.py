@@ -96,10 +96,12 @@ class MeanMinMaxEstimator(RangeEstimator):
             lo, hi = row_aminmax(as_rows(x, self.spec))
             return lo[:, None], hi[:, None]
         if not per_channel:
-            lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=1)
+            lo, hi = row_aminmax(x.reshape(x.shape[0], -1))
             return lo[None], hi[None]
         rows = x.movedim(self.spec.axis % x.dim(), 0)
-        return torch.aminmax(rows.reshape(rows.shape[0], rows.shape[1], -1), dim=2)
+        channels, samples = rows.shape[0], rows.shape[1]
+        lo, hi = row_aminmax(rows.reshape(channels * samples, -1))
+        return lo.reshape(channels, samples), hi.reshape(channels, samples)
 
     def range(self):
         self._require_data()
