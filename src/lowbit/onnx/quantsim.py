@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.data import checked_calls
-from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.errors import DataError, NotCalibratedError
 from lowbit.onnx.calibrate import observe
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.onnx.load import load_model
@@ -25,10 +25,10 @@ from lowbit.quant.apply_encodings import apply_encodings_file
 from lowbit.quant.encodings_file import read_encodings
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.quant.quantizer import Quantizer
-from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator, model_output_scheme
+from lowbit.quant.range_estimators import make_weight_estimator, model_output_scheme
 from lowbit.runtime import session
 from lowbit.target import load_target
-from lowbit.target.points import PlannedQuantizers
+from lowbit.target.points import PlannedQuantizers, check_sim_options
 
 
 class OnnxQuantSim(PlannedQuantizers):
@@ -37,11 +37,7 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def __init__(self, model, target="default", param_bits: int | None = None, act_bits: int | None = None,
                  scheme: str = "minmax", per_channel: bool | None = None, threads: int | None = None):
-        for label, bits in (("param_bits", param_bits), ("act_bits", act_bits)):
-            if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
-                raise SpecError(f"{label} must be an integer in 2..16, got {bits!r}")
-        if scheme not in SCHEMES:
-            raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        check_sim_options(param_bits, act_bits, scheme)
         self.model = load_model(model)
         self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
@@ -105,10 +101,9 @@ class OnnxQuantSim(PlannedQuantizers):
         weights = {p.module: self._quantizers[p.key] for p in self.points if p.role == "weight"}
         for tensor in result.graph.initializer:
             if tensor.name in weights:
-                values = torch.from_numpy(numpy_helper.to_array(tensor).astype(np.float32))
-                quantized = fake_quantize(values, weights[tensor.name].encoding).numpy()
-                tensor.CopyFrom(numpy_helper.from_array(quantized.astype(numpy_helper.to_array(tensor).dtype),
-                                                        tensor.name))
+                stored = numpy_helper.to_array(tensor)
+                quantized = fake_quantize(torch.from_numpy(stored.astype(np.float32)), weights[tensor.name].encoding)
+                tensor.CopyFrom(numpy_helper.from_array(quantized.numpy().astype(stored.dtype), tensor.name))
         return result
 
     def feeds_of(self, data, transform=None, num_batches: int | None = None) -> list[dict[str, np.ndarray]]:

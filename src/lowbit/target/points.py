@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbit.errors import SpecError
+from lowbit.quant.range_estimators import SCHEMES
 from lowbit.quant.spec import QuantSpec
 from lowbit.target.rules import OpRule
 from lowbit.target.target import Target
@@ -44,6 +46,15 @@ def weight_spec(rule: OpRule, op_type: str, axis: int | None = None) -> QuantSpe
         axis = WEIGHT_CHANNEL_AXIS.get(op_type)
     return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True,
                      axis=axis if weight.per_channel else None)
+
+
+def check_sim_options(param_bits: int | None, act_bits: int | None, scheme: str) -> None:
+    """SpecError unless the bit-width overrides are integers in 2..16 and ``scheme`` is known."""
+    for label, bits in (("param_bits", param_bits), ("act_bits", act_bits)):
+        if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
+            raise SpecError(f"{label} must be an integer in 2..16, got {bits!r}")
+    if scheme not in SCHEMES:
+        raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
 
 
 class PlannedQuantizers:

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call, batch_count, checked_calls, move_call, tensors_of
-from lowbit.errors import InputError, NotCalibratedError, SpecError
+from lowbit.errors import InputError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
-from lowbit.quant.range_estimators import SCHEMES, make_weight_estimator
+from lowbit.quant.range_estimators import make_weight_estimator
 from lowbit.target import load_target
-from lowbit.target.points import PlannedQuantizers
+from lowbit.target.points import PlannedQuantizers, check_sim_options
 from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
 from lowbit.torch.insert import insert_quantizers
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
@@ -32,11 +32,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
     def __init__(self, model: nn.Module, example_input, target="default", param_bits: int | None = None,
                  act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None):
         super().__init__()
-        for label, bits in (("param_bits", param_bits), ("act_bits", act_bits)):
-            if bits is not None and (not isinstance(bits, int) or not 2 <= bits <= 16):
-                raise SpecError(f"{label} must be an integer in 2..16, got {bits!r}")
-        if scheme not in SCHEMES:
-            raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
         self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
