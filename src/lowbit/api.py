@@ -7,11 +7,14 @@ import copy
 from lowbit.data import as_call
 from lowbit.errors import DataError, GraphCaptureError, SpecError
 from lowbit.frontend import is_onnx_model
+from lowbit.onnx.bias_correction import correct_bias as correct_onnx_bias
+from lowbit.onnx.equalize import equalize as equalize_onnx
 from lowbit.onnx.quantize import quantize_onnx
+from lowbit.onnx.quantsim import OnnxQuantSim
 from lowbit.torch.batchnorm_fold import fold_batchnorm
-from lowbit.torch.bias_correction import correct_bias
+from lowbit.torch.bias_correction import correct_bias as correct_torch_bias
 from lowbit.torch.encodings_io import apply_encodings
-from lowbit.torch.equalize import equalize
+from lowbit.torch.equalize import equalize as equalize_torch
 from lowbit.torch.adaround import adaround
 from lowbit.torch.quantsim import QuantSim
 from lowbit.torch.sequential_mse import sequential_mse
@@ -32,16 +35,16 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
     order given); returns the sim, with one result line per step in ``sim.technique_results``.
     ``model`` may also be an ONNX file path or ``onnx.ModelProto``: it is quantized by the ONNX front end.
     """
-    if is_onnx_model(model):
-        return quantize_onnx(model, data, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
-                             per_channel=per_channel, transform=transform, num_batches=num_batches,
-                             techniques=techniques)
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
         raise SpecError(f"unknown technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)}")
     if "adaround" in techniques and "bias_correction" in techniques:
         raise SpecError("adaround and bias_correction exclude each other: AdaRound already fits each "
                         "layer's output mean; choose one")
+    if is_onnx_model(model):
+        return quantize_onnx(model, data, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
+                             per_channel=per_channel, transform=transform, num_batches=num_batches,
+                             techniques=techniques)
     if example_input is None:
         example_input = _first_batch(data, transform)
     model = copy.deepcopy(model).eval()
@@ -51,7 +54,7 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
     except GraphCaptureError:
         lines.append("fold batchnorm: skipped (torch.fx cannot trace the model)")
     if "equalize" in techniques:
-        lines.append(f"equalize: {len(equalize(model, example_input))} layer groups")
+        lines.append(f"equalize: {len(equalize_torch(model, example_input))} layer groups")
     sim = QuantSim(model, example_input, target=target, param_bits=param_bits, act_bits=act_bits,
                    scheme=scheme, per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
@@ -61,9 +64,30 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
             lines.append(str(technique(sim, data, num_batches=num_batches, transform=transform)))
             sim.calibrate(data, transform=transform, num_batches=num_batches)
     if "bias_correction" in techniques:
-        lines.append(str(correct_bias(sim, data, num_batches=num_batches, transform=transform)))
+        lines.append(str(correct_torch_bias(sim, data, num_batches=num_batches, transform=transform)))
     sim.technique_results = tuple(lines)
     return sim
+
+
+def equalize(model, example_input=None, absorb_high_bias: bool = True):
+    """Cross-layer equalization: a PyTorch model in place (returns the equalized groups; see
+    ``lowbit.torch.equalize.equalize``), or an ONNX model (path or ModelProto) into a copy (returns the
+    equalized copy, BatchNorms folded, and the groups)."""
+    if is_onnx_model(model):
+        return equalize_onnx(model, absorb_high_bias=absorb_high_bias)
+    if example_input is None:
+        raise SpecError("equalize needs example_input for a PyTorch model (to trace its graph)")
+    return equalize_torch(model, example_input, absorb_high_bias=absorb_high_bias)
+
+
+def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None, transform=None):
+    """Bias correction of a QuantSim (empirical or analytical; see ``lowbit.torch.bias_correction``) or
+    of an OnnxQuantSim (empirical; see ``lowbit.onnx.bias_correction``), in place; returns the result."""
+    if isinstance(sim, OnnxQuantSim):
+        if mode != "empirical":
+            raise SpecError(f"bias correction mode {mode!r} is not available for ONNX models yet; use 'empirical'")
+        return correct_onnx_bias(sim, data, num_batches=num_batches, transform=transform)
+    return correct_torch_bias(sim, data, mode=mode, num_batches=num_batches, transform=transform)
 
 
 def load_encodings(sim: QuantSim, path) -> QuantSim:

@@ -14,28 +14,6 @@ from lowbit.onnx import fold_batchnorm, load_model
 from lowbit.runtime import session
 
 
-def initializers_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every initializer as a Constant node instead (how Paddle and some TF converters write weights)."""
-    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
-    del model.graph.initializer[:]
-    nodes = constants + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-@pytest.fixture(scope="module")
-def unfused_mobilenet(mobilenet, tmp_path_factory):
-    """MobileNetV2 exported without constant folding: every BatchNormalization kept, weights as Constants."""
-    path = tmp_path_factory.mktemp("unfused") / "mobilenet_bn.onnx"
-    torch.onnx.export(mobilenet, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, do_constant_folding=False,
-                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}})
-    model = initializers_to_constants(onnx.load(path))
-    onnx.save(model, path)
-    return path
-
-
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     runtime = session(model.SerializeToString())
     return runtime.run(None, {runtime.get_inputs()[0].name: x})[0]

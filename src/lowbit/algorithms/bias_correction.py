@@ -11,7 +11,31 @@ zero padding). Subtracting ``Δ`` from the bias removes the shift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class BiasCorrectionResult:
+    """What ``correct_bias`` changed: the corrected layers (module or node names), those of
+    them whose input mean came from BatchNorm statistics (analytical mode), the weight-quantized
+    layers it skipped (types it cannot handle, layers no batch reached or AdaRound rounded, or in
+    analytical mode without data layers whose input statistics are unknown), the mean |Δ| over every
+    corrected output channel, how many batches it ran, and the mode."""
+
+    corrected: tuple[str, ...]
+    skipped: tuple[str, ...]
+    mean_abs_shift: float
+    batches: int
+    mode: str = "empirical"
+    from_statistics: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        derived = f" ({len(self.from_statistics)} from BatchNorm statistics)" if self.mode == "analytical" else ""
+        skipped = f", skipped {', '.join(self.skipped)}" if self.skipped else ""
+        return (f"bias correction ({self.mode}): {len(self.corrected)} layers{derived}, {self.batches} batches, "
+                f"mean |shift| {self.mean_abs_shift:.3g}{skipped}")
 
 
 class InputMean:

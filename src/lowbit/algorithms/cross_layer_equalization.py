@@ -14,7 +14,21 @@ choice ``s_i = sqrt(r1_i r2_i) / r2_i`` makes both ranges ``sqrt(r1_i r2_i)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class EqualizedGroup:
+    """One chain of layers equalized together: ``layers`` (in data-flow order: a Conv→Conv pair, a
+    Conv→depthwise→Conv triplet, or a longer chain), the ReLU6 modules (or Clip nodes) between them
+    replaced by ReLU, the layers whose high bias moved into their successor, and the sweeps taken."""
+
+    layers: tuple[str, ...]
+    relu6_replaced: tuple[str, ...]
+    high_bias_absorbed: tuple[str, ...]
+    sweeps: int
 
 
 def output_channel_ranges(weight: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,10 @@ import copy
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import torch
+from onnx import numpy_helper
 
+from lowbit.onnx.attributes import attribute, set_attributes
 from lowbit.onnx.plan import GraphFacts
 from lowbit.qdq.graph_index import remove_unused
 
@@ -17,9 +19,16 @@ FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
     """A copy of ``model`` (as load_model returns it) with every foldable BatchNormalization folded
     into its producer, and the (layer, batchnorm) node names folded; outputs keep their names."""
+    result, folded, _ = fold_with_statistics(model)
+    return result, folded
+
+
+def fold_with_statistics(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str]], dict]:
+    """As :func:`fold_batchnorm`, plus each folded layer's output statistics: its output tensor name →
+    (β, |γ|), the per-channel mean and standard deviation the BN gave its output (float64 tensors)."""
     result = copy.deepcopy(model)
     graph = result.graph
-    folded = []
+    folded, statistics = [], {}
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
         facts = GraphFacts(result)
         layer = facts.producer.get(bn.input[0])
@@ -32,8 +41,11 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[
         layer.output[0] = bn.output[0]
         graph.node.remove(bn)
         folded.append((layer.name, bn.name))
+        gamma, beta = (torch.from_numpy(numpy_helper.to_array(facts.initializers[n]).astype(np.float64))
+                       for n in bn.input[1:3])
+        statistics[bn.output[0]] = (beta, gamma.abs())
     remove_unused(graph)
-    return onnx.shape_inference.infer_shapes(result), folded
+    return onnx.shape_inference.infer_shapes(result), folded, statistics
 
 
 def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> bool:
@@ -50,12 +62,12 @@ def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> b
         channels = numpy_helper.to_array(facts.initializers[bn.input[1]]).size
         if bias is None or int(np.prod(bias.dims)) not in (1, channels):
             return False
-    if layer.op_type == "ConvTranspose" and _attribute(layer, "group", 1) != 1:
+    if layer.op_type == "ConvTranspose" and attribute(layer, "group", 1) != 1:
         return False
     if layer.op_type in ("Gemm", "MatMul"):
         rank = len(facts.initializers[layer.input[1]].dims)
         output_rank = _rank(facts, layer.output[0])
-        if rank != 2 or output_rank != 2 or (layer.op_type == "Gemm" and _attribute(layer, "transA", 0)):
+        if rank != 2 or output_rank != 2 or (layer.op_type == "Gemm" and attribute(layer, "transA", 0)):
             return False
     return True
 
@@ -63,7 +75,7 @@ def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> b
 def _affine(facts: GraphFacts, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     """BN as y = scale · x + shift per channel, computed in float64."""
     gamma, beta, mean, var = (numpy_helper.to_array(facts.initializers[n]).astype(np.float64) for n in bn.input[1:5])
-    scale = gamma / np.sqrt(var + _attribute(bn, "epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
     return scale, beta - mean * scale
 
 
@@ -76,8 +88,8 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
     elif layer.op_type == "ConvTranspose":
         axis = 1
     elif layer.op_type == "Gemm":
-        axis = 0 if _attribute(layer, "transB", 0) else 1
-        weight = weight * _attribute(layer, "alpha", 1.0)
+        axis = 0 if attribute(layer, "transB", 0) else 1
+        weight = weight * attribute(layer, "alpha", 1.0)
     else:
         axis = 1
     old_bias = _old_bias(facts, layer, len(shift))
@@ -90,7 +102,7 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
     if layer.op_type == "MatMul":
         layer.op_type = "Gemm"
     if layer.op_type == "Gemm":
-        _set_attributes(layer, alpha=1.0, beta=1.0)
+        set_attributes(layer, alpha=1.0, beta=1.0)
     if len(layer.input) > bias_index:
         layer.input[bias_index] = bias_name
     else:
@@ -103,21 +115,8 @@ def _old_bias(facts: GraphFacts, layer: onnx.NodeProto, channels: int) -> np.nda
         return np.zeros(channels)
     bias = numpy_helper.to_array(facts.initializers[layer.input[2]]).astype(np.float64)
     if layer.op_type == "Gemm":
-        bias = bias * _attribute(layer, "beta", 1.0)
+        bias = bias * attribute(layer, "beta", 1.0)
     return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _set_attributes(node: onnx.NodeProto, **values) -> None:
-    for attribute in [a for a in node.attribute if a.name in values]:
-        node.attribute.remove(attribute)
-    node.attribute.extend(helper.make_attribute(k, v) for k, v in values.items())
 
 
 def _rank(facts: GraphFacts, name: str) -> int | None:

@@ -56,17 +56,22 @@ def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str],
     known = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     del graph.output[:]
     graph.output.extend(known[n] if n in known else helper.make_empty_tensor_value_info(n) for n in exposed)
-    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 17)
     for name in reduced:
-        axes = list(range(1, ranks[name]))
         for op_type, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
-            if opset >= 18:
-                graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), name + suffix + "_axes"))
-                graph.node.append(helper.make_node(op_type, [name, name + suffix + "_axes"], [name + suffix], keepdims=0))
-            else:
-                graph.node.append(helper.make_node(op_type, [name], [name + suffix], axes=axes, keepdims=0))
-            graph.output.append(helper.make_empty_tensor_value_info(name + suffix))
+            add_reduction(result, op_type, name, list(range(1, ranks[name])), name + suffix)
     return result
+
+
+def add_reduction(model: onnx.ModelProto, op_type: str, tensor: str, axes: list[int], output: str) -> None:
+    """Append (in place) a Reduce* node of ``tensor`` over ``axes`` (no kept dims) as graph output ``output``."""
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    if opset >= 18:
+        graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), output + "_axes"))
+        graph.node.append(helper.make_node(op_type, [tensor, output + "_axes"], [output], keepdims=0))
+    else:
+        graph.node.append(helper.make_node(op_type, [tensor], [output], axes=axes, keepdims=0))
+    graph.output.append(helper.make_empty_tensor_value_info(output))
 
 
 def tensor_groups(model: onnx.ModelProto, names: list[str], batch: int, budget: int) -> list[list[str]]:

@@ -24,6 +24,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(f"expected an ONNX file path or onnx.ModelProto, got {type(model).__name__}")
     _check_opset(proto)
     constants_to_initializers(proto)
+    name_nodes(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
@@ -70,6 +71,19 @@ def _check_opset(proto: onnx.ModelProto) -> None:
     if version is None or not MIN_OPSET <= version <= newest:
         raise ModelLoadError(f"unsupported ONNX opset {version}: lowbit reads opsets {MIN_OPSET} to {newest} "
                              f"(convert with onnx.version_converter.convert_version)")
+
+
+def name_nodes(proto: onnx.ModelProto) -> None:
+    """Give every unnamed node (or one whose name an earlier node took) a unique name: quantizer keys
+    and the techniques find nodes by name."""
+    taken: set[str] = set()
+    for index, node in enumerate(proto.graph.node):
+        if not node.name or node.name in taken:
+            base = node.name or f"{node.op_type}_{index}"
+            node.name, suffix = base, 1
+            while node.name in taken:
+                node.name, suffix = f"{base}_{suffix}", suffix + 1
+        taken.add(node.name)
 
 
 def constants_to_initializers(proto: onnx.ModelProto) -> int:

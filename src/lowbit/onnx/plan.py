@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from lowbit.onnx.attributes import attribute
 from lowbit.target import PASSTHROUGH_OPS, Target
 from lowbit.target.points import QuantPoint, activation_spec, weight_spec
 from lowbit.target.vocabulary import QUANTIZED_OP_TYPES
@@ -24,8 +25,7 @@ def weight_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int | None:
     if node.op_type == "Gather":
         return None
     if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
+        return 0 if attribute(node, "transB", 0) else 1
     if node.op_type == "MatMul":
         return 1 if len(weight.dims) == 2 else None
     return {"Conv": 0, "ConvTranspose": 1}[node.op_type]

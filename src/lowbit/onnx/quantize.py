@@ -1,23 +1,38 @@
-"""One call for an ONNX model: load, plan, calibrate; the ONNX half of ``lowbit.quantize``."""
+"""One call for an ONNX model: load, fold, equalize, calibrate, correct; the ONNX half of ``lowbit.quantize``."""
 
 from __future__ import annotations
 
 from lowbit.errors import SpecError
 from lowbit.onnx.batchnorm_fold import fold_batchnorm
+from lowbit.onnx.bias_correction import correct_bias
+from lowbit.onnx.equalize import equalize
 from lowbit.onnx.load import load_model
 from lowbit.onnx.quantsim import OnnxQuantSim
+
+ONNX_TECHNIQUES = ("equalize", "bias_correction")
+"""Techniques the ONNX front end runs so far (in this order)."""
 
 
 def quantize_onnx(model, data, target="default", param_bits: int | None = None, act_bits: int | None = None,
                   scheme: str = "minmax", per_channel: bool | None = None, transform=None,
                   num_batches: int | None = None, techniques=()) -> OnnxQuantSim:
-    """An OnnxQuantSim of ``model`` (path or ModelProto), BatchNorms folded, calibrated on ``data``."""
-    if techniques:
-        raise SpecError(f"techniques ({', '.join(techniques)}) are not available for ONNX models yet; "
-                        f"quantize without them or use the PyTorch model")
-    folded, pairs = fold_batchnorm(load_model(model))
+    """An OnnxQuantSim of ``model`` (path or ModelProto), BatchNorms folded, equalized if asked,
+    calibrated on ``data``, its biases corrected if asked."""
+    missing = [t for t in techniques if t not in ONNX_TECHNIQUES]
+    if missing:
+        raise SpecError(f"{', '.join(missing)} not available for ONNX models yet (available: "
+                        f"{', '.join(ONNX_TECHNIQUES)}); quantize without it or use the PyTorch model")
+    if "equalize" in techniques:
+        folded, groups = equalize(model)
+        lines = [f"equalize: {len(groups)} layer groups (BatchNorm folded)"]
+    else:
+        folded, pairs = fold_batchnorm(load_model(model))
+        lines = [f"fold batchnorm: {len(pairs)} layers"]
     sim = OnnxQuantSim(folded, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                        per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
-    sim.technique_results = (f"fold batchnorm: {len(pairs)} layers", f"calibrate: {sim.calibration_seconds:.1f} s")
+    lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
+    if "bias_correction" in techniques:
+        lines.append(str(correct_bias(sim, data, num_batches=num_batches, transform=transform)))
+    sim.technique_results = tuple(lines)
     return sim

@@ -93,6 +93,10 @@ class OnnxQuantSim(PlannedQuantizers):
             quantizer.finish_calibration(shape=weight.shape)
         self._split = self._runtime = None
 
+    def weights_changed(self) -> None:
+        """Forget the QDQ graph built from the old initializers (a technique changed ``self.model``)."""
+        self._split = self._runtime = None
+
     def _with_quantized_weights(self) -> onnx.ModelProto:
         """The FP32 model with each quantized weight replaced by its fake-quantized values: activation
         ranges are observed as the quantized model produces them (as the torch front end does)."""

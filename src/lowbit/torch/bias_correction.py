@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lowbit.algorithms.bias_correction import InputMean, correct_bias_, expected_output_shift
+from lowbit.algorithms.bias_correction import (BiasCorrectionResult, InputMean, correct_bias_,
+                                               expected_output_shift)
 from lowbit.algorithms.bias_correction_analytical import ChannelStatistics
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
@@ -28,28 +29,6 @@ _AVERAGE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPo
 _AVERAGE_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, torch.add)
-
-
-@dataclass(frozen=True)
-class BiasCorrectionResult:
-    """What ``correct_bias`` changed: the corrected layers (module names in ``sim.model``), those of
-    them whose input mean came from BatchNorm statistics (analytical mode), the weight-quantized
-    layers it skipped (types it cannot handle, layers no batch reached or AdaRound rounded, or in
-    analytical mode without data layers whose input statistics are unknown), the mean |Δ| over every
-    corrected output channel, how many batches it ran, and the mode."""
-
-    corrected: tuple[str, ...]
-    skipped: tuple[str, ...]
-    mean_abs_shift: float
-    batches: int
-    mode: str = "empirical"
-    from_statistics: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        derived = f" ({len(self.from_statistics)} from BatchNorm statistics)" if self.mode == "analytical" else ""
-        skipped = f", skipped {', '.join(self.skipped)}" if self.skipped else ""
-        return (f"bias correction ({self.mode}): {len(self.corrected)} layers{derived}, {self.batches} batches, "
-                f"mean |shift| {self.mean_abs_shift:.3g}{skipped}")
 
 
 def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None,

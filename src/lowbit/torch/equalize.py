@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from lowbit.algorithms.cross_layer_equalization import (absorb_high_bias_, absorbable_shift,
+from lowbit.algorithms.cross_layer_equalization import (EqualizedGroup, absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
 from lowbit.torch.batchnorm_fold import FoldedBatchNorm, fold_batchnorm
 from lowbit.torch.capture import trace_for
@@ -17,19 +17,6 @@ _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
 _RELU_FUNCTIONS = (torch.relu, nn.functional.relu, torch.relu_)
 _HOMOGENEOUS_FUNCTIONS = _RELU_FUNCTIONS + (nn.functional.leaky_relu, nn.functional.dropout)
-
-
-@dataclass(frozen=True)
-class EqualizedGroup:
-    """One chain of layers equalized together: ``layers`` (module names, in data-flow order: a
-    Conv→Conv pair, a Conv→depthwise→Conv triplet, or a longer chain), the ReLU6 modules between
-    them that were replaced by ReLU, the layers whose high bias was absorbed into their successor,
-    and how many sweeps the scales took to converge."""
-
-    layers: tuple[str, ...]
-    relu6_replaced: tuple[str, ...]
-    high_bias_absorbed: tuple[str, ...]
-    sweeps: int
 
 
 def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> list[EqualizedGroup]:
