@@ -1,12 +1,10 @@
 """lowbit: quantization simulation, calibration and int8 export for PyTorch models."""
 
-from lowbit.api import correct_bias, equalize, load_encodings, quantize
+from lowbit.api import adaround, correct_bias, equalize, load_encodings, quantize, sequential_mse
 from lowbit.errors import LowbitError
 from lowbit.target import load_target, preset_names
-from lowbit.torch.adaround import adaround
 from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.quantsim import QuantSim
-from lowbit.torch.sequential_mse import sequential_mse
 
 __all__ = ["QuantSim", "quantize", "load_encodings", "fold_batchnorm", "equalize", "correct_bias",
            "adaround", "sequential_mse", "load_target", "preset_names", "LowbitError"]

@@ -7,6 +7,8 @@ import copy
 from lowbit.data import as_call
 from lowbit.errors import DataError, GraphCaptureError, SpecError
 from lowbit.frontend import is_onnx_model
+from lowbit.onnx.adaround import adaround as adaround_onnx
+from lowbit.onnx.adaround import sequential_mse as sequential_mse_onnx
 from lowbit.onnx.bias_correction import correct_bias as correct_onnx_bias
 from lowbit.onnx.equalize import equalize as equalize_onnx
 from lowbit.onnx.quantize import quantize_onnx
@@ -15,9 +17,9 @@ from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias as correct_torch_bias
 from lowbit.torch.encodings_io import apply_encodings
 from lowbit.torch.equalize import equalize as equalize_torch
-from lowbit.torch.adaround import adaround
+from lowbit.torch.adaround import adaround as adaround_torch
 from lowbit.torch.quantsim import QuantSim
-from lowbit.torch.sequential_mse import sequential_mse
+from lowbit.torch.sequential_mse import sequential_mse as sequential_mse_torch
 
 
 TECHNIQUES = ("equalize", "sequential_mse", "adaround", "bias_correction")
@@ -59,7 +61,7 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
                    scheme=scheme, per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
     lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
-    for name, technique in (("sequential_mse", sequential_mse), ("adaround", adaround)):
+    for name, technique in (("sequential_mse", sequential_mse_torch), ("adaround", adaround_torch)):
         if name in techniques:
             lines.append(str(technique(sim, data, num_batches=num_batches, transform=transform)))
             sim.calibrate(data, transform=transform, num_batches=num_batches)
@@ -88,6 +90,18 @@ def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | Non
             raise SpecError(f"bias correction mode {mode!r} is not available for ONNX models yet; use 'empirical'")
         return correct_onnx_bias(sim, data, num_batches=num_batches, transform=transform)
     return correct_torch_bias(sim, data, mode=mode, num_batches=num_batches, transform=transform)
+
+
+def adaround(sim, data, **options):
+    """AdaRound of a QuantSim (see ``lowbit.torch.adaround.adaround``: by graph block by default) or of
+    an OnnxQuantSim (layer by layer; see ``lowbit.onnx.adaround.adaround``), in place."""
+    return (adaround_onnx if isinstance(sim, OnnxQuantSim) else adaround_torch)(sim, data, **options)
+
+
+def sequential_mse(sim, data, **options):
+    """Sequential MSE of a QuantSim or an OnnxQuantSim's weight encodings, in place (see
+    ``lowbit.torch.sequential_mse`` / ``lowbit.onnx.adaround``)."""
+    return (sequential_mse_onnx if isinstance(sim, OnnxQuantSim) else sequential_mse_torch)(sim, data, **options)
 
 
 def load_encodings(sim: QuantSim, path) -> QuantSim:

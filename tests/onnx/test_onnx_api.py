@@ -43,9 +43,10 @@ def test_quantize_takes_an_onnx_path_or_proto(tiny_path, form):
     assert np.linalg.norm(simulated - fp32) <= 0.1 * np.linalg.norm(fp32)
 
 
-def test_techniques_are_refused_with_one_clear_line(tiny_path):
+def test_analytical_bias_correction_is_refused_with_one_clear_line(tiny_path):
+    sim = lowbit.quantize(tiny_path, batches())
     with pytest.raises(SpecError, match="not available for ONNX models yet"):
-        lowbit.quantize(tiny_path, batches(), techniques=["adaround"])
+        lowbit.correct_bias(sim, mode="analytical")
 
 
 def test_a_single_array_is_not_taken_for_a_list_of_batches(tiny_path):

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 import lowbit
 from lowbit.errors import NotCalibratedError
@@ -26,28 +26,9 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def mlp(trans_b_first: int) -> onnx.ModelProto:
-    """Gemm (transB as given) → Relu → Gemm (transB=1) → LeakyRelu → Gemm without bias, with channels
-    of very different ranges."""
-    rng = np.random.default_rng(3)
-    w1 = rng.normal(size=(6, 8)) * rng.uniform(0.01, 10, size=(6, 1))  # [out, in]
-    tensors = {"w1": w1 if trans_b_first else w1.T, "b1": rng.normal(size=6),
-               "w2": rng.normal(size=(5, 6)) * rng.uniform(0.1, 5, size=(1, 6)), "b2": rng.normal(size=5),
-               "w3": rng.normal(size=(3, 5))}
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], transB=trans_b_first),
-             helper.make_node("Relu", ["h1"], ["a1"]),
-             helper.make_node("Gemm", ["a1", "w2", "b2"], ["h2"], transB=1),
-             helper.make_node("LeakyRelu", ["h2"], ["a2"], alpha=0.1),
-             helper.make_node("Gemm", ["a2", "w3"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (4, 8))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.mark.parametrize("trans_b", [0, 1])
-def test_equalized_gemm_chain_has_equal_ranges_and_the_same_outputs(trans_b):
-    model = mlp(trans_b)
+def test_equalized_gemm_chain_has_equal_ranges_and_the_same_outputs(gemm_chain, trans_b):
+    model = gemm_chain(trans_b)
     equalized, groups = lowbit.equalize(model)
     assert [g.layers for g in groups] == [("Gemm_0", "Gemm_2", "Gemm_4")]
     w = initializers(equalized)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.torch.layer_rows import layer_groups, rows_forward, rows_unsupported, sample_rows
-from lowbit.torch.row_cache import RowCache
+from lowbit.algorithms.layer_rows import layer_groups, rows_forward, rows_unsupported, sample_rows
+from lowbit.algorithms.row_cache import RowCache
 
 LAYERS = [
     lambda: nn.Conv2d(6, 8, 3, stride=2, padding=1),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 
 def attribute(node: onnx.NodeProto, name: str, default):
@@ -19,3 +21,14 @@ def set_attributes(node: onnx.NodeProto, **values) -> None:
     for item in [a for a in node.attribute if a.name in values]:
         node.attribute.remove(item)
     node.attribute.extend(helper.make_attribute(k, v) for k, v in values.items())
+
+
+def clip_bounds(initializers: dict, node: onnx.NodeProto) -> tuple[float, float]:
+    """A Clip node's (min, max): from its inputs (opset 11+) or attributes; ±inf where absent, NaN
+    where an input is not a constant."""
+    bounds = [attribute(node, "min", -math.inf), attribute(node, "max", math.inf)]
+    for index in (1, 2):
+        if len(node.input) > index and node.input[index]:
+            tensor = initializers.get(node.input[index])
+            bounds[index - 1] = math.nan if tensor is None else float(numpy_helper.to_array(tensor).reshape(-1)[0])
+    return bounds[0], bounds[1]

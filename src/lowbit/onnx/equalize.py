@@ -7,11 +7,10 @@ import math
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import numpy_helper
 
 from lowbit.algorithms.cross_layer_equalization import (EqualizedGroup, absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
-from lowbit.onnx.attributes import attribute
+from lowbit.onnx.attributes import clip_bounds
 from lowbit.onnx.batchnorm_fold import fold_with_statistics
 from lowbit.onnx.layers import WeightedLayer, weighted_layer
 from lowbit.onnx.load import load_model
@@ -115,7 +114,7 @@ def _passes(facts: GraphFacts, node: onnx.NodeProto) -> str | None:
     if node.op_type in _LINEAR:
         return "linear"
     if node.op_type == "Clip":
-        low, high = _clip_bounds(facts, node)
+        low, high = clip_bounds(facts.initializers, node)
         if low == 0 and high == math.inf:
             return "relu"
         if low == 0 and high == 6:
@@ -125,16 +124,6 @@ def _passes(facts: GraphFacts, node: onnx.NodeProto) -> str | None:
 
 def _unused(facts: GraphFacts, names) -> bool:
     return all(not n or (n not in facts.consumers and n not in facts.graph_outputs) for n in names)
-
-
-def _clip_bounds(facts: GraphFacts, node: onnx.NodeProto) -> tuple[float, float]:
-    """Clip's (min, max): from its inputs (opset 11+) or attributes; ±inf where absent, NaN if not constant."""
-    bounds = [attribute(node, "min", -math.inf), attribute(node, "max", math.inf)]
-    for index in (1, 2):
-        if len(node.input) > index and node.input[index]:
-            tensor = facts.initializers.get(node.input[index])
-            bounds[index - 1] = math.nan if tensor is None else float(numpy_helper.to_array(tensor).reshape(-1)[0])
-    return bounds[0], bounds[1]
 
 
 def _to_relu(node: onnx.NodeProto) -> None:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from lowbit.errors import SpecError
+from lowbit.onnx.adaround import adaround, sequential_mse
 from lowbit.onnx.batchnorm_fold import fold_batchnorm
 from lowbit.onnx.bias_correction import correct_bias
 from lowbit.onnx.equalize import equalize
 from lowbit.onnx.load import load_model
 from lowbit.onnx.quantsim import OnnxQuantSim
 
-ONNX_TECHNIQUES = ("equalize", "bias_correction")
-"""Techniques the ONNX front end runs so far (in this order)."""
-
-
 def quantize_onnx(model, data, target="default", param_bits: int | None = None, act_bits: int | None = None,
                   scheme: str = "minmax", per_channel: bool | None = None, transform=None,
                   num_batches: int | None = None, techniques=()) -> OnnxQuantSim:
-    """An OnnxQuantSim of ``model`` (path or ModelProto), BatchNorms folded, equalized if asked,
-    calibrated on ``data``, its biases corrected if asked."""
-    missing = [t for t in techniques if t not in ONNX_TECHNIQUES]
-    if missing:
-        raise SpecError(f"{', '.join(missing)} not available for ONNX models yet (available: "
-                        f"{', '.join(ONNX_TECHNIQUES)}); quantize without it or use the PyTorch model")
+    """An OnnxQuantSim of ``model`` (path or ModelProto), BatchNorms folded, calibrated on ``data``,
+    with ``techniques`` applied in ``lowbit.quantize``'s order (AdaRound layer by layer)."""
     if "equalize" in techniques:
         folded, groups = equalize(model)
         lines = [f"equalize: {len(groups)} layer groups (BatchNorm folded)"]
@@ -32,6 +24,10 @@ def quantize_onnx(model, data, target="default", param_bits: int | None = None, 
                        per_channel=per_channel)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
     lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
+    for name, technique in (("sequential_mse", sequential_mse), ("adaround", adaround)):
+        if name in techniques:
+            lines.append(str(technique(sim, data, num_batches=num_batches, transform=transform)))
+            sim.calibrate(data, transform=transform, num_batches=num_batches)
     if "bias_correction" in techniques:
         lines.append(str(correct_bias(sim, data, num_batches=num_batches, transform=transform)))
     sim.technique_results = tuple(lines)

@@ -4,67 +4,25 @@ weight rounds up or down, so that the output on the quantized input matches the 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
+from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
+from lowbit.algorithms.adaround_rows import round_on_rows
+from lowbit.algorithms.layer_rows import layer_groups
+from lowbit.algorithms.row_cache import RowCache
 from lowbit.errors import SpecError
 from lowbit.progress import progress
-from lowbit.quant.fake_quant import fake_quantize
 from lowbit.torch.adaround_block import round_block
 from lowbit.torch.graph_blocks import block_module
 from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
-from lowbit.torch.layer_rows import layer_groups, rows_forward
-from lowbit.torch.row_cache import RowCache
-from lowbit.torch.soft_rounding import SoftRounding, learn_rounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 DEFAULT_ITERATIONS = 1000
 """Iterations per block or layer: per layer, the smallest count within 2 % of the paper's 10 000 in
 layer output error (bench/bench_adaround_iterations.py); per block, 1000 is 11 % above 10 000 in block
 output error, 2000 no better than 1000, 500 90 % above (same bench, ``--granularity block``)."""
-
-
-@dataclass(frozen=True)
-class LayerRounding:
-    """One rounded unit (a layer, or the layers of a block rounded together): iterations run, seconds,
-    and the output MSE (on its cached rows or samples) of nearest rounding and of the rounding kept."""
-
-    names: tuple[str, ...]
-    iterations: int
-    seconds: float
-    nearest_mse: float
-    rounded_mse: float
-
-    @property
-    def name(self) -> str:
-        """The layer's name, or the block's layer names joined by "+"."""
-        return "+".join(self.names)
-
-
-@dataclass(frozen=True)
-class AdaroundResult:
-    """What ``adaround`` did: one entry per rounded layer or block, the skipped layers (name → why),
-    total time."""
-
-    layers: tuple[LayerRounding, ...]
-    skipped: dict[str, str]
-    seconds: float
-
-    @property
-    def mean_error_change(self) -> float:
-        """Mean relative change of the units' output MSE against nearest rounding (−0.6 = −60 %)."""
-        changes = [r.rounded_mse / r.nearest_mse - 1 for r in self.layers if r.nearest_mse > 0]
-        return sum(changes) / len(changes) if changes else 0.0
-
-    def __str__(self) -> str:
-        skipped = "".join(f", skipped {name} ({reason})" for name, reason in self.skipped.items())
-        count = sum(len(r.names) for r in self.layers)
-        units = len(self.layers)
-        blocks = "" if count == units else f" in {units} block{'' if units == 1 else 's'}"
-        return (f"adaround: {count} layers{blocks}, {self.seconds:.0f} s, mean output MSE "
-                f"{100 * self.mean_error_change:+.0f} % vs nearest rounding{skipped}")
 
 
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
@@ -160,39 +118,12 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
     """Learn the layer's rounding, write the better of it and nearest rounding into the weight, freeze
     the encoding; returns (iterations run, nearest MSE, kept MSE), errors measured after ``activation``."""
     layer, quantizer = wrapper.layer, wrapper.weight_quantizer
-    encoding = quantizer.encoding
-    weight = layer.weight.detach()
     bias = None if layer.bias is None else layer.bias.detach()
-    groups = layer_groups(layer)
-    soft = SoftRounding(weight, encoding)
-
-    def batch_loss() -> torch.Tensor:
-        rows, targets = cache.sample(batch_rows, generator, weight.device)
-        output = activation(rows_forward(rows, soft(), bias, groups))
-        return (output - activation(targets)).pow(2).sum(dim=1).mean()
-
-    run = learn_rounding([soft], batch_loss, iterations, learning_rate, reg_weight, warm_start,
-                         f"at layer {name!r}")
+    kept, run, nearest_mse, kept_mse = round_on_rows(
+        layer.weight.detach(), bias, layer_groups(layer), quantizer.encoding, cache, activation, iterations,
+        batch_rows, learning_rate, reg_weight, warm_start, generator, f"at layer {name!r}")
     with torch.no_grad():
-        rounded = soft.hard()
-        nearest = fake_quantize(weight, encoding)
-        nearest_mse = _output_mse(cache, nearest, bias, groups, activation)
-        rounded_mse = _output_mse(cache, rounded, bias, groups, activation)
-        layer.weight.copy_(rounded if rounded_mse < nearest_mse else nearest)
+        layer.weight.copy_(kept)
         layer.rounded_by_adaround = True
-    quantizer.freeze(encoding)
-    return run, nearest_mse, min(rounded_mse, nearest_mse)
-
-
-def _output_mse(cache: RowCache, weight: torch.Tensor, bias, groups: int, activation,
-                chunk: int = 4096) -> float:
-    """Mean squared error of the layer's output with ``weight`` against the cached float outputs, both
-    after ``activation``."""
-    total, count = 0.0, 0
-    for first in range(0, cache.count, chunk):
-        rows = cache.inputs[first:first + chunk].to(weight.device)
-        targets = cache.targets[first:first + chunk].to(weight.device)
-        error = activation(rows_forward(rows, weight, bias, groups)) - activation(targets)
-        total += float(error.pow(2).sum())
-        count += targets.numel()
-    return total / max(count, 1)
+    quantizer.freeze(quantizer.encoding)
+    return run, nearest_mse, kept_mse

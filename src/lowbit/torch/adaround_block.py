@@ -9,8 +9,8 @@ import math
 import torch
 
 from lowbit.quant.fake_quant import fake_quantize
-from lowbit.torch.row_cache import RowCache
-from lowbit.torch.soft_rounding import SoftRounding, learn_rounding
+from lowbit.algorithms.row_cache import RowCache
+from lowbit.algorithms.soft_rounding import SoftRounding, learn_rounding
 from lowbit.torch.weight_quantized import WeightQuantized
 
 POSITIONS_PER_ITERATION = 16 * 28 * 28

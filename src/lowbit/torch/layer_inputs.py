@@ -15,8 +15,8 @@ from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.graph_blocks import GraphBlock, graph_blocks
 from lowbit.torch.graph_cursor import GraphCursor
-from lowbit.torch.layer_rows import rows_unsupported, sample_rows
-from lowbit.torch.row_cache import RowCache
+from lowbit.algorithms.layer_rows import rows_unsupported, sample_rows
+from lowbit.algorithms.row_cache import RowCache
 from lowbit.torch.weight_quantized import WeightQuantized
 
 

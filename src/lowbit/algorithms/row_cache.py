@@ -51,6 +51,14 @@ class RowCache:
         """Every stored row, on ``device``."""
         return self.inputs[:self.count].to(device), self.targets[:self.count].to(device)
 
+    def chunks(self, device, chunk_bytes: int = 1 << 26):
+        """Every stored row in consecutive chunks of about ``chunk_bytes``, on ``device``."""
+        row_bytes = 4 * (self.inputs[0].numel() + self.targets[0].numel())
+        size = max(1, chunk_bytes // row_bytes)
+        for first in range(0, self.count, size):
+            last = min(first + size, self.count)
+            yield self.inputs[first:last].to(device), self.targets[first:last].to(device)
+
     def close(self) -> None:
         """Release the rows and delete the file, if any."""
         self.inputs = self.targets = None

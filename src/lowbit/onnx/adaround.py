@@ -1,0 +1,131 @@
+"""AdaRound and sequential MSE on an OnnxQuantSim: layer by layer in graph order, rows of the layer's
+quantized input and float output (``lowbit.onnx.layer_rows``) go to the optimisations both front ends
+share (``lowbit.algorithms``); the results are written into the sim's weights and frozen encodings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import onnx
+import torch
+
+from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
+from lowbit.algorithms.adaround_rows import round_on_rows
+from lowbit.algorithms.layer_rows import rows_forward
+from lowbit.algorithms.sequential_mse import (SequentialMSEResult, check_options, output_error,
+                                              search_weight_encoding)
+from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.onnx.layer_rows import LayerRows, following_activation, rows_unsupported
+from lowbit.onnx.layers import WeightedLayer, weighted_layer
+from lowbit.onnx.plan import GraphFacts
+from lowbit.progress import progress
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.fake_quant import fake_quantize
+
+DEFAULT_ITERATIONS = 1000
+"""Iterations per layer: the PyTorch front end's per-layer default (within 2 % of 10 000 in layer
+output error, bench/bench_adaround_iterations.py)."""
+
+
+def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
+             transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
+             warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
+             seed: int = 0) -> AdaroundResult:
+    """AdaRound (Nagel et al. 2020) on every weight-quantized Conv (1-D/2-D) and Gemm of a calibrated
+    ONNX ``sim``, layer by layer (``lowbit.adaround``'s ``granularity="layer"``: the same rows, loss
+    after the Relu/Clip fused into the layer, optimiser, early stop and nearest-rounding fallback).
+    The chosen weights (on the grid) replace the initializers and their encodings are frozen, so
+    ``sim.calibrate`` keeps them and export writes them. Other layers are skipped and named."""
+    if num_iterations < 1 or batch_rows < 1 or max_rows < 1:
+        raise SpecError("num_iterations, batch_rows and max_rows must be at least 1")
+    start = time.perf_counter()
+    rows, layers, skipped = _prepare(sim, data, transform, num_batches)
+    generator = torch.Generator().manual_seed(seed)
+    facts = GraphFacts(sim.model)
+    rounded = []
+    for layer, quantizer in progress(layers, "adaround", len(layers), unit="layer"):
+        layer_start = time.perf_counter()
+        encoding = _in_layout(quantizer.encoding, layer)
+        with rows.collect(layer, max_rows, memory_limit, generator, "adaround inputs") as cache:
+            kept, run, nearest_mse, kept_mse = round_on_rows(
+                layer.weight.float(), None if layer.bias is None else layer.bias.float(), layer.groups, encoding,
+                cache, following_activation(facts, layer), num_iterations, batch_rows, learning_rate, reg_weight,
+                warm_start, generator, f"at layer {layer.name!r}")
+        layer.weight = kept.to(torch.float64)
+        layer.write(facts.graph, facts)
+        quantizer.freeze(quantizer.encoding)
+        sim.weights_changed()
+        rounded.append(LayerRounding((layer.name,), run, time.perf_counter() - layer_start, nearest_mse, kept_mse))
+    return AdaroundResult(tuple(rounded), skipped, time.perf_counter() - start)
+
+
+def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_batches: int | None = None,
+                   transform=None, max_rows: int = 4096, memory_limit: int = 1 << 30) -> SequentialMSEResult:
+    """Sequential MSE on a calibrated ONNX ``sim`` (``lowbit.sequential_mse``'s search): per Conv and
+    Gemm in graph order, each output channel's weight range is chosen among ``num_candidates``
+    shrunk ranges by the ``loss`` of the layer's output on rows of its quantized input; the choice is
+    frozen into the weight quantizer. Activation encodings are left as calibrated."""
+    check_options(loss, num_candidates, max_rows)
+    start = time.perf_counter()
+    rows, layers, skipped = _prepare(sim, data, transform, num_batches)
+    generator = torch.Generator().manual_seed(0)
+    optimized, before, after = [], [], []
+    for layer, quantizer in layers:
+        weight = layer.weight.float()
+        bias = None if layer.bias is None else layer.bias.float()
+        layer_output = lambda inputs, quantized: rows_forward(inputs, quantized, bias, layer.groups)
+        spec = _in_layout(quantizer.encoding, layer).spec
+        with rows.collect(layer, max_rows, memory_limit, generator, "sequential mse") as cache:
+            current = output_error(fake_quantize(weight, _in_layout(quantizer.encoding, layer)),
+                                   lambda: cache.chunks("cpu"), layer_output)
+            search = search_weight_encoding(weight, spec, lambda: cache.chunks("cpu"), layer_output,
+                                            num_candidates, loss)
+        quantizer.freeze(dataclasses.replace(search.encoding, spec=quantizer.spec))
+        sim.weights_changed()
+        optimized.append(layer.name)
+        before.append(current.mse)
+        after.append(search.error.mse)
+    return SequentialMSEResult(tuple(optimized), tuple(before), tuple(after), skipped, time.perf_counter() - start)
+
+
+def _prepare(sim, data, transform, num_batches):
+    """Rows collector, the (layer, weight quantizer) pairs to optimise in graph order, and the skipped
+    weight-quantized nodes with the reason."""
+    if not sim.is_calibrated:
+        raise NotCalibratedError("this technique needs a calibrated sim: call sim.calibrate(data) first")
+    feeds = sim.feeds_of(data, transform, num_batches)
+    if not feeds:
+        raise DataError("no batch of data was produced")
+    reference = onnx.ModelProto()
+    reference.CopyFrom(sim.model)
+    facts = GraphFacts(sim.model)
+    quantizers = sim.quantizers()
+    weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}
+    layers: list[tuple[WeightedLayer, object]] = []
+    skipped: dict[str, str] = {}
+    for node in facts.graph.node:
+        if node.name not in weights:
+            continue
+        layer = weighted_layer(facts, node)
+        reason = f"{node.op_type} is not a Conv or Gemm with its own weight" if layer is None \
+            else rows_unsupported(layer)
+        if reason is None and weights[node.name].spec.axis not in (None, _channel_axis(layer)):
+            reason = f"per-channel weight encodings on axis {weights[node.name].spec.axis}, not the output channels"
+        if reason is None:
+            layers.append((layer, weights[node.name]))
+        else:
+            skipped[node.name] = reason
+    return LayerRows(sim, feeds, reference), layers, skipped
+
+
+def _channel_axis(layer: WeightedLayer) -> int:
+    """Output-channel axis of the stored weight."""
+    return 1 if layer.transposed else 0
+
+
+def _in_layout(encoding: Encoding, layer: WeightedLayer) -> Encoding:
+    """``encoding`` for the weight in the techniques' layout (``[out, ...]``: axis 0 where per channel)."""
+    if encoding.spec.axis is None or not layer.transposed:
+        return encoding
+    return dataclasses.replace(encoding, spec=dataclasses.replace(encoding.spec, axis=0))
