@@ -112,6 +112,17 @@ def test_quantize_onnx_file(npy, tmp_path):
     assert "top-1 agreement 100.00%" in result.output
 
 
+def test_quantize_onnx_file_with_every_technique(npy, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(["quantize", tiny_onnx(tmp_path / "tiny.onnx"), "--data", npy, "--out", out, "--weights", "4",
+                     "--techniques", "equalize,sequential_mse,bias_correction"])
+    assert_exported(result, out)
+    assert "| technique | equalize: 4 layer groups" in result.output
+    assert "| technique | sequential mse: 13 layers" in result.output
+    assert "| technique | bias correction (empirical): 13 layers" in result.output
+    assert "top-1 agreement 100.00%" in result.output
+
+
 def test_onnx_file_with_data_of_the_wrong_shape_is_one_line_error(tmp_path, capsys):
     data = tmp_path / "wrong.npy"
     np.save(data, np.zeros((4, 3, 32, 30), dtype=np.float32))

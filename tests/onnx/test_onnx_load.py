@@ -51,6 +51,18 @@ def test_constant_weights_become_initializers_and_outputs_are_unchanged(tmp_path
     np.testing.assert_array_equal(run(loaded, x), run(original, x))
 
 
+def test_tensors_shared_through_identity_nodes_get_initializers_of_their_own():
+    # exporters write equal tensors once and hand them to each reader through Identity nodes
+    model = conv_bn_model(weights_as_constants=False)
+    model.graph.node.insert(0, helper.make_node("Identity", ["w"], ["w_shared"], name="share_w"))
+    model.graph.node[1].input[1] = "w_shared"
+    loaded = load_model(model)
+    assert "Identity" not in [n.op_type for n in loaded.graph.node]
+    assert loaded.graph.node[0].input[1] == "w_shared" and "w_shared" in {t.name for t in loaded.graph.initializer}
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run(loaded, x), run(model, x))
+
+
 def test_shapes_are_inferred_and_the_callers_proto_is_not_modified():
     original = conv_bn_model()
     loaded = load_model(original)

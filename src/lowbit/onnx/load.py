@@ -87,15 +87,22 @@ def name_nodes(proto: onnx.ModelProto) -> None:
 
 
 def constants_to_initializers(proto: onnx.ModelProto) -> int:
-    """Move the tensors of top-level Constant nodes into initializers (in place); returns how many."""
+    """Move the tensors of top-level Constant nodes, and of Identity nodes reading an initializer (how
+    exporters share equal tensors), into initializers of their own (in place); returns how many."""
     graph, kept, moved = proto.graph, [], 0
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
     for node in graph.node:
         tensor = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(initializers[node.input[0]])
         if tensor is None:
             kept.append(node)
             continue
         tensor.name = node.output[0]
         graph.initializer.append(tensor)
+        initializers[tensor.name] = graph.initializer[-1]
         moved += 1
     if moved:
         del graph.node[:]
