@@ -1,16 +1,20 @@
 """The ONNX front end against the PyTorch front end on the real MobileNetV2, same photos, one run.
 
-The ONNX model is the torch front end's FP32 export (BatchNorm folded by the exporter). Per front end
-and scheme: top-1 agreement with FP32 and mean KL of the exported QDQ model run in onnxruntime
-(256 calibration / 512 evaluation images, as bench_ptq), calibration wall time, and for the ONNX
-front end calibration throughput over FP32 onnxruntime inference throughput on the same batches
-(goal ≥ 0.7).
+The ONNX model is MobileNetV2 exported with every BatchNormalization kept (as Paddle and some TF
+converters write it: the ONNX front end folds them). Per front end and setting: top-1 agreement with
+FP32 and mean KL of the exported QDQ model run in onnxruntime (256 calibration / 512 evaluation
+images, as bench_ptq), wall time, and for the ONNX front end calibration throughput over FP32
+onnxruntime inference throughput on the same batches (goal ≥ 0.7). Both front ends run AdaRound
+layer by layer here (the ONNX front end's only granularity so far).
 
-    .venv/bin/python bench/bench_onnx_frontend.py
+    .venv/bin/python bench/bench_onnx_frontend.py                          # every setting
+    .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-minmax,w8a8-equalize-bias-correction
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import tempfile
 import time
@@ -23,10 +27,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
+import lowbit.frontend  # noqa: E402
 from lowbit.runtime import session  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
-SCHEMES = ("minmax", "mean_minmax")
+SETTINGS = {
+    "w8a8-minmax": (8, "minmax", ()),
+    "w8a8-mean-minmax": (8, "mean_minmax", ()),
+    "w8a8-equalize-bias-correction": (8, "minmax", ("equalize", "bias_correction")),
+    "w4a8-sequential-mse-adaround-layer": (4, "minmax", ("sequential_mse", "adaround")),
+}
+"""Setting → (weight bits, activation scheme, techniques)."""
+ONNX_MODEL = "torch.onnx.export, BatchNormalization kept"
 EVALUATION_IMAGES = 512
 N_LABELLED = 20
 
@@ -43,36 +55,69 @@ def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
             "mean_kl": float((log_p.exp() * (log_p - log_q)).sum(1).mean())}
 
 
+def quantize(source, calib, bits: int, scheme: str, techniques: tuple[str, ...]):
+    """``lowbit.quantize`` with AdaRound layer by layer on either front end."""
+    if "adaround" not in techniques or lowbit.frontend.is_onnx_model(source):
+        return lowbit.quantize(source, calib, param_bits=bits, scheme=scheme, techniques=techniques)
+    sim = lowbit.quantize(source, calib, param_bits=bits, scheme=scheme,
+                          techniques=[t for t in techniques if t != "adaround"])
+    result = lowbit.adaround(sim, calib, granularity="layer")
+    sim.calibrate(calib)
+    sim.technique_results += (str(result),)
+    return sim
+
+
+def bn_kept_export(model, path: Path) -> Path:
+    """``model`` in ONNX with its BatchNormalization nodes kept (no exporter folding)."""
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}})
+    return path
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(SETTINGS), help="comma-separated settings")
+    args = parser.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting {unknown[0]}; choose from {', '.join(SETTINGS)}")
     _common.setup_threads()
     model = pretrained_mobilenet_v2().eval()
     calib = _common.calibration_batches(n_images=256)
     evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
     with torch.no_grad():
         fp32 = torch.cat([model(b) for b in evals])
-    rows, results = [], {}
+    path = _common.RESULTS / "bench_onnx_frontend.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    results = previous.get("rows", {}) if previous.get("onnx_model") == ONNX_MODEL else {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_onnx = lowbit.quantize(model, calib[:1]).export(Path(tmp) / "fp32", "mobilenet_v2").onnx
-        fp32_seconds = min(_common.median_time(lambda: onnx_outputs(fp32_onnx, calib), repeats=1)[1])
-        for scheme in SCHEMES:
-            for front_end, source in (("pytorch", model), ("onnx", fp32_onnx)):
+        onnx_path = bn_kept_export(model, Path(tmp) / "mobilenet_v2_bn.onnx")
+        fp32_seconds = min(_common.median_time(lambda: onnx_outputs(onnx_path, calib), repeats=1)[1])
+        for name in names:
+            bits, scheme, techniques = SETTINGS[name]
+            for front_end, source in (("pytorch", model), ("onnx", str(onnx_path))):
                 start = time.perf_counter()
-                sim = lowbit.quantize(source, calib, scheme=scheme)
+                sim = quantize(source, calib, bits, scheme, techniques)
                 seconds = time.perf_counter() - start
-                paths = sim.export(Path(tmp) / f"{front_end}-{scheme}", "mobilenet_v2")
+                paths = sim.export(Path(tmp) / f"{front_end}-{name}", "mobilenet_v2")
                 result = {**figures(onnx_outputs(paths.qdq_onnx, evals), fp32), "quantize_seconds": seconds,
-                          "calibration_seconds": sim.calibration_seconds}
+                          "calibration_seconds": sim.calibration_seconds, "results": list(sim.technique_results)}
                 if front_end == "onnx":
                     result["calibration_over_fp32_throughput"] = fp32_seconds / sim.calibration_seconds
-                results[f"{front_end}-{scheme}"] = result
-                ratio = f"{result['calibration_over_fp32_throughput']:.2f}" if front_end == "onnx" else ""
-                rows.append([front_end, scheme, f"{result['top1_agreement']:.1%}", f"{result['mean_kl']:.4f}",
-                             f"{sim.calibration_seconds:.1f}", ratio])
-    _common.print_table(["front end", "scheme", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
-                         "calibration s", "calibration / FP32 throughput (goal ≥ 0.7)"], rows)
+                results[f"{front_end}-{name}"] = result
+                print(f"{front_end}-{name}: {result['top1_agreement']:.1%} | {' | '.join(sim.technique_results)}",
+                      flush=True)
+    rows = [[key.split("-", 1)[0], key.split("-", 1)[1], f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}",
+             f"{r['quantize_seconds']:.0f}", f"{r['calibration_over_fp32_throughput']:.2f}"
+             if "calibration_over_fp32_throughput" in r else ""] for key, r in results.items()]
+    _common.print_table(["front end", "setting", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
+                         "quantize s", "calibration / FP32 throughput (goal ≥ 0.7)"], rows)
     path = _common.write_results("bench_onnx_frontend", {
-        "model": "mobilenet_v2 (pretrained)", "calibration_images": 256, "evaluation_images": EVALUATION_IMAGES,
-        "fp32_onnxruntime_seconds_over_calibration_batches": fp32_seconds, "rows": results})
+        "model": "mobilenet_v2 (pretrained)", "onnx_model": ONNX_MODEL, "calibration_images": 256,
+        "evaluation_images": EVALUATION_IMAGES, "fp32_onnxruntime_seconds_over_calibration_batches": fp32_seconds,
+        "rows": results})
     print(f"\nwrote {path}")
 
 
