@@ -7,9 +7,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 import lowbit
+from lowbit.quant.fake_quant import fake_quantize
 from lowbit.runtime import session
 from lowbit.zoo import TransformerEncoderNet
 
@@ -54,6 +56,47 @@ def test_transformer_encoder_quantizes_without_touching_the_mask(encoder_path):
     fp32 = session(encoder_path)
     for batch in token_batches(2):
         assert relative_error(sim(batch)[0], fp32.run(None, batch)[0]) <= 0.1
+
+
+def test_sequential_mse_and_adaround_round_the_encoders_matmuls(encoder_path):
+    fp32 = session(encoder_path)
+    held_out = token_batches(6)[4:]
+
+    def error(sim) -> float:
+        return float(np.mean([relative_error(sim(b)[0], fp32.run(None, b)[0]) for b in held_out]))
+
+    plain = lowbit.quantize(encoder_path, token_batches(), target="transformer", param_bits=4)
+    sim = lowbit.quantize(encoder_path, token_batches(), target="transformer", param_bits=4,
+                          techniques=["sequential_mse"])
+    result = lowbit.adaround(sim, token_batches(), num_iterations=200)
+    sim.calibrate(token_batches())
+    assert sum(r.names[0].endswith("/MatMul") for r in result.layers) == 12
+    assert len(result.layers) == 13 and list(result.skipped) == ["/embedding/Gather"]
+    assert error(sim) < error(plain)
+
+
+def test_bias_correction_of_a_matmul_corrects_the_add_after_it(encoder_path):
+    sim = lowbit.quantize(encoder_path, token_batches(), target="transformer", param_bits=4)
+    fc2 = next(n for n in sim.model.graph.node if n.name == "/layers.1/fc2/MatMul")
+    add = next(n for n in sim.model.graph.node if fc2.output[0] in n.input)
+    weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in sim.model.graph.initializer}
+    bias_name = next(i for i in add.input if i in weights)
+    # second method: the layer's whole quantized input, read from the QDQ graph and averaged in numpy
+    qdq = sim.split().qdq_model
+    probe_input = next(n for n in qdq.graph.node if n.name == fc2.name).input[0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(qdq)
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(probe_input))
+    runtime = session(probe.SerializeToString())
+    rows = np.concatenate([runtime.run(None, b)[0].reshape(-1, weights[fc2.input[1]].shape[0]) for b in token_batches()])
+    quantized = fake_quantize(torch.from_numpy(weights[fc2.input[1]]).float(),
+                              sim.quantizers()[fc2.input[1]].encoding).double().numpy()
+    expected_shift = rows.astype(np.float64).mean(axis=0) @ (quantized - weights[fc2.input[1]])
+    result = lowbit.correct_bias(sim, token_batches())
+    assert fc2.name in result.corrected and result.skipped == ("/embedding/Gather",)
+    corrected = next(numpy_helper.to_array(t) for t in sim.model.graph.initializer if t.name == bias_name)
+    np.testing.assert_allclose(weights[bias_name] - corrected, expected_shift, rtol=1e-4, atol=1e-6)
 
 
 def _tensors_computed_only_from(graph: onnx.GraphProto, source: str) -> set[str]:

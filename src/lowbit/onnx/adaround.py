@@ -32,7 +32,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
              seed: int = 0) -> AdaroundResult:
-    """AdaRound (Nagel et al. 2020) on every weight-quantized Conv (1-D/2-D) and Gemm of a calibrated
+    """AdaRound (Nagel et al. 2020) on every weight-quantized Conv (1-D/2-D), Gemm and MatMul (2-D
+    weight) of a calibrated
     ONNX ``sim``, layer by layer (``lowbit.adaround``'s ``granularity="layer"``: the same rows, loss
     after the Relu/Clip fused into the layer, optimiser, early stop and nearest-rounding fallback).
     The chosen weights (on the grid) replace the initializers and their encodings are frozen, so
@@ -49,7 +50,7 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         encoding = _in_layout(quantizer.encoding, layer)
         with rows.collect(layer, max_rows, memory_limit, generator, "adaround inputs") as cache:
             kept, run, nearest_mse, kept_mse = round_on_rows(
-                layer.weight.float(), None if layer.bias is None else layer.bias.float(), layer.groups, encoding,
+                layer.weight.float(), None if layer.inner_bias is None else layer.inner_bias.float(), layer.groups, encoding,
                 cache, following_activation(facts, layer), num_iterations, batch_rows, learning_rate, reg_weight,
                 warm_start, generator, f"at layer {layer.name!r}")
         layer.weight = kept.to(torch.float64)
@@ -62,8 +63,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
 
 def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_batches: int | None = None,
                    transform=None, max_rows: int = 4096, memory_limit: int = 1 << 30) -> SequentialMSEResult:
-    """Sequential MSE on a calibrated ONNX ``sim`` (``lowbit.sequential_mse``'s search): per Conv and
-    Gemm in graph order, each output channel's weight range is chosen among ``num_candidates``
+    """Sequential MSE on a calibrated ONNX ``sim`` (``lowbit.sequential_mse``'s search): per Conv, Gemm
+    and MatMul in graph order, each output channel's weight range is chosen among ``num_candidates``
     shrunk ranges by the ``loss`` of the layer's output on rows of its quantized input; the choice is
     frozen into the weight quantizer. Activation encodings are left as calibrated."""
     check_options(loss, num_candidates, max_rows)
@@ -73,7 +74,7 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
     optimized, before, after = [], [], []
     for layer, quantizer in layers:
         weight = layer.weight.float()
-        bias = None if layer.bias is None else layer.bias.float()
+        bias = None if layer.inner_bias is None else layer.inner_bias.float()
         layer_output = lambda inputs, quantized: rows_forward(inputs, quantized, bias, layer.groups)
         spec = _in_layout(quantizer.encoding, layer).spec
         with rows.collect(layer, max_rows, memory_limit, generator, "sequential mse") as cache:
@@ -108,7 +109,7 @@ def _prepare(sim, data, transform, num_batches):
         if node.name not in weights:
             continue
         layer = weighted_layer(facts, node)
-        reason = f"{node.op_type} is not a Conv or Gemm with its own weight" if layer is None \
+        reason = f"{node.op_type} is not a Conv, Gemm or MatMul with its own weight" if layer is None \
             else rows_unsupported(layer)
         if reason is None and weights[node.name].spec.axis not in (None, _channel_axis(layer)):
             reason = f"per-channel weight encodings on axis {weights[node.name].spec.axis}, not the output channels"

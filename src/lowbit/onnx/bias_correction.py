@@ -4,7 +4,9 @@ the simulated (QDQ) graph, reduced inside the graph, and the math in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from onnx import helper, numpy_helper
 
 from lowbit.algorithms.bias_correction import BiasCorrectionResult, correct_bias_, expected_output_shift
 from lowbit.errors import DataError, NotCalibratedError
@@ -15,17 +17,18 @@ from lowbit.progress import progress
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.runtime import session
 
-_MEAN = "_lowbit_channel_mean"
+_SUM, _SHAPE = "_lowbit_channel_sum", "_lowbit_input_shape"
 
 
 def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> BiasCorrectionResult:
-    """Empirical bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized Conv
-    and Gemm nodes: ``bias −= (W_q − W) E[x]``, as ``lowbit.correct_bias`` does for PyTorch.
+    """Empirical bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized
+    Conv, Gemm and MatMul nodes: ``bias −= (W_q − W) E[x]``, as ``lowbit.correct_bias`` does for PyTorch
+    (a MatMul's bias is the constant of the Add that alone reads its output).
 
     E[x] per input channel is the mean of the layer's input in the simulated graph (every quantizer
     active) over one pass over ``data``, taken inside onnxruntime (ReduceMean), before any correction.
-    Weight-quantized layers of other types (ConvTranspose, MatMul, Gather) or with a shared weight
-    are skipped and named. NotCalibratedError on an uncalibrated sim; DataError on empty data.
+    Other weight-quantized layers (ConvTranspose, Gather, a MatMul without such an Add, a shared
+    weight) are skipped and named. NotCalibratedError on an uncalibrated sim; DataError on empty data.
     """
     if not sim.is_calibrated:
         raise NotCalibratedError("bias correction needs a calibrated sim: call sim.calibrate(data) first")
@@ -35,7 +38,10 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     skipped = []
     for point in [p for p in sim.points if p.role == "weight"]:
         layer = weighted_layer(facts, nodes[point.node])
-        (layers if layer is not None else skipped).append(layer or point.node)
+        if layer is None or layer.ensure_bias() is None:
+            skipped.append(point.node)
+        else:
+            layers.append(layer)
     feeds = sim.feeds_of(data, transform, num_batches)
     if not feeds:
         raise DataError("bias correction needs data: no batch was produced")
@@ -48,7 +54,7 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
         quantized = fake_quantize(stored.float(), weights[layer.name].encoding).to(torch.float64)
         error = quantized.T if layer.transposed else quantized
         shift = expected_output_shift(error - layer.weight, means[layer.name], layer.groups)
-        correct_bias_(layer.ensure_bias(), shift)
+        correct_bias_(layer.bias, shift)
         layer.write(facts.graph, facts)
         shifts.append(shift.abs())
     sim.weights_changed()
@@ -57,12 +63,14 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
 
 
 def weight_as_stored(layer: WeightedLayer) -> torch.Tensor:
-    """The layer's weight in the initializer's layout (a Gemm without transB: ``[in, out]``)."""
+    """The layer's weight in the initializer's layout (a Gemm without transB, a MatMul: ``[in, out]``)."""
     return layer.weight.T if layer.transposed else layer.weight
 
 
 def _input_means(sim, layers: list[WeightedLayer], feeds: list[dict]) -> dict[str, torch.Tensor]:
-    """Per layer, E[x] per input channel of its input in the QDQ graph, averaged over every batch."""
+    """Per layer, E[x] per input channel (axis 1 of a Conv's input, the last axis of a Gemm's or
+    MatMul's) of its input in the QDQ graph, over every position of every batch: the graph returns
+    each layer's per-channel sums (ReduceSum, on a ``[-1, channels]`` view past a Conv) and shape."""
     model = sim.split().qdq_model
     qdq_nodes = {node.name: node for node in model.graph.node}
     probe = type(model)()
@@ -70,16 +78,25 @@ def _input_means(sim, layers: list[WeightedLayer], feeds: list[dict]) -> dict[st
     del probe.graph.output[:]
     outputs = []
     for layer in layers:
-        spatial = list(range(2, layer.weight.dim())) if layer.node.op_type == "Conv" else []
-        add_reduction(probe, "ReduceMean", qdq_nodes[layer.name].input[0], [0, *spatial], layer.name + _MEAN)
-        outputs.append(layer.name + _MEAN)
+        tensor = qdq_nodes[layer.name].input[0]
+        if layer.node.op_type == "Conv":
+            axes = [0, *range(2, layer.weight.dim())]
+        else:
+            shape = probe.graph.initializer.add()
+            shape.CopyFrom(numpy_helper.from_array(np.array([-1, layer.in_channels], dtype=np.int64),
+                                                   layer.name + _SUM + "_rows"))
+            probe.graph.node.append(helper.make_node("Reshape", [tensor, shape.name], [shape.name + "_view"]))
+            tensor, axes = shape.name + "_view", [0]
+        add_reduction(probe, "ReduceSum", tensor, axes, layer.name + _SUM)
+        probe.graph.node.append(helper.make_node("Shape", [tensor], [layer.name + _SHAPE]))
+        probe.graph.output.append(helper.make_empty_tensor_value_info(layer.name + _SHAPE))
+        outputs += [layer.name + _SUM, layer.name + _SHAPE]
     runtime = session(probe.SerializeToString(), threads=sim.threads)
     totals = [torch.zeros(layer.in_channels, dtype=torch.float64) for layer in layers]
-    count = 0
+    counts = [0] * len(layers)
     for feed in progress(feeds, "bias correction", len(feeds)):
-        batch = next(iter(feed.values())).shape[0]
-        for total, value in zip(totals, runtime.run(outputs, feed)):
-            total += torch.from_numpy(value).to(torch.float64) * batch
-        count += batch
-    return {layer.name: total / count for layer, total in zip(layers, totals)}
-
+        values = runtime.run(outputs, feed)
+        for index, layer in enumerate(layers):
+            totals[index] += torch.from_numpy(values[2 * index]).to(torch.float64)
+            counts[index] += int(np.prod(values[2 * index + 1])) // layer.in_channels
+    return {layer.name: total / count for layer, total, count in zip(layers, totals, counts)}

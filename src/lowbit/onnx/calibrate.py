@@ -22,7 +22,7 @@ _MIN, _MAX = "_lowbit_sample_min", "_lowbit_sample_max"
 def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]], feeds: list[dict],
             threads: int | None, budget: int = DEFAULT_BUDGET_BYTES, progress=lambda it, total: it) -> None:
     """Feed every batch of ``feeds`` to the estimators of each named tensor."""
-    ranks = _ranks(model)
+    ranks = tensor_ranks(model)
     reduced = [n for n, group in estimators.items()
                if ranks.get(n, 0) >= 2 and all(e.takes_extremes and e.spec.axis is None for e in group)]
     exposed = [n for n in estimators if n not in reduced]
@@ -66,7 +66,7 @@ def add_reduction(model: onnx.ModelProto, op_type: str, tensor: str, axes: list[
     """Append (in place) a Reduce* node of ``tensor`` over ``axes`` (no kept dims) as graph output ``output``."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    if opset >= 18:
+    if opset >= (13 if op_type == "ReduceSum" else 18):  # the opsets that moved axes to an input
         graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), output + "_axes"))
         graph.node.append(helper.make_node(op_type, [tensor, output + "_axes"], [output], keepdims=0))
     else:
@@ -92,7 +92,7 @@ def _values(model: onnx.ModelProto):
     return [*model.graph.input, *model.graph.value_info, *model.graph.output]
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+def tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Rank of each tensor with a known shape."""
     return {v.name: len(v.type.tensor_type.shape.dim) for v in _values(model) if v.type.tensor_type.HasField("shape")}
 

@@ -71,7 +71,7 @@ def _chains(facts: GraphFacts) -> list[tuple[list[WeightedLayer], list[_Link]]]:
     layers = {}
     for node in facts.graph.node:
         layer = weighted_layer(facts, node)
-        if layer is not None and (layer.groups == 1 or layer.depthwise):
+        if layer is not None and layer.node.op_type != "MatMul" and (layer.groups == 1 or layer.depthwise):
             layers[node.output[0]] = layer
     successor: dict[str, tuple[str, _Link]] = {}
     for key, layer in layers.items():

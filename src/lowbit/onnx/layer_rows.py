@@ -23,7 +23,7 @@ from lowbit.runtime import session
 def row_layer(layer: WeightedLayer) -> nn.Module:
     """A bias-free torch layer with ``layer``'s geometry and no padding (see :func:`padded`)."""
     weight = layer.weight
-    if layer.node.op_type == "Gemm":
+    if layer.node.op_type != "Conv":
         return nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     kernel = tuple(weight.shape[2:])
     conv = nn.Conv1d if len(kernel) == 1 else nn.Conv2d
@@ -40,7 +40,7 @@ def rows_unsupported(layer: WeightedLayer) -> str | None:
 
 def padded(layer: WeightedLayer, x: torch.Tensor) -> torch.Tensor:
     """``x`` zero-padded as the Conv node pads it (explicit ``pads``, or ``auto_pad`` SAME_UPPER /
-    SAME_LOWER from the input size); Gemm inputs unchanged."""
+    SAME_LOWER from the input size); Gemm and MatMul inputs unchanged."""
     if layer.node.op_type != "Conv":
         return x
     kernel = layer.weight.shape[2:]
@@ -107,7 +107,7 @@ class LayerRows:
             x = padded(layer, torch.from_numpy(quantized.run(None, feed)[0]))
             y = torch.from_numpy(reference.run(None, feed)[0])
             if cache is None:
-                channel_axis = -1 if layer.node.op_type == "Gemm" else 1
+                channel_axis = 1 if layer.node.op_type == "Conv" else -1
                 positions = y.numel() // y.shape[channel_axis]
                 per_batch = min(positions, math.ceil(max_rows / len(self.feeds)))
                 probe, _ = sample_rows(torch_layer, x[:1], y[:1], 1, generator)

@@ -1,5 +1,6 @@
-"""Conv and Gemm nodes seen as the techniques see a layer: a weight ``[out, in/groups, *kernel]`` and a
-bias ``[out]`` as torch tensors, read from and written back to the graph's initializers."""
+"""Conv, Gemm and MatMul nodes seen as the techniques see a layer: a weight ``[out, in/groups, *kernel]``
+and a bias ``[out]`` as torch tensors, read from and written back to the graph's initializers (a
+MatMul's bias is the constant operand of an Add that alone reads its output, where there is one)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from lowbit.onnx.plan import GraphFacts
 
 @dataclass
 class WeightedLayer:
-    """One Conv or Gemm whose weight is an initializer only it reads; ``weight`` and ``bias`` are
-    float64 copies in the techniques' layout (a Gemm without transB stores its weight transposed)."""
+    """One Conv, Gemm or MatMul whose weight is an initializer only it reads; ``weight`` and ``bias``
+    are float64 copies in the techniques' layout (a Gemm without transB and a MatMul store their
+    weight transposed); ``bias_reader`` is the node reading the bias (the layer, or a MatMul's Add)."""
 
     node: onnx.NodeProto
     weight: torch.Tensor
@@ -25,6 +27,12 @@ class WeightedLayer:
     groups: int
     transposed: bool
     dtype: np.dtype
+    bias_reader: onnx.NodeProto | None = None
+
+    @property
+    def inner_bias(self) -> torch.Tensor | None:
+        """The bias the node itself adds (None for a MatMul, whose Add comes after its output)."""
+        return None if self.node.op_type == "MatMul" else self.bias
 
     @property
     def name(self) -> str:
@@ -42,7 +50,7 @@ class WeightedLayer:
 
     def zero_free(self) -> bool:
         """Whether the layer adds no padding (a constant input shift maps to a constant output shift)."""
-        if self.node.op_type == "Gemm":
+        if self.node.op_type != "Conv":
             return True
         auto_pad = attribute(self.node, "auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -50,9 +58,9 @@ class WeightedLayer:
             return not any(attribute(self.node, "pads", []))
         return auto_pad == "VALID" or all(k == 1 for k in self.weight.shape[2:])
 
-    def ensure_bias(self) -> torch.Tensor:
-        """The bias, created as zeros where the layer has none."""
-        if self.bias is None:
+    def ensure_bias(self) -> torch.Tensor | None:
+        """The bias, created as zeros where a Conv or Gemm has none (a MatMul without Add: None)."""
+        if self.bias is None and self.node.op_type != "MatMul":
             self.bias = torch.zeros(self.weight.shape[0], dtype=torch.float64)
         return self.bias
 
@@ -63,37 +71,46 @@ class WeightedLayer:
         facts.initializers[name].CopyFrom(numpy_helper.from_array(weight.numpy().astype(self.dtype), name))
         if self.bias is None:
             return
-        if len(self.node.input) > 2 and self.node.input[2] and len(facts.consumers[self.node.input[2]]) == 1:
-            bias_name = self.node.input[2]
-            facts.initializers[bias_name].CopyFrom(
-                numpy_helper.from_array(self.bias.numpy().astype(self.dtype), bias_name))
+        reader = self.bias_reader or self.node
+        position = 2 if reader is self.node else next(i for i, n in enumerate(reader.input)
+                                                      if n in facts.initializers)
+        current = reader.input[position] if len(reader.input) > position else ""
+        if current and len(facts.consumers[current]) == 1:
+            facts.initializers[current].CopyFrom(numpy_helper.from_array(self.bias.numpy().astype(self.dtype), current))
             return
         bias_name = f"{self.name}_lowbit_bias"
-        tensor = numpy_helper.from_array(self.bias.numpy().astype(self.dtype), bias_name)
-        graph.initializer.append(tensor)
+        graph.initializer.append(numpy_helper.from_array(self.bias.numpy().astype(self.dtype), bias_name))
         facts.initializers[bias_name] = graph.initializer[-1]
-        facts.consumers[bias_name] = [self.node]
-        if len(self.node.input) > 2:
-            self.node.input[2] = bias_name
+        facts.consumers[bias_name] = [reader]
+        if current:
+            facts.consumers[current].remove(reader)
+            reader.input[position] = bias_name
         else:
-            self.node.input.append(bias_name)
+            reader.input.append(bias_name)
 
 
 def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | None:
-    """``node`` as a WeightedLayer, or None: not a Conv or Gemm, a weight that is no initializer or is
-    shared, a Gemm with transA, alpha ≠ 1, or a bias it scales or broadcasts."""
-    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in facts.initializers:
+    """``node`` as a WeightedLayer, or None: not a Conv, Gemm or MatMul, a weight that is no
+    initializer or is shared (MatMul: not 2-D), a Gemm with transA, alpha ≠ 1, or a bias it scales or
+    broadcasts."""
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in facts.initializers:
         return None
     if len(facts.consumers[node.input[1]]) != 1:
         return None
     stored = numpy_helper.to_array(facts.initializers[node.input[1]])
     weight = torch.from_numpy(stored.astype(np.float64))
-    transposed = False
+    transposed = node.op_type == "MatMul"
+    if node.op_type in ("Gemm", "MatMul") and weight.dim() != 2:
+        return None
     if node.op_type == "Gemm":
-        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or weight.dim() != 2:
+        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0:
             return None
         transposed = not attribute(node, "transB", 0)
-        weight = weight.T.contiguous() if transposed else weight
+    weight = weight.T.contiguous() if transposed else weight
+    if node.op_type == "MatMul":
+        add = _bias_add(facts, node, weight.shape[0])
+        bias = None if add is None else _vector(facts, next(i for i in add.input if i in facts.initializers))
+        return WeightedLayer(node, weight, bias, 1, True, stored.dtype, add)
     bias = None
     if len(node.input) > 2 and node.input[2]:
         tensor = facts.initializers.get(node.input[2])
@@ -101,6 +118,21 @@ def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | N
             return None
         if node.op_type == "Gemm" and attribute(node, "beta", 1.0) != 1.0:
             return None
-        bias = torch.from_numpy(numpy_helper.to_array(tensor).astype(np.float64))
+        bias = _vector(facts, node.input[2])
     groups = attribute(node, "group", 1) if node.op_type == "Conv" else 1
     return WeightedLayer(node, weight, bias, groups, transposed, stored.dtype)
+
+
+def _bias_add(facts: GraphFacts, node: onnx.NodeProto, channels: int) -> onnx.NodeProto | None:
+    """The Add that alone reads ``node``'s output and adds a constant ``[channels]`` vector, if any."""
+    readers = facts.consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in facts.graph_outputs:
+        return None
+    constants = [i for i in readers[0].input if i in facts.initializers]
+    if len(constants) != 1 or list(facts.initializers[constants[0]].dims) != [channels]:
+        return None
+    return readers[0]
+
+
+def _vector(facts: GraphFacts, name: str) -> torch.Tensor:
+    return torch.from_numpy(numpy_helper.to_array(facts.initializers[name]).astype(np.float64).reshape(-1))
