@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import lowbit
-from lowbit.errors import NotCalibratedError
+from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.onnx import OnnxQuantSim
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.quant.encodings_file import read_encodings
@@ -92,9 +92,11 @@ def test_sequential_mse_chooses_what_the_torch_front_end_chooses(small_onnx, dat
         assert same.float().mean() >= 0.9, name
 
 
-def test_techniques_need_a_calibrated_sim(small_onnx, data):
+def test_techniques_need_a_calibrated_sim_and_block_rounding_is_refused(small_onnx, data):
     with pytest.raises(NotCalibratedError, match="calibrate"):
         lowbit.adaround(OnnxQuantSim(small_onnx), data)
+    with pytest.raises(SpecError, match="not available for ONNX models yet"):
+        lowbit.adaround(OnnxQuantSim(small_onnx).calibrate(data), data, granularity="block")
 
 
 def test_quantize_with_sequential_mse_and_adaround_exports_what_the_sim_computes(small_onnx, data, tmp_path):

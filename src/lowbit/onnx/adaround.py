@@ -31,15 +31,18 @@ output error, bench/bench_adaround_iterations.py)."""
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
-             seed: int = 0) -> AdaroundResult:
+             seed: int = 0, granularity: str = "layer") -> AdaroundResult:
     """AdaRound (Nagel et al. 2020) on every weight-quantized Conv (1-D/2-D), Gemm and MatMul (2-D
     weight) of a calibrated
     ONNX ``sim``, layer by layer (``lowbit.adaround``'s ``granularity="layer"``: the same rows, loss
     after the Relu/Clip fused into the layer, optimiser, early stop and nearest-rounding fallback).
     The chosen weights (on the grid) replace the initializers and their encodings are frozen, so
-    ``sim.calibrate`` keeps them and export writes them. Other layers are skipped and named."""
+    ``sim.calibrate`` keeps them and export writes them. Other layers are skipped and named;
+    ``granularity`` other than "layer" (block rounding) is refused for now."""
     if num_iterations < 1 or batch_rows < 1 or max_rows < 1:
         raise SpecError("num_iterations, batch_rows and max_rows must be at least 1")
+    if granularity != "layer":
+        raise SpecError(f"adaround granularity {granularity!r} is not available for ONNX models yet; use 'layer'")
     start = time.perf_counter()
     rows, layers, skipped = _prepare(sim, data, transform, num_batches)
     generator = torch.Generator().manual_seed(seed)
