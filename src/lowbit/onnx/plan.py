@@ -161,6 +161,9 @@ def plan_model(model: onnx.ModelProto, target: Target) -> list[QuantPoint]:
             if facts.quantizable(source) and source not in fused:
                 add_activation(source, facts.producer[source].op_type, target.op(facts.producer[source].op_type),
                                "output")
+    if target.model_output_float:
+        returned = {facts.source(output) for output in facts.graph_outputs}
+        points = [p for p in points if not (p.role == "output" and p.key in returned)]
     return points
 
 

@@ -87,6 +87,12 @@ class Target:
         return _flag("is_output_quantized", self._config["model_output"])
 
     @property
+    def model_output_float(self) -> bool:
+        """Whether the tensors the model returns stay float: ``model_output.is_output_quantized`` set to
+        "False" (absent leaves them to their producer's rule, as in AIMET)."""
+        return self._config["model_output"].get("is_output_quantized") == "False"
+
+    @property
     def strict_symmetric(self) -> bool:
         """Whether symmetric signed grids drop their most negative level (e.g. -127..127)."""
         return _flag("strict_symmetric", self._config["defaults"])

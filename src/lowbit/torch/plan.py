@@ -144,4 +144,8 @@ def plan_graph(gm: fx.GraphModule, dtypes: dict[str, torch.dtype], target: Targe
             source = facts.producer(argument)
             if facts.quantizable(source) and source not in quantized_outputs and source not in fused:
                 add_output(source, target.op(facts.op_type[source]), "output")
+    if target.model_output_float:
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        returned = {facts.producer(argument).name for argument in output.all_input_nodes}
+        points = [p for p in points if not (p.role == "output" and p.node in returned)]
     return points
