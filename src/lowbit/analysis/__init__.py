@@ -1,0 +1,5 @@
+"""Where a quantized model loses accuracy: per-layer sensitivity, ranges and histograms, an HTML report."""
+
+from lowbit.analysis.sensitivity import AnalysisResult, LayerSensitivity, analyze
+
+__all__ = ["analyze", "AnalysisResult", "LayerSensitivity"]

@@ -1,0 +1,91 @@
+"""What the report plots per layer: each output channel's weight range, and the float activation's
+histogram with the clipping range its quantizer chose (on the first batch's first samples)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.data import move_call
+
+HISTOGRAM_BINS = 64
+SAMPLES = 8
+"""Samples of the first batch whose activations are kept (float and quantized) for histograms and MSE."""
+
+
+@dataclass
+class ActivationView:
+    """The float values' histogram at one activation quantizer, its clipping range, and the mean squared
+    error of the fully quantized sim's value there against the float model's."""
+
+    key: str
+    counts: list[int]
+    edges: list[float]
+    clip: tuple[float, float]
+    mse: float
+
+
+def weight_ranges(sim, groups) -> dict[str, tuple[list[float], list[float]]]:
+    """Per layer with a weight: each output channel's (min, max), on the quantizer's channel axis."""
+    ranges = {}
+    for group in groups:
+        if not group.weights:
+            continue
+        point = sim.point(group.weights[0])
+        weight = sim.model.get_submodule(point.module).layer.weight.detach().float().cpu()
+        axis = point.spec.axis if point.spec.axis is not None else 0
+        rows = weight.movedim(axis, 0).reshape(weight.shape[axis], -1)
+        ranges[group.name] = (rows.amin(1).tolist(), rows.amax(1).tolist())
+    return ranges
+
+
+def activation_views(sim, call, groups) -> dict[str, ActivationView]:
+    """Per layer with an activation quantizer, the view of its last one on ``call``'s first samples."""
+    keys = {group.activations[-1]: group.name for group in groups if group.activations}
+    quantizers = sim.quantizers()
+    args, kwargs = move_call(*_head(call, SAMPLES), sim._device())
+    floats = _capture(sim, quantizers, keys, args, kwargs, quantized=False)
+    quantized = _capture(sim, quantizers, keys, args, kwargs, quantized=True)
+    views = {}
+    for key, name in keys.items():
+        if key not in floats or key not in quantized:
+            continue
+        values, encoding = floats[key], quantizers[key].encoding
+        clip = (float(encoding.min.min()), float(encoding.max.max()))
+        lo, hi = min(float(values.min()), clip[0]), max(float(values.max()), clip[1])
+        hi = hi if hi > lo else lo + 1.0
+        counts = torch.histc(values, HISTOGRAM_BINS, lo, hi)
+        edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1)
+        mse = float((quantized[key].double() - values.double()).square().mean())
+        views[name] = ActivationView(key, [int(c) for c in counts.tolist()], edges.tolist(), clip, mse)
+    return views
+
+
+def _capture(sim, quantizers, keys, args, kwargs, quantized: bool) -> dict[str, torch.Tensor]:
+    """Float inputs (``quantized=False``: every quantizer off) or quantized outputs of the named quantizers."""
+    captured, hooks = {}, []
+    saved = {key: quantizer.mode for key, quantizer in quantizers.items()}
+    for key in keys:
+        def hook(module, inputs, output, key=key):
+            captured[key] = (output if quantized else inputs[0]).detach().float().cpu().flatten()
+        hooks.append(quantizers[key].register_forward_hook(hook))
+    try:
+        if not quantized:
+            for quantizer in quantizers.values():
+                quantizer.mode = "off"
+        with torch.no_grad():
+            sim.model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for key, quantizer in quantizers.items():
+            quantizer.mode = saved[key]
+    return captured
+
+
+def _head(call, samples: int):
+    """``call`` with every tensor of two or more dimensions cut to its first ``samples`` rows."""
+    cut = lambda value: value[:samples] if isinstance(value, torch.Tensor) and value.dim() >= 2 else value
+    args, kwargs = call
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}

@@ -1,0 +1,162 @@
+"""``lowbit.analyze``: per layer, the score with only that layer quantized and with all but that layer
+quantized (weights and activations, and each alone), its quantized output's MSE against float, its
+per-channel weight ranges and its activation histogram with the clipping range; then the HTML report."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lowbit.analysis.layers import LayerGroup, layer_groups
+from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
+from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
+from lowbit.data import checked_calls, move_call
+from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.progress import progress
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's figures; scores are the metric's (higher is better), None where not applicable."""
+
+    name: str
+    op_type: str
+    quantizers: tuple[str, ...]
+    only: float
+    all_but: float
+    weight_only: float | None = None
+    activation_only: float | None = None
+    output_mse: float | None = None
+    weight_ranges: tuple[list[float], list[float]] | None = None
+    activation: ActivationView | None = None
+
+
+@dataclass
+class AnalysisResult:
+    """``layers`` sorted most sensitive first (lowest score with only that layer quantized)."""
+
+    metric: str
+    float_score: float
+    quantized_score: float
+    layers: list[LayerSensitivity]
+    seconds: float
+    report_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        worst = ", ".join(layer.name for layer in self.layers[:3])
+        return (f"analyze: {len(self.layers)} layers, {self.metric} {self.quantized_score:.4g} quantized "
+                f"(float {self.float_score:.4g}), most sensitive: {worst}; {self.seconds:.0f} s")
+
+
+def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbit-report", num_batches=None,
+            transform=None, **quantize_options) -> AnalysisResult:
+    """Per-layer sensitivity of a calibrated QuantSim (or of a model, quantized here with
+    ``quantize_options``) on ``data``; ``eval_fn(sim) -> float`` (higher is better) or, without it,
+    output SQNR in dB against the float model. Writes ``out_dir/analysis.html``."""
+    from lowbit.analysis.report import write_analysis_report
+    from lowbit.torch.quantsim import QuantSim
+    start = time.perf_counter()
+    calls = list(checked_calls(data, transform, num_batches))
+    if isinstance(model_or_sim, QuantSim):
+        sim = model_or_sim
+        if not sim.is_calibrated:
+            raise NotCalibratedError("analyze needs a calibrated sim: call sim.calibrate(data) first")
+    elif isinstance(model_or_sim, torch.nn.Module):
+        import lowbit
+        sim = lowbit.quantize(model_or_sim, [_batch_of(c) for c in calls], example_input=example_input,
+                              **quantize_options)
+    else:
+        raise SpecError(f"analyze takes a torch QuantSim or nn.Module, not {type(model_or_sim).__name__} "
+                        f"(the ONNX front end is not analysed yet)")
+    if not calls:
+        raise DataError("analyze needs at least one batch of data")
+    groups = layer_groups(sim)
+    score, metric, reference = _scorer(sim, calls, eval_fn)
+    every = set(sim.quantizers())
+    with _enabled(sim, set()):
+        float_score = score()
+    quantized_score = score()
+    layers = []
+    for group in progress(groups, "analyze", len(groups), unit="layer"):
+        layers.append(_layer_figures(sim, group, every, score))
+    views = activation_views(sim, calls[0], groups)
+    ranges = weight_ranges(sim, groups)
+    for layer, group in zip(layers, groups):
+        layer.weight_ranges = ranges.get(group.name)
+        layer.activation = views.get(group.name)
+        layer.output_mse = layer.activation.mse if layer.activation is not None else None
+    layers.sort(key=lambda layer: (_finite(layer.only), -_finite(layer.all_but)))
+    extra = {}
+    if reference is not None:
+        outputs = _outputs(sim, calls)
+        extra = {"kl": mean_kl(reference, outputs), "top1_agreement": top1_agreement(reference, outputs)}
+    result = AnalysisResult(metric, float_score, quantized_score, layers, 0.0, extra=extra)
+    result.seconds = time.perf_counter() - start
+    result.report_path = write_analysis_report(result, Path(out_dir))
+    return result
+
+
+def _layer_figures(sim, group: LayerGroup, every: set[str], score) -> LayerSensitivity:
+    with _enabled(sim, set(group.keys)):
+        only = score()
+    with _enabled(sim, every - set(group.keys)):
+        all_but = score()
+    weight_only = activation_only = None
+    if group.weights and group.activations:
+        with _enabled(sim, set(group.weights)):
+            weight_only = score()
+        with _enabled(sim, set(group.activations)):
+            activation_only = score()
+    elif group.weights:
+        weight_only = only
+    else:
+        activation_only = only
+    return LayerSensitivity(group.name, group.op_type, group.keys, only, all_but, weight_only, activation_only)
+
+
+def _scorer(sim, calls, eval_fn):
+    """(score(), metric name, float reference outputs or None with ``eval_fn``)."""
+    if eval_fn is not None:
+        return (lambda: float(eval_fn(sim))), getattr(eval_fn, "__name__", "eval_fn"), None
+    with _enabled(sim, set()):
+        reference = _outputs(sim, calls)
+    return (lambda: sqnr_db(reference, _outputs(sim, calls))), "output SQNR (dB)", reference
+
+
+def _outputs(sim, calls) -> list[torch.Tensor]:
+    device = sim._device()
+    outputs = []
+    with torch.no_grad():
+        for args, kwargs in calls:
+            args, kwargs = move_call(args, kwargs, device)
+            outputs.append(first_tensor(sim.model(*args, **kwargs)).detach().float().cpu())
+    return outputs
+
+
+@contextmanager
+def _enabled(sim, keys: set[str]):
+    """Only the quantizers named in ``keys`` quantize (those already off stay off); restored after."""
+    quantizers = sim.quantizers()
+    saved = {key: quantizer.mode for key, quantizer in quantizers.items()}
+    try:
+        for key, quantizer in quantizers.items():
+            quantizer.mode = "quantize" if key in keys and saved[key] == "quantize" else "off"
+        yield
+    finally:
+        for key, quantizer in quantizers.items():
+            quantizer.mode = saved[key]
+
+
+def _batch_of(call):
+    args, kwargs = call
+    return kwargs if kwargs else (args[0] if len(args) == 1 else args)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else (1e300 if value > 0 else -1e300)

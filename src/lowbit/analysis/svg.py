@@ -1,0 +1,103 @@
+"""Inline SVG charts for the self-contained HTML reports: labelled axes, no scripts, no network."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+COLOURS = ("#3b6fb6", "#e08a2c", "#4a9d5b", "#b64a4a")
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _finite(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def horizontal_bars(labels: list[str], series: dict[str, list[float | None]], title: str, axis_label: str) -> str:
+    """Grouped horizontal bars, one row per label, one bar per series (inf or None bars are not drawn)."""
+    finite = _finite([v for values in series.values() for v in values]) or [0.0]
+    lo, hi = min(0.0, min(finite)), max(finite)
+    hi = hi if hi > lo else lo + 1.0
+    left, width, bar = 220, 460, 9
+    row = bar * len(series) + 6
+    top = 40
+    height = top + row * len(labels) + 60
+    scale = lambda v: left + (v - lo) / (hi - lo) * width
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{height}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for index, (name, colour) in enumerate(zip(series, COLOURS)):
+        x = left + index * 170
+        parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 14}" y="35" font-size="11">{escape(name)}</text>')
+    for i, label in enumerate(labels):
+        y = top + i * row
+        parts.append(f'<text x="{left - 6}" y="{y + row / 2 + 3}" font-size="10" text-anchor="end">'
+                     f'{escape(label[-36:])}</text>')
+        for j, (values, colour) in enumerate(zip(series.values(), COLOURS)):
+            value = values[i]
+            if value is None or not math.isfinite(value):
+                continue
+            x0, x1 = sorted((scale(0.0 if lo <= 0 <= hi else lo), scale(value)))
+            parts.append(f'<rect x="{x0:.1f}" y="{y + j * bar:.1f}" width="{max(x1 - x0, 1):.1f}" height="{bar - 1}" '
+                         f'fill="{colour}"><title>{escape(label)}: {_number(value)}</title></rect>')
+    axis_y = top + row * len(labels) + 4
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#333"/>')
+    for k in range(5):
+        value = lo + (hi - lo) * k / 4
+        parts.append(f'<text x="{scale(value):.1f}" y="{axis_y + 14}" font-size="10" text-anchor="middle">'
+                     f'{_number(value)}</text>')
+    parts.append(f'<text x="{left + width / 2}" y="{axis_y + 32}" font-size="11" text-anchor="middle">'
+                 f'{escape(axis_label)}</text></svg>')
+    return "".join(parts)
+
+
+def histogram(counts: list[int], edges: list[float], clip: tuple[float, float], title: str) -> str:
+    """Bars of ``counts`` over ``edges`` (log count), with the clipping range as two red lines."""
+    left, width, top, plot = 50, 320, 24, 120
+    lo, hi = edges[0], edges[-1]
+    scale = lambda v: left + (v - lo) / (hi - lo) * width
+    peak = math.log10(max(max(counts), 1) + 1)
+    step = width / len(counts)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{top + plot + 40}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title[-48:])}</text>']
+    for i, count in enumerate(counts):
+        h = math.log10(count + 1) / peak * plot
+        parts.append(f'<rect x="{left + i * step:.1f}" y="{top + plot - h:.1f}" width="{max(step - 0.5, 0.5):.1f}" '
+                     f'height="{h:.1f}" fill="{COLOURS[0]}"/>')
+    for value in clip:
+        parts.append(f'<line x1="{scale(value):.1f}" y1="{top}" x2="{scale(value):.1f}" y2="{top + plot}" '
+                     f'stroke="#d62728" stroke-width="2"><title>clip {_number(value)}</title></line>')
+    parts.append(f'<line x1="{left}" y1="{top + plot}" x2="{left + width}" y2="{top + plot}" stroke="#333"/>'
+                 f'<text x="{left}" y="{top + plot + 14}" font-size="10">{_number(lo)}</text>'
+                 f'<text x="{left + width}" y="{top + plot + 14}" font-size="10" text-anchor="end">{_number(hi)}</text>'
+                 f'<text x="{left + width / 2}" y="{top + plot + 30}" font-size="10" text-anchor="middle">'
+                 f'float value (red: clipping range)</text>'
+                 f'<text x="12" y="{top + plot / 2}" font-size="10" transform="rotate(-90 12 {top + plot / 2})" '
+                 f'text-anchor="middle">log count</text></svg>')
+    return "".join(parts)
+
+
+def channel_ranges(mins: list[float], maxs: list[float], title: str) -> str:
+    """One vertical bar per output channel from its minimum to its maximum weight."""
+    left, width, top, plot = 50, 320, 24, 120
+    lo, hi = min(min(mins), 0.0), max(max(maxs), 0.0)
+    hi = hi if hi > lo else lo + 1.0
+    y = lambda v: top + (hi - v) / (hi - lo) * plot
+    step = width / len(mins)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{top + plot + 40}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title[-48:])}</text>']
+    for i, (a, b) in enumerate(zip(mins, maxs)):
+        parts.append(f'<rect x="{left + i * step:.1f}" y="{y(b):.1f}" width="{max(step - 0.3, 0.4):.1f}" '
+                     f'height="{max(y(a) - y(b), 0.5):.1f}" fill="{COLOURS[1]}"/>')
+    parts.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{left + width}" y2="{y(0):.1f}" stroke="#333"/>'
+                 f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{_number(hi)}</text>'
+                 f'<text x="{left - 4}" y="{top + plot}" font-size="10" text-anchor="end">{_number(lo)}</text>'
+                 f'<text x="{left + width / 2}" y="{top + plot + 30}" font-size="10" text-anchor="middle">'
+                 f'output channel ({len(mins)}); bar: weight min to max</text></svg>')
+    return "".join(parts)

@@ -1,0 +1,144 @@
+"""lowbit.analyze on a small CNN with one planted sensitive layer: the layer is found first, figures
+match a by-hand computation, and the report is one HTML file holding every plot."""
+
+from __future__ import annotations
+
+import math
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.errors import NotCalibratedError, SpecError
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.conv3(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """SmallNet (no biases) whose conv2 output channel 0 is a constant 200 that conv3 never reads: the
+    8-bit range of relu2 is set by it, so every channel that matters gets a coarse grid."""
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    with torch.no_grad():
+        for module in (model.conv1, model.conv2, model.conv3, model.fc):
+            module.bias.zero_()
+        model.conv2.weight[0] = 0
+        model.conv2.bias[0] = 200
+        model.conv3.weight[:, 0] = 0
+    data = [torch.randn(8, 3, 12, 12) for _ in range(3)]
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def analysis(planted, tmp_path_factory):
+    model, data = planted
+    sim = lowbit.quantize(model, data, example_input=data[0][:1])
+    return sim, lowbit.analyze(sim, data, out_dir=tmp_path_factory.mktemp("report"))
+
+
+def _sqnr(reference, output):
+    return 10 * math.log10(float(reference.double().square().sum()) / float((output - reference).double().square().sum()))
+
+
+def test_planted_layer_is_found_first_and_through_its_weights(analysis):
+    _, result = analysis
+    first = result.layers[0]
+    assert first.name == "conv2" and first.quantizers == ("conv2.weight", "relu2")
+    assert first.activation_only < first.weight_only
+    assert [layer.only for layer in result.layers] == sorted(layer.only for layer in result.layers)
+
+
+def test_only_conv1_weights_match_a_by_hand_fake_quantized_weight(analysis, planted):
+    sim, result = analysis
+    model, data = planted
+    encoding = sim.quantizers()["conv1.weight"].encoding
+    scale = encoding.scale.reshape(-1, 1, 1, 1)
+    by_hand = SmallNet().eval()
+    by_hand.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        rounded = torch.round(model.conv1.weight / scale) * scale
+        by_hand.conv1.weight.copy_(torch.maximum(torch.minimum(rounded, encoding.max.reshape(-1, 1, 1, 1)),
+                                                 encoding.min.reshape(-1, 1, 1, 1)))
+        reference = torch.cat([model(x) for x in data])
+        output = torch.cat([by_hand(x) for x in data])
+    conv1 = next(layer for layer in result.layers if layer.name == "conv1")
+    assert conv1.weight_only == pytest.approx(_sqnr(reference, output), abs=1e-3)
+
+
+def test_whole_model_score_and_float_score(analysis, planted):
+    sim, result = analysis
+    model, data = planted
+    with torch.no_grad():
+        reference = torch.cat([model(x) for x in data])
+        output = torch.cat([sim(x) for x in data])
+    assert result.quantized_score == pytest.approx(_sqnr(reference, output), abs=1e-3)
+    assert result.float_score > 100  # the sim with every quantizer off is the float model
+    assert all(q.mode == "quantize" for q in sim.quantizers().values())  # modes restored
+
+
+def test_weight_ranges_and_histograms(analysis, planted):
+    _, result = analysis
+    model, _ = planted
+    conv2 = next(layer for layer in result.layers if layer.name == "conv2")
+    mins, maxs = conv2.weight_ranges
+    torch.testing.assert_close(torch.tensor(maxs), model.conv2.weight.detach().flatten(1).amax(1))
+    torch.testing.assert_close(torch.tensor(mins), model.conv2.weight.detach().flatten(1).amin(1))
+    view = conv2.activation
+    assert view.key.startswith("relu2") and sum(view.counts) == 8 * 8 * 12 * 12
+    assert view.clip[0] <= 0 <= view.clip[1] and view.mse > 0
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.counts, self.errors = [], {}, []
+
+    def handle_starttag(self, tag, attrs):
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        if tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def test_report_is_one_balanced_html_file_with_every_plot(analysis):
+    _, result = analysis
+    text = result.report_path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "http" not in text.replace("http://www.w3.org/2000/svg", "")
+    tags = _Tags()
+    tags.feed(text)
+    assert not tags.errors and not tags.stack
+    with_weights = sum(1 for layer in result.layers if layer.weight_ranges)
+    with_activations = sum(1 for layer in result.layers if layer.activation is not None)
+    assert tags.counts["svg"] == 2 + with_weights + with_activations
+    assert all(layer.name in text for layer in result.layers)
+
+
+def test_bad_input(planted):
+    model, data = planted
+    sim = lowbit.QuantSim(model, data[0][:1])
+    with pytest.raises(NotCalibratedError):
+        lowbit.analyze(sim, data)
+    with pytest.raises(SpecError, match="ONNX"):
+        lowbit.analyze("model.onnx", data)
