@@ -1,4 +1,4 @@
-"""The `lowbit` command: `quantize` a model on your data, or run the `demo`."""
+"""The `lowbit` command: `quantize` a model on your data, `analyze` where it loses accuracy, or run the `demo`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,61 @@ def _summary_table(sim, paths, fidelity) -> str:
     rows += [(f"file {p.name}", f"{p} ({p.stat().st_size / 1024:.1f} KiB)") for p in paths]
     rows.append(("fidelity (sim vs onnxruntime)", fidelity.row()))
     return "\n".join(["| item | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows])
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Image folder, a .npy float array N x ..., or a .pt tensor (as for quantize).")
+@click.option("--out", "out_dir", default="lowbit-report", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Folder for analysis.html.")
+@click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
+@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
+@click.option("--activations", "act_bits", type=int, default=None,
+              help="Activation bitwidth [default: the target's].")
+@click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]),
+              default="minmax", show_default=True, help="How activation ranges are chosen.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch.")
+@click.option("--num-batches", type=int, default=None, help="Use at most this many batches.")
+@click.option("--eval-fn", default=None,
+              help="module:function called with the sim, returning a score (higher is better) "
+                   "[default: top-1 agreement with the float model, or output SQNR if it is no classifier].")
+def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches,
+            eval_fn) -> None:
+    """Per-layer sensitivity of MODEL (a module:factory spec, TorchScript or .pt2 file) quantized on
+    --data: which layers lose accuracy, weights or activations; writes an HTML report."""
+    import torch
+
+    import lowbit
+    from lowbit.cli_inputs import import_attribute, load_batches, load_model
+    from lowbit.frontend import is_onnx_model
+
+    if is_onnx_model(model):
+        raise InputError("lowbit analyze takes PyTorch models for now; ONNX files are not analysed yet")
+    lowbit.load_target(target)
+    batches = load_batches(data_path, batch_size)
+    function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
+    net = load_model(model, batches[0])
+    sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
+                          num_batches=num_batches)
+    with torch.no_grad():
+        classifier = net(batches[0][:1]).dim() == 2
+    result = lowbit.analyze(sim, batches, eval_fn=function, out_dir=out_dir, num_batches=num_batches,
+                            metric="agreement" if classifier else "sqnr")
+    click.echo(_analysis_table(result))
+
+
+def _analysis_table(result, rows: int = 10) -> str:
+    """Markdown table of the most sensitive layers, then the scores and the report's path."""
+    lines = ["| layer | op | only this layer | all but this layer | weights only | activations only |",
+             "|---|---|---|---|---|---|"]
+    cell = lambda v: "" if v is None else f"{v:.4g}"
+    for layer in result.layers[:rows]:
+        lines.append(f"| {layer.name} | {layer.op_type} | {cell(layer.only)} | {cell(layer.all_but)} | "
+                     f"{cell(layer.weight_only)} | {cell(layer.activation_only)} |")
+    lines += ["", f"{result.metric}: float {result.float_score:.4g}, quantized {result.quantized_score:.4g}; "
+                  f"{len(result.layers)} layers in {result.seconds:.0f} s", f"report: {result.report_path}"]
+    return "\n".join(lines)
 
 
 @cli.command()

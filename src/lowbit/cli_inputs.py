@@ -157,19 +157,24 @@ def _inference_form(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _load_factory(spec: str) -> nn.Module:
-    """Import `module` (with the cwd on sys.path) and call `factory()`; it must return an nn.Module."""
-    module_name, _, factory_name = spec.partition(":")
-    if not module_name or not factory_name:
-        raise ModelLoadError(f"model spec {spec!r} is not of the form module:factory")
+def import_attribute(spec: str, what: str = "model spec"):
+    """``module:name`` imported (with the cwd on sys.path); ModelLoadError naming the cause otherwise."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ModelLoadError(f"{what} {spec!r} is not of the form module:name")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
+        return getattr(importlib.import_module(module_name), attribute)
     except ImportError as error:
         raise ModelLoadError(f"cannot import module {module_name!r}: {_first_line(error)}") from None
     except AttributeError:
-        raise ModelLoadError(f"module {module_name!r} has no attribute {factory_name!r}") from None
+        raise ModelLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+
+
+def _load_factory(spec: str) -> nn.Module:
+    """Import `module` (with the cwd on sys.path) and call `factory()`; it must return an nn.Module."""
+    factory = import_attribute(spec)
     try:
         model = factory()
     except Exception as error:

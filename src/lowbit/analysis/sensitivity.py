@@ -20,6 +20,9 @@ from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.progress import progress
 
 
+METRICS = {"sqnr": ("output SQNR (dB)", sqnr_db), "agreement": ("top-1 agreement with float", top1_agreement)}
+
+
 @dataclass
 class LayerSensitivity:
     """One layer's figures; scores are the metric's (higher is better), None where not applicable."""
@@ -55,10 +58,13 @@ class AnalysisResult:
 
 
 def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbit-report", num_batches=None,
-            transform=None, **quantize_options) -> AnalysisResult:
+            transform=None, metric: str = "sqnr", **quantize_options) -> AnalysisResult:
     """Per-layer sensitivity of a calibrated QuantSim (or of a model, quantized here with
     ``quantize_options``) on ``data``; ``eval_fn(sim) -> float`` (higher is better) or, without it,
-    output SQNR in dB against the float model. Writes ``out_dir/analysis.html``."""
+    ``metric`` against the float model: "sqnr" (output SQNR, dB) or "agreement" (top-1 agreement).
+    Writes ``out_dir/analysis.html``."""
+    if metric not in METRICS:
+        raise SpecError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     from lowbit.analysis.report import write_analysis_report
     from lowbit.torch.quantsim import QuantSim
     start = time.perf_counter()
@@ -77,7 +83,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if not calls:
         raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
-    score, metric, reference = _scorer(sim, calls, eval_fn)
+    score, metric, reference = _scorer(sim, calls, eval_fn, metric)
     every = set(sim.quantizers())
     with _enabled(sim, set()):
         float_score = score()
@@ -120,13 +126,16 @@ def _layer_figures(sim, group: LayerGroup, every: set[str], score) -> LayerSensi
     return LayerSensitivity(group.name, group.op_type, group.keys, only, all_but, weight_only, activation_only)
 
 
-def _scorer(sim, calls, eval_fn):
+def _scorer(sim, calls, eval_fn, metric: str):
     """(score(), metric name, float reference outputs or None with ``eval_fn``)."""
     if eval_fn is not None:
         return (lambda: float(eval_fn(sim))), getattr(eval_fn, "__name__", "eval_fn"), None
     with _enabled(sim, set()):
         reference = _outputs(sim, calls)
-    return (lambda: sqnr_db(reference, _outputs(sim, calls))), "output SQNR (dB)", reference
+    if metric == "agreement" and top1_agreement(reference, reference) is None:
+        raise SpecError("metric 'agreement' needs a model returning 2-D class scores; use metric='sqnr'")
+    name, function = METRICS[metric]
+    return (lambda: function(reference, _outputs(sim, calls))), name, reference
 
 
 def _outputs(sim, calls) -> list[torch.Tensor]:

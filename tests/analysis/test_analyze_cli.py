@@ -1,0 +1,58 @@
+"""`lowbit analyze` end to end on tiny_resnet: default metric, a user eval function, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lowbit.cli import cli, main
+
+TINY = "lowbit.zoo.resnet:tiny_resnet"
+
+
+@pytest.fixture
+def npy(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_QUIET", "1")
+    path = tmp_path / "data.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    return path
+
+
+def test_default_metric_is_agreement_and_the_table_lists_the_layers(npy, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["analyze", TINY, "--data", str(npy), "--out", str(out), "--batch-size", "8"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| layer | op | only this layer |" in result.output
+    assert "top-1 agreement with float: float 1, quantized" in result.output
+    assert (out / "analysis.html").stat().st_size > 0
+
+
+def test_eval_fn_from_a_module_is_called_with_the_sim(npy, tmp_path, monkeypatch):
+    (tmp_path / "scoring.py").write_text(
+        "import numpy as np, torch\n"
+        "CALLS = []\n"
+        "def score(sim):\n"
+        "    CALLS.append(sim)\n"
+        "    enabled = sum(q.mode == 'quantize' for q in sim.quantizers().values())\n"
+        "    return float(enabled)\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["analyze", TINY, "--data", str(npy), "--out", "r", "--eval-fn", "scoring:score"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    import scoring
+    # the score counts enabled quantizers: every layer's "only" is its own quantizer count
+    total = sum(q.mode == "quantize" for q in scoring.CALLS[0].quantizers().values())
+    assert f"score: float 0, quantized {total}" in result.output
+
+
+@pytest.mark.parametrize("case", ["bad eval-fn", "onnx model"])
+def test_bad_input_is_one_line(case, npy, tmp_path, capsys):
+    extra = ["--eval-fn", "no_such_module:score"] if case == "bad eval-fn" else []
+    model = str(tmp_path / "m.onnx") if case == "onnx model" else TINY
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", model, "--data", str(npy), "--out", str(tmp_path / "r"), *extra])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
