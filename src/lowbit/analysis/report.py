@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from lowbit.analysis.svg import channel_ranges, histogram, horizontal_bars
+from lowbit.analysis.svg import channel_ranges, histogram, horizontal_bars, pareto_plot
 from lowbit.atomic import atomic_write_text
 
 PLOTTED_LAYERS = 12
@@ -55,3 +55,37 @@ def write_analysis_report(result, out_dir: Path) -> Path:
             f"<h2>All layers</h2><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{rows}</table>"
             f"</body></html>")
     return atomic_write_text(out_dir / "analysis.html", html)
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_mixed_precision_report(result, out_dir: Path) -> Path:
+    """Write ``out_dir/mixed_precision.html`` for a MixedPrecisionResult; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = max(p.cost for p in result.evaluated)
+    relative = lambda p: (100 * p.cost / full, p.score)
+    plot = pareto_plot([relative(p) for p in result.evaluated], [relative(p) for p in result.pareto],
+                       relative(result.chosen) if result.chosen else None, result.target,
+                       "BOPs, % of the most precise configuration", result.metric,
+                       "Accuracy vs cost (grey: scored; blue: Pareto front; red: chosen; dashed: target)")
+    chosen = result.chosen.bitwidths if result.chosen else {}
+    layers = [[name, f"W{bits[0]}A{bits[1]}", *[scores.get(c) for c in sorted(scores, key=lambda b: -b[0] * b[1])]]
+              for name, scores in result.phase1.items() for bits in [chosen.get(name, ("", ""))]]
+    steps = [[f"{100 * p.cost / full:.1f}%", p.weight_bytes / 1024, p.mean_weight_bits, p.score] for p in result.evaluated]
+    summary = (f"<ul><li>metric: {escape(result.metric)} (higher is better); float {_cell(result.float_score)}; "
+               f"target {_cell(result.target)}</li><li>{escape(str(result))}</li></ul>")
+    body = (summary + f"<figure>{plot}</figure><h2>Chosen bitwidths and phase-1 scores (this layer at each "
+            f"candidate, the others most precise)</h2>"
+            + _table(["layer", "chosen", "candidates, most precise first"], layers)
+            + "<h2>Phase 2: configurations in the order scored</h2>"
+            + _table(["BOPs", "weight KiB", "mean weight bits", "score"], steps))
+    return atomic_write_text(out_dir / "mixed_precision.html", _page("lowbit mixed precision", body))

@@ -83,9 +83,9 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if not calls:
         raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
-    score, metric, reference = _scorer(sim, calls, eval_fn, metric)
+    score, metric, reference = make_scorer(sim, calls, eval_fn, metric)
     every = set(sim.quantizers())
-    with _enabled(sim, set()):
+    with enabled_only(sim, set()):
         float_score = score()
     quantized_score = score()
     layers = []
@@ -109,15 +109,15 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
 
 
 def _layer_figures(sim, group: LayerGroup, every: set[str], score) -> LayerSensitivity:
-    with _enabled(sim, set(group.keys)):
+    with enabled_only(sim, set(group.keys)):
         only = score()
-    with _enabled(sim, every - set(group.keys)):
+    with enabled_only(sim, every - set(group.keys)):
         all_but = score()
     weight_only = activation_only = None
     if group.weights and group.activations:
-        with _enabled(sim, set(group.weights)):
+        with enabled_only(sim, set(group.weights)):
             weight_only = score()
-        with _enabled(sim, set(group.activations)):
+        with enabled_only(sim, set(group.activations)):
             activation_only = score()
     elif group.weights:
         weight_only = only
@@ -126,11 +126,11 @@ def _layer_figures(sim, group: LayerGroup, every: set[str], score) -> LayerSensi
     return LayerSensitivity(group.name, group.op_type, group.keys, only, all_but, weight_only, activation_only)
 
 
-def _scorer(sim, calls, eval_fn, metric: str):
+def make_scorer(sim, calls, eval_fn, metric: str):
     """(score(), metric name, float reference outputs or None with ``eval_fn``)."""
     if eval_fn is not None:
         return (lambda: float(eval_fn(sim))), getattr(eval_fn, "__name__", "eval_fn"), None
-    with _enabled(sim, set()):
+    with enabled_only(sim, set()):
         reference = _outputs(sim, calls)
     if metric == "agreement" and top1_agreement(reference, reference) is None:
         raise SpecError("metric 'agreement' needs a model returning 2-D class scores; use metric='sqnr'")
@@ -149,7 +149,7 @@ def _outputs(sim, calls) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _enabled(sim, keys: set[str]):
+def enabled_only(sim, keys: set[str]):
     """Only the quantizers named in ``keys`` quantize (those already off stay off); restored after."""
     quantizers = sim.quantizers()
     saved = {key: quantizer.mode for key, quantizer in quantizers.items()}

@@ -101,3 +101,43 @@ def channel_ranges(mins: list[float], maxs: list[float], title: str) -> str:
                  f'<text x="{left + width / 2}" y="{top + plot + 30}" font-size="10" text-anchor="middle">'
                  f'output channel ({len(mins)}); bar: weight min to max</text></svg>')
     return "".join(parts)
+
+
+def pareto_plot(points: list[tuple[float, float]], front: list[tuple[float, float]], chosen: tuple[float, float] | None,
+                target: float, x_label: str, y_label: str, title: str) -> str:
+    """Every evaluated (x, y) point in grey, the front as a blue line, the chosen point in red, the
+    target as a dashed line."""
+    left, width, top, plot = 70, 480, 30, 280
+    xs = [p[0] for p in points] or [0.0]
+    ys = _finite([p[1] for p in points] + [target]) or [0.0]
+    x_lo, x_hi = min(xs + [0.0]), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1.0
+    y_hi, y_lo = (y_hi, y_lo) if y_hi > y_lo else (y_lo + 1.0, y_lo - 1.0)
+    fx = lambda v: left + (v - x_lo) / (x_hi - x_lo) * width
+    fy = lambda v: top + (y_hi - min(max(v, y_lo), y_hi)) / (y_hi - y_lo) * plot
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{top + plot + 50}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{left}" y1="{top + plot}" x2="{left + width}" y2="{top + plot}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{fy(target):.1f}" x2="{left + width}" y2="{fy(target):.1f}" stroke="#d62728" '
+             f'stroke-dasharray="6 4"><title>target {_number(target)}</title></line>']
+    for x, y in points:
+        if math.isfinite(y):
+            parts.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" fill="#999">'
+                         f'<title>{_number(x)}, {_number(y)}</title></circle>')
+    if len(front) > 1:
+        path = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in front if math.isfinite(y))
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{COLOURS[0]}" stroke-width="2"/>')
+    if chosen is not None:
+        parts.append(f'<circle cx="{fx(chosen[0]):.1f}" cy="{fy(chosen[1]):.1f}" r="6" fill="#d62728">'
+                     f'<title>chosen: {_number(chosen[0])}, {_number(chosen[1])}</title></circle>')
+    for k in range(5):
+        xv, yv = x_lo + (x_hi - x_lo) * k / 4, y_lo + (y_hi - y_lo) * k / 4
+        parts.append(f'<text x="{fx(xv):.1f}" y="{top + plot + 14}" font-size="10" text-anchor="middle">{_number(xv)}</text>'
+                     f'<text x="{left - 4}" y="{fy(yv) + 3:.1f}" font-size="10" text-anchor="end">{_number(yv)}</text>')
+    parts.append(f'<text x="{left + width / 2}" y="{top + plot + 34}" font-size="11" text-anchor="middle">'
+                 f'{escape(x_label)}</text><text x="14" y="{top + plot / 2}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + plot / 2})">{escape(y_label)}</text></svg>')
+    return "".join(parts)

@@ -1,0 +1,100 @@
+"""Changing a calibrated sim's bitwidths per layer, and what each choice costs: BOPs (multiply-
+accumulates × weight bits × activation bits) and weight bytes. Calibrated ranges are kept and put on
+the new grid, so no data is needed to change bits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lowbit.analysis.layers import LayerGroup
+from lowbit.data import move_call
+from lowbit.quant.encoding import Encoding
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+class BitwidthSetter:
+    """Sets (weight bits, activation bits) per layer group of ``sim``, from the ranges it was calibrated to."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.quantizers = sim.quantizers()
+        self.ranges = {key: (q.encoding.min.clone(), q.encoding.max.clone(), q.spec)
+                       for key, q in self.quantizers.items()}
+
+    def apply(self, group: LayerGroup, bits: tuple[int, int]) -> None:
+        weight_bits, activation_bits = bits
+        for key in group.weights:
+            if not self.quantizers[key].frozen:
+                self._set(key, weight_bits)
+        for key in group.activations:
+            self._set(key, activation_bits)
+
+    def restore(self) -> None:
+        """Every quantizer back to the bitwidth it was calibrated with."""
+        for key, (_, _, spec) in self.ranges.items():
+            self._set(key, spec.bits)
+
+    def _set(self, key: str, bits: int) -> None:
+        lo, hi, spec = self.ranges[key]
+        self.quantizers[key].encoding = Encoding.from_range(dataclasses.replace(spec, bits=bits), lo, hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """Per-sample multiply-accumulates, weight count and output elements of one layer group."""
+
+    macs: int
+    weights: int
+    outputs: int
+
+    def bops(self, bits: tuple[int, int]) -> int:
+        """Bit operations: MACs × weight bits × activation bits (elementwise layers: outputs × bits)."""
+        return self.macs * bits[0] * bits[1] if self.macs else self.outputs * bits[1]
+
+    def weight_bytes(self, bits: tuple[int, int]) -> float:
+        return self.weights * bits[0] / 8
+
+
+def layer_costs(sim, groups: list[LayerGroup], call) -> dict[str, LayerCost]:
+    """Costs per group, measured by running one sample of ``call`` through the sim."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    modules = dict(sim.model.named_modules())
+    for group in groups:
+        if group.weights:
+            module = modules[sim.point(group.weights[0]).module]
+            if isinstance(module, WeightQuantized):
+                hooks.append(module.register_forward_hook(
+                    lambda m, inputs, output, name=group.name: sizes.__setitem__(name, _macs(m.layer, output))))
+    quantizers = sim.quantizers()
+    outputs: dict[str, int] = {}
+    for group in groups:
+        for key in group.activations[-1:]:
+            hooks.append(quantizers[key].register_forward_hook(
+                lambda m, inputs, output, name=group.name: outputs.__setitem__(name, output[:1].numel())))
+    args, kwargs = call
+    cut = lambda v: v[:1] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v
+    args, kwargs = move_call(tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}, sim._device())
+    try:
+        with torch.no_grad():
+            sim.model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    costs = {}
+    for group in groups:
+        macs, weights = sizes.get(group.name, (0, 0))
+        costs[group.name] = LayerCost(macs, weights, outputs.get(group.name, 0))
+    return costs
+
+
+def _macs(layer, output: torch.Tensor) -> tuple[int, int]:
+    """(MACs for one sample, weight count): each output element costs one MAC per weight it reads."""
+    weight = layer.weight
+    per_output = weight[0].numel() if not isinstance(layer, torch.nn.Embedding) else 0
+    if isinstance(layer, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+        per_output = weight.shape[0] // layer.groups * weight[0, 0].numel()
+    samples = output.shape[0] if output.dim() > 1 else 1
+    return output.numel() // samples * per_output, weight.numel()

@@ -1,0 +1,38 @@
+"""A small CNN with one planted sensitive layer, shared by the analysis tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.conv3(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """SmallNet (no biases) whose conv2 output channel 0 is a constant 200 that conv3 never reads: the
+    8-bit range of relu2 is set by it, so every channel that matters gets a coarse grid."""
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    with torch.no_grad():
+        for module in (model.conv1, model.conv2, model.conv3, model.fc):
+            module.bias.zero_()
+        model.conv2.weight[0] = 0
+        model.conv2.bias[0] = 200
+        model.conv3.weight[:, 0] = 0
+    data = [torch.randn(8, 3, 12, 12) for _ in range(3)]
+    return model, data

@@ -1,0 +1,87 @@
+"""lowbit.mixed_precision on the planted CNN: the Pareto front is monotone, the chosen point meets the
+target and is what the sim and its exported encodings hold, and the planted layer keeps its precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.analysis.mixed_precision import pareto_front, ParetoPoint
+from lowbit.errors import SpecError
+from lowbit.runtime import session
+
+@pytest.fixture(scope="module")
+def chosen(planted, tmp_path_factory):
+    model, data = planted
+    sim = lowbit.quantize(model, data, example_input=data[0][:1])
+    result = lowbit.mixed_precision(sim, data, allowed_drop=0.05,  # W8A8, W4A8, W8A16, W16A16
+                                    out_dir=tmp_path_factory.mktemp("mp"))
+    return sim, result
+
+
+def _agreement(model, sim, data) -> float:
+    with torch.no_grad():
+        same = sum(int((model(x).argmax(1) == sim(x).argmax(1)).sum()) for x in data)
+    return same / sum(len(x) for x in data)
+
+
+def test_front_is_monotone_and_the_chosen_point_meets_the_target(chosen):
+    _, result = chosen
+    costs, scores = [p.cost for p in result.pareto], [p.score for p in result.pareto]
+    assert costs == sorted(costs) and scores == sorted(scores) and len(set(costs)) == len(costs)
+    assert result.chosen.score >= result.target == pytest.approx(1.0 - 0.05)
+    meeting = [p for p in result.evaluated if p.score >= result.target]
+    assert result.chosen.cost == min(p.cost for p in meeting)
+    assert result.chosen.cost < max(p.cost for p in result.evaluated)
+
+
+def test_the_sim_holds_the_chosen_bitwidths_and_scores_as_reported(chosen, planted):
+    sim, result = chosen
+    model, data = planted
+    assert _agreement(model, sim, data) == pytest.approx(result.chosen.score)
+    quantizers = sim.quantizers()
+    for name, (weight_bits, activation_bits) in result.chosen.bitwidths.items():
+        group = [p for p in sim.points if (p.module == name and p.role == "weight")]
+        for point in group:
+            assert quantizers[point.key].encoding.spec.bits == weight_bits
+
+
+def test_the_planted_activation_keeps_sixteen_bits_and_the_rest_is_cheaper(chosen):
+    _, result = chosen
+    assert result.chosen.bitwidths["conv2"][1] == 16
+    assert result.phase1["conv2"][(8, 8)] < result.phase1["conv1"][(8, 8)]
+    assert result.chosen.mean_weight_bits < 8
+
+
+def test_exported_encodings_carry_the_chosen_bitwidths(chosen, planted, tmp_path):
+    sim, result = chosen
+    paths = sim.export(tmp_path, name="mixed")
+    runtime = session(paths.qdq_onnx)
+    for x in planted[1]:
+        with torch.no_grad():
+            simulated = sim(x)
+        executed = runtime.run(None, {runtime.get_inputs()[0].name: x.numpy()})[0]
+        assert (executed.argmax(1) == simulated.argmax(1).numpy()).all()
+    document = json.loads(paths.encodings.read_text())
+    params = {e["name"]: e["bw"] for e in document["param_encodings"]}
+    for name, (weight_bits, _) in result.chosen.bitwidths.items():
+        if f"{name}.weight" in params:
+            assert params[f"{name}.weight"] == weight_bits
+
+
+def test_report_and_pareto_helper(chosen):
+    _, result = chosen
+    text = result.report_path.read_text()
+    assert text.count("<svg") == 1 and "chosen" in text
+    points = [ParetoPoint(c, 0, s, {}, 8) for c, s in [(3, 0.5), (1, 0.6), (2, 0.4), (4, 0.9), (5, 0.9)]]
+    assert [(p.cost, p.score) for p in pareto_front(points)] == [(1, 0.6), (4, 0.9)]
+
+
+def test_bad_candidates(planted):
+    model, data = planted
+    sim = lowbit.quantize(model, data, example_input=data[0][:1])
+    with pytest.raises(SpecError, match="candidate"):
+        lowbit.mixed_precision(sim, data, candidates=[(8, 1)])
