@@ -1,6 +1,6 @@
 """lowbit: quantization simulation, calibration and int8 export for PyTorch models."""
 
-from lowbit.analysis import analyze, mixed_precision
+from lowbit.analysis import analyze, autoquant, mixed_precision
 from lowbit.api import adaround, correct_bias, equalize, load_encodings, quantize, sequential_mse
 from lowbit.errors import LowbitError
 from lowbit.target import load_target, preset_names
@@ -8,5 +8,5 @@ from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.quantsim import QuantSim
 
 __all__ = ["QuantSim", "quantize", "load_encodings", "fold_batchnorm", "equalize", "correct_bias",
-           "adaround", "sequential_mse", "analyze", "mixed_precision", "load_target", "preset_names", "LowbitError"]
+           "adaround", "sequential_mse", "analyze", "mixed_precision", "autoquant", "load_target", "preset_names", "LowbitError"]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The `lowbit` command: `quantize` a model on your data, `analyze` where it loses accuracy, or run the `demo`."""
+"""The `lowbit` command: `quantize` a model on your data, `analyze` where it loses accuracy,
+`autoquant` it to an accuracy target, or run the `demo`."""
 
 from __future__ import annotations
 
@@ -134,6 +135,58 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
     result = lowbit.analyze(sim, batches, eval_fn=function, out_dir=out_dir, num_batches=num_batches,
                             metric="agreement" if classifier else "sqnr")
     click.echo(_analysis_table(result))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Image folder, a .npy float array N x ..., or a .pt tensor (as for quantize).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the exported files, autoquant.html and the resumable cache.")
+@click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
+@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
+@click.option("--activations", "act_bits", type=int, default=None,
+              help="Activation bitwidth [default: the target's].")
+@click.option("--target-drop", default="1%", show_default=True,
+              help="Allowed drop of the score below the float model's: a percentage (1%) or a number (0.01).")
+@click.option("--adaround-iterations", type=int, default=1000, show_default=True, help="AdaRound iterations.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch.")
+@click.option("--eval-fn", default=None,
+              help="module:function called with the model or sim, returning a score (higher is better) "
+                   "[default: top-1 agreement with the float model].")
+def autoquant(model, data_path, out_dir, target, param_bits, act_bits, target_drop, adaround_iterations,
+              batch_size, eval_fn) -> None:
+    """Quantize MODEL with as few techniques as it takes to stay within --target-drop of the float
+    score; an interrupted run started again with the same arguments continues from its cache."""
+    import lowbit
+    from lowbit.cli_inputs import import_attribute, load_batches, load_model
+
+    drop = _parse_drop(target_drop)
+    lowbit.load_target(target)
+    batches = load_batches(data_path, batch_size)
+    function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
+    net = load_model(model, batches[0])
+    result = lowbit.autoquant(net, batches, eval_fn=function, allowed_drop=drop, target=target,
+                              param_bits=param_bits, act_bits=act_bits, out_dir=out_dir,
+                              adaround_iterations=adaround_iterations)
+    lines = ["| stage | score | meets target | seconds | what it chose |", "|---|---|---|---|---|"]
+    for stage in result.stages:
+        seconds = "cached" if stage.cached else f"{stage.seconds:.1f}"
+        lines.append(f"| {stage.name} | {stage.score:.4g} | {'yes' if stage.score >= result.target else 'no'} | "
+                     f"{seconds} | {stage.detail} |")
+    lines += ["", str(result), *[f"file: {path}" for path in result.export_paths], f"report: {result.report_path}"]
+    click.echo("\n".join(lines))
+
+
+def _parse_drop(text: str) -> float:
+    """`1%` → 0.01, `0.5` → 0.5; InputError for anything else."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InputError(f"--target-drop {text!r} is not a number or a percentage such as 1%") from None
+    if value < 0:
+        raise InputError(f"--target-drop must not be negative, got {text!r}")
+    return value
 
 
 def _analysis_table(result, rows: int = 10) -> str:

@@ -56,3 +56,21 @@ def test_bad_input_is_one_line(case, npy, tmp_path, capsys):
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def test_autoquant_command_prints_the_stage_table_and_resumes(npy, tmp_path):
+    args = ["autoquant", TINY, "--data", str(npy), "--out", str(tmp_path / "aq"), "--target-drop", "100%",
+            "--batch-size", "8"]
+    first = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "| minmax |" in first.output and "meets the target" in first.output
+    second = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert "| minmax | " in second.output and "| cached |" in second.output
+    assert (tmp_path / "aq" / "model.qdq.onnx").is_file() and (tmp_path / "aq" / "autoquant.html").is_file()
+
+
+def test_autoquant_bad_drop_is_one_line(npy, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["autoquant", TINY, "--data", str(npy), "--out", str(tmp_path / "aq"), "--target-drop", "a lot"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --target-drop 'a lot' is not a number or a percentage such as 1%"

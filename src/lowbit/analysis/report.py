@@ -89,3 +89,19 @@ def write_mixed_precision_report(result, out_dir: Path) -> Path:
             + "<h2>Phase 2: configurations in the order scored</h2>"
             + _table(["BOPs", "weight KiB", "mean weight bits", "score"], steps))
     return atomic_write_text(out_dir / "mixed_precision.html", _page("lowbit mixed precision", body))
+
+
+def write_autoquant_report(result, out_dir: Path) -> Path:
+    """Write ``out_dir/autoquant.html`` for an AutoQuantResult; returns its path."""
+    names = [stage.name for stage in result.stages]
+    bars = horizontal_bars(names, {"score": [stage.score for stage in result.stages],
+                                   "target": [result.target for _ in result.stages]},
+                           "Score after each stage", "score (higher is better)")
+    rows = [[s.name, s.score, "yes" if s.score >= result.target else "no", s.seconds,
+             "cache" if s.cached else "run", s.detail] for s in result.stages]
+    files = "".join(f"<li>{escape(str(path))}</li>" for path in (result.export_paths or ()))
+    body = (f"<ul><li>{escape(str(result))}</li><li>float score {_cell(result.float_score)}, target "
+            f"{_cell(result.target)}</li></ul><figure>{bars}</figure><h2>Stages</h2>"
+            + _table(["stage", "score", "meets target", "seconds", "from", "what it chose"], rows)
+            + f"<h2>Exported files</h2><ul>{files}</ul>")
+    return atomic_write_text(out_dir / "autoquant.html", _page("lowbit AutoQuant", body))

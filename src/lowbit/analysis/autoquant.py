@@ -1,0 +1,210 @@
+"""``lowbit.autoquant``: stage after stage (min-max ranges; other range schemes; CLE + bias correction;
+sequential MSE + AdaRound; mixed precision), stopping at the first stage whose score meets
+``float score − allowed_drop``. Each finished stage is recorded in a cache file, so a run that was
+interrupted continues where it stopped: recorded stages are not run again unless their sim is needed."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
+from lowbit.analysis.scores import first_tensor, top1_agreement
+from lowbit.atomic import atomic_write_text
+from lowbit.data import checked_calls
+from lowbit.errors import DataError, SpecError
+
+SCHEMES = ("mean_minmax", "sqnr", "percentile")
+STAGES = ("minmax", "range schemes", "equalize + bias correction", "sequential mse + adaround", "mixed precision")
+
+
+@dataclass
+class Stage:
+    """One stage's outcome: its best score, wall seconds (0 when taken from the cache) and what it chose."""
+
+    name: str
+    score: float
+    seconds: float
+    detail: str
+    cached: bool = False
+
+
+@dataclass
+class AutoQuantResult:
+    """The best sim found, its score, every stage run, the exported files and the report."""
+
+    sim: object
+    score: float
+    float_score: float
+    target: float
+    met: bool
+    stages: list[Stage]
+    export_paths: object = None
+    report_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verdict = "meets" if self.met else "does not meet"
+        return (f"autoquant: {self.score:.4g} {verdict} the target {self.target:.4g} (float {self.float_score:.4g}) "
+                f"after {len(self.stages)} stages: " + ", ".join(f"{s.name} {s.score:.4g}" for s in self.stages))
+
+
+def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_input=None, target="default",
+              param_bits: int | None = None, act_bits: int | None = None, out_dir="lowbit-report",
+              adaround_iterations: int = 1000, candidates=DEFAULT_CANDIDATES, num_batches=None,
+              transform=None) -> AutoQuantResult:
+    """Quantize ``model`` to meet ``float score − allowed_drop`` with as few techniques as possible;
+    ``eval_fn(model_or_sim) -> float`` (higher is better), default top-1 agreement with the float
+    model on ``data``. Writes the export and ``autoquant.html`` under ``out_dir``."""
+    import lowbit
+    from lowbit.analysis.report import write_autoquant_report
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"autoquant takes a torch nn.Module, not {type(model).__name__}")
+    calls = list(checked_calls(data, transform, num_batches))
+    if not calls:
+        raise DataError("autoquant needs at least one batch of data")
+    batches = [kwargs if kwargs else (args[0] if len(args) == 1 else args) for args, kwargs in calls]
+    example_input = batches[0] if example_input is None else example_input
+    model = copy.deepcopy(model).eval()
+    score = eval_fn if eval_fn is not None else _agreement_with(model, calls)
+    float_score = float(score(model))
+    goal = float_score - allowed_drop
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = dict(target=target, param_bits=param_bits, act_bits=act_bits)
+    cache = _Cache(out / "autoquant_cache.json", _fingerprint(options, allowed_drop, adaround_iterations,
+                                                              candidates, batches, float_score))
+
+    def build(scheme, techniques=()):
+        sim = lowbit.quantize(model, batches, example_input=example_input, scheme=scheme,
+                              techniques=[t for t in techniques if t != "adaround"], **options)
+        if "adaround" in techniques:
+            lowbit.adaround(sim, batches, num_iterations=adaround_iterations)
+            sim.calibrate(batches)
+        return sim
+
+    builders = {
+        "minmax": lambda: (build("minmax"), "scheme minmax"),
+        "range schemes": lambda: _best_scheme(build, score),
+        "equalize + bias correction": lambda: (build(best_scheme, ("equalize", "bias_correction")),
+                                               f"scheme {best_scheme}"),
+        "sequential mse + adaround": lambda: (build(best_scheme, ("sequential_mse", "adaround")),
+                                              f"scheme {best_scheme}, {adaround_iterations} iterations"),
+    }
+    stages: list[Stage] = []
+    sims: dict[str, object] = {}
+    best_scheme = "minmax"
+    for name in STAGES:
+        recorded = cache.get(name)
+        if recorded is not None:
+            stage = Stage(name, recorded["score"], 0.0, recorded["detail"], cached=True)
+        else:
+            start = time.perf_counter()
+            if name == "mixed precision":
+                sim, detail = _mixed(_sim_of(_best(stages), sims, builders), batches, eval_fn, score, float_score,
+                                     allowed_drop, candidates, out)
+            else:
+                sim, detail = builders[name]()
+            sims[name] = sim
+            stage = Stage(name, float(score(sim)), time.perf_counter() - start, detail)
+            cache.put(name, stage)
+        stages.append(stage)
+        if name == "range schemes" and stage.score > stages[0].score:
+            best_scheme = stage.detail.split()[1]
+        if stage.score >= goal:
+            break
+    best = _best(stages)
+    if best.name == "mixed precision" and best.name not in sims:  # taken from the cache: run it again
+        sims[best.name] = _mixed(_sim_of(_best(stages[:-1]), sims, builders), batches, eval_fn, score,
+                                 float_score, allowed_drop, candidates, out)[0]
+    sim = _sim_of(best, sims, builders)
+    result = AutoQuantResult(sim, best.score, float_score, goal, best.score >= goal, stages)
+    result.export_paths = sim.export(out, name="model")
+    result.report_path = write_autoquant_report(result, out)
+    return result
+
+
+def _best(stages: list[Stage]) -> Stage:
+    """The highest-scoring stage (the earliest on ties: fewer techniques)."""
+    return max(reversed(stages), key=lambda s: s.score)
+
+
+def _sim_of(stage: Stage, sims: dict, builders: dict):
+    """The stage's sim, rebuilt (deterministically) when the stage came from the cache."""
+    if stage.name not in sims:
+        sims[stage.name] = builders[stage.name]()[0]
+    return sims[stage.name]
+
+
+def _best_scheme(build, score):
+    """The best of the non-min-max range schemes, as (sim, "scheme NAME")."""
+    best = None
+    for scheme in SCHEMES:
+        sim = build(scheme)
+        value = float(score(sim))
+        if best is None or value > best[0]:
+            best = (value, sim, scheme)
+    return best[1], f"scheme {best[2]}"
+
+
+def _mixed(sim, batches, eval_fn, score, float_score, allowed_drop, candidates, out):
+    sim = copy.deepcopy(sim)
+    result = mixed_precision(sim, batches, eval_fn=eval_fn if eval_fn is not None else score,
+                             candidates=candidates, allowed_drop=allowed_drop, out_dir=out)
+    chosen = result.chosen
+    detail = (f"mean weight bits {chosen.mean_weight_bits:.2f}" if chosen else "no configuration met the target")
+    return sim, detail
+
+
+def _agreement_with(model, calls):
+    """score(model_or_sim): top-1 agreement with ``model``'s float outputs on ``calls``."""
+    def outputs(net):
+        result = []
+        with torch.no_grad():
+            for args, kwargs in calls:
+                result.append(first_tensor(net(*args, **kwargs)).float().cpu())
+        return result
+    reference = outputs(model)
+    if top1_agreement(reference, reference) is None:
+        raise SpecError("autoquant without eval_fn needs a model returning 2-D class scores; pass eval_fn")
+
+    def agreement(net) -> float:
+        return top1_agreement(reference, outputs(net))
+    agreement.__name__ = "top-1 agreement with float"
+    return agreement
+
+
+def _fingerprint(options, allowed_drop, iterations, candidates, batches, float_score) -> str:
+    """What must match for cached stages to be reused: the settings, the data and the float score."""
+    digest = hashlib.sha256(json.dumps([options, allowed_drop, iterations, [list(c) for c in candidates],
+                                        round(float_score, 9)], default=str).encode())
+    for batch in batches:
+        for tensor in (batch.values() if isinstance(batch, dict) else
+                       batch if isinstance(batch, (tuple, list)) else [batch]):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Cache:
+    """Stage outcomes in a JSON file, kept only while the fingerprint matches; written atomically."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+        try:
+            document = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            document = {}
+        self.stages = document.get("stages", {}) if document.get("fingerprint") == fingerprint else {}
+
+    def get(self, name: str) -> dict | None:
+        return self.stages.get(name)
+
+    def put(self, name: str, stage: Stage) -> None:
+        self.stages[name] = {"score": stage.score, "seconds": stage.seconds, "detail": stage.detail}
+        atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "stages": self.stages}, indent=2))

@@ -1,0 +1,68 @@
+"""lowbit.autoquant: it stops at the first stage that meets the target, resumes from its cache after an
+interruption, and returns a sim whose score, recomputed by hand, is the one it reports."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.analysis.autoquant import STAGES
+
+
+def _agreement(model, net, data) -> float:
+    with torch.no_grad():
+        same = sum(int((model(x).argmax(1) == net(x).argmax(1)).sum()) for x in data)
+    return same / sum(len(x) for x in data)
+
+
+@pytest.fixture(scope="module")
+def planted_run(planted, tmp_path_factory):
+    model, data = planted
+    out = tmp_path_factory.mktemp("autoquant")
+    return out, lowbit.autoquant(model, data, allowed_drop=0.05, out_dir=out, adaround_iterations=50)
+
+
+def test_easy_model_stops_after_the_first_stage(planted, tmp_path):
+    model, data = planted
+    easy = copy.deepcopy(model)
+    with torch.no_grad():
+        easy.conv2.bias[0] = 0  # no planted range problem
+    result = lowbit.autoquant(easy, data, allowed_drop=0.2, out_dir=tmp_path)
+    assert [stage.name for stage in result.stages] == ["minmax"] and result.met
+
+
+def test_planted_model_runs_until_a_stage_meets_the_target(planted_run, planted):
+    _, result = planted_run
+    model, data = planted
+    assert result.float_score == 1.0 and result.target == pytest.approx(0.95)
+    assert all(stage.score < result.target for stage in result.stages[:-1])
+    assert result.stages[-1].score >= result.target and result.met
+    assert [stage.name for stage in result.stages] == list(STAGES[:len(result.stages)])
+    assert _agreement(model, result.sim, data) == pytest.approx(result.score)
+    assert all(path.stat().st_size > 0 for path in result.export_paths)
+    text = result.report_path.read_text()
+    assert all(stage.name in text for stage in result.stages)
+
+
+def test_an_interrupted_run_resumes_from_its_cache(planted, tmp_path):
+    model, data = planted
+    reference = [model(x).detach() for x in data]
+    calls = []
+
+    def score(net):
+        calls.append(1)
+        if len(calls) == 4:  # float, minmax, then three range schemes: stops inside "range schemes"
+            raise KeyboardInterrupt
+        with torch.no_grad():
+            outputs = [net(x) for x in data]
+        return sum(int((r.argmax(1) == o.argmax(1)).sum()) for r, o in zip(reference, outputs)) / 24
+
+    with pytest.raises(KeyboardInterrupt):
+        lowbit.autoquant(model, data, eval_fn=score, allowed_drop=0.05, out_dir=tmp_path, adaround_iterations=50)
+    result = lowbit.autoquant(model, data, eval_fn=score, allowed_drop=0.05, out_dir=tmp_path,
+                              adaround_iterations=50)
+    assert [stage.cached for stage in result.stages[:2]] == [True, False]
+    assert result.stages[0].seconds == 0.0 and result.met
