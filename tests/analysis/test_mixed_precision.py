@@ -85,3 +85,13 @@ def test_bad_candidates(planted):
     sim = lowbit.quantize(model, data, example_input=data[0][:1])
     with pytest.raises(SpecError, match="candidate"):
         lowbit.mixed_precision(sim, data, candidates=[(8, 1)])
+
+
+def test_weight_bits_budget_picks_the_best_point_that_fits(planted, tmp_path):
+    model, data = planted
+    sim = lowbit.quantize(model, data, example_input=data[0][:1])
+    result = lowbit.mixed_precision(sim, data, candidates=[(8, 16), (4, 16)], weight_bits_budget=6.0,
+                                    out_dir=tmp_path)
+    fitting = [p for p in result.evaluated if p.mean_weight_bits <= 6.0]
+    assert result.chosen.mean_weight_bits <= 6.0
+    assert result.chosen.score == max(p.score for p in fitting)

@@ -57,8 +57,9 @@ class MixedPrecisionResult:
 
 def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allowed_drop: float = 0.01,
                     metric: str = "agreement", out_dir="lowbit-report", num_batches=None,
-                    transform=None) -> MixedPrecisionResult:
-    """Choose (weight bits, activation bits) per layer from ``candidates``; see the module docstring."""
+                    transform=None, weight_bits_budget: float | None = None) -> MixedPrecisionResult:
+    """Choose (weight bits, activation bits) per layer from ``candidates``; see the module docstring.
+    With ``weight_bits_budget`` the sim ends at the best-scoring point whose mean weight bits fit it."""
     from lowbit.analysis.report import write_mixed_precision_report
     start = time.perf_counter()
     if not sim.is_calibrated:
@@ -108,11 +109,16 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
                 break
             config = {**config, step[0]: step[1]}
             evaluated.append(point(config))
-            if evaluated[-1].score < target:
+            over_budget = weight_bits_budget is not None and evaluated[-1].mean_weight_bits > weight_bits_budget
+            if evaluated[-1].score < target and not over_budget:
                 break
         pareto = pareto_front(evaluated)
-        meeting = [p for p in pareto if p.score >= target]
-        chosen = min(meeting, key=lambda p: p.cost) if meeting else None
+        if weight_bits_budget is None:
+            meeting = [p for p in pareto if p.score >= target]
+            chosen = min(meeting, key=lambda p: p.cost) if meeting else None
+        else:
+            fitting = [p for p in evaluated if p.mean_weight_bits <= weight_bits_budget]
+            chosen = max(fitting, key=lambda p: (p.score, -p.cost)) if fitting else None
         apply(chosen.bitwidths if chosen else top.bitwidths)
     except BaseException:
         setter.restore()
