@@ -110,3 +110,27 @@ def test_bad_input(planted):
         lowbit.analyze(sim, data)
     with pytest.raises(SpecError, match="ONNX"):
         lowbit.analyze("model.onnx", data)
+
+
+@pytest.mark.parametrize("metric,net", [("sqnr", "planted"), ("agreement", "planted"), ("sqnr", "tiny_resnet")])
+def test_forked_runs_give_the_figures_of_whole_runs(planted, metric, net):
+    from lowbit.analysis.forked_runs import forked_outputs
+    from lowbit.analysis.layers import layer_groups
+    from lowbit.analysis.sensitivity import _layer_figures, enabled_only, make_scorer
+    from lowbit.analysis.sensitivity import METRICS
+    model, data = planted
+    if net == "tiny_resnet":  # residual adds and a ReLU module called at several places
+        from lowbit.zoo.resnet import tiny_resnet
+        model, data = tiny_resnet().eval(), [torch.randn(2, 3, 32, 32)]
+    sim = lowbit.quantize(model, data, example_input=data[0][:1], target="w4a8")
+    calls = [((x,), {}) for x in data]
+    groups = layer_groups(sim)
+    score, _, reference = make_scorer(sim, calls, None, metric)
+    forked = forked_outputs(sim, calls, groups, enabled_only)
+    function = METRICS[metric][1]
+    for group in groups:
+        whole = _layer_figures(sim, group, set(sim.quantizers()), score)
+        assert function(reference, forked[(group.name, "only")]) == pytest.approx(whole.only, rel=1e-6)
+        assert function(reference, forked[(group.name, "all_but")]) == pytest.approx(whole.all_but, rel=1e-6)
+        if (group.name, "weight_only") in forked:
+            assert function(reference, forked[(group.name, "weight_only")]) == pytest.approx(whole.weight_only, rel=1e-6)

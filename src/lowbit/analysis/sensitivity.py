@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.analysis.forked_runs import forked_outputs, layer_configurations
 from lowbit.analysis.layers import LayerGroup, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
 from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
@@ -83,14 +84,20 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if not calls:
         raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
+    metric_key = metric
     score, metric, reference = make_scorer(sim, calls, eval_fn, metric)
     every = set(sim.quantizers())
     with enabled_only(sim, set()):
         float_score = score()
     quantized_score = score()
-    layers = []
-    for group in progress(groups, "analyze", len(groups), unit="layer"):
-        layers.append(_layer_figures(sim, group, every, score))
+    forked = forked_outputs(sim, calls, groups, enabled_only) if reference is not None else None
+    if forked is not None:
+        function = METRICS[metric_key][1]
+        layers = [_figures_from(group, {c: function(reference, forked[(group.name, c)])
+                                        for c, _, _ in layer_configurations(group)}) for group in groups]
+    else:
+        layers = [_layer_figures(sim, group, every, score)
+                  for group in progress(groups, "analyze", len(groups), unit="layer")]
     views = activation_views(sim, calls[0], groups)
     ranges = weight_ranges(sim, groups)
     for layer, group in zip(layers, groups):
@@ -109,21 +116,22 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
 
 
 def _layer_figures(sim, group: LayerGroup, every: set[str], score) -> LayerSensitivity:
-    with enabled_only(sim, set(group.keys)):
-        only = score()
-    with enabled_only(sim, every - set(group.keys)):
-        all_but = score()
-    weight_only = activation_only = None
-    if group.weights and group.activations:
-        with enabled_only(sim, set(group.weights)):
-            weight_only = score()
-        with enabled_only(sim, set(group.activations)):
-            activation_only = score()
-    elif group.weights:
-        weight_only = only
-    else:
-        activation_only = only
-    return LayerSensitivity(group.name, group.op_type, group.keys, only, all_but, weight_only, activation_only)
+    """The group's figures, each configuration scored by running the whole model."""
+    scores = {}
+    for configuration, keys, _ in layer_configurations(group):
+        with enabled_only(sim, every - keys if configuration == "all_but" else keys):
+            scores[configuration] = score()
+    return _figures_from(group, scores)
+
+
+def _figures_from(group: LayerGroup, scores: dict[str, float]) -> LayerSensitivity:
+    """LayerSensitivity from the configurations' scores (a layer with one kind of quantizer: its
+    "only" score is also its weights-only or activations-only score)."""
+    only = scores["only"]
+    weight_only = scores.get("weight_only", only if group.weights else None)
+    activation_only = scores.get("activation_only", only if group.activations else None)
+    return LayerSensitivity(group.name, group.op_type, group.keys, only, scores["all_but"], weight_only,
+                            activation_only)
 
 
 def make_scorer(sim, calls, eval_fn, metric: str):

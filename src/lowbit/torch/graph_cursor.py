@@ -7,6 +7,7 @@ import inspect
 
 import torch
 from torch import fx
+from torch.utils._pytree import tree_map
 
 
 class GraphCursor:
@@ -38,6 +39,21 @@ class GraphCursor:
             del env[node]
         self.position += 1
         return value
+
+    def fork(self) -> "GraphCursor":
+        """A second run paused at the same node, on copies of the values held (so in-place ops in one
+        run cannot change the other)."""
+        twin = object.__new__(GraphCursor)
+        twin.nodes, twin.position, twin._inputs = self.nodes, self.position, self._inputs
+        twin._interpreter = fx.Interpreter(self._interpreter.module, garbage_collect_values=True)
+        copy = lambda value: value.clone() if isinstance(value, torch.Tensor) else value
+        twin._interpreter.env = {node: tree_map(copy, value) for node, value in self._interpreter.env.items()}
+        return twin
+
+    def finish(self):
+        """Run every remaining node; returns what the graph returns."""
+        self.run_to(len(self.nodes) - 1)
+        return self.step()
 
     def arguments(self) -> tuple:
         """The positional arguments the node at the current position will be called with."""

@@ -1,0 +1,71 @@
+"""Each layer's configurations scored without re-running the model's start. Per batch, one run with
+every quantizer off and one with every quantizer on advance node by node to the layer's first node;
+each configuration continues from a copy of the run whose prefix it shares (only this layer / weights
+only / activations only: the float run; all but this layer: the quantized run), so every node before
+the layer runs once per batch instead of once per configuration."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from lowbit.analysis.scores import first_tensor
+from lowbit.data import move_call
+from lowbit.progress import progress
+from lowbit.torch.graph_cursor import GraphCursor
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+def layer_configurations(group) -> list[tuple[str, set[str], str]]:
+    """(configuration, quantizers enabled, run it shares its start with) for one layer group."""
+    configurations = [("only", set(group.keys), "float"), ("all_but", set(group.keys), "quantized")]
+    if group.weights and group.activations:
+        configurations += [("weight_only", set(group.weights), "float"),
+                           ("activation_only", set(group.activations), "float")]
+    return configurations
+
+
+def forked_outputs(sim, calls, groups, enabled_only) -> dict[tuple[str, str], list[torch.Tensor]] | None:
+    """Outputs per (layer, configuration) and batch; None when the sim is no fx graph or some quantizer
+    is not called from a node of its own (then every configuration must run the whole model)."""
+    graph_module = sim.model
+    if not isinstance(graph_module, fx.GraphModule):
+        return None
+    starts = _first_nodes(graph_module, sim, groups)
+    if starts is None:
+        return None
+    every = set(sim.quantizers())
+    order = sorted(groups, key=lambda group: starts[group.name])
+    outputs: dict[tuple[str, str], list[torch.Tensor]] = {}
+    device = sim._device()
+    for args, kwargs in progress(calls, "analyze", len(calls)):
+        args, kwargs = move_call(args, kwargs, device)
+        runs = {"float": (GraphCursor(graph_module, args, kwargs), set()),
+                "quantized": (GraphCursor(graph_module, args, kwargs), every)}
+        for group in order:
+            for cursor, enabled in runs.values():
+                with enabled_only(sim, enabled):
+                    cursor.run_to(starts[group.name])
+            for configuration, keys, shared in layer_configurations(group):
+                branch = runs[shared][0].fork()
+                with enabled_only(sim, every - keys if configuration == "all_but" else keys):
+                    value = branch.finish()
+                outputs.setdefault((group.name, configuration), []).append(first_tensor(value).detach().float().cpu())
+    return outputs
+
+
+def _first_nodes(graph_module: fx.GraphModule, sim, groups) -> dict[str, int] | None:
+    """Index of the first graph node that calls one of each group's quantizers (weights: their layer)."""
+    keys = {id(quantizer): key for key, quantizer in sim.quantizers().items()}
+    first: dict[str, int] = {}
+    for index, node in enumerate(graph_module.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = graph_module.get_submodule(node.target)
+        called = [module.weight_quantizer] if isinstance(module, WeightQuantized) else [module]
+        for quantizer in called:
+            if id(quantizer) in keys:
+                first.setdefault(keys[id(quantizer)], index)
+    if any(key not in first for group in groups for key in group.keys):
+        return None
+    return {group.name: min(first[key] for key in group.keys) for group in groups}
