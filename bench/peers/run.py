@@ -29,7 +29,8 @@ from runner_common import Job, run_onnx  # noqa: E402
 
 # tool: (runner script, settings run by default)
 TOOLS = {
-    "lowbit": ("run_lowbit.py", ("w8a8-minmax", "w8a8-sqnr", "w8a8-percentile", "w8a8-sqnr-equalize-bias-correction",
+    "lowbit": ("run_lowbit.py", ("w8a8-minmax", "w8a8-sqnr", "w8a8-mean-minmax-float-logits-bias-correction",
+                                 "w8a8-cpu-int8-minmax", "w8a8-cpu-int8-mean-minmax-float-logits-bias-correction",
                                  "w4a8-adaround")),
     "onnxruntime": ("run_onnxruntime.py", ("w8a8-minmax", "w8a8-minmax-reduce-range", "w8a8-entropy",
                                            "w8a8-entropy-reduce-range", "w8a8-percentile",
@@ -108,7 +109,9 @@ def main() -> None:
         info = data.info
         fp32, labels = np.load(job / "fp32_outputs.npy"), np.load(job / "labels.npy")
         previous = json.loads(path.read_text()) if path.exists() else {}
-        rows = previous.get("rows", {}) if previous.get("job") == info else {}
+        machine = _common.machine_info()
+        same_run_conditions = previous.get("job") == info and _cpu(previous.get("machine", {})) == _cpu(machine)
+        rows = previous.get("rows", {}) if same_run_conditions else {}  # rows of one job on one kind of CPU
         for row in rows.values():  # rows written before commands were kept per row
             row.setdefault("command", previous.get("command", "run.py"))
         command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
@@ -122,10 +125,15 @@ def main() -> None:
                 rows[f"{tool} {setting}"] = {**result, "command": command}
                 print(report.row_line(model, result), flush=True)
                 args.results.mkdir(parents=True, exist_ok=True)
-                payload = {"machine": _common.machine_info(), "job": info, "rows": rows}
+                payload = {"machine": machine, "job": info, "rows": rows}
                 path.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.smoke:
         print(f"wrote {report.write(args.results, args.docs)}")
+
+
+def _cpu(machine: dict) -> tuple:
+    """What makes int8 results comparable across runs: the CPU, its core count and instruction sets."""
+    return machine.get("cpu_model"), machine.get("cpu_count"), machine.get("cpu_flags")
 
 
 def _plan(args) -> dict[str, tuple[str, ...]]:

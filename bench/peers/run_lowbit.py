@@ -15,8 +15,23 @@ SETTINGS = {
     "w8a8-mean-minmax": ("default", "mean_minmax", ()),
     "w8a8-mean-minmax-bias-correction": ("default", "mean_minmax", ("bias_correction",)),
     "w8a8-sqnr-equalize-bias-correction": ("default", "sqnr", ("equalize", "bias_correction")),
+    "w8a8-mean-minmax-float-logits": ("default+float-logits", "mean_minmax", ()),
+    "w8a8-mean-minmax-float-logits-bias-correction": ("default+float-logits", "mean_minmax", ("bias_correction",)),
+    "w8a8-cpu-int8-minmax": ("cpu-int8", "minmax", ()),
+    "w8a8-cpu-int8-mean-minmax-float-logits-bias-correction": ("cpu-int8+float-logits", "mean_minmax",
+                                                              ("bias_correction",)),
     "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
 }
+
+
+def load(target: str):
+    """A preset, or "PRESET+float-logits": the preset with the returned tensors left float (as NNCF places them)."""
+    from lowbit.target import load_target
+    preset, _, variant = target.partition("+")
+    config = load_target(preset).to_json()
+    if variant == "float-logits":
+        config["model_output"] = {"is_output_quantized": "False"}
+    return load_target(config)
 
 
 def main() -> None:
@@ -34,7 +49,7 @@ def main() -> None:
         with steps("equalize"):
             lowbit.equalize(model, calibration[0][:1])
     with steps("sim creation"):
-        sim = lowbit.QuantSim(model, calibration[0][:1], target=target, scheme=scheme)
+        sim = lowbit.QuantSim(model, calibration[0][:1], target=load(target), scheme=scheme)
     with steps("calibration"):
         sim.calibrate(calibration)
     lines = [f"{len(folded)} BN folded"]
