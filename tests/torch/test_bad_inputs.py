@@ -223,7 +223,8 @@ def test_tuple_and_dict_inputs(style, tmp_path):
     gen = torch.Generator().manual_seed(1)
     pairs = [(torch.randn(4, 6, generator=gen), torch.randn(4, 3, generator=gen)) for _ in range(3)]
     data = pairs if style == "tuple" else [{"left": l, "right": r} for l, r in pairs]
-    sim = lowbit.quantize(model, data)
+    # cpu-int8: its 7-bit weights never saturate onnxruntime's int16 pair sums, so the sim stays near float
+    sim = lowbit.quantize(model, data, target="cpu-int8")
     with torch.no_grad():
         out = sim(data[0]) if style == "dict" else sim(*data[0])
         reference = model(*pairs[0])

@@ -36,19 +36,23 @@ def _on_grid(values, scale, zero_point):
     return ((grid - zero_point) * np.float32(scale)).astype(np.float32)
 
 
+def _add_nodes():
+    """Q/DQ of a and b, Add, Q of the sum: what onnxruntime fuses into QLinearAdd."""
+    return [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+            helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
+            helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"]),
+            helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"]),
+            helper.make_node("Add", ["ad", "bd"], ["c"]),
+            helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["out"])]
+
+
 @pytest.mark.parametrize("scales", [(0.05, 0.1, 0.1), (0.03, 0.02, 0.04), (0.0371, 0.0513, 0.0713)])
 def test_add_matches_qlinearadd(scales):
     sa, sb, sc = (np.float32(s) for s in scales)
     za, zb, zc = np.uint8(100), np.uint8(130), np.uint8(120)
     a = RNG.normal(0, 2, (8, 32, 16, 16)).astype(np.float32)
     b = RNG.normal(0, 2, a.shape).astype(np.float32)
-    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
-             helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
-             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"]),
-             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"]),
-             helper.make_node("Add", ["ad", "bd"], ["c"]),
-             helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["out"])]
-    expected = _run(nodes, {"a": a, "b": b}, dict(sa=sa, za=za, sb=sb, zb=zb, sc=sc, zc=zc)).astype(np.int64)
+    expected = _run(_add_nodes(), {"a": a, "b": b}, dict(sa=sa, za=za, sb=sb, zb=zb, sc=sc, zc=zc)).astype(np.int64)
     a_grid, b_grid = _on_grid(a, sa, int(za)), _on_grid(b, sb, int(zb))
     result = requantized_add(torch.from_numpy(a_grid), torch.from_numpy(b_grid), _activation(sa, int(za)),
                              _activation(sb, int(zb)), _activation(sc, int(zc)))
@@ -83,3 +87,29 @@ def test_conv_matches_qlinearconv(groups):
                               _activation(sy, int(zy)))
     got = torch.round(result / float(sy)).to(torch.int64).numpy() + int(zy)
     assert (got == expected).all(), f"{int((got != expected).sum())} of {got.size} values differ"
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8", "int8"])
+def test_add_matches_qlinearadd_on_every_input_pair(signed):
+    """All 256 × 256 stored input pairs, for 12 random scale and zero-point triples."""
+    rng = np.random.default_rng(11)
+    stored = np.arange(-128, 128) if signed else np.arange(256)
+    a_stored, b_stored = (v.ravel() for v in np.meshgrid(stored, stored, indexing="ij"))
+    storage = np.int8 if signed else np.uint8
+    for _ in range(12):
+        sa, sb, sc = (np.float32(s) for s in rng.uniform(0.005, 0.2, 3))
+        za, zb, zc = (0, 0, 0) if signed else (int(z) for z in rng.integers(0, 256, 3))
+        a = ((a_stored - za) * sa).astype(np.float32)
+        b = ((b_stored - zb) * sb).astype(np.float32)
+        zeros = dict(za=storage(za), zb=storage(zb), zc=storage(zc))
+        expected = _run(_add_nodes(), {"a": a, "b": b}, dict(sa=sa, sb=sb, sc=sc, **zeros),
+                        TensorProto.INT8 if signed else TensorProto.UINT8).astype(np.int64)
+        encodings = [_signed(s) if signed else _activation(s, z) for s, z in ((sa, za), (sb, zb), (sc, zc))]
+        result = requantized_add(torch.from_numpy(a), torch.from_numpy(b), *encodings)
+        got = torch.round(result / float(sc)).to(torch.int64).numpy() + zc
+        assert (got == expected).all(), f"{int((got != expected).sum())} of {got.size} values differ"
+
+
+def _signed(scale):
+    spec = QuantSpec(8, symmetric=True)
+    return Encoding.from_scale_offset(spec, torch.tensor(scale, dtype=torch.float32), torch.tensor(-128))

@@ -13,6 +13,7 @@ from lowbit.analysis.scores import first_tensor
 from lowbit.data import move_call
 from lowbit.progress import progress
 from lowbit.torch.graph_cursor import GraphCursor
+from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
@@ -55,14 +56,18 @@ def forked_outputs(sim, calls, groups, enabled_only) -> dict[tuple[str, str], li
 
 
 def _first_nodes(graph_module: fx.GraphModule, sim, groups) -> dict[str, int] | None:
-    """Index of the first graph node that calls one of each group's quantizers (weights: their layer)."""
+    """Index of the first graph node that calls or reads one of each group's quantizers (weights: their
+    layer; a layer or IntegerAdd also reads the quantizers of its input and output)."""
     keys = {id(quantizer): key for key, quantizer in sim.quantizers().items()}
     first: dict[str, int] = {}
     for index, node in enumerate(graph_module.graph.nodes):
         if node.op != "call_module":
             continue
         module = graph_module.get_submodule(node.target)
-        called = [module.weight_quantizer] if isinstance(module, WeightQuantized) else [module]
+        if isinstance(module, WeightQuantized):
+            called = [module.weight_quantizer, module.input_quantizer, module.output_quantizer]
+        else:
+            called = list(module.quantizers) if isinstance(module, IntegerAdd) else [module]
         for quantizer in called:
             if id(quantizer) in keys:
                 first.setdefault(keys[id(quantizer)], index)

@@ -74,18 +74,25 @@ def _link_bias_sources(gm: fx.GraphModule) -> None:
             continue
         source = node.args[0] if node.args else None
         # pass-through ops include modules (the Identity left by a folded BatchNorm, Dropout):
-        # ONNX export drops them, so the QDQ bias grid uses the quantizer before them
+        # ONNX export drops them, so the QDQ bias grid uses the quantizer before them; onnxruntime
+        # fuses DequantizeLinear into the layer's integer kernel across some of them only
+        direct = True
         while (isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node)
                and not (source.op == "call_module" and isinstance(gm.get_submodule(source.target), Quantizer))
                and node_op_type(gm, source) in PASSTHROUGH_OPS):
+            direct = direct and node_op_type(gm, source) in _FUSED_ACROSS
             source = source.args[0]
         if isinstance(source, fx.Node) and source.op == "call_module":
             found = gm.get_submodule(source.target)
             if isinstance(found, Quantizer):
-                gm.get_submodule(node.target).link_input_quantizer(found)
+                gm.get_submodule(node.target).link_input_quantizer(found, direct=direct)
 
 
 _FUSED_FOLLOWERS = frozenset({"Identity", "Dropout", "Relu", "Clip"})
+_FUSED_ACROSS = frozenset({"Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
+                           "Pad", "Slice"})
+"""Pass-through ops onnxruntime (1.32, CPU) looks through when fusing DequantizeLinear into an integer
+Conv/Gemm/MatMul, as measured; Flatten, GlobalMaxPool, Expand and DepthToSpace leave the layer float."""
 
 
 def _link_output_quantizers(gm: fx.GraphModule) -> None:
@@ -105,16 +112,21 @@ def _link_output_quantizers(gm: fx.GraphModule) -> None:
 
 
 def _emulate_integer_adds(gm: fx.GraphModule) -> None:
-    """Replace each Add of two quantized tensors whose only reader is a quantizer by IntegerAdd."""
+    """Replace each Add of two quantized tensors (through ops onnxruntime fuses across) whose only
+    reader is a quantizer (directly or through a Relu, which onnxruntime drops before a quantizer whose
+    grid starts at zero) by IntegerAdd."""
     gm.add_module(INTEGER_ADDS, nn.ModuleDict())
     holder = gm.get_submodule(INTEGER_ADDS)
 
-    def quantizer_of(node, backwards: bool = True):
+    def quantizer_of(node, backwards: bool = True, crossed: list | None = None):
         while isinstance(node, fx.Node):
             module = gm.get_submodule(node.target) if node.op == "call_module" else None
             if isinstance(module, Quantizer):
                 return module
-            if node_op_type(gm, node) not in ("Identity", "Dropout"):
+            kind = node_op_type(gm, node)
+            if crossed is not None and kind == "Relu" and not crossed:
+                crossed.append(node)
+            elif kind not in (_FUSED_ACROSS if backwards else ("Identity", "Dropout")):
                 return None
             node = (node.args[0] if node.args else None) if backwards else \
                 (next(iter(node.users)) if len(node.users) == 1 else None)
@@ -124,10 +136,11 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
         if node_op_type(gm, node) != "Add" or len(node.args) != 2 or node.kwargs or len(node.users) != 1:
             continue
         sources = [quantizer_of(a) for a in node.args]
-        output = quantizer_of(next(iter(node.users)), backwards=False)
+        crossed = []
+        output = quantizer_of(next(iter(node.users)), backwards=False, crossed=crossed)
         if None in sources or output is None:
             continue
-        holder[node.name] = IntegerAdd(sources[0], sources[1], output)
+        holder[node.name] = IntegerAdd(sources[0], sources[1], output, through_relu=bool(crossed))
         with gm.graph.inserting_before(node):
             replacement = gm.graph.call_module(f"{INTEGER_ADDS}.{node.name}", node.args)
         node.replace_all_uses_with(replacement)

@@ -5,23 +5,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid
 
 
 class IntegerAdd(nn.Module):
     """a + b; when both inputs and the output are quantized, the result is QLinearAdd's (straight-
-    through gradients to the float sum). Exports as a plain Add. Holds its quantizers by reference."""
+    through gradients to the float sum). Exports as a plain Add. Holds its quantizers by reference.
 
-    def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer):
+    ``through_relu``: a Relu stands between the Add and the output quantizer; onnxruntime drops it and
+    fuses the Add only when the output grid starts at zero (stored zero point at the type's minimum).
+    """
+
+    def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer,
+                 through_relu: bool = False):
         super().__init__()
         object.__setattr__(self, "quantizers", (a_quantizer, b_quantizer, output_quantizer))
+        self.through_relu = through_relu
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export() or any(q.mode != "quantize" for q in self.quantizers):
             return a + b
         encodings = tuple(q.encoding for q in self.quantizers)
-        if not emulable_add(*encodings):
+        if not emulable_add(*encodings) or (self.through_relu and not _starts_at_zero(encodings[2])):
             return a + b
         if not torch.is_grad_enabled():
             a_quantizer, b_quantizer, output_quantizer = self.quantizers
@@ -33,3 +40,9 @@ class IntegerAdd(nn.Module):
         total = a + b
         exact = requantized_add(a.detach(), b.detach(), *encodings)
         return total + (exact - total).detach()
+
+
+def _starts_at_zero(encoding) -> bool:
+    """Whether the grid's lowest stored value is zero, so a Relu before its quantizer does nothing."""
+    type_name, zero_point = onnx_storage(encoding)
+    return bool((zero_point == (0 if type_name.startswith("u") else -(2 ** (encoding.spec.bits - 1)))).all())

@@ -8,10 +8,12 @@ of dequantized values rounds differently in rare cases, and deep nets amplify ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
+from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.encoding import Encoding
 
 _INT32_MAX = 2.0**31 - 1
@@ -38,7 +40,8 @@ def integer_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: to
 @dataclass(frozen=True)
 class ConvRequantization:
     """What QLinearConv needs besides its input: integer weights and bias, the per-channel
-    requantization multiplier, the centred output range [low, high] and the scales."""
+    requantization multiplier, the centred output range [low, high], the scales and, where the CPU's
+    kernels saturate int16 pair sums, the correction that maps input integers to the sum's change."""
 
     input_scale: torch.Tensor
     weights: torch.Tensor
@@ -47,6 +50,11 @@ class ConvRequantization:
     low: float
     high: float
     output_scale: torch.Tensor
+    saturation: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def with_saturation(self, correction: Callable[[torch.Tensor], torch.Tensor] | None) -> "ConvRequantization":
+        """The same integer form whose accumulation adds ``correction(input integers)``."""
+        return replace(self, saturation=correction)
 
 
 def conv_requantization(weight: torch.Tensor, bias: torch.Tensor | None, input_encoding: Encoding,
@@ -79,6 +87,8 @@ def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
     if integers is None:
         integers = torch.div(x, integer_form.input_scale).round_()
     accumulator = convolve(integers, integer_form.weights, integer_form.bias)
+    if integer_form.saturation is not None:
+        accumulator.add_(integer_form.saturation(integers))
     accumulator.mul_(_per_channel(integer_form.multiplier, accumulator, 1)).round_()
     accumulator.clamp_(integer_form.low, integer_form.high)
     return torch.mul(accumulator, integer_form.output_scale), accumulator
@@ -105,13 +115,21 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> tor
 
 def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
                     output_encoding: Encoding) -> torch.Tensor:
-    """a + b on the output grid as onnxruntime's QLinearAdd computes it: with float32 scale ratios
-    ra = sa/sc, rb = sb/sc and fused multiply-adds, q = round(fma(ra, a, fma(rb, b, zc))), saturated.
+    """a + b on the output grid as onnxruntime's x86 QLinearAdd kernel computes it, on the stored
+    integers A, B (uint8, or int8 for signed-symmetric grids) with float32 ratios ra = sa/sc, rb = sb/sc:
+    fixed = zc − fma(ra, za, rb·zb), C = round(fma(ra, A, fma(rb, B, fixed))), saturated.
 
     A float32 fused multiply-add is a float64 multiply-add rounded once to float32 (the product of
     two float32 values is exact in float64).
     """
     return requantized_add_grid(a, b, a_encoding, b_encoding, output_encoding)[0]
+
+
+def _stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
+    """The zero point in the type the QDQ file stores the grid in, and that type's range."""
+    type_name, zero_point = onnx_storage(encoding)
+    low, high = (0.0, 255.0) if type_name == "uint8" else (-128.0, 127.0)
+    return zero_point.reshape(()).double(), low, high
 
 
 def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
@@ -122,12 +140,16 @@ def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding,
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
     a_ratio, b_ratio = (a_scale / output_scale).double(), (b_scale / output_scale).double()
-    zero_point = (-output_encoding.offset.reshape(())).double()
-    a_integers = (torch.div(a, a_scale).round_() if a_integers is None else a_integers).double()
-    b_integers = (torch.div(b, b_scale).round_() if b_integers is None else b_integers).double()
-    inner = b_integers.mul_(b_ratio).add_(zero_point).float().double()
-    grid = a_integers.mul_(a_ratio).add_(inner).float().round_().clamp_(0, output_encoding.spec.levels - 1)
-    grid.sub_(zero_point.float())
+    a_zero, _, _ = _stored_zero_point(a_encoding)
+    b_zero, _, _ = _stored_zero_point(b_encoding)
+    c_zero, low, high = _stored_zero_point(output_encoding)
+    zero_sum = (a_ratio * a_zero + (b_ratio * b_zero).float().double()).float().double()
+    fixed = (c_zero - zero_sum).float().double()
+    a_stored = (torch.div(a, a_scale).round_() if a_integers is None else a_integers).double().add_(a_zero)
+    b_stored = (torch.div(b, b_scale).round_() if b_integers is None else b_integers).double().add_(b_zero)
+    inner = b_stored.mul_(b_ratio).add_(fixed).float().double()
+    grid = a_stored.mul_(a_ratio).add_(inner).float().round_().clamp_(low, high)
+    grid.sub_(c_zero.float())
     return torch.mul(grid, output_scale), grid
 
 

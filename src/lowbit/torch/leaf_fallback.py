@@ -73,6 +73,8 @@ def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
             quantizer = Quantizer(activation_spec(rule, target), scheme)
             points.append(QuantPoint(key, "input", name, op_type, activation_spec(rule, target), argument="input"))
             quantizers[key] = quantizer
+            if isinstance(wrapped, WeightQuantized):
+                wrapped.link_input_quantizer(quantizer)
             wrapped = InputQuantized(wrapped, quantizer)
         siblings = parents[name.rsplit(".", 1)[0] if "." in name else ""]
         position = siblings.index(name)

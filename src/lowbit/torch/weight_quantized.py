@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch import pair_saturation
 from lowbit.torch.layer_wrapper import LayerWrapper
 from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable, integer_bias,
-                                            requantize_grid, requantized_conv)
+                                            requantize, requantize_grid)
 
 
 def _conv_transpose(layer, x, weight, bias):
@@ -47,7 +50,8 @@ class WeightQuantized(LayerWrapper):
     When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
     rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it;
     when ``output_quantizer`` is set too, convolutions are computed as onnxruntime's integer kernels
-    compute them (with straight-through gradients to the float result). A subclass that overrides
+    compute them (with straight-through gradients to the float result), int16 pair saturation of
+    CPUs without VNNI included (:mod:`lowbit.torch.pair_saturation`). A subclass that overrides
     ``forward`` (a conv that pads itself, say) runs its own forward with the quantized weight.
     """
 
@@ -59,9 +63,11 @@ class WeightQuantized(LayerWrapper):
         self._forward = next((f for cls, f in _FORWARDS.items()
                               if isinstance(layer, cls) and type(layer).forward is cls.forward), None)
 
-    def link_input_quantizer(self, quantizer: Quantizer | None) -> None:
-        """Remember (without owning it as a submodule) the quantizer of this layer's input."""
+    def link_input_quantizer(self, quantizer: Quantizer | None, direct: bool = True) -> None:
+        """Remember (without owning it as a submodule) the quantizer of this layer's input; ``direct``:
+        no op that stays in the ONNX export (Flatten, Reshape …) lies between them."""
         object.__setattr__(self, "input_quantizer", quantizer)
+        object.__setattr__(self, "input_direct", direct)
 
     def link_output_quantizer(self, quantizer: Quantizer | None) -> None:
         """Remember the quantizer that ends this layer's fused group (layer → activation → quantizer)."""
@@ -80,16 +86,54 @@ class WeightQuantized(LayerWrapper):
                 output, output_integers = requantize_grid(convolve, x, frozen, integers)
                 self.output_quantizer.mark_on_grid(output, output_integers)
                 return output
-            return convolve(x, *frozen)
+            weight, bias, pairs = frozen
+            return self._saturated(convolve(x, weight, bias), x, pairs)
         weight = self.weight_quantizer(self.layer.weight)
         encodings = self._integer_encodings()
         if encodings is not None and not needs_gradient:
-            return requantized_conv(convolve, x, weight, self.layer.bias, *encodings)
+            return requantize(convolve, x, self._integer_form(weight, encodings))
         output = convolve(x, weight, self._bias())
         if encodings is None:
-            return output
-        exact = requantized_conv(convolve, x.detach(), weight.detach(), self.layer.bias, *encodings)
+            return self._saturated(output, x, self._linear_pairs(weight.detach()))
+        exact = requantize(convolve, x.detach(), self._integer_form(weight.detach(), encodings))
         return output + (exact - output).detach()
+
+    def _integer_form(self, weight: torch.Tensor, encodings: tuple) -> ConvRequantization:
+        """The convolution's integer form, with the int16 pair saturation of the host's kernel."""
+        form = conv_requantization(weight, self.layer.bias, *encodings)
+        pairs = None
+        if self.input_direct and pair_saturation.applies(encodings[0], encodings[1]):
+            pairs = pair_saturation.layer_pairs(self.layer, form.weights, encodings[0])
+        if pairs is None:
+            return form
+        return form.with_saturation(functools.partial(pair_saturation.conv_correction, self.layer, pairs))
+
+    def _linear_pairs(self, weight: torch.Tensor) -> pair_saturation.SaturatingPairs | None:
+        """A Linear layer's weight pairs that saturate on the host's u8×s8 kernel, or None."""
+        source, weights = self.input_quantizer, self.weight_quantizer
+        if (not isinstance(self.layer, nn.Linear) or source is None or not self.input_direct or source.mode != "quantize"
+                or weights.mode != "quantize" or not pair_saturation.applies(source.encoding, weights.encoding)):
+            return None
+        scale = weights.scale.reshape(-1, 1) if weights.scale.dim() else weights.scale
+        return pair_saturation.layer_pairs(self.layer, torch.round(weight / scale), source.encoding)
+
+    def _saturated(self, output: torch.Tensor, x: torch.Tensor, pairs) -> torch.Tensor:
+        """A Linear layer's float ``output`` plus its pair-saturation error where onnxruntime runs it in
+        integers: always for inputs of 3+ dims (MatMul), for 2-D ones (Gemm) when the output is quantized."""
+        if pairs is None or (x.dim() <= 2 and not self._integer_output()):
+            return output
+        source = self.input_quantizer
+        integers = source.grid_integers(x, source.scale)
+        if integers is None:
+            integers = torch.round(x.detach() / source.scale.reshape(()))
+        correction = pair_saturation.linear_correction(pairs, integers)
+        return output + correction * (source.scale.reshape(()) * self.weight_quantizer.scale).detach()
+
+    def _integer_output(self) -> bool:
+        """Whether the layer's fused group ends in an 8-bit per-tensor quantizer."""
+        quantizer = self.output_quantizer
+        return (quantizer is not None and quantizer.mode == "quantize" and quantizer.spec.bits == 8
+                and quantizer.spec.axis is None)
 
     def _cacheable(self) -> bool:
         """Whether the weight quantizer fake-quantizes, the linked ones are Quantizers and no graph is traced."""
@@ -99,8 +143,8 @@ class WeightQuantized(LayerWrapper):
                 and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing())
 
     def _frozen(self):
-        """The no-gradient form of the layer (integer form, or quantized weight and bias), cached until
-        the weight, the bias or a linked quantizer's mode or encoding changes."""
+        """The no-gradient form of the layer (integer form, or quantized weight, bias and saturating
+        pairs), cached until the weight, the bias or a linked quantizer's mode or encoding changes."""
         key = self._state_key()
         cached = self.__dict__.get("_frozen_cache")
         if cached is None or cached[0] != key:
@@ -114,8 +158,8 @@ class WeightQuantized(LayerWrapper):
         weight = self.weight_quantizer(self.layer.weight)
         encodings = self._integer_encodings()
         if encodings is not None:
-            return conv_requantization(weight, self.layer.bias, *encodings)
-        return weight, self._bias()
+            return self._integer_form(weight, encodings)
+        return weight, self._bias(), self._linear_pairs(weight)
 
     def _state_tensors(self) -> tuple:
         """The tensors the frozen form depends on (held so that their ids stay unique)."""
@@ -127,7 +171,8 @@ class WeightQuantized(LayerWrapper):
         """Identity, version and storage of every state tensor, plus the quantizers' modes and specs."""
         tensors = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in self._state_tensors())
         quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
-        return tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
+        return (tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
+                + (pair_saturation.host_saturates(),))
 
     def _integer_encodings(self):
         """(input, weight, output) encodings when this convolution runs as an integer kernel, else None."""

@@ -1,0 +1,172 @@
+"""onnxruntime's u8×s8 kernels on x86 CPUs without VNNI add adjacent products in saturating int16.
+
+MLAS multiplies unsigned input bytes (the stored uint8 value; int8 inputs shifted by 128) with
+signed weight bytes and adds each pair along the reduction axis (vpmaddubsw) with int16 saturation
+before the int32 accumulation. The reduction axis is ordered as im2col in channels-last order
+(kernel tap, then input channel); depthwise convolutions use another kernel and never saturate.
+The sim reproduces this by adding clamp(s) − s to the exact accumulation for the few weight pairs
+that can saturate at all: same-sign pairs with |w0| + |w1| ≥ 129, since inputs are at most 255.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.quant.encoding import Encoding
+
+_INT16_LOW, _INT16_HIGH = -32768.0, 32767.0
+_INPUT_HIGH = 255.0
+_PAIRS_PER_CHUNK = 64
+ENVIRONMENT_VARIABLE = "LOWBIT_INT16_PAIRS"
+
+
+_forced: list[bool] = []
+
+
+def host_saturates() -> bool:
+    """Whether onnxruntime on this machine saturates u8×s8 pair sums: an x86 CPU without VNNI.
+
+    ``LOWBIT_INT16_PAIRS=saturate`` or ``=exact`` overrides the detection (to simulate another CPU),
+    and so does :func:`simulating` within its block.
+    """
+    if _forced:
+        return _forced[-1]
+    forced = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if forced in ("saturate", "exact"):
+        return forced == "saturate"
+    return detected()
+
+
+@contextlib.contextmanager
+def simulating(saturating: bool):
+    """Within the block the sim computes as a CPU that does (True) or does not (False) saturate."""
+    _forced.append(saturating)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+@functools.cache
+def detected() -> bool:
+    """This machine's own answer, without overrides: x86 without avx512_vnni, avx_vnni or amx_int8."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+@dataclass(frozen=True)
+class SaturatingPairs:
+    """The weight pairs that can saturate: reduction indices ``first`` and ``first + 1`` of output
+    channel ``channels``, their integer weights (r, 2), and the input's zero point on the uint8 grid."""
+
+    first: torch.Tensor
+    channels: torch.Tensor
+    weights: torch.Tensor
+    zero_point: float
+    out_channels: int
+
+
+def _risky(weights: torch.Tensor) -> torch.Tensor:
+    """Mask of pairs (…, 2) whose sum can leave int16 for some inputs in [0, 255]."""
+    positive = weights.clamp(min=0).sum(-1) * _INPUT_HIGH
+    negative = weights.clamp(max=0).sum(-1) * _INPUT_HIGH
+    return (positive > _INT16_HIGH) | (negative < _INT16_LOW)
+
+
+def applies(input_encoding: Encoding | None, weight_encoding: Encoding | None) -> bool:
+    """Whether the layer runs on the u8×s8 kernel of a saturating host: 8-bit per-tensor input,
+    signed-symmetric weights of at most 8 bits per tensor or per output channel."""
+    return (host_saturates() and input_encoding is not None and weight_encoding is not None
+            and input_encoding.spec.bits == 8 and input_encoding.spec.axis is None
+            and weight_encoding.spec.bits <= 8 and weight_encoding.spec.block_size is None
+            and weight_encoding.spec.axis in (None, 0) and weight_encoding.is_signed_symmetric)
+
+
+def find_pairs(weight_integers: torch.Tensor, input_encoding: Encoding) -> SaturatingPairs | None:
+    """The saturating pairs of a (out_channels, K) integer weight matrix in reduction order, or None."""
+    out_channels, length = weight_integers.shape
+    even = weight_integers[:, : length - length % 2].reshape(out_channels, -1, 2)
+    mask = _risky(even)
+    if not bool(mask.any()):
+        return None
+    channels, pair = mask.nonzero(as_tuple=True)
+    return SaturatingPairs(2 * pair, channels, even[channels, pair], float(input_encoding.zero_point.reshape(())),
+                           out_channels)
+
+
+def reduction_order(layer: nn.Module, weight_integers: torch.Tensor) -> torch.Tensor:
+    """Weights as the (out_channels, K) matrix MLAS reduces over: channels-last im2col for convs."""
+    if isinstance(layer, nn.Linear):
+        return weight_integers
+    return weight_integers.flatten(2).transpose(1, 2).reshape(weight_integers.shape[0], -1)
+
+
+def is_depthwise(layer: nn.Module) -> bool:
+    """Convolutions with one input and one output channel per group run on a kernel without int16 pairs."""
+    return (isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1
+            and layer.in_channels == layer.groups and layer.out_channels == layer.groups)
+
+
+def layer_pairs(layer: nn.Module, weight_integers: torch.Tensor, input_encoding: Encoding) -> SaturatingPairs | None:
+    """The saturating pairs of a Linear or Conv layer with these integer weights (None for depthwise)."""
+    if is_depthwise(layer):
+        return None
+    return find_pairs(reduction_order(layer, weight_integers), input_encoding)
+
+
+def linear_correction(pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:
+    """clamp(s) − s summed per output channel, for centred input grid indices (…, K)."""
+    rows = (integers.reshape(-1, integers.shape[-1]) + pairs.zero_point)
+    correction = rows.new_zeros(rows.shape[0], pairs.out_channels)
+    for start in range(0, len(pairs.first), _PAIRS_PER_CHUNK):
+        first = pairs.first[start:start + _PAIRS_PER_CHUNK]
+        weights = pairs.weights[start:start + _PAIRS_PER_CHUNK]
+        sums = rows[:, first] * weights[:, 0] + rows[:, first + 1] * weights[:, 1]
+        correction.index_add_(1, pairs.channels[start:start + _PAIRS_PER_CHUNK],
+                              sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
+    return correction.reshape(*integers.shape[:-1], pairs.out_channels)
+
+
+def conv_correction(layer: nn.modules.conv._ConvNd, pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:
+    """clamp(s) − s summed per output channel and position, for centred input grid indices (N, C, …).
+
+    Each pair is a two-tap grouped convolution over the two input channels it reads; padding holds
+    the zero point, as QLinearConv pads with it."""
+    raw = integers + pairs.zero_point
+    if layer.padding_mode == "zeros":
+        raw = F.pad(raw, layer._reversed_padding_repeated_twice, value=pairs.zero_point)
+    else:
+        raw = F.pad(raw, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+    group_channels = layer.in_channels // layer.groups
+    taps = int(torch.tensor(layer.kernel_size).prod())
+    out_per_group = layer.out_channels // layer.groups
+    convolve = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(layer.kernel_size)]
+    correction = None
+    for start in range(0, len(pairs.first), _PAIRS_PER_CHUNK):
+        first = pairs.first[start:start + _PAIRS_PER_CHUNK]
+        channels = pairs.channels[start:start + _PAIRS_PER_CHUNK]
+        both = torch.stack([first, first + 1], 1)
+        inputs = (channels // out_per_group * group_channels).unsqueeze(1) + both % group_channels
+        kernel = raw.new_zeros(len(first) * 2, taps)
+        kernel[torch.arange(len(first) * 2, device=raw.device), (both // group_channels).reshape(-1)] = \
+            pairs.weights[start:start + _PAIRS_PER_CHUNK].reshape(-1).to(raw.dtype)
+        kernel = kernel.reshape(len(first), 2, *layer.kernel_size)
+        sums = convolve(raw[:, inputs.reshape(-1)], kernel, None, layer.stride, 0, layer.dilation, len(first))
+        if correction is None:
+            correction = sums.new_zeros(sums.shape[0], layer.out_channels, *sums.shape[2:])
+        correction.index_add_(1, channels, sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
+    return correction
