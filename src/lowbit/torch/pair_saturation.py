@@ -24,7 +24,8 @@ from lowbit.quant.encoding import Encoding
 
 _INT16_LOW, _INT16_HIGH = -32768.0, 32767.0
 _INPUT_HIGH = 255.0
-_PAIRS_PER_CHUNK = 64
+_CHUNK_VALUES = 1 << 23  # pair sums computed at once (32 MiB of float32)
+_DENSE_PATCH = 128  # patch length up to which a dense convolution beats gathering each pair's channels
 ENVIRONMENT_VARIABLE = "LOWBIT_INT16_PAIRS"
 
 
@@ -128,24 +129,30 @@ def layer_pairs(layer: nn.Module, weight_integers: torch.Tensor, input_encoding:
     return find_pairs(reduction_order(layer, weight_integers), input_encoding)
 
 
+def _chunk(positions: int) -> int:
+    """How many pairs to evaluate at once over ``positions`` output positions."""
+    return max(16, _CHUNK_VALUES // max(positions, 1))
+
+
 def linear_correction(pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:
     """clamp(s) − s summed per output channel, for centred input grid indices (…, K)."""
     rows = (integers.reshape(-1, integers.shape[-1]) + pairs.zero_point)
     correction = rows.new_zeros(rows.shape[0], pairs.out_channels)
-    for start in range(0, len(pairs.first), _PAIRS_PER_CHUNK):
-        first = pairs.first[start:start + _PAIRS_PER_CHUNK]
-        weights = pairs.weights[start:start + _PAIRS_PER_CHUNK]
+    step = _chunk(rows.shape[0])
+    for start in range(0, len(pairs.first), step):
+        first = pairs.first[start:start + step]
+        weights = pairs.weights[start:start + step]
         sums = rows[:, first] * weights[:, 0] + rows[:, first + 1] * weights[:, 1]
-        correction.index_add_(1, pairs.channels[start:start + _PAIRS_PER_CHUNK],
-                              sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
+        correction.index_add_(1, pairs.channels[start:start + step], sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
     return correction.reshape(*integers.shape[:-1], pairs.out_channels)
 
 
 def conv_correction(layer: nn.modules.conv._ConvNd, pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:
     """clamp(s) − s summed per output channel and position, for centred input grid indices (N, C, …).
 
-    Each pair is a two-tap grouped convolution over the two input channels it reads; padding holds
-    the zero point, as QLinearConv pads with it."""
+    Pair sums are convolutions with two-tap kernels (padding holds the zero point, as QLinearConv
+    pads with it): dense over all input channels when a group's patch is short (the first layer's
+    3 × 3 × 3, say), else grouped over the two channels each pair reads."""
     raw = integers + pairs.zero_point
     if layer.padding_mode == "zeros":
         raw = F.pad(raw, layer._reversed_padding_repeated_twice, value=pairs.zero_point)
@@ -153,20 +160,29 @@ def conv_correction(layer: nn.modules.conv._ConvNd, pairs: SaturatingPairs, inte
         raw = F.pad(raw, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
     group_channels = layer.in_channels // layer.groups
     taps = int(torch.tensor(layer.kernel_size).prod())
-    out_per_group = layer.out_channels // layer.groups
+    dense = layer.groups == 1 and group_channels * taps <= _DENSE_PATCH
     convolve = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(layer.kernel_size)]
     correction = None
-    for start in range(0, len(pairs.first), _PAIRS_PER_CHUNK):
-        first = pairs.first[start:start + _PAIRS_PER_CHUNK]
-        channels = pairs.channels[start:start + _PAIRS_PER_CHUNK]
+    step = _chunk(raw.shape[0] * raw[0, 0].numel() * (1 if dense else 2))
+    for start in range(0, len(pairs.first), step):
+        first, channels = pairs.first[start:start + step], pairs.channels[start:start + step]
         both = torch.stack([first, first + 1], 1)
-        inputs = (channels // out_per_group * group_channels).unsqueeze(1) + both % group_channels
-        kernel = raw.new_zeros(len(first) * 2, taps)
-        kernel[torch.arange(len(first) * 2, device=raw.device), (both // group_channels).reshape(-1)] = \
-            pairs.weights[start:start + _PAIRS_PER_CHUNK].reshape(-1).to(raw.dtype)
-        kernel = kernel.reshape(len(first), 2, *layer.kernel_size)
-        sums = convolve(raw[:, inputs.reshape(-1)], kernel, None, layer.stride, 0, layer.dilation, len(first))
+        weights = pairs.weights[start:start + step].to(raw.dtype)
+        if dense:
+            kernel = raw.new_zeros(len(first), taps, group_channels)
+            rows = torch.arange(len(first), device=raw.device).unsqueeze(1).expand(-1, 2)
+            kernel[rows, both // group_channels, both % group_channels] = weights
+            kernel = kernel.transpose(1, 2).reshape(len(first), group_channels, *layer.kernel_size)
+            sums = convolve(raw, kernel, None, layer.stride, 0, layer.dilation)
+        else:
+            out_per_group = layer.out_channels // layer.groups
+            inputs = (channels // out_per_group * group_channels).unsqueeze(1) + both % group_channels
+            kernel = raw.new_zeros(len(first) * 2, taps)
+            kernel[torch.arange(len(first) * 2, device=raw.device), (both // group_channels).reshape(-1)] = \
+                weights.reshape(-1)
+            kernel = kernel.reshape(len(first), 2, *layer.kernel_size)
+            sums = convolve(raw[:, inputs.reshape(-1)], kernel, None, layer.stride, 0, layer.dilation, len(first))
         if correction is None:
             correction = sums.new_zeros(sums.shape[0], layer.out_channels, *sums.shape[2:])
-        correction.index_add_(1, channels, sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
+        correction.index_add_(1, channels, sums.clamp(_INT16_LOW, _INT16_HIGH).sub_(sums))
     return correction
