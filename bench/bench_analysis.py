@@ -12,6 +12,7 @@ them) give the agreement a user would see.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -76,7 +77,18 @@ def main() -> None:
                                                                     if k not in ("stages", "most_sensitive"))])
         print(f"{name}: {results[name]}", flush=True)
     _common.print_table(["row", "seconds", "held-out top-1 agreement", "figures"], rows)
-    print(f"wrote {_common.write_results('bench_analysis', {'images': args.images, 'rows': results})}")
+    print(f"wrote {_common.write_results('bench_analysis', {'images': args.images, 'rows': _merged(results)})}")
+
+
+def _merged(results: dict) -> dict:
+    """Rows of the last run on this kind of CPU that this run did not redo, plus this run's rows."""
+    path = Path(__file__).resolve().parent / "results" / "bench_analysis.json"
+    if not path.exists():
+        return results
+    previous = json.loads(path.read_text())
+    if previous.get("machine", {}).get("cpu_flags") != _common.cpu_flags():
+        return results
+    return {**previous.get("rows", {}), **results}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
 from lowbit.analysis.scores import first_tensor, top1_agreement
 from lowbit.atomic import atomic_write_text
-from lowbit.data import checked_calls
+from lowbit.data import channels_last_call, checked_calls
 from lowbit.errors import DataError, SpecError
 
 SCHEMES = ("mean_minmax", "sqnr", "percentile")
@@ -66,7 +66,7 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
     from lowbit.analysis.report import write_autoquant_report
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"autoquant takes a torch nn.Module, not {type(model).__name__}")
-    calls = list(checked_calls(data, transform, num_batches))
+    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
     if not calls:
         raise DataError("autoquant needs at least one batch of data")
     batches = [kwargs if kwargs else (args[0] if len(args) == 1 else args) for args, kwargs in calls]

@@ -12,7 +12,7 @@ from pathlib import Path
 from lowbit.analysis.bitwidths import BitwidthSetter, layer_costs
 from lowbit.analysis.layers import layer_groups
 from lowbit.analysis.sensitivity import enabled_only, make_scorer
-from lowbit.data import checked_calls
+from lowbit.data import channels_last_call, checked_calls
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.progress import progress
 
@@ -65,7 +65,7 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
     if not sim.is_calibrated:
         raise NotCalibratedError("mixed_precision needs a calibrated sim: call sim.calibrate(data) first")
     candidates = _checked(candidates)
-    calls = list(checked_calls(data, transform, num_batches))
+    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
     if not calls:
         raise DataError("mixed_precision needs at least one batch of data")
     groups = layer_groups(sim)

@@ -16,7 +16,7 @@ from lowbit.analysis.forked_runs import forked_outputs, layer_configurations
 from lowbit.analysis.layers import LayerGroup, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
 from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
-from lowbit.data import checked_calls, move_call
+from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.progress import progress
 
@@ -69,7 +69,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     from lowbit.analysis.report import write_analysis_report
     from lowbit.torch.quantsim import QuantSim
     start = time.perf_counter()
-    calls = list(checked_calls(data, transform, num_batches))
+    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
     if isinstance(model_or_sim, QuantSim):
         sim = model_or_sim
         if not sim.is_calibrated:
