@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from lowbit.data import as_call, batch_count, checked_calls, move_call, tensors_of
+from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
 from lowbit.errors import InputError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
@@ -90,13 +90,14 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return self
 
     def run_on(self, data, transform=None, num_batches: int | None = None, description: str = "run") -> int:
-        """Run the sim (no gradients) on every checked batch of ``data``; returns the batch count."""
+        """Run the sim (no gradients) on every checked batch of ``data``, image batches in channels-last
+        memory (same values, faster convolutions); returns the batch count."""
         device = self._device()
         count = 0
         with torch.no_grad():
             calls = checked_calls(data, transform, num_batches)
             for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
-                args, kwargs = move_call(args, kwargs, device)
+                args, kwargs = channels_last_call(*move_call(args, kwargs, device))
                 self.model(*args, **kwargs)
                 count += 1
         return count
