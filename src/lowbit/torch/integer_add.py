@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid
+from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid, stored_zero_point
 
 
 class IntegerAdd(nn.Module):
@@ -43,6 +42,6 @@ class IntegerAdd(nn.Module):
 
 
 def _starts_at_zero(encoding) -> bool:
-    """Whether the grid's lowest stored value is zero, so a Relu before its quantizer does nothing."""
-    type_name, zero_point = onnx_storage(encoding)
-    return bool((zero_point == (0 if type_name.startswith("u") else -(2 ** (encoding.spec.bits - 1)))).all())
+    """Whether the 8-bit grid's lowest stored value is zero, so a Relu before its quantizer does nothing."""
+    zero_point, low, _ = stored_zero_point(encoding)
+    return float(zero_point) == low

@@ -125,8 +125,8 @@ def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_en
     return requantized_add_grid(a, b, a_encoding, b_encoding, output_encoding)[0]
 
 
-def _stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
-    """The zero point in the type the QDQ file stores the grid in, and that type's range."""
+def stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
+    """The zero point of an 8-bit grid in the type the QDQ file stores it in, and that type's range."""
     type_name, zero_point = onnx_storage(encoding)
     low, high = (0.0, 255.0) if type_name == "uint8" else (-128.0, 127.0)
     return zero_point.reshape(()).double(), low, high
@@ -140,9 +140,9 @@ def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding,
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
     a_ratio, b_ratio = (a_scale / output_scale).double(), (b_scale / output_scale).double()
-    a_zero, _, _ = _stored_zero_point(a_encoding)
-    b_zero, _, _ = _stored_zero_point(b_encoding)
-    c_zero, low, high = _stored_zero_point(output_encoding)
+    a_zero, _, _ = stored_zero_point(a_encoding)
+    b_zero, _, _ = stored_zero_point(b_encoding)
+    c_zero, low, high = stored_zero_point(output_encoding)
     zero_sum = (a_ratio * a_zero + (b_ratio * b_zero).float().double()).float().double()
     fixed = (c_zero - zero_sum).float().double()
     a_stored = (torch.div(a, a_scale).round_() if a_integers is None else a_integers).double().add_(a_zero)

@@ -143,7 +143,7 @@ def linear_correction(pairs: SaturatingPairs, integers: torch.Tensor) -> torch.T
         first = pairs.first[start:start + step]
         weights = pairs.weights[start:start + step]
         sums = rows[:, first] * weights[:, 0] + rows[:, first + 1] * weights[:, 1]
-        correction.index_add_(1, pairs.channels[start:start + step], sums.clamp(_INT16_LOW, _INT16_HIGH) - sums)
+        correction.index_add_(1, pairs.channels[start:start + step], sums.clamp(_INT16_LOW, _INT16_HIGH).sub_(sums))
     return correction.reshape(*integers.shape[:-1], pairs.out_channels)
 
 
