@@ -117,36 +117,49 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
     grid starts at zero) by IntegerAdd."""
     gm.add_module(INTEGER_ADDS, nn.ModuleDict())
     holder = gm.get_submodule(INTEGER_ADDS)
-
-    def quantizer_of(node, backwards: bool = True, crossed: list | None = None):
-        while isinstance(node, fx.Node):
-            module = gm.get_submodule(node.target) if node.op == "call_module" else None
-            if isinstance(module, Quantizer):
-                return module
-            kind = node_op_type(gm, node)
-            if crossed is not None and kind == "Relu" and not crossed:
-                crossed.append(node)
-            elif kind not in (_FUSED_ACROSS if backwards else ("Identity", "Dropout")):
-                return None
-            node = (node.args[0] if node.args else None) if backwards else \
-                (next(iter(node.users)) if len(node.users) == 1 else None)
-        return None
-
     for node in list(gm.graph.nodes):
         if node_op_type(gm, node) != "Add" or len(node.args) != 2 or node.kwargs or len(node.users) != 1:
             continue
-        sources = [quantizer_of(a) for a in node.args]
-        crossed = []
-        output = quantizer_of(next(iter(node.users)), backwards=False, crossed=crossed)
+        sources = [_source_quantizer(gm, a) for a in node.args]
+        output, through_relu = _reader_quantizer(gm, next(iter(node.users)))
         if None in sources or output is None:
             continue
-        holder[node.name] = IntegerAdd(sources[0], sources[1], output, through_relu=bool(crossed))
+        holder[node.name] = IntegerAdd(sources[0], sources[1], output, through_relu=through_relu)
         with gm.graph.inserting_before(node):
             replacement = gm.graph.call_module(f"{INTEGER_ADDS}.{node.name}", node.args)
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+
+
+def _source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:
+    """The quantizer whose grid ``node`` carries, looking back through ops onnxruntime fuses across."""
+    while isinstance(node, fx.Node):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, Quantizer):
+            return module
+        if node_op_type(gm, node) not in _FUSED_ACROSS:
+            return None
+        node = node.args[0] if node.args else None
+    return None
+
+
+def _reader_quantizer(gm: fx.GraphModule, node) -> tuple[Quantizer | None, bool]:
+    """The quantizer reached from ``node`` forward through Identity/Dropout and at most one Relu, each
+    the only reader of the one before; returns (quantizer or None, whether a Relu was crossed)."""
+    crossed_relu = False
+    while isinstance(node, fx.Node):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, Quantizer):
+            return module, crossed_relu
+        kind = node_op_type(gm, node)
+        if kind == "Relu" and not crossed_relu:
+            crossed_relu = True
+        elif kind not in ("Identity", "Dropout"):
+            return None, False
+        node = next(iter(node.users)) if len(node.users) == 1 else None
+    return None, False
 
 
 def _link_grid_followers(gm: fx.GraphModule) -> None:
