@@ -13,6 +13,7 @@ from torch import nn
 
 from lowbit.data import as_call
 from lowbit.errors import ExportError
+from lowbit.qdq.flatten_as_reshape import flatten_as_reshape
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
 from lowbit.qdq.graph_index import rename_tensors
 from lowbit.qdq.split import split_exported_graph
@@ -40,6 +41,7 @@ def exported_onnx(sim) -> onnx.ModelProto:
     """The sim traced to ONNX with every quantizer written as tagged QuantizeLinear/DequantizeLinear.
 
     Biases stay float here: the QDQ step rounds them to int32 exactly as the simulation does.
+    Flatten(axis=1) is written as Reshape, which onnxruntime fuses across (see ``flatten_as_reshape``).
     """
     memo: dict = {}
     module = copy.deepcopy(sim.model, memo).cpu().eval()
@@ -68,6 +70,7 @@ def exported_onnx(sim) -> onnx.ModelProto:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"ONNX export failed: {reason}") from None
     exported = onnx.load_from_string(buffer.getvalue())
+    flatten_as_reshape(exported.graph)
     if isinstance(module, KeywordCall):
         prefix = f"{KeywordCall.INNER}."
         rename_tensors(exported.graph, {t.name: t.name.removeprefix(prefix) for t in exported.graph.initializer})

@@ -80,7 +80,7 @@ def _link_bias_sources(gm: fx.GraphModule) -> None:
         while (isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node)
                and not (source.op == "call_module" and isinstance(gm.get_submodule(source.target), Quantizer))
                and node_op_type(gm, source) in PASSTHROUGH_OPS):
-            direct = direct and node_op_type(gm, source) in _FUSED_ACROSS
+            direct = direct and _fused_across(gm, source)
             source = source.args[0]
         if isinstance(source, fx.Node) and source.op == "call_module":
             found = gm.get_submodule(source.target)
@@ -92,7 +92,27 @@ _FUSED_FOLLOWERS = frozenset({"Identity", "Dropout", "Relu", "Clip"})
 _FUSED_ACROSS = frozenset({"Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
                            "Pad", "Slice"})
 """Pass-through ops onnxruntime (1.32, CPU) looks through when fusing DequantizeLinear into an integer
-Conv/Gemm/MatMul, as measured; Flatten, GlobalMaxPool, Expand and DepthToSpace leave the layer float."""
+Conv/Gemm/MatMul, as measured; GlobalMaxPool, Expand and DepthToSpace leave the layer float. Flatten
+does too, so the export writes a Flatten from dimension 1 on as Reshape (:func:`_fused_across`)."""
+
+
+def _fused_across(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether onnxruntime fuses a DequantizeLinear across ``node`` (a Flatten from dimension 1 to the
+    end is exported as Reshape)."""
+    kind = node_op_type(gm, node)
+    if kind == "Flatten":
+        return _flatten_dims(gm, node) == (1, -1)
+    return kind in _FUSED_ACROSS
+
+
+def _flatten_dims(gm: fx.GraphModule, node: fx.Node) -> tuple:
+    """(start_dim, end_dim) of a Flatten node, whether a module, torch.flatten or Tensor.flatten."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return module.start_dim, module.end_dim
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return start, end
 
 
 def _link_output_quantizers(gm: fx.GraphModule) -> None:
@@ -139,7 +159,7 @@ def _source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         if isinstance(module, Quantizer):
             return module
-        if node_op_type(gm, node) not in _FUSED_ACROSS:
+        if not _fused_across(gm, node):
             return None
         node = node.args[0] if node.args else None
     return None

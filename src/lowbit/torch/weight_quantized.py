@@ -118,9 +118,10 @@ class WeightQuantized(LayerWrapper):
         return pair_saturation.layer_pairs(self.layer, torch.round(weight / scale), source.encoding)
 
     def _saturated(self, output: torch.Tensor, x: torch.Tensor, pairs) -> torch.Tensor:
-        """A Linear layer's float ``output`` plus its pair-saturation error where onnxruntime runs it in
-        integers: always for inputs of 3+ dims (MatMul), for 2-D ones (Gemm) when the output is quantized."""
-        if pairs is None or (x.dim() <= 2 and not self._integer_output()):
+        """A Linear layer's float ``output`` plus its pair-saturation error: onnxruntime runs it as QGemm
+        or MatMulIntegerToFloat whenever its input's DequantizeLinear fuses into it (``pairs`` set), with
+        a quantized output or a float one (the export's bias is int32 either way)."""
+        if pairs is None:
             return output
         source = self.input_quantizer
         integers = source.grid_integers(x, source.scale)
@@ -128,12 +129,6 @@ class WeightQuantized(LayerWrapper):
             integers = torch.round(x.detach() / source.scale.reshape(()))
         correction = pair_saturation.linear_correction(pairs, integers)
         return output + correction * (source.scale.reshape(()) * self.weight_quantizer.scale).detach()
-
-    def _integer_output(self) -> bool:
-        """Whether the layer's fused group ends in an 8-bit per-tensor quantizer."""
-        quantizer = self.output_quantizer
-        return (quantizer is not None and quantizer.mode == "quantize" and quantizer.spec.bits == 8
-                and quantizer.spec.axis is None)
 
     def _cacheable(self) -> bool:
         """Whether the weight quantizer fake-quantizes, the linked ones are Quantizers and no graph is traced."""
