@@ -89,6 +89,24 @@ def _plots(results: dict[str, dict], docs: Path) -> list[str]:
     return ["img/peers_accuracy_time.png", "img/peers_latency.png"]
 
 
+def _latency_section(path: Path) -> list[str]:
+    """The head-to-head latency table written by ``latency.py``, if it ran for this model."""
+    if not path.exists():
+        return []
+    payload = json.loads(path.read_text())
+    ref = payload["models"][payload["reference"]]
+    rows = [[key, f"{ms['batch_1_ms']:.2f}", f"{ms['batch_32_ms']:.1f}",
+             f"{ref['batch_1_ms'] / ms['batch_1_ms']:.2f}× / {ref['batch_32_ms'] / ms['batch_32_ms']:.2f}×"]
+            for key, ms in payload["models"].items()]
+    repeats = payload["repeats"]
+    return [f"Latency head to head (`latency.py`, {payload['machine']['date'][:10]}): every exported model "
+            f"and the FP32 one run once per round, {repeats['batch_1']} rounds at batch 1 and "
+            f"{repeats['batch_32']} at batch 32, medians in ms; the last column is the time of "
+            f"*{payload['reference']}* (onnxruntime's own quantizer) over the row's (above 1: faster).", "",
+            *_markdown(["exported model", "batch 1 ms", "batch 32 ms", "speed vs ORT quantizer b1 / b32"],
+                       rows), ""]
+
+
 def write(results_dir: Path, docs: Path) -> Path:
     """Write ``docs/benchmarks.md`` (and plots) from every ``peers_*.json`` under ``results_dir``."""
     results = {p.stem.removeprefix("peers_"): json.loads(p.read_text())
@@ -116,6 +134,7 @@ def write(results_dir: Path, docs: Path) -> Path:
                   + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", payload.get("command", "run.py"))
                                                                for r in payload["rows"].values())) + ".", ""]
         lines += _markdown(HEADER, [table_row(r) for r in payload["rows"].values()]) + [""]
+        lines += _latency_section(results_dir / f"peer_latency_{model}.json")
     if results:
         lines += [f"![{p}]({p})" for p in _plots(results, docs)] + [""]
     docs.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ SETTINGS = {
     "w8a8-cpu-int8-minmax": ("cpu-int8", "minmax", ()),
     "w8a8-cpu-int8-mean-minmax-float-logits-bias-correction": ("cpu-int8+float-logits", "mean_minmax",
                                                               ("bias_correction",)),
+    "w8a8-cpu-int8-mean-minmax-float-logits-sequential-mse-bias-correction": (
+        "cpu-int8+float-logits", "mean_minmax", ("sequential_mse", "bias_correction")),
     "w4a8-adaround": ("w4a8", "minmax", ("sequential_mse", "adaround")),
 }
 

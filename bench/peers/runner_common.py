@@ -81,12 +81,16 @@ def torch_outputs(model, job: Job) -> np.ndarray:
         return np.concatenate([model(b).float().numpy() for b in job.torch_batches("evaluation")])
 
 
-def ort_session(path: Path):
-    """onnxruntime CPU session, 2 intra-op threads, all graph optimisations."""
+def ort_session(path: Path, spinning: bool = True):
+    """onnxruntime CPU session, 2 intra-op threads, all graph optimisations; ``spinning=False`` lets its
+    threads sleep right after a run instead of busy-waiting for the next one (and stealing the cores
+    from another session run in between)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

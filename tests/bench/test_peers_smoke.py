@@ -59,3 +59,21 @@ def test_report_renders_tables_and_plots(smoke):
     text = page.read_text()
     assert "| lowbit 0.1.0 | w8a8-minmax |" in text and "| onnxruntime 1.32.0 | w8a8-minmax-reduce-range |" in text
     assert all((root / "docs" / "img" / f).stat().st_size > 1000 for f in ("peers_accuracy_time.png", "peers_latency.png"))
+
+
+def test_head_to_head_latency_covers_every_export(smoke):
+    root, payload = smoke
+    reference = "onnxruntime w8a8-minmax-reduce-range"
+    proc = subprocess.run([sys.executable, str(HARNESS / "latency.py"), "--models", "mobilenet_v2", "--work",
+                           str(root / "work"), "--results", str(root / "results"), "--reference", reference,
+                           "--rounds", "3,1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timed = json.loads((root / "results" / "peer_latency_mobilenet_v2.json").read_text())
+    assert set(timed["models"]) == {"fp32"} | set(payload["rows"])
+    assert all(ms["batch_1_ms"] > 0 and ms["batch_32_ms"] > ms["batch_1_ms"] for ms in timed["models"].values())
+    sys.path.insert(0, str(HARNESS))
+    import report
+    text = report.write(root / "results", root / "docs").read_text()
+    ref, row = timed["models"][reference], timed["models"]["lowbit w8a8-minmax"]
+    ratio = f"{ref['batch_1_ms'] / row['batch_1_ms']:.2f}× / {ref['batch_32_ms'] / row['batch_32_ms']:.2f}×"
+    assert f"| lowbit w8a8-minmax | {row['batch_1_ms']:.2f} | {row['batch_32_ms']:.1f} | {ratio} |" in text
