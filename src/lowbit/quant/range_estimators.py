@@ -7,7 +7,7 @@ import torch
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.clipping_search import entropy_range, sqnr_range, sqnr_range_of_values
 from lowbit.quant.histogram import StreamingHistogram, row_aminmax
-from lowbit.quant.layout import as_rows
+from lowbit.quant.layout import as_rows, in_memory_order
 from lowbit.quant.spec import QuantSpec
 
 SCHEMES = ("minmax", "mean_minmax", "percentile", "sqnr", "entropy")
@@ -96,7 +96,7 @@ class MeanMinMaxEstimator(RangeEstimator):
             lo, hi = row_aminmax(as_rows(x, self.spec))
             return lo[:, None], hi[:, None]
         if not per_channel:
-            lo, hi = row_aminmax(x.reshape(x.shape[0], -1))
+            lo, hi = row_aminmax(in_memory_order(x).reshape(x.shape[0], -1))
             return lo[None], hi[None]
         rows = x.movedim(self.spec.axis % x.dim(), 0)
         channels, samples = rows.shape[0], rows.shape[1]
