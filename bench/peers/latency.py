@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import _common  # noqa: E402
+import report  # noqa: E402
 from runner_common import Job, ort_session  # noqa: E402
 
 ROUNDS = "100,12"
@@ -61,13 +62,9 @@ def main() -> None:
         figures = measure(Job(args.work / model), exported, rounds)
         payload = {"machine": _common.machine_info(), "model": model, "reference": args.reference,
                    "repeats": {f"batch_{b}": r for b, r in rounds.items()}, "models": figures}
-        (args.results / f"peer_latency_{model}.json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\n{model} (ms, median; ratio = {args.reference} / row)")
-        print("| model | batch 1 | batch 32 | vs ORT quantizer b1 / b32 |\n|---|---|---|---|")
-        for key, ms in figures.items():
-            ref = figures[args.reference]
-            print(f"| {key} | {ms['batch_1_ms']:.2f} | {ms['batch_32_ms']:.1f} | "
-                  f"{ref['batch_1_ms'] / ms['batch_1_ms']:.2f}× / {ref['batch_32_ms'] / ms['batch_32_ms']:.2f}× |")
+        path = args.results / f"peer_latency_{model}.json"
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\n{model}\n" + "\n".join(report.latency_section(path)))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def _plots(results: dict[str, dict], docs: Path) -> list[str]:
     return ["img/peers_accuracy_time.png", "img/peers_latency.png"]
 
 
-def _latency_section(path: Path) -> list[str]:
+def latency_section(path: Path) -> list[str]:
     """The head-to-head latency table written by ``latency.py``, if it ran for this model."""
     if not path.exists():
         return []
@@ -134,7 +134,7 @@ def write(results_dir: Path, docs: Path) -> Path:
                   + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", payload.get("command", "run.py"))
                                                                for r in payload["rows"].values())) + ".", ""]
         lines += _markdown(HEADER, [table_row(r) for r in payload["rows"].values()]) + [""]
-        lines += _latency_section(results_dir / f"peer_latency_{model}.json")
+        lines += latency_section(results_dir / f"peer_latency_{model}.json")
     if results:
         lines += [f"![{p}]({p})" for p in _plots(results, docs)] + [""]
     docs.mkdir(parents=True, exist_ok=True)

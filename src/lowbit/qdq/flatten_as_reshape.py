@@ -8,9 +8,8 @@ import onnx
 from onnx import numpy_helper
 
 
-def flatten_as_reshape(graph: onnx.GraphProto) -> int:
-    """Rewrite each Flatten with axis 1 in place; returns how many were rewritten."""
-    count = 0
+def flatten_as_reshape(graph: onnx.GraphProto) -> None:
+    """Rewrite each Flatten with axis 1 in place."""
     for node in graph.node:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if node.op_type != "Flatten" or node.domain not in ("", "ai.onnx") or axis != 1:
@@ -20,5 +19,3 @@ def flatten_as_reshape(graph: onnx.GraphProto) -> int:
         node.op_type = "Reshape"
         del node.attribute[:]
         node.input.append(shape)
-        count += 1
-    return count
