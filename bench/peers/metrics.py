@@ -38,8 +38,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def latency(fp32_path: Path, int8_path: Path, images: np.ndarray) -> dict:
-    """Median onnxruntime latency (ms) of both models at batch 1 and 32, runs alternated so noise hits both."""
-    sessions = {"fp32": ort_session(fp32_path), "int8": ort_session(int8_path)}
+    """Median onnxruntime latency (ms) of both models at batch 1 and 32, runs alternated so noise hits both;
+    sessions do not spin-wait, so one session's idle threads do not slow the other (as in latency.py)."""
+    sessions = {"fp32": ort_session(fp32_path, spinning=False), "int8": ort_session(int8_path, spinning=False)}
     figures = {}
     for batch, repeats in LATENCY_REPEATS.items():
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))

@@ -31,7 +31,7 @@ from runner_common import Job, run_onnx  # noqa: E402
 TOOLS = {
     "lowbit": ("run_lowbit.py", ("w8a8-minmax", "w8a8-sqnr", "w8a8-mean-minmax-float-logits-bias-correction",
                                  "w8a8-cpu-int8-minmax", "w8a8-cpu-int8-mean-minmax-float-logits-bias-correction",
-                                 "w4a8-adaround")),
+                                 "w4a8-adaround", "w4a8-adaround-reduced")),
     "onnxruntime": ("run_onnxruntime.py", ("w8a8-minmax", "w8a8-minmax-reduce-range", "w8a8-entropy",
                                            "w8a8-entropy-reduce-range", "w8a8-percentile",
                                            "w8a8-percentile-reduce-range")),
