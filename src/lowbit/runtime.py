@@ -9,10 +9,12 @@ import torch
 from lowbit.data import as_call
 
 
-def session(path, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
+def session(path, threads: int | None = None, optimize: bool = True,
+            memory_pattern: bool = True) -> ort.InferenceSession:
     """A CPU InferenceSession for ``path`` or serialized model bytes (all graph optimisations on unless
-    ``optimize=False``)."""
+    ``optimize=False``; ``memory_pattern=False`` skips planning buffers from the first runs' shapes)."""
     options = ort.SessionOptions()
+    options.enable_mem_pattern = memory_pattern
     if threads is not None:
         options.intra_op_num_threads = threads
     if not optimize:

@@ -1,7 +1,11 @@
 """Observe intermediate tensors of an ONNX graph in onnxruntime. Tensors whose estimators need only
 each sample's extremes (min-max schemes, per tensor) are reduced inside the graph, so onnxruntime
 returns two numbers per sample; the others are exposed as outputs, in as few passes over the data as
-a memory budget allows."""
+a memory budget allows.
+
+The reductions are chosen to keep onnxruntime's blocked (NCHWc) layout: a 4-D maximum is taken by
+GlobalMaxPool, which runs in that layout, where ReduceMax would first reorder the tensor; a tensor
+that cannot be negative gets no minimum at all, since every encoding's range includes zero anyway."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from lowbit.onnx.nonnegative import nonnegative_tensors
 from lowbit.quant.range_estimators import RangeEstimator
 from lowbit.runtime import session
 
@@ -26,15 +31,18 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
     reduced = [n for n, group in estimators.items()
                if ranks.get(n, 0) >= 2 and all(e.takes_extremes and e.spec.axis is None for e in group)]
     exposed = [n for n in estimators if n not in reduced]
+    nonnegative = nonnegative_tensors(model) & set(reduced)
     batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
     groups = tensor_groups(model, exposed, batch, budget) or [[]]
     for index, group in enumerate(groups):
         first = index == 0  # the reductions ride along with the first pass
-        graph_model = with_outputs(model, group, reduced if first else [], ranks)
-        names = group + ([f"{n}{suffix}" for n in reduced for suffix in (_MIN, _MAX)] if first else [])
+        graph_model = with_outputs(model, group, reduced if first else [], ranks, nonnegative)
+        names = group + ([f"{n}{suffix}" for n in reduced for suffix in (_MIN, _MAX)
+                          if not (suffix == _MIN and n in nonnegative)] if first else [])
         if not names:
             continue
-        runtime = session(graph_model.SerializeToString(), threads=threads)
+        # planning buffers for a graph with this many live outputs costs more than one pass (ad-hoc timing)
+        runtime = session(graph_model.SerializeToString(), threads=threads, memory_pattern=False)
         for feed in progress(feeds, len(feeds)):
             values = dict(zip(names, runtime.run(names, feed)))
             for name in group:
@@ -42,14 +50,16 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
                 for estimator in estimators[name]:
                     estimator.observe(tensor)
             for name in reduced if first else []:
-                lo, hi = (torch.from_numpy(values[f"{name}{s}"]).reshape(1, -1) for s in (_MIN, _MAX))
+                hi = torch.from_numpy(values[f"{name}{_MAX}"]).reshape(1, -1)
+                lo = torch.zeros_like(hi) if name in nonnegative else torch.from_numpy(values[f"{name}{_MIN}"]).reshape(1, -1)
                 for estimator in estimators[name]:
                     estimator.observe_extremes(lo, hi)
 
 
-def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str], ranks: dict[str, int]) -> onnx.ModelProto:
+def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str], ranks: dict[str, int],
+                 nonnegative: set[str] = frozenset()) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are the ``exposed`` tensors and, for each ``reduced`` tensor,
-    its per-sample minimum and maximum (ReduceMin/ReduceMax over every axis but the first)."""
+    its per-sample maximum and, unless it is ``nonnegative``, minimum (over every axis but the first)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -57,8 +67,13 @@ def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str],
     del graph.output[:]
     graph.output.extend(known[n] if n in known else helper.make_empty_tensor_value_info(n) for n in exposed)
     for name in reduced:
-        for op_type, suffix in (("ReduceMin", _MIN), ("ReduceMax", _MAX)):
-            add_reduction(result, op_type, name, list(range(1, ranks[name])), name + suffix)
+        if name not in nonnegative:
+            add_reduction(result, "ReduceMin", name, list(range(1, ranks[name])), name + _MIN)
+        if ranks[name] == 4:
+            graph.node.append(helper.make_node("GlobalMaxPool", [name], [name + _MAX + "_per_channel"]))
+            add_reduction(result, "ReduceMax", name + _MAX + "_per_channel", [1, 2, 3], name + _MAX)
+        else:
+            add_reduction(result, "ReduceMax", name, list(range(1, ranks[name])), name + _MAX)
     return result
 
 
