@@ -114,24 +114,26 @@ def _summary_table(sim, paths, fidelity) -> str:
                    "[default: top-1 agreement with the float model, or output SQNR if it is no classifier].")
 def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches,
             eval_fn) -> None:
-    """Per-layer sensitivity of MODEL (a module:factory spec, TorchScript or .pt2 file) quantized on
-    --data: which layers lose accuracy, weights or activations; writes an HTML report."""
+    """Per-layer sensitivity of MODEL (a module:factory spec, TorchScript, .pt2 or .onnx file) quantized
+    on --data: which layers lose accuracy, weights or activations; writes an HTML report."""
     import torch
 
     import lowbit
-    from lowbit.cli_inputs import import_attribute, load_batches, load_model
+    from lowbit.cli_inputs import import_attribute, load_batches, load_model, onnx_image_size
     from lowbit.frontend import is_onnx_model
 
-    if is_onnx_model(model):
-        raise InputError("lowbit analyze takes PyTorch models for now; ONNX files are not analysed yet")
+    onnx_model = is_onnx_model(model)
     lowbit.load_target(target)
-    batches = load_batches(data_path, batch_size)
+    batches = load_batches(data_path, batch_size, image_size=(onnx_image_size(model) if onnx_model else None) or 224)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
-    net = load_model(model, batches[0])
+    net = model if onnx_model else load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches)
-    with torch.no_grad():
-        classifier = net(batches[0][:1]).dim() == 2
+    if onnx_model:
+        classifier = sim(batches[0][:1])[0].ndim == 2
+    else:
+        with torch.no_grad():
+            classifier = net(batches[0][:1]).dim() == 2
     result = lowbit.analyze(sim, batches, eval_fn=function, out_dir=out_dir, num_batches=num_batches,
                             metric="agreement" if classifier else "sqnr")
     click.echo(_analysis_table(result))

@@ -108,8 +108,8 @@ def test_bad_input(planted):
     sim = lowbit.QuantSim(model, data[0][:1])
     with pytest.raises(NotCalibratedError):
         lowbit.analyze(sim, data)
-    with pytest.raises(SpecError, match="ONNX"):
-        lowbit.analyze("model.onnx", data)
+    with pytest.raises(SpecError, match="an ONNX model, not int"):
+        lowbit.analyze(3, data)
 
 
 @pytest.mark.parametrize("metric,net", [("sqnr", "planted"), ("agreement", "planted"), ("sqnr", "tiny_resnet")])

@@ -47,10 +47,26 @@ def test_eval_fn_from_a_module_is_called_with_the_sim(npy, tmp_path, monkeypatch
     assert f"score: float 0, quantized {total}" in result.output
 
 
-@pytest.mark.parametrize("case", ["bad eval-fn", "onnx model"])
+def test_an_onnx_file_is_analysed(npy, tmp_path):
+    import torch
+
+    from lowbit.zoo import tiny_resnet
+    path = tmp_path / "tiny.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["analyze", str(path), "--data", str(npy), "--out", str(out), "--batch-size", "8"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement with float: float 1, quantized" in result.output and "/layer1/" in result.output
+    assert (out / "analysis.html").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["bad eval-fn", "missing onnx file"])
 def test_bad_input_is_one_line(case, npy, tmp_path, capsys):
     extra = ["--eval-fn", "no_such_module:score"] if case == "bad eval-fn" else []
-    model = str(tmp_path / "m.onnx") if case == "onnx model" else TINY
+    model = str(tmp_path / "m.onnx") if case == "missing onnx file" else TINY
     with pytest.raises(SystemExit) as exit_info:
         main(["analyze", model, "--data", str(npy), "--out", str(tmp_path / "r"), *extra])
     assert exit_info.value.code == 2

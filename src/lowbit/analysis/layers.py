@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
 from torch import fx, nn
 
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -14,6 +15,8 @@ _PASS_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.G
                  nn.Sigmoid, nn.Tanh)
 _PASS_FUNCTIONS = {"relu", "relu6", "hardtanh", "clamp", "leaky_relu", "gelu", "silu", "hardswish", "sigmoid",
                    "tanh", "clip"}
+_PASS_ONNX_OPS = {"Identity", "Relu", "Clip", "LeakyRelu", "Gelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
+                  "BatchNormalization"}
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,16 @@ class LayerGroup:
 
 
 def layer_groups(sim) -> list[LayerGroup]:
-    """The layers of a torch QuantSim in graph order, each with its quantizer keys."""
-    owner = _owners(sim)
+    """The layers of a torch or ONNX QuantSim in graph order, each with its quantizer keys; an ONNX
+    layer is named by its node (weighted layers) or the tensor its quantizer reads."""
+    is_onnx = isinstance(sim.model, onnx.ModelProto)
+    owner = _onnx_owners(sim) if is_onnx else _owners(sim)
     order: dict[str, list] = {}
     for point in sim.points:
-        name = point.module if point.role == "weight" else owner.get(point.node, point.node)
+        if point.role == "weight":
+            name = point.node if is_onnx else point.module
+        else:
+            name = owner.get(point.node, point.node)
         entry = order.setdefault(name, [point.op_type, [], []])
         entry[1 if point.role == "weight" else 2].append(point.key)
         if point.role == "weight":
@@ -60,6 +68,22 @@ def _owners(sim) -> dict[str, str]:
                 owners[point.node] = node.target
                 break
             node = _single_input(node, module)
+    return owners
+
+
+def _onnx_owners(sim) -> dict[str, str]:
+    """For each quantized tensor of an ONNX sim, the weighted node it follows through pass-through ops."""
+    weighted = {point.node for point in sim.points if point.role == "weight"}
+    producer = {output: node for node in sim.model.graph.node for output in node.output}
+    owners = {}
+    for point in sim.points:
+        if point.role == "weight" or point.argument is not None:
+            continue
+        node = producer.get(point.node)
+        while node is not None and node.name not in weighted and node.op_type in _PASS_ONNX_OPS:
+            node = producer.get(node.input[0])
+        if node is not None and node.name in weighted:
+            owners[point.node] = node.name
     return owners
 
 

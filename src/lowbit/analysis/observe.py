@@ -44,7 +44,7 @@ def activation_views(sim, call, groups) -> dict[str, ActivationView]:
     """Per layer with an activation quantizer, the view of its last one on ``call``'s first samples."""
     keys = {group.activations[-1]: group.name for group in groups if group.activations}
     quantizers = sim.quantizers()
-    args, kwargs = move_call(*_head(call, SAMPLES), sim._device())
+    args, kwargs = move_call(*first_samples(call, SAMPLES), sim._device())
     floats = _capture(sim, quantizers, keys, args, kwargs, quantized=False)
     quantized = _capture(sim, quantizers, keys, args, kwargs, quantized=True)
     views = {}
@@ -84,7 +84,7 @@ def _capture(sim, quantizers, keys, args, kwargs, quantized: bool) -> dict[str, 
     return captured
 
 
-def _head(call, samples: int):
+def first_samples(call, samples: int):
     """``call`` with every tensor of two or more dimensions cut to its first ``samples`` rows."""
     cut = lambda value: value[:samples] if isinstance(value, torch.Tensor) and value.dim() >= 2 else value
     args, kwargs = call

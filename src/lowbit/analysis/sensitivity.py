@@ -10,14 +10,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import torch
 
 from lowbit.analysis.forked_runs import forked_outputs, layer_configurations
 from lowbit.analysis.layers import LayerGroup, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
+from lowbit.analysis.onnx_views import onnx_activation_views, onnx_weight_ranges
 from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
 from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.onnx.feeds import as_tensors
 from lowbit.progress import progress
 
 
@@ -67,20 +70,24 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if metric not in METRICS:
         raise SpecError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     from lowbit.analysis.report import write_analysis_report
+    from lowbit.frontend import is_onnx_model
+    from lowbit.onnx import OnnxQuantSim
     from lowbit.torch.quantsim import QuantSim
     start = time.perf_counter()
-    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
-    if isinstance(model_or_sim, QuantSim):
+    is_onnx = isinstance(model_or_sim, OnnxQuantSim) or is_onnx_model(model_or_sim)
+    prepare = (lambda item: as_tensors(transform(item) if transform else item)) if is_onnx else transform
+    calls = list(checked_calls(data, prepare, num_batches))
+    calls = calls if is_onnx else [channels_last_call(*call) for call in calls]
+    if isinstance(model_or_sim, (QuantSim, OnnxQuantSim)):
         sim = model_or_sim
         if not sim.is_calibrated:
             raise NotCalibratedError("analyze needs a calibrated sim: call sim.calibrate(data) first")
-    elif isinstance(model_or_sim, torch.nn.Module):
+    elif isinstance(model_or_sim, torch.nn.Module) or is_onnx:
         import lowbit
-        sim = lowbit.quantize(model_or_sim, [_batch_of(c) for c in calls], example_input=example_input,
-                              **quantize_options)
+        options = quantize_options if is_onnx else {"example_input": example_input, **quantize_options}
+        sim = lowbit.quantize(model_or_sim, [_batch_of(c) for c in calls], **options)
     else:
-        raise SpecError(f"analyze takes a torch QuantSim or nn.Module, not {type(model_or_sim).__name__} "
-                        f"(the ONNX front end is not analysed yet)")
+        raise SpecError(f"analyze takes a QuantSim, an nn.Module or an ONNX model, not {type(model_or_sim).__name__}")
     if not calls:
         raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
@@ -90,7 +97,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     with enabled_only(sim, set()):
         float_score = score()
     quantized_score = score()
-    forked = forked_outputs(sim, calls, groups, enabled_only) if reference is not None else None
+    forked = forked_outputs(sim, calls, groups, enabled_only) if reference is not None and not is_onnx else None
     if forked is not None:
         function = METRICS[metric_key][1]
         layers = [_figures_from(group, {c: function(reference, forked[(group.name, c)])
@@ -98,8 +105,8 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     else:
         layers = [_layer_figures(sim, group, every, score)
                   for group in progress(groups, "analyze", len(groups), unit="layer")]
-    views = activation_views(sim, calls[0], groups)
-    ranges = weight_ranges(sim, groups)
+    views = (onnx_activation_views if is_onnx else activation_views)(sim, calls[0], groups)
+    ranges = (onnx_weight_ranges if is_onnx else weight_ranges)(sim, groups)
     for layer, group in zip(layers, groups):
         layer.weight_ranges = ranges.get(group.name)
         layer.activation = views.get(group.name)
@@ -147,6 +154,8 @@ def make_scorer(sim, calls, eval_fn, metric: str):
 
 
 def _outputs(sim, calls) -> list[torch.Tensor]:
+    if isinstance(sim.model, onnx.ModelProto):
+        return [torch.from_numpy(first[0]).float() for first in sim.run_on([_batch_of(c) for c in calls])]
     device = sim._device()
     outputs = []
     with torch.no_grad():

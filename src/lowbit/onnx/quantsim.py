@@ -52,6 +52,7 @@ class OnnxQuantSim(PlannedQuantizers):
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
         self._split: SplitGraph | None = None
+        self._split_off: frozenset[str] = frozenset()
         self._runtime = None
 
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "OnnxQuantSim":
@@ -134,17 +135,22 @@ class OnnxQuantSim(PlannedQuantizers):
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list[list[np.ndarray]]:
         """The simulated outputs of every batch of ``data``: the QDQ graph in onnxruntime with its
         integer kernels, i.e. what the exported ``NAME.qdq.onnx`` computes on this machine."""
+        split = self.split()
         if self._runtime is None:
-            self._runtime = session(self.split().qdq_model.SerializeToString(), threads=self.threads)
+            self._runtime = session(split.qdq_model.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
         return [self._runtime.run(None, feed) for feed in progress(feeds, "run", len(feeds))]
 
     def split(self) -> SplitGraph:
-        """FP32 graph, encodings and integer QDQ graph of the current encodings."""
-        if self._split is None:
+        """FP32 graph, encodings and integer QDQ graph of the current encodings; quantizers switched
+        ``"off"`` (as analysis does) get no Q/DQ pair."""
+        off = frozenset(key for key, quantizer in self._quantizers.items() if quantizer.mode == "off")
+        if self._split is None or off != self._split_off:
             require_encodings(self._quantizers)
-            self._split = split_exported_graph(tagged_model(self.model, self.points, self._quantizers),
+            points = [p for p in self.points if p.key not in off]
+            self._split = split_exported_graph(tagged_model(self.model, points, self._quantizers),
                                                self._quantizers, {})
+            self._split_off, self._runtime = off, None
         return self._split
 
     def load_encodings(self, path) -> "OnnxQuantSim":
