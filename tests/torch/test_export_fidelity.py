@@ -119,13 +119,20 @@ def test_qdq_file_has_integer_weights_and_int32_biases(which, request):
     assert float_weights == []
 
 
-def test_mobilenet_qdq_weights_are_7_bit_for_cpu_int8(mobilenet_export):
+def test_mobilenet_qdq_weights_are_7_bit_for_cpu_int8_and_8_bit_depthwise(mobilenet_export):
     model = onnx.load(str(mobilenet_export.qdq_onnx))
     inits, producers, _ = _dequantize_nodes(model)
+    depthwise = 0
     for node in (n for n in model.graph.node if n.op_type == "Conv"):
         values = numpy_helper.to_array(inits[producers[node.input[1]].input[0]])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         assert values.dtype == np.int8
-        assert values.min() >= -64 and values.max() <= 63, node.name
+        if group > 1 and values.shape[:2] == (group, 1):
+            depthwise += 1
+            assert values.min() >= -128 and values.max() <= 127 and np.abs(values).max() > 63, node.name
+        else:
+            assert values.min() >= -64 and values.max() <= 63, node.name
+    assert depthwise == 17
 
 
 def test_encodings_file_lists_every_quantizer(mobilenet_sim, mobilenet_export):

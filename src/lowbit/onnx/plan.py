@@ -148,7 +148,8 @@ def plan_model(model: onnx.ModelProto, target: Target) -> list[QuantPoint]:
                                              activation_spec(rule, target), argument=argument))
         weight = _weight_initializer(facts, node)
         if weight is not None and weight.name not in weights:
-            spec = weight_spec(rule, node.op_type, axis=weight_axis(node, weight))
+            spec = weight_spec(target.weight_rule(node.op_type, _is_depthwise(node, weight)), node.op_type,
+                               axis=weight_axis(node, weight))
             if spec is not None:
                 weights.add(weight.name)
                 points.append(QuantPoint(weight.name, "weight", node.name, node.op_type, spec, module=weight.name))
@@ -184,3 +185,9 @@ def _weight_initializer(facts: GraphFacts, node: onnx.NodeProto) -> onnx.TensorP
         return None
     weight = facts.initializers.get(node.input[position])
     return weight if weight is not None and weight.data_type in _FLOAT_TYPES else None
+
+
+def _is_depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
+    """A Conv with one input and one output channel per group (weight [group, 1, ...])."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return node.op_type == "Conv" and group > 1 and len(weight.dims) > 1 and weight.dims[0] == group and weight.dims[1] == 1

@@ -71,6 +71,14 @@ class Target:
             self._op_rules[op_type] = _resolve_op(self._config, self._config["op_type"].get(op_type, {}))
         return self._op_rules[op_type]
 
+    def weight_rule(self, op_type: str, depthwise: bool) -> OpRule:
+        """The rule for a layer's weights: a depthwise Conv's comes from the lowbit op type
+        ``DepthwiseConv`` where the config has one (x86 CPUs run depthwise int8 convolutions in a kernel
+        whose int16 sums cannot saturate, so they can take wider weights); else the op's own rule."""
+        if depthwise and op_type == "Conv" and DEPTHWISE_CONV in self._config["op_type"]:
+            return self.op(DEPTHWISE_CONV)
+        return self.op(op_type)
+
     @property
     def supergroups(self) -> tuple[tuple[str, ...], ...]:
         """Op type sequences the runtime fuses: no quantizer between their members."""
@@ -120,10 +128,13 @@ class Target:
     def with_overrides(
         self, param_bits: int | None = None, act_bits: int | None = None, per_channel: bool | None = None
     ) -> Target:
-        """A copy whose default integer bitwidths / per-channel flag are replaced; op-specific kernels stay."""
+        """A copy whose default integer bitwidths / per-channel flag are replaced; op-specific kernels stay,
+        except that a ``param_bits`` override applies to depthwise convolutions too."""
         config = self.to_json()
         defaults = config["defaults"]
         changes = []
+        if param_bits is not None:
+            config["op_type"].pop(DEPTHWISE_CONV, None)
         if param_bits is not None or act_bits is not None:
             kernels = defaults.setdefault("supported_kernels", [copy.deepcopy(_FALLBACK_KERNEL)])
             if param_bits is not None:
@@ -164,6 +175,10 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({self._name!r})"
+
+
+DEPTHWISE_CONV = "DepthwiseConv"
+"""lowbit's op type (not ONNX's) for a Conv whose every group has one input and one output channel."""
 
 
 def _with_string_booleans(value):

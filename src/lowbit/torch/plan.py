@@ -10,6 +10,7 @@ from lowbit.target import PASSTHROUGH_OPS, Target
 from lowbit.target.points import QuantPoint, activation_spec, weight_spec
 from lowbit.target.rules import OpRule
 from lowbit.torch.op_types import NON_TENSOR_METHODS, WEIGHTED_OP_TYPES, function_op_type, method_op_type, module_op_type
+from lowbit.torch.pair_saturation import is_depthwise
 
 
 def node_op_type(gm: fx.GraphModule, node: fx.Node) -> str | None:
@@ -127,8 +128,8 @@ def plan_graph(gm: fx.GraphModule, dtypes: dict[str, torch.dtype], target: Targe
                     points.append(QuantPoint(f"{node.name}_input{index}", "input", node.name, op_type,
                                              activation_spec(rule, target), argument=argument.name))
         if node.op == "call_module" and op_type in WEIGHTED_OP_TYPES and node.target not in weighted_modules:
-            spec = weight_spec(rule, op_type)
             module = gm.get_submodule(node.target)
+            spec = weight_spec(target.weight_rule(op_type, is_depthwise(module)), op_type)
             if spec is not None and isinstance(getattr(module, "weight", None), torch.Tensor):
                 if op_type == "Gather":
                     spec = QuantSpec(spec.bits, spec.symmetric, True)
