@@ -101,7 +101,7 @@ def _table(results: dict, fidelity) -> str:
         f"| top-1 agreement with FP32 ({results['evaluation_images']} images) |",
         "|---|---|---|",
         f"| FP32 (torch) | {acc['fp32']:.0%} | - |",
-        f"| int8 sim (cpu-int8: W7A8) | {acc['sim']:.0%} | {agree['sim']:.1%} |",
+        f"| int8 sim (cpu-int8: W7A8, depthwise W8) | {acc['sim']:.0%} | {agree['sim']:.1%} |",
         f"| onnxruntime int8 (QDQ) | {acc['onnxruntime']:.0%} | {agree['onnxruntime']:.1%} |",
         "",
         f"sim vs onnxruntime: {fidelity.row()}",
