@@ -106,7 +106,11 @@ def test_mobilenet_weight_quantizers(mobilenet_plan_sim):
     convs = [p for p in weights if p.op_type == "Conv"]
     assert len(convs) == 52
     assert [p.key for p in weights if p.op_type == "Gemm"] == ["classifier.1.weight"]
-    assert all(p.spec.axis == 0 and p.spec.bits == 7 and p.spec.symmetric for p in weights)
+    assert all(p.spec.axis == 0 and p.spec.symmetric for p in weights)
+    # cpu-int8: 8 bits on the 17 depthwise convolutions (int32 kernel), 7 elsewhere
+    depthwise = {p.key for p in convs if mobilenet_plan_sim.model.get_submodule(p.module).layer.groups > 1}
+    assert len(depthwise) == 17
+    assert all(p.spec.bits == (8 if p.key in depthwise else 7) for p in weights)
     summary = mobilenet_plan_sim.summary()["quantizers"]
     # 1 model input, 35 ReLU6, 17 projections, 10 adds, pooled features, logits
     assert summary == {"input": 1, "weight": 53, "output": 64}
