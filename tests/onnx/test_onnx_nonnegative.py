@@ -21,7 +21,8 @@ def _graph(opset: int):
     if opset < 11:
         nodes = [nodes[1], helper.make_node("Clip", ["x"], ["clip_zero"], min=0.0, max=6.0),
                  helper.make_node("Clip", ["x"], ["clip_negative"], min=-1.0), nodes[5]]
-    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes if n.op_type != "Constant"]
+    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None)
+               for n in nodes if n.op_type != "Constant"]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])], outputs,
                               initializer=[floor_low])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -51,7 +51,8 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
                     estimator.observe(tensor)
             for name in reduced if first else []:
                 hi = torch.from_numpy(values[f"{name}{_MAX}"]).reshape(1, -1)
-                lo = torch.zeros_like(hi) if name in nonnegative else torch.from_numpy(values[f"{name}{_MIN}"]).reshape(1, -1)
+                lo = (torch.zeros_like(hi) if name in nonnegative
+                      else torch.from_numpy(values[f"{name}{_MIN}"]).reshape(1, -1))
                 for estimator in estimators[name]:
                     estimator.observe_extremes(lo, hi)
 
