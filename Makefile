@@ -35,7 +35,7 @@ $(PEERS)/%/.installed: bench/peers/install_%.sh bench/peers/requirements-%.txt
 	bash bench/peers/install_$*.sh $(PEERS)/$*
 
 bench-peers: $(STAMP) $(PEERS)/onnxruntime/.installed $(PEERS)/aimet/.installed $(PEERS)/nncf/.installed
-	$(PYTHON) bench/peers/run.py && $(PYTHON) bench/peers/latency.py
+	$(PYTHON) bench/peers/run.py && $(PYTHON) bench/peers/latency.py && $(PYTHON) bench/peers/report.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) demo-out

@@ -4,7 +4,8 @@ The per-row speed-ups in the peers table each come from their own run, minutes a
 two identical graphs can differ there by 2x. Here every exported model (and the FP32 one) runs once per
 round, rounds alternated, so each ratio to onnxruntime's own quantizer output is measured under the same
 noise. Sessions do not spin-wait (onnxruntime's threads would otherwise busy-wait after each run and
-slow whichever session runs next). Writes ``bench/results/peer_latency_MODEL.json``; ``report.py`` puts the table in docs/benchmarks.md.
+slow whichever session runs next). Writes ``bench/results/peer_latency_MODEL.json``; ``report.py``
+(run after it by ``make bench-peers``) puts the table in docs/benchmarks.md.
 
     .venv/bin/python bench/peers/latency.py --models mobilenet_v2,efficientnet_lite0
 """
