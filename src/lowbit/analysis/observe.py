@@ -34,10 +34,15 @@ def weight_ranges(sim, groups) -> dict[str, tuple[list[float], list[float]]]:
             continue
         point = sim.point(group.weights[0])
         weight = sim.model.get_submodule(point.module).layer.weight.detach().float().cpu()
-        axis = point.spec.axis if point.spec.axis is not None else 0
-        rows = weight.movedim(axis, 0).reshape(weight.shape[axis], -1)
-        ranges[group.name] = (rows.amin(1).tolist(), rows.amax(1).tolist())
+        ranges[group.name] = channel_ranges(weight, point.spec)
     return ranges
+
+
+def channel_ranges(weight: torch.Tensor, spec) -> tuple[list[float], list[float]]:
+    """Each output channel's (min, max) of ``weight``, on ``spec``'s channel axis (0 when per tensor)."""
+    axis = spec.axis if spec.axis is not None else 0
+    rows = weight.movedim(axis, 0).reshape(weight.shape[axis], -1)
+    return rows.amin(1).tolist(), rows.amax(1).tolist()
 
 
 def activation_views(sim, call, groups) -> dict[str, ActivationView]:
@@ -51,15 +56,21 @@ def activation_views(sim, call, groups) -> dict[str, ActivationView]:
     for key, name in keys.items():
         if key not in floats or key not in quantized:
             continue
-        values, encoding = floats[key], quantizers[key].encoding
-        clip = (float(encoding.min.min()), float(encoding.max.max()))
-        lo, hi = min(float(values.min()), clip[0]), max(float(values.max()), clip[1])
-        hi = hi if hi > lo else lo + 1.0
-        counts = torch.histc(values, HISTOGRAM_BINS, lo, hi)
-        edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1)
-        mse = float((quantized[key].double() - values.double()).square().mean())
-        views[name] = ActivationView(key, [int(c) for c in counts.tolist()], edges.tolist(), clip, mse)
+        views[name] = activation_view(key, floats[key], quantized[key], quantizers[key].encoding)
     return views
+
+
+def activation_view(key: str, values: torch.Tensor, quantized: torch.Tensor, encoding) -> ActivationView:
+    """The histogram of the float ``values`` over their range and ``encoding``'s, and the MSE of the
+    ``quantized`` values against them."""
+    values = values.flatten()
+    clip = (float(encoding.min.min()), float(encoding.max.max()))
+    lo, hi = min(float(values.min()), clip[0]), max(float(values.max()), clip[1])
+    hi = hi if hi > lo else lo + 1.0
+    counts = torch.histc(values, HISTOGRAM_BINS, lo, hi)
+    edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    mse = float((quantized.flatten().double() - values.double()).square().mean())
+    return ActivationView(key, [int(c) for c in counts.tolist()], edges.tolist(), clip, mse)
 
 
 def _capture(sim, quantizers, keys, args, kwargs, quantized: bool) -> dict[str, torch.Tensor]:

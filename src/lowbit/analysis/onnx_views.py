@@ -7,7 +7,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from lowbit.analysis.observe import HISTOGRAM_BINS, SAMPLES, ActivationView, first_samples
+from lowbit.analysis.observe import SAMPLES, ActivationView, activation_view, channel_ranges, first_samples
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.runtime import session
 
@@ -21,9 +21,7 @@ def onnx_weight_ranges(sim, groups) -> dict[str, tuple[list[float], list[float]]
             continue
         point = sim.point(group.weights[0])
         weight = torch.from_numpy(numpy_helper.to_array(initializers[point.module]).astype("float32"))
-        axis = point.spec.axis if point.spec.axis is not None else 0
-        rows = weight.movedim(axis, 0).reshape(weight.shape[axis], -1)
-        ranges[group.name] = (rows.amin(1).tolist(), rows.amax(1).tolist())
+        ranges[group.name] = channel_ranges(weight, point.spec)
     return ranges
 
 
@@ -39,16 +37,9 @@ def onnx_activation_views(sim, call, groups) -> dict[str, ActivationView]:
     quantizers = sim.quantizers()
     views = {}
     for key, name in keys.items():
-        values, encoding = floats[tensors[key]], quantizers[key].encoding
-        on_grid = fake_quantize(quantized[tensors[key]], encoding) if quantizers[key].mode == "quantize" \
-            else quantized[tensors[key]]
-        clip = (float(encoding.min.min()), float(encoding.max.max()))
-        lo, hi = min(float(values.min()), clip[0]), max(float(values.max()), clip[1])
-        hi = hi if hi > lo else lo + 1.0
-        counts = torch.histc(values.flatten(), HISTOGRAM_BINS, lo, hi)
-        edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1)
-        mse = float((on_grid.double() - values.double()).square().mean())
-        views[name] = ActivationView(key, [int(c) for c in counts.tolist()], edges.tolist(), clip, mse)
+        encoding, read = quantizers[key].encoding, quantized[tensors[key]]
+        on_grid = fake_quantize(read, encoding) if quantizers[key].mode == "quantize" else read
+        views[name] = activation_view(key, floats[tensors[key]], on_grid, encoding)
     return views
 
 

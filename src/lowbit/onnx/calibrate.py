@@ -37,8 +37,7 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
     for index, group in enumerate(groups):
         first = index == 0  # the reductions ride along with the first pass
         graph_model = with_outputs(model, group, reduced if first else [], ranks, nonnegative)
-        names = group + ([f"{n}{suffix}" for n in reduced for suffix in (_MIN, _MAX)
-                          if not (suffix == _MIN and n in nonnegative)] if first else [])
+        names = [output.name for output in graph_model.graph.output]
         if not names:
             continue
         # planning buffers for a graph with this many live outputs costs more than one pass (ad-hoc timing)

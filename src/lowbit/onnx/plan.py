@@ -189,6 +189,6 @@ def _weight_initializer(facts: GraphFacts, node: onnx.NodeProto) -> onnx.TensorP
 
 def _is_depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
     """A Conv with one input and one output channel per group (weight [group, 1, ...])."""
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    group = attribute(node, "group", 1)
     return (node.op_type == "Conv" and group > 1 and len(weight.dims) > 1
             and weight.dims[0] == group and weight.dims[1] == 1)
