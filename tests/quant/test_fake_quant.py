@@ -5,7 +5,7 @@ import torch
 
 from lowbit.errors import SpecError
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.fake_quant import dequantize, fake_quantize, quantize
+from lowbit.quant.fake_quant import dequantize, fake_quantize, fake_quantize_dividing, quantize
 from lowbit.quant.spec import QuantSpec
 
 
@@ -175,6 +175,28 @@ def test_straight_through_gradient(granularity):
     x.requires_grad_(True)
     fake_quantize(x, encoding).sum().backward()
     assert x.grad.tolist() == inside.float().tolist()
+
+
+@pytest.mark.parametrize("low, high", [(-1.0, 2.0), (-3.3, 0.7), (0.0, 6.0)])
+def test_per_tensor_gradient_path_matches_torch_kernel_and_division(low, high):
+    """With a gradient, per-tensor fake quantization gives torch's fused kernel's values and
+    gradient bit for bit (channels-last input included), and the dividing form gives
+    round(x / scale) on the grid, by definition, with the same in-range gradient."""
+    torch.manual_seed(7)
+    encoding = Encoding.from_range(QuantSpec(8), torch.tensor(low), torch.tensor(high))
+    scale, zero_point = encoding.scale.reshape(1), (-encoding.offset).to(torch.int32).reshape(1)
+    ties = (torch.randint(-140, 140, (2, 3, 5, 5)) + 0.5) * encoding.scale
+    for x in (torch.randn(2, 3, 5, 5) * 4, ties, ties.contiguous(memory_format=torch.channels_last)):
+        x = x.clone().requires_grad_(True)
+        reference = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+        ours = fake_quantize(x, encoding)
+        assert torch.equal(ours, reference)
+        assert torch.equal(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(reference.sum(), x)[0])
+        grid = torch.round(x.detach() / encoding.scale) - encoding.offset
+        dividing = fake_quantize_dividing(x, encoding)
+        assert torch.equal(dividing, (grid.clamp(0, 255) + encoding.offset) * encoding.scale)
+        inside = ((grid >= 0) & (grid <= 255)).float()
+        assert torch.equal(torch.autograd.grad(dividing.sum(), x)[0], inside)
 
 
 @pytest.mark.parametrize("index", range(5))

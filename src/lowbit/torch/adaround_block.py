@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from lowbit.data import channels_last
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.algorithms.row_cache import RowCache
 from lowbit.algorithms.soft_rounding import SoftRounding, learn_rounding
@@ -33,7 +34,7 @@ def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantiz
 
     def batch_loss() -> torch.Tensor:
         inputs, targets = cache.sample(samples, generator, device)
-        return _error(module(inputs), targets)
+        return _error(module(channels_last(inputs)), targets)
 
     try:
         for wrapper, soft in zip(wrappers, softs):
@@ -76,7 +77,7 @@ def _block_mse(module: torch.nn.Module, wrappers: list[WeightQuantized], weights
     total, count = 0.0, 0
     device = weights[0].device
     for first in range(0, cache.count, chunk):
-        inputs = cache.inputs[first:first + chunk].to(device)
+        inputs = channels_last(cache.inputs[first:first + chunk].to(device))
         targets = cache.targets[first:first + chunk].to(device)
         total += float((module(inputs) - targets).pow(2).sum())
         count += targets.numel()

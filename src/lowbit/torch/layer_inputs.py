@@ -9,7 +9,7 @@ import math
 import torch
 from torch import fx, nn
 
-from lowbit.data import checked_calls, move_call
+from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
@@ -142,7 +142,7 @@ class LayerInputs:
         if batch == 0 and (not self._cursors or self._cursors[0][0].position > index):
             self._cursors = []
             for args_kwargs in self.calls:
-                args, kwargs = move_call(*args_kwargs, self.device)
+                args, kwargs = channels_last_call(*move_call(*args_kwargs, self.device))
                 self._cursors.append((GraphCursor(self.sim.model, args, kwargs),
                                       GraphCursor(self.reference, args, kwargs)))
         return self._cursors[batch]
@@ -172,7 +172,7 @@ class LayerInputs:
         return seen[0].detach() if seen else None
 
     def _run(self, model: nn.Module, args_kwargs) -> None:
-        args, kwargs = move_call(*args_kwargs, self.device)
+        args, kwargs = channels_last_call(*move_call(*args_kwargs, self.device))
         with torch.no_grad():
             model(*args, **kwargs)
 
