@@ -91,3 +91,21 @@ def test_mean_minmax_keeps_the_full_range_on_the_returned_logits(mobilenet_expor
     sim = OnnxQuantSim(mobilenet_export.onnx, scheme="mean_minmax")
     schemes = {sim.point(k).op_type: q.scheme for k, q in sim.quantizers().items() if sim.point(k).role == "output"}
     assert schemes["Gemm"] == "minmax" and schemes["Conv"] == "mean_minmax" and schemes["Clip"] == "mean_minmax"
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "mean_minmax", "percentile"])
+def test_batches_run_in_slices_give_the_encodings_of_whole_batches(mobilenet_export, calibration_batches,
+                                                                   monkeypatch, scheme):
+    """Calibration runs each batch of 16 images as two slices of 8 (MobileNetV2's largest tensor is
+    4.8 MB per image); with slicing off the encodings are the same."""
+    import lowbit.onnx.calibrate as calibrate
+    sliced = OnnxQuantSim(mobilenet_export.onnx, scheme=scheme, threads=2).calibrate(calibration_batches)
+    largest = max(calibrate._bytes_per_sample(sliced._with_quantized_weights()).values())
+    assert largest == 96 * 112 * 112 * 4 and calibrate.SLICE_BYTES // largest == 8
+    monkeypatch.setattr(calibrate, "SLICE_BYTES", 1 << 40)
+    whole = OnnxQuantSim(mobilenet_export.onnx, scheme=scheme, threads=2).calibrate(calibration_batches)
+    assert sliced._quantizers.keys() == whole._quantizers.keys()
+    for key, quantizer in whole._quantizers.items():
+        torch.testing.assert_close(sliced._quantizers[key].encoding.scale, quantizer.encoding.scale,
+                                   rtol=1e-6, atol=0, msg=key)
+        assert torch.equal(sliced._quantizers[key].encoding.offset, quantizer.encoding.offset), key

@@ -21,6 +21,11 @@ from lowbit.runtime import session
 DEFAULT_BUDGET_BYTES = 2 << 30
 """Bytes of exposed tensors one batch may produce before the tensors are split over several passes."""
 
+SLICE_BYTES = 40 << 20
+"""Image batches are run in slices whose largest intermediate tensor stays near this many bytes: the same
+per-sample values, half the peak memory, and no slow first batch while onnxruntime's arena grows
+(MobileNetV2, batch 32 run as 4 × 8 samples: first batch 0.76 → 0.41 s, peak RSS 1.7 → 0.9 GB, ad-hoc)."""
+
 _MIN, _MAX = "_lowbit_sample_min", "_lowbit_sample_max"
 
 
@@ -42,8 +47,9 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
             continue
         # planning buffers for a graph with this many live outputs costs more than one pass (ad-hoc timing)
         runtime = session(graph_model.SerializeToString(), threads=threads, memory_pattern=False)
+        rows = max(1, SLICE_BYTES // max(_bytes_per_sample(model).values(), default=1))
         for feed in progress(feeds, len(feeds)):
-            values = dict(zip(names, runtime.run(names, feed)))
+            values = dict(zip(names, run_in_slices(runtime, names, feed, rows)))
             for name in group:
                 tensor = torch.from_numpy(values[name])
                 for estimator in estimators[name]:
@@ -54,6 +60,18 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
                       else torch.from_numpy(values[f"{name}{_MIN}"]).reshape(1, -1))
                 for estimator in estimators[name]:
                     estimator.observe_extremes(lo, hi)
+
+
+def run_in_slices(runtime, names: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+    """``runtime.run(names, feed)``, in slices of ``rows`` samples when every input is an image batch
+    (4-D, one batch size; other inputs may not be batch-first), outputs joined along the first axis."""
+    sizes = {value.shape[0] if value.ndim == 4 else -1 for value in feed.values()}
+    size = sizes.pop() if len(sizes) == 1 else -1
+    if size <= rows:
+        return runtime.run(names, feed)
+    parts = [runtime.run(names, {name: value[first:first + rows] for name, value in feed.items()})
+             for first in range(0, size, rows)]
+    return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
 def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str], ranks: dict[str, int],
