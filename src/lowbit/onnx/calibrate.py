@@ -47,7 +47,7 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
             continue
         # planning buffers for a graph with this many live outputs costs more than one pass (ad-hoc timing)
         runtime = session(graph_model.SerializeToString(), threads=threads, memory_pattern=False)
-        rows = max(1, SLICE_BYTES // max(_bytes_per_sample(model).values(), default=1))
+        rows = slice_rows(model)
         for feed in progress(feeds, len(feeds)):
             values = dict(zip(names, run_in_slices(runtime, names, feed, rows)))
             for name in group:
@@ -60,6 +60,11 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
                       else torch.from_numpy(values[f"{name}{_MIN}"]).reshape(1, -1))
                 for estimator in estimators[name]:
                     estimator.observe_extremes(lo, hi)
+
+
+def slice_rows(model: onnx.ModelProto) -> int:
+    """Samples per run that keep ``model``'s largest intermediate tensor near ``SLICE_BYTES``."""
+    return max(1, SLICE_BYTES // max(_bytes_per_sample(model).values(), default=1))
 
 
 def run_in_slices(runtime, names: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from lowbit.data import checked_calls
 from lowbit.errors import DataError, NotCalibratedError
-from lowbit.onnx.calibrate import observe
+from lowbit.onnx.calibrate import observe, run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.onnx.load import load_model
 from lowbit.onnx.plan import GraphFacts, float_op_types, plan_model
@@ -134,12 +134,14 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list[list[np.ndarray]]:
         """The simulated outputs of every batch of ``data``: the QDQ graph in onnxruntime with its
-        integer kernels, i.e. what the exported ``NAME.qdq.onnx`` computes on this machine."""
+        integer kernels, i.e. what the exported ``NAME.qdq.onnx`` computes on this machine (image batches
+        in slices, as calibration runs them: the same per-sample values)."""
         split = self.split()
         if self._runtime is None:
             self._runtime = session(split.qdq_model.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
-        return [self._runtime.run(None, feed) for feed in progress(feeds, "run", len(feeds))]
+        names, rows = [output.name for output in self._runtime.get_outputs()], slice_rows(self.model)
+        return [run_in_slices(self._runtime, names, feed, rows) for feed in progress(feeds, "run", len(feeds))]
 
     def split(self) -> SplitGraph:
         """FP32 graph, encodings and integer QDQ graph of the current encodings; quantizers switched
