@@ -9,6 +9,10 @@ layer by layer here (the ONNX front end's only granularity so far).
 
     .venv/bin/python bench/bench_onnx_frontend.py                          # every setting
     .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-minmax,w8a8-equalize-bias-correction
+    .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-cpu-int8-minmax --noise-seeds 4
+
+``--noise-seeds N`` adds, per setting, the torch front end's agreement range over N calibrations on
+images perturbed by relative noise of 1e-6 (float rounding's size): the resolution of a front-end gap.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ cannot saturate onnxruntime's int16 pair sums on CPUs without VNNI."""
 ONNX_MODEL = "torch.onnx.export, BatchNormalization kept"
 EVALUATION_IMAGES = 512
 N_LABELLED = 20
+NOISE = 1e-6
 
 
 def onnx_outputs(path, batches) -> torch.Tensor:
@@ -70,6 +75,31 @@ def quantize(source, calib, bits: int, scheme: str, techniques: tuple[str, ...],
     return sim
 
 
+def noise_range(model, calib, evals, fp32, setting, seeds: int, out: Path) -> dict:
+    """Agreement and KL ranges of the torch front end calibrated on ``calib`` times (1 + NOISE · N(0, 1)),
+    one seed per run."""
+    runs = []
+    for seed in range(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        noisy = [b * (1 + NOISE * torch.randn(b.shape, generator=generator)) for b in calib]
+        paths = quantize(model, noisy, *setting).export(out / str(seed), "mobilenet_v2")
+        runs.append(figures(onnx_outputs(paths.qdq_onnx, evals), fp32))
+    agreements, kls = [r["top1_agreement"] for r in runs], [r["mean_kl"] for r in runs]
+    return {"relative_noise": NOISE, "seeds": seeds, "top1_agreement_range": [min(agreements), max(agreements)],
+            "mean_kl_range": [min(kls), max(kls)]}
+
+
+def table_row(key: str, r: dict) -> list[str]:
+    front_end, setting = key.split("-", 1)
+    if "top1_agreement_range" in r:
+        low, high = r["top1_agreement_range"]
+        return [f"pytorch, {r['seeds']} calibrations on images × (1 + {r['relative_noise']:g}·N(0,1))",
+                setting.removeprefix("noise-"), f"{low:.1%} – {high:.1%}",
+                "{:.4f} – {:.4f}".format(*r["mean_kl_range"]), "", ""]
+    return [front_end, setting, f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}", f"{r['quantize_seconds']:.0f}",
+            f"{r['calibration_over_fp32_throughput']:.2f}" if "calibration_over_fp32_throughput" in r else ""]
+
+
 def bn_kept_export(model, path: Path) -> Path:
     """``model`` in ONNX with its BatchNormalization nodes kept (no exporter folding)."""
     torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, do_constant_folding=False,
@@ -81,6 +111,8 @@ def bn_kept_export(model, path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(SETTINGS), help="comma-separated settings")
+    parser.add_argument("--noise-seeds", type=int, default=0,
+                        help="torch front-end calibrations on perturbed images per setting (see above)")
     args = parser.parse_args()
     names = args.rows.split(",")
     unknown = [n for n in names if n not in SETTINGS]
@@ -112,9 +144,10 @@ def main() -> None:
                 results[f"{front_end}-{name}"] = result
                 print(f"{front_end}-{name}: {result['top1_agreement']:.1%} | {' | '.join(sim.technique_results)}",
                       flush=True)
-    rows = [[key.split("-", 1)[0], key.split("-", 1)[1], f"{r['top1_agreement']:.1%}", f"{r['mean_kl']:.4f}",
-             f"{r['quantize_seconds']:.0f}", f"{r['calibration_over_fp32_throughput']:.2f}"
-             if "calibration_over_fp32_throughput" in r else ""] for key, r in results.items()]
+            if args.noise_seeds:
+                results[f"pytorch-noise-{name}"] = noise_range(model, calib, evals, fp32, SETTINGS[name],
+                                                               args.noise_seeds, Path(tmp) / f"noise-{name}")
+    rows = [table_row(key, r) for key, r in results.items()]
     _common.print_table(["front end", "setting", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
                          "quantize s", "calibration / FP32 throughput (goal ≥ 0.7)"], rows)
     path = _common.write_results("bench_onnx_frontend", {
