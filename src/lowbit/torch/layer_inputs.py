@@ -53,6 +53,7 @@ class LayerInputs:
     resume there for the next one (:class:`GraphCursor`), so every node runs once per batch in all
     instead of once per later layer; layers must then be collected in call order (going back restarts
     the runs). Otherwise each collection re-runs the model from its input and stops at the layer.
+    Image batches run in channels-last memory (see :func:`lowbit.data.channels_last`).
     """
 
     def __init__(self, sim, calls: list[tuple[tuple, dict]]):
