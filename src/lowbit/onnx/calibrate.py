@@ -39,6 +39,7 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
     nonnegative = nonnegative_tensors(model) & set(reduced)
     batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
     groups = tensor_groups(model, exposed, batch, budget) or [[]]
+    rows = slice_rows(model)
     for index, group in enumerate(groups):
         first = index == 0  # the reductions ride along with the first pass
         graph_model = with_outputs(model, group, reduced if first else [], ranks, nonnegative)
@@ -47,7 +48,6 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
             continue
         # planning buffers for a graph with this many live outputs costs more than one pass (ad-hoc timing)
         runtime = session(graph_model.SerializeToString(), threads=threads, memory_pattern=False)
-        rows = slice_rows(model)
         for feed in progress(feeds, len(feeds)):
             values = dict(zip(names, run_in_slices(runtime, names, feed, rows)))
             for name in group:
