@@ -66,3 +66,19 @@ def test_an_interrupted_run_resumes_from_its_cache(planted, tmp_path):
                               adaround_iterations=50)
     assert [stage.cached for stage in result.stages[:2]] == [True, False]
     assert result.stages[0].seconds == 0.0 and result.met
+
+
+def test_mixed_precision_starts_from_a_sim_fitted_to_no_bitwidth(planted, tmp_path):
+    """Even when the AdaRound stage scores best, mixed precision starts from the best range scheme: its
+    weights are not frozen on one grid, so raising a layer's bits takes effect."""
+    model, data = planted
+
+    def score(net):
+        frozen = any(q.frozen for q in net.quantizers().values()) if hasattr(net, "quantizers") else False
+        return 0.9 if frozen else _agreement(model, net, data)
+
+    result = lowbit.autoquant(model, data, eval_fn=score, allowed_drop=0.05, out_dir=tmp_path,
+                              adaround_iterations=20)
+    assert [stage.name for stage in result.stages] == list(STAGES) and result.stages[3].score == 0.9
+    assert result.met and not any(q.frozen for q in result.sim.quantizers().values())
+    assert _agreement(model, result.sim, data) == pytest.approx(result.score)

@@ -96,3 +96,16 @@ def test_weight_bits_budget_picks_the_best_point_that_fits(planted, tmp_path):
     fitting = [p for p in result.evaluated if p.mean_weight_bits <= 6.0]
     assert result.chosen.mean_weight_bits <= 6.0
     assert result.chosen.score == max(p.score for p in fitting)
+
+
+def test_weights_frozen_by_adaround_keep_their_bits(planted, tmp_path):
+    model, data = planted
+    sim = lowbit.quantize(model, data, example_input=data[0][:1], target="w4a8")
+    lowbit.adaround(sim, data, num_iterations=20)
+    rounded = {k: q.encoding.scale.clone() for k, q in sim.quantizers().items() if q.frozen}
+    result = lowbit.mixed_precision(sim, data, allowed_drop=0.05, out_dir=tmp_path)
+    assert rounded and all(p.mean_weight_bits == 4 for p in result.evaluated)
+    assert {bits[0] for p in result.evaluated for name, bits in p.bitwidths.items()
+            if f"{name}.weight" in rounded} == {4}
+    quantizers = sim.quantizers()
+    assert all(torch.equal(quantizers[k].encoding.scale, scale) for k, scale in rounded.items())

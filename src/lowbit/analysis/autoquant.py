@@ -1,7 +1,9 @@
 """``lowbit.autoquant``: stage after stage (min-max ranges; other range schemes; CLE + bias correction;
 sequential MSE + AdaRound; mixed precision), stopping at the first stage whose score meets
 ``float score − allowed_drop``. Each finished stage is recorded in a cache file, so a run that was
-interrupted continues where it stopped: recorded stages are not run again unless their sim is needed."""
+interrupted continues where it stopped: recorded stages are not run again unless their sim is needed.
+Mixed precision starts from the best range scheme's sim: bias correction, sequential MSE and AdaRound fit
+biases, ranges and rounding to one bitwidth, and would be wrong (or frozen) at another."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from lowbit.errors import DataError, SpecError
 
 SCHEMES = ("mean_minmax", "sqnr", "percentile")
 STAGES = ("minmax", "range schemes", "equalize + bias correction", "sequential mse + adaround", "mixed precision")
+BITWIDTH_FREE = ("minmax", "range schemes")
 
 
 @dataclass
@@ -107,7 +110,7 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
         else:
             start = time.perf_counter()
             if name == "mixed precision":
-                sim, detail = _mixed(_sim_of(_best(stages), sims, builders), batches, eval_fn, score, float_score,
+                sim, detail = _mixed(_mixed_base(stages, sims, builders), batches, eval_fn, score, float_score,
                                      allowed_drop, candidates, out)
             else:
                 sim, detail = builders[name]()
@@ -121,7 +124,7 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
             break
     best = _best(stages)
     if best.name == "mixed precision" and best.name not in sims:  # taken from the cache: run it again
-        sims[best.name] = _mixed(_sim_of(_best(stages[:-1]), sims, builders), batches, eval_fn, score,
+        sims[best.name] = _mixed(_mixed_base(stages, sims, builders), batches, eval_fn, score,
                                  float_score, allowed_drop, candidates, out)[0]
     sim = _sim_of(best, sims, builders)
     result = AutoQuantResult(sim, best.score, float_score, goal, best.score >= goal, stages)
@@ -140,6 +143,11 @@ def _sim_of(stage: Stage, sims: dict, builders: dict):
     if stage.name not in sims:
         sims[stage.name] = builders[stage.name]()[0]
     return sims[stage.name]
+
+
+def _mixed_base(stages: list[Stage], sims: dict, builders: dict):
+    """The sim mixed precision starts from: the best of the stages that fit nothing to one bitwidth."""
+    return _sim_of(_best([s for s in stages if s.name in BITWIDTH_FREE]), sims, builders)
 
 
 def _best_scheme(build, score):

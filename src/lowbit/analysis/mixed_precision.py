@@ -74,7 +74,8 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
     with enabled_only(sim, set()):
         float_score = score()
     target = float_score - allowed_drop
-    options = {g.name: _options(g, candidates) for g in groups}
+    quantizers = sim.quantizers()
+    options = {g.name: _options(g, candidates, _frozen_bits(g, quantizers)) for g in groups}
     setter = BitwidthSetter(sim)
     config = {g.name: options[g.name][0] for g in groups}
     by_name = {g.name: g for g in groups}
@@ -154,9 +155,19 @@ def _cheapest_loss(config, options, phase1, costs, top_score):
     return best
 
 
-def _options(group, candidates) -> list[tuple[int, int]]:
-    """The group's candidates, most precise first; layers without weights vary activation bits only."""
-    if not group.weights:
+def _frozen_bits(group, quantizers) -> int | None:
+    """The weight bits of a group whose weight encodings are frozen (AdaRound or sequential MSE chose them
+    for those bits; the bitwidth setter leaves them alone), else None."""
+    frozen = [quantizers[key] for key in group.weights if quantizers[key].frozen]
+    return frozen[0].encoding.spec.bits if frozen else None
+
+
+def _options(group, candidates, frozen_bits: int | None = None) -> list[tuple[int, int]]:
+    """The group's candidates, most precise first; layers without weights vary activation bits only, and
+    layers with frozen weights keep their weight bits."""
+    if frozen_bits is not None:
+        candidates = sorted({(frozen_bits, a) for _, a in candidates})
+    elif not group.weights:
         candidates = sorted({(max(c[0] for c in candidates), a) for _, a in candidates})
     if not group.activations:
         candidates = sorted({(w, max(c[1] for c in candidates)) for w, _ in candidates})
