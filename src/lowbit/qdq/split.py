@@ -14,6 +14,7 @@ from lowbit.qdq.weights import fold_transposed_weights, quantize_biases, quantiz
 from lowbit.quant.encoding import Encoding
 
 QUANTIZER_KEY_ATTRIBUTE = "lowbit_quantizer"
+WIDE_WEIGHT_ATTRIBUTE = "lowbit_wide_weight"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SplitGraph:
 def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict[str, str]) -> SplitGraph:
     """Read the quantizer tags, then build the FP32 and the integer QDQ models from ``model``."""
     rename_tensors(model.graph, renames)
+    widen_weight_pairs(model.graph)
     retype_uint16_zero_points(model.graph)
     index = GraphIndex(model.graph)
     activation, params, names, pairs = {}, {}, {}, []
@@ -67,6 +69,25 @@ def retype_uint16_zero_points(graph: onnx.GraphProto) -> None:
     stale = {name for node in graph.node if node.domain == "com.microsoft" for name in node.output}
     for value in [v for v in graph.value_info if v.name in stale]:
         graph.value_info.remove(value)
+
+
+def widen_weight_pairs(graph: onnx.GraphProto) -> None:
+    """Weight Q/DQ pairs the export wrote as standard 8-bit ones with their 16-bit type and zero points in
+    an attribute (see lowbit.torch.onnx_qdq_op) become com.microsoft pairs with those zero points."""
+    index = GraphIndex(graph)
+    for node in list(graph.node):
+        wide = strip_attribute(node, WIDE_WEIGHT_ATTRIBUTE) if node.op_type == "QuantizeLinear" else None
+        if wide is None:
+            continue
+        type_name, zeros = wide.split(":")
+        values = np.array([int(z) for z in zeros.split(",")], dtype=np.dtype(type_name))
+        if not any(attribute.name == "axis" for attribute in node.attribute):
+            values = values.reshape(())
+        name = f"{node.output[0]}_zero_point"
+        graph.initializer.append(numpy_helper.from_array(values, name))
+        for pair_node in (node, *index.consumers[node.output[0]]):
+            pair_node.domain = "com.microsoft"
+            pair_node.input[2] = name
 
 
 def _float_model(model: onnx.ModelProto, pairs) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ from lowbit.qdq.storage import onnx_storage
 from lowbit.target import PASSTHROUGH_OPS
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize, quantize
+from lowbit.quant.int32_bias import int32_bias
 
 _NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
 
@@ -80,20 +81,23 @@ def fold_transposed_weights(graph: onnx.GraphProto) -> None:
 
 
 def quantize_biases(graph: onnx.GraphProto) -> None:
-    """Float bias of Conv/Gemm with quantized input and weight → int32 with scale s_in · s_w."""
+    """Float bias of Conv/Gemm with quantized input and weight → int32 with scale s_in · s_w (widened
+    where it would overflow: :mod:`lowbit.quant.int32_bias`)."""
     index = GraphIndex(graph)
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3:
             continue
-        scales = [_dequantize_scale(index, name) for name in node.input[:2]]
+        dequantizers = [_dequantizer(index, name) for name in node.input[:2]]
+        scales = [index.constant(dq.input[1]) if dq is not None else None for dq in dequantizers]
         bias = index.constant(node.input[2])
         if any(s is None for s in scales) or bias is None or scales[0].size != 1:
             continue
-        bias_scale = (scales[0].reshape(()) * scales[1]).astype(np.float32).reshape(-1)
-        if bias_scale.size == 1:
-            bias_scale = np.full(bias.shape, bias_scale[0], dtype=np.float32)
-        # clip in float64: float32(2**31 - 1) is 2**31, which wraps to -2**31 as int32 (dead channels)
-        integers = np.clip(np.round(bias / bias_scale).astype(np.float64), -2**31, 2**31 - 1).astype(np.int32)
+        wide = any(dq.domain == "com.microsoft" for dq in dequantizers)  # 16-bit pairs
+        grid, scale = int32_bias(torch.tensor(bias, dtype=torch.float32), torch.tensor(scales[0]),
+                                 torch.tensor(scales[1].reshape(-1)), widen=wide)
+        # through float64: float32(2**31 - 1) is 2**31, which wraps to -2**31 as int32 (dead channels)
+        integers = grid.double().clamp(-2**31, 2**31 - 1).numpy().astype(np.int32)
+        bias_scale = scale.contiguous().numpy()
         name = node.input[2]
         graph.initializer.extend([
             numpy_helper.from_array(integers, f"{name}_quantized"),
@@ -106,14 +110,12 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
     _sort_topologically(graph)
 
 
-def _dequantize_scale(index: GraphIndex, name: str) -> np.ndarray | None:
-    """Scale of the DequantizeLinear that produces ``name``, looking through pass-through ops."""
+def _dequantizer(index: GraphIndex, name: str) -> onnx.NodeProto | None:
+    """The DequantizeLinear that produces ``name``, looking through pass-through ops."""
     node = index.producer.get(name)
     while node is not None and node.op_type in PASSTHROUGH_OPS:
         node = index.producer.get(node.input[0])
-    if node is None or node.op_type != "DequantizeLinear":
-        return None
-    return index.constant(node.input[1])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
 def _redirect(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.qdq.split import QUANTIZER_KEY_ATTRIBUTE
+from lowbit.qdq.split import QUANTIZER_KEY_ATTRIBUTE, WIDE_WEIGHT_ATTRIBUTE
 from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.encoding import Encoding
 
@@ -16,11 +16,14 @@ class _QuantizeDequantize(torch.autograd.Function):
     """forward: quantize-dequantize (torch's fused kernels); symbolic: Q/DQ nodes tagged with the quantizer's key.
 
     Arguments are plain Python values (the TorchScript tracer accepts no other objects). uint16 zero
-    points are written as int32 constants (the exporter has no uint16) and retyped after export.
+    points are written as int32 constants (the exporter has no uint16) and retyped after export;
+    A 16-bit weight (``shape`` is set for weights only) is written as a standard 8-bit pair carrying its
+    real type and zero points in an attribute: nothing infers a contrib op's output shape, and a Conv's
+    export needs its weight's; :func:`lowbit.qdq.split.widen_weight_pairs` makes it 16-bit again.
     """
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key):
+    def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key, shape):
         if axis is None:
             return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), low, high)
         scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device)
@@ -28,16 +31,21 @@ class _QuantizeDequantize(torch.autograd.Function):
         return torch.fake_quantize_per_channel_affine(x, scale_t, zero_t, axis, low, high)
 
     @staticmethod
-    def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key):
+    def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key, shape):
         scale_value = torch.tensor(scale, dtype=torch.float32)
         zero_value = torch.tensor(zero_point, dtype=_TORCH_DTYPES.get(type_name, torch.int32))
         if axis is None:
             scale_value, zero_value = scale_value.reshape(()), zero_value.reshape(())
-        scale_node = g.op("Constant", value_t=scale_value)
-        zero_node = g.op("Constant", value_t=zero_value)
         axis_attribute = {"axis_i": axis} if axis is not None else {}
         domain = "" if type_name in ("int8", "uint8") else "com.microsoft::"
         tag = {f"{QUANTIZER_KEY_ATTRIBUTE}_s": key}
+        if domain and shape is not None:  # see the class docstring
+            domain = ""
+            zeros = ",".join(str(int(z)) for z in zero_value.reshape(-1).tolist())
+            tag[f"{WIDE_WEIGHT_ATTRIBUTE}_s"] = f"{type_name}:{zeros}"
+            zero_value = torch.zeros(zero_value.shape, dtype=torch.int8)
+        scale_node = g.op("Constant", value_t=scale_value)
+        zero_node = g.op("Constant", value_t=zero_value)
         quantized = g.op(f"{domain}QuantizeLinear", x, scale_node, zero_node, **axis_attribute, **tag)
         return g.op(f"{domain}DequantizeLinear", quantized, scale_node, zero_node, **axis_attribute)
 
@@ -61,4 +69,5 @@ class ExportQuantizer(nn.Module):
         zero = zero_point.reshape(-1).tolist()
         if axis is None:
             scale, zero = scale[0], zero[0]
-        return _QuantizeDequantize.apply(x, scale, zero, axis, type_name, low, high, self.key)
+        shape = tuple(x.shape) if isinstance(x, nn.Parameter) else None  # a weight's shape is static
+        return _QuantizeDequantize.apply(x, scale, zero, axis, type_name, low, high, self.key, shape)

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.quant.int32_bias import int32_bias
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch import pair_saturation
 from lowbit.torch.layer_wrapper import LayerWrapper
-from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable, integer_bias,
+from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable,
                                             requantize, requantize_grid)
 
 
@@ -186,5 +187,6 @@ class WeightQuantized(LayerWrapper):
         if (bias is None or source is None or source.mode != "quantize" or weights.mode != "quantize"
                 or source.spec.axis is not None or weights.spec.block_size is not None):
             return bias
-        scale = source.scale.reshape(()) * weights.scale
-        return bias + (integer_bias(bias, source.scale, weights.scale) * scale - bias).detach()
+        integers, scale = int32_bias(bias.detach(), source.scale, weights.scale,
+                                     widen=max(source.spec.bits, weights.spec.bits) > 8)
+        return bias + (integers * scale - bias).detach()
