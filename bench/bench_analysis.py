@@ -1,5 +1,6 @@
 """Analysis, mixed precision and AutoQuant on the real MobileNetV2 (issue: analysis in ≤ 5 minutes on a
-2-core CPU with 128 images; mixed precision at about 6 weight bits vs uniform W4A8; AutoQuant at W4A8).
+2-core CPU with 128 images; mixed precision at about 6 weight bits vs uniform W4A8, on both front ends;
+AutoQuant at W4A8).
 
 Data: 128 augmented crops of scikit-image's photos calibrate and score (agreement with FP32 on the same
 images, the figure the tools optimise), and 512 held-out images (the 20 labelled photos and crops of
@@ -27,7 +28,7 @@ import lowbit  # noqa: E402
 from lowbit.onnx import OnnxQuantSim  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
-ROWS = ("analyze", "analyze-onnx", "w4a8-uniform", "mixed-precision", "autoquant-w4a8")
+ROWS = ("analyze", "analyze-onnx", "w4a8-uniform", "mixed-precision", "mixed-precision-onnx", "autoquant-w4a8")
 
 
 def agreement(model, net, batches) -> float:
@@ -75,8 +76,9 @@ def main() -> None:
         elif name == "w4a8-uniform":
             sim = lowbit.quantize(model, data, target="w4a8")
             figures = {"mean_weight_bits": 4.0}
-        elif name == "mixed-precision":
-            sim = lowbit.quantize(model, data, target="default")
+        elif name in ("mixed-precision", "mixed-precision-onnx"):
+            source = str(onnx_export(model, out)) if name.endswith("onnx") else model
+            sim = lowbit.quantize(source, data, target="default")
             result = lowbit.mixed_precision(sim, data, candidates=[(8, 8), (4, 8)], weight_bits_budget=6.0,
                                             allowed_drop=args.allowed_drop, out_dir=out / "mixed")
             chosen = result.chosen

@@ -158,16 +158,19 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
                    "[default: top-1 agreement with the float model].")
 def autoquant(model, data_path, out_dir, target, param_bits, act_bits, target_drop, adaround_iterations,
               batch_size, eval_fn) -> None:
-    """Quantize MODEL with as few techniques as it takes to stay within --target-drop of the float
-    score; an interrupted run started again with the same arguments continues from its cache."""
+    """Quantize MODEL (a module:factory spec, TorchScript, .pt2 or .onnx file) with as few techniques as
+    it takes to stay within --target-drop of the float score; an interrupted run started again with the
+    same arguments continues from its cache."""
     import lowbit
-    from lowbit.cli_inputs import import_attribute, load_batches, load_model
+    from lowbit.cli_inputs import import_attribute, load_batches, load_model, onnx_image_size
+    from lowbit.frontend import is_onnx_model
 
     drop = _parse_drop(target_drop)
     lowbit.load_target(target)
-    batches = load_batches(data_path, batch_size)
+    onnx_model = is_onnx_model(model)
+    batches = load_batches(data_path, batch_size, image_size=(onnx_image_size(model) if onnx_model else None) or 224)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
-    net = load_model(model, batches[0])
+    net = model if onnx_model else load_model(model, batches[0])
     result = lowbit.autoquant(net, batches, eval_fn=function, allowed_drop=drop, target=target,
                               param_bits=param_bits, act_bits=act_bits, out_dir=out_dir,
                               adaround_iterations=adaround_iterations)

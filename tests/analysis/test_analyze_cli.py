@@ -1,4 +1,5 @@
-"""`lowbit analyze` end to end on tiny_resnet: default metric, a user eval function, bad input."""
+"""`lowbit analyze` and `lowbit autoquant` end to end on tiny_resnet (and its ONNX export): default
+metric, a user eval function, bad input."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def test_eval_fn_from_a_module_is_called_with_the_sim(npy, tmp_path, monkeypatch
     assert f"score: float 0, quantized {total}" in result.output
 
 
-def test_an_onnx_file_is_analysed(npy, tmp_path):
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    """tiny_resnet exported to ONNX with a dynamic batch."""
     import torch
 
     from lowbit.zoo import tiny_resnet
@@ -55,9 +58,13 @@ def test_an_onnx_file_is_analysed(npy, tmp_path):
     torch.manual_seed(0)
     torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
                       input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+    return path
+
+
+def test_an_onnx_file_is_analysed(npy, tiny_onnx, tmp_path):
     out = tmp_path / "report"
-    result = CliRunner().invoke(cli, ["analyze", str(path), "--data", str(npy), "--out", str(out), "--batch-size", "8"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["analyze", str(tiny_onnx), "--data", str(npy), "--out", str(out),
+                                      "--batch-size", "8"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "top-1 agreement with float: float 1, quantized" in result.output and "/layer1/" in result.output
     assert (out / "analysis.html").stat().st_size > 0
@@ -83,6 +90,15 @@ def test_autoquant_command_prints_the_stage_table_and_resumes(npy, tmp_path):
     second = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert "| minmax | " in second.output and "| cached |" in second.output
     assert (tmp_path / "aq" / "model.qdq.onnx").is_file() and (tmp_path / "aq" / "autoquant.html").is_file()
+
+
+def test_autoquant_command_takes_an_onnx_file(npy, tiny_onnx, tmp_path):
+    out = tmp_path / "aq"
+    result = CliRunner().invoke(cli, ["autoquant", str(tiny_onnx), "--data", str(npy), "--out", str(out),
+                                      "--target-drop", "100%", "--batch-size", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| minmax |" in result.output and "meets the target" in result.output
+    assert (out / "model.qdq.onnx").is_file() and (out / "autoquant.html").is_file()
 
 
 def test_autoquant_bad_drop_is_one_line(npy, tmp_path, capsys):

@@ -10,6 +10,7 @@ import torch
 
 import lowbit
 from lowbit.analysis.autoquant import STAGES
+from lowbit.runtime import session
 
 
 def _agreement(model, net, data) -> float:
@@ -82,3 +83,21 @@ def test_mixed_precision_starts_from_a_sim_fitted_to_no_bitwidth(planted, tmp_pa
     assert [stage.name for stage in result.stages] == list(STAGES) and result.stages[3].score == 0.9
     assert result.met and not any(q.frozen for q in result.sim.quantizers().values())
     assert _agreement(model, result.sim, data) == pytest.approx(result.score)
+
+
+def test_an_onnx_model_runs_through_the_same_stages(planted, tmp_path):
+    """The planted model's ONNX export: the reported score is recomputed from the exported QDQ file in
+    onnxruntime against torch's float outputs."""
+    model, data = planted
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(model, (data[0][:1],), str(path), dynamo=False, input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+    result = lowbit.autoquant(str(path), data, allowed_drop=0.05, out_dir=tmp_path / "aq", adaround_iterations=20)
+    assert result.float_score == 1.0 and result.met
+    assert [stage.name for stage in result.stages] == list(STAGES[:len(result.stages)])
+    assert all(stage.score < result.target for stage in result.stages[:-1])
+    runtime = session(result.export_paths.qdq_onnx)
+    with torch.no_grad():
+        same = sum(int((runtime.run(None, {"image": x.numpy()})[0].argmax(1) == model(x).argmax(1).numpy()).sum())
+                   for x in data)
+    assert same / 24 == pytest.approx(result.score)

@@ -14,13 +14,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import torch
 
 from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
 from lowbit.analysis.scores import first_tensor, top1_agreement
+from lowbit.analysis.sensitivity import batch_of, prepared_calls
 from lowbit.atomic import atomic_write_text
-from lowbit.data import channels_last_call, checked_calls
 from lowbit.errors import DataError, SpecError
+from lowbit.frontend import is_onnx_model
+from lowbit.onnx.calibrate import run_in_slices, slice_rows
+from lowbit.onnx.feeds import GraphInputs
+from lowbit.onnx.load import load_model
+from lowbit.onnx.quantsim import OnnxQuantSim
+from lowbit.runtime import session
 
 SCHEMES = ("mean_minmax", "sqnr", "percentile")
 STAGES = ("minmax", "range schemes", "equalize + bias correction", "sequential mse + adaround", "mixed precision")
@@ -62,19 +69,22 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
               param_bits: int | None = None, act_bits: int | None = None, out_dir="lowbit-report",
               adaround_iterations: int = 1000, candidates=DEFAULT_CANDIDATES, num_batches=None,
               transform=None) -> AutoQuantResult:
-    """Quantize ``model`` to meet ``float score − allowed_drop`` with as few techniques as possible;
-    ``eval_fn(model_or_sim) -> float`` (higher is better), default top-1 agreement with the float
+    """Quantize ``model`` (a torch nn.Module, or an ONNX file path or ModelProto) to meet
+    ``float score − allowed_drop`` with as few techniques as possible; ``eval_fn(model_or_sim) -> float``
+    (higher is better; it gets the float model, then sims), default top-1 agreement with the float
     model on ``data``. Writes the export and ``autoquant.html`` under ``out_dir``."""
     import lowbit
     from lowbit.analysis.report import write_autoquant_report
-    if not isinstance(model, torch.nn.Module):
-        raise SpecError(f"autoquant takes a torch nn.Module, not {type(model).__name__}")
-    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
+    is_onnx = is_onnx_model(model)
+    if not is_onnx and not isinstance(model, torch.nn.Module):
+        raise SpecError(f"autoquant takes a torch nn.Module or an ONNX model (path or ModelProto), "
+                        f"not {type(model).__name__}")
+    calls = prepared_calls(data, transform, num_batches, is_onnx)
     if not calls:
         raise DataError("autoquant needs at least one batch of data")
-    batches = [kwargs if kwargs else (args[0] if len(args) == 1 else args) for args, kwargs in calls]
+    batches = [batch_of(call) for call in calls]
     example_input = batches[0] if example_input is None else example_input
-    model = copy.deepcopy(model).eval()
+    model = load_model(model) if is_onnx else copy.deepcopy(model).eval()
     score = eval_fn if eval_fn is not None else _agreement_with(model, calls)
     float_score = float(score(model))
     goal = float_score - allowed_drop
@@ -173,6 +183,10 @@ def _mixed(sim, batches, eval_fn, score, float_score, allowed_drop, candidates, 
 def _agreement_with(model, calls):
     """score(model_or_sim): top-1 agreement with ``model``'s float outputs on ``calls``."""
     def outputs(net):
+        if isinstance(net, onnx.ModelProto):
+            return _float_onnx_outputs(net, calls)
+        if isinstance(net, OnnxQuantSim):
+            return [torch.from_numpy(first[0]).float() for first in net.run_on([batch_of(c) for c in calls])]
         result = []
         with torch.no_grad():
             for args, kwargs in calls:
@@ -186,6 +200,14 @@ def _agreement_with(model, calls):
         return top1_agreement(reference, outputs(net))
     agreement.__name__ = "top-1 agreement with float"
     return agreement
+
+
+def _float_onnx_outputs(model: onnx.ModelProto, calls) -> list[torch.Tensor]:
+    """The float ONNX model's first output per call, run by onnxruntime in image slices."""
+    runtime, inputs, rows = session(model.SerializeToString()), GraphInputs(model), slice_rows(model)
+    names = [runtime.get_outputs()[0].name]
+    return [torch.from_numpy(run_in_slices(runtime, names, inputs.feeds(args, kwargs), rows)[0]).float()
+            for args, kwargs in calls]
 
 
 def _fingerprint(options, allowed_drop, iterations, candidates, batches, float_score) -> str:

@@ -1,6 +1,6 @@
 """Changing a calibrated sim's bitwidths per layer, and what each choice costs: BOPs (multiply-
-accumulates × weight bits × activation bits) and weight bytes. Calibrated ranges are kept and put on
-the new grid, so no data is needed to change bits."""
+accumulates × weight bits × activation bits) and weight bytes. Ranges come from one calibration per
+candidate bitwidth pair, so scoring a configuration needs no new calibration."""
 
 from __future__ import annotations
 
@@ -15,29 +15,55 @@ from lowbit.torch.weight_quantized import WeightQuantized
 
 
 class BitwidthSetter:
-    """Sets (weight bits, activation bits) per layer group of ``sim``, from the ranges it was calibrated to."""
+    """Sets (weight bits, activation bits) per layer group of ``sim``. Without :meth:`calibrate_at`, a
+    quantizer keeps the range it was calibrated to, put on the new grid; after it, each (weight,
+    activation) choice uses the ranges calibrated with the whole model at that choice."""
 
     def __init__(self, sim):
         self.sim = sim
         self.quantizers = sim.quantizers()
-        self.ranges = {key: (q.encoding.min.clone(), q.encoding.max.clone(), q.spec)
-                       for key, q in self.quantizers.items()}
+        self.original = {key: q.encoding for key, q in self.quantizers.items()}
+        self.calibrated: dict[tuple[int, int], dict[str, tuple]] = {(0, 0): self._ranges()}
+
+    def calibrate_at(self, groups: list[LayerGroup], candidates, batches) -> None:
+        """Calibrate the sim on ``batches`` once per candidate, every layer at that candidate (a ranged
+        estimator such as sqnr picks a different range per bitwidth, and activations follow the weights
+        upstream), and keep those ranges for :meth:`apply`."""
+        for bits in candidates:
+            for group in groups:
+                self.apply(group, bits)
+            self.sim.calibrate(batches)
+            self.calibrated[tuple(bits)] = self._ranges()
 
     def apply(self, group: LayerGroup, bits: tuple[int, int]) -> None:
         weight_bits, activation_bits = bits
+        ranges = self._source(bits)
         for key in group.weights:
             if not self.quantizers[key].frozen:
-                self._set(key, weight_bits)
+                self._set(key, weight_bits, ranges)
         for key in group.activations:
-            self._set(key, activation_bits)
+            self._set(key, activation_bits, ranges)
+        self.sim.encodings_changed()
 
     def restore(self) -> None:
-        """Every quantizer back to the bitwidth it was calibrated with."""
-        for key, (_, _, spec) in self.ranges.items():
-            self._set(key, spec.bits)
+        """Every quantizer back to the encoding it had before this setter changed it."""
+        for key, encoding in self.original.items():
+            self.quantizers[key].encoding = encoding
+        self.sim.encodings_changed()
 
-    def _set(self, key: str, bits: int) -> None:
-        lo, hi, spec = self.ranges[key]
+    def _ranges(self) -> dict[str, tuple]:
+        return {key: (q.encoding.min.clone(), q.encoding.max.clone(), q.spec) for key, q in self.quantizers.items()}
+
+    def _source(self, bits: tuple[int, int]) -> dict[str, tuple]:
+        """The ranges calibrated at ``bits``; else at the candidate with the same activation bits and the
+        most weight bits (a layer without weights, or with frozen ones); else the sim's own."""
+        if tuple(bits) in self.calibrated:
+            return self.calibrated[tuple(bits)]
+        same = [c for c in self.calibrated if c[1] == bits[1]]
+        return self.calibrated[max(same)] if same else self.calibrated[(0, 0)]
+
+    def _set(self, key: str, bits: int, ranges: dict[str, tuple]) -> None:
+        lo, hi, spec = ranges[key]
         self.quantizers[key].encoding = Encoding.from_range(dataclasses.replace(spec, bits=bits), lo, hi)
 
 

@@ -1,4 +1,5 @@
-"""``lowbit.mixed_precision``: per-layer bitwidths. Phase 1 scores every layer at every candidate with
+"""``lowbit.mixed_precision``: per-layer bitwidths. The sim is calibrated once per candidate (each
+layer then uses the ranges of its own choice); phase 1 scores every layer at every candidate with
 the others at the most precise one; phase 2 lowers, one step at a time, the layer whose next candidate
 loses least score per BOP saved, scoring the whole model each step. The steps trace the accuracy–cost
 curve; the sim ends at the cheapest point whose score meets ``float score − allowed_drop``."""
@@ -9,10 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from lowbit.analysis.bitwidths import BitwidthSetter, layer_costs
 from lowbit.analysis.layers import layer_groups
-from lowbit.analysis.sensitivity import enabled_only, make_scorer
-from lowbit.data import channels_last_call, checked_calls
+from lowbit.analysis.onnx_costs import onnx_layer_costs
+from lowbit.analysis.sensitivity import batch_of, enabled_only, make_scorer, prepared_calls
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.progress import progress
 
@@ -58,18 +61,20 @@ class MixedPrecisionResult:
 def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allowed_drop: float = 0.01,
                     metric: str = "agreement", out_dir="lowbit-report", num_batches=None,
                     transform=None, weight_bits_budget: float | None = None) -> MixedPrecisionResult:
-    """Choose (weight bits, activation bits) per layer from ``candidates``; see the module docstring.
-    With ``weight_bits_budget`` the sim ends at the best-scoring point whose mean weight bits fit it."""
+    """Choose (weight bits, activation bits) per layer of a torch or ONNX sim from ``candidates``; see the
+    module docstring. With ``weight_bits_budget`` the sim ends at the best-scoring point whose mean
+    weight bits fit it."""
     from lowbit.analysis.report import write_mixed_precision_report
     start = time.perf_counter()
     if not sim.is_calibrated:
         raise NotCalibratedError("mixed_precision needs a calibrated sim: call sim.calibrate(data) first")
     candidates = _checked(candidates)
-    calls = [channels_last_call(*call) for call in checked_calls(data, transform, num_batches)]
+    is_onnx = isinstance(sim.model, onnx.ModelProto)
+    calls = prepared_calls(data, transform, num_batches, is_onnx)
     if not calls:
         raise DataError("mixed_precision needs at least one batch of data")
     groups = layer_groups(sim)
-    costs = layer_costs(sim, groups, calls[0])
+    costs = (onnx_layer_costs if is_onnx else layer_costs)(sim, groups, calls[0])
     score, metric_name, _ = make_scorer(sim, calls, eval_fn, metric)
     with enabled_only(sim, set()):
         float_score = score()
@@ -93,6 +98,7 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
                            dict(configuration), weight_bytes * 8 / weights)
 
     try:
+        setter.calibrate_at(groups, candidates, [batch_of(call) for call in calls])
         top = point(config)
         phase1 = {}
         for group in progress(groups, "mixed precision: phase 1", len(groups), unit="layer"):

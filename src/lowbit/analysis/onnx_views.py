@@ -32,8 +32,8 @@ def onnx_activation_views(sim, call, groups) -> dict[str, ActivationView]:
     tensors = {key: sim.point(key).argument or sim.point(key).node for key in keys}
     feeds = sim.inputs.feeds(*first_samples(call, SAMPLES))
     split = sim.split()
-    floats = _values(split.float_model, sorted(set(tensors.values())), feeds, sim.threads)
-    quantized = _values(split.qdq_model, sorted(set(tensors.values())), feeds, sim.threads)
+    floats = graph_values(split.float_model, sorted(set(tensors.values())), feeds, sim.threads)
+    quantized = graph_values(split.qdq_model, sorted(set(tensors.values())), feeds, sim.threads)
     quantizers = sim.quantizers()
     views = {}
     for key, name in keys.items():
@@ -43,7 +43,7 @@ def onnx_activation_views(sim, call, groups) -> dict[str, ActivationView]:
     return views
 
 
-def _values(model: onnx.ModelProto, names: list[str], feeds: dict, threads) -> dict[str, torch.Tensor]:
+def graph_values(model: onnx.ModelProto, names: list[str], feeds: dict, threads) -> dict[str, torch.Tensor]:
     """The named tensors of one onnxruntime run of ``model`` on ``feeds`` (made graph outputs)."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)

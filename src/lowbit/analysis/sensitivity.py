@@ -75,9 +75,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     from lowbit.torch.quantsim import QuantSim
     start = time.perf_counter()
     is_onnx = isinstance(model_or_sim, OnnxQuantSim) or is_onnx_model(model_or_sim)
-    prepare = (lambda item: as_tensors(transform(item) if transform else item)) if is_onnx else transform
-    calls = list(checked_calls(data, prepare, num_batches))
-    calls = calls if is_onnx else [channels_last_call(*call) for call in calls]
+    calls = prepared_calls(data, transform, num_batches, is_onnx)
     if isinstance(model_or_sim, (QuantSim, OnnxQuantSim)):
         sim = model_or_sim
         if not sim.is_calibrated:
@@ -85,7 +83,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     elif isinstance(model_or_sim, torch.nn.Module) or is_onnx:
         import lowbit
         options = quantize_options if is_onnx else {"example_input": example_input, **quantize_options}
-        sim = lowbit.quantize(model_or_sim, [_batch_of(c) for c in calls], **options)
+        sim = lowbit.quantize(model_or_sim, [batch_of(c) for c in calls], **options)
     else:
         raise SpecError(f"analyze takes a QuantSim, an nn.Module or an ONNX model, not {type(model_or_sim).__name__}")
     if not calls:
@@ -141,6 +139,13 @@ def _figures_from(group: LayerGroup, scores: dict[str, float]) -> LayerSensitivi
                             activation_only)
 
 
+def prepared_calls(data, transform, num_batches, is_onnx: bool) -> list[tuple[tuple, dict]]:
+    """The checked (args, kwargs) of every batch: tensors for an ONNX sim, channels-last for a torch one."""
+    prepare = (lambda item: as_tensors(transform(item) if transform else item)) if is_onnx else transform
+    calls = list(checked_calls(data, prepare, num_batches))
+    return calls if is_onnx else [channels_last_call(*call) for call in calls]
+
+
 def make_scorer(sim, calls, eval_fn, metric: str):
     """(score(), metric name, float reference outputs or None with ``eval_fn``)."""
     if eval_fn is not None:
@@ -155,7 +160,7 @@ def make_scorer(sim, calls, eval_fn, metric: str):
 
 def _outputs(sim, calls) -> list[torch.Tensor]:
     if isinstance(sim.model, onnx.ModelProto):
-        return [torch.from_numpy(first[0]).float() for first in sim.run_on([_batch_of(c) for c in calls])]
+        return [torch.from_numpy(first[0]).float() for first in sim.run_on([batch_of(c) for c in calls])]
     device = sim._device()
     outputs = []
     with torch.no_grad():
@@ -179,7 +184,8 @@ def enabled_only(sim, keys: set[str]):
             quantizer.mode = saved[key]
 
 
-def _batch_of(call):
+def batch_of(call):
+    """A checked (args, kwargs) call back as the batch a user passes: a dict, a tensor or a tuple."""
     args, kwargs = call
     return kwargs if kwargs else (args[0] if len(args) == 1 else args)
 

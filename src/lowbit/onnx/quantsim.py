@@ -3,6 +3,7 @@ the simulation is the exported QDQ graph itself, run by onnxruntime as it will r
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -55,6 +56,14 @@ class OnnxQuantSim(PlannedQuantizers):
         self._split_off: frozenset[str] = frozenset()
         self._runtime = None
 
+    def __deepcopy__(self, memo) -> "OnnxQuantSim":
+        """A copy without the cached QDQ graph and onnxruntime session (rebuilt on its next run)."""
+        copied = object.__new__(type(self))
+        memo[id(self)] = copied
+        for name, value in self.__dict__.items():
+            setattr(copied, name, None if name in ("_split", "_runtime") else copy.deepcopy(value, memo))
+        return copied
+
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "OnnxQuantSim":
         """Compute every encoding: weights from their values, activations from ``data`` batches."""
         start = time.perf_counter()
@@ -96,6 +105,10 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def weights_changed(self) -> None:
         """Forget the QDQ graph built from the old initializers (a technique changed ``self.model``)."""
+        self._split = self._runtime = None
+
+    def encodings_changed(self) -> None:
+        """Forget the QDQ graph built from the old encodings (they were set directly, as mixed precision does)."""
         self._split = self._runtime = None
 
     def _with_quantized_weights(self) -> onnx.ModelProto:

@@ -71,6 +71,9 @@ class PlannedQuantizers:
         """The plan entry of quantizer ``key``."""
         return next(p for p in self.points if p.key == key)
 
+    def encodings_changed(self) -> None:
+        """Call after setting quantizers' encodings directly; the torch sim reads them on every run."""
+
     @property
     def is_calibrated(self) -> bool:
         """Whether every quantizer has an encoding."""

@@ -1,0 +1,50 @@
+"""What each layer group of an ONNX sim costs, measured like the torch front end's: one sample run
+through the float graph in onnxruntime gives every layer's output size; MACs follow from the weights."""
+
+from __future__ import annotations
+
+import math
+
+from onnx import numpy_helper
+
+from lowbit.analysis.bitwidths import LayerCost
+from lowbit.analysis.observe import first_samples
+from lowbit.analysis.onnx_views import graph_values
+
+
+def onnx_layer_costs(sim, groups, call) -> dict:
+    """Costs per group (a LayerCost each), from the float graph run on ``call``'s first sample."""
+    nodes = {node.name: node for node in sim.model.graph.node}
+    initializers = {t.name: t for t in sim.model.graph.initializer}
+    read = {group.name: _read_tensor(sim, group.activations[-1]) for group in groups if group.activations}
+    produced = {group.name: nodes[group.name].output[0] for group in groups if group.weights}
+    names = sorted(set(read.values()) | set(produced.values()))
+    values = graph_values(sim.model, names, sim.inputs.feeds(*first_samples(call, 1)), sim.threads)
+    costs = {}
+    for group in groups:
+        outputs = values[read[group.name]].numel() if group.name in read else 0
+        macs = weights = 0
+        if group.weights:
+            weight = numpy_helper.to_array(initializers[sim.point(group.weights[0]).module])
+            node = nodes[group.name]
+            macs = values[produced[group.name]].numel() * _macs_per_output(node, weight.shape)
+            weights = weight.size
+        costs[group.name] = LayerCost(macs, weights, outputs)
+    return costs
+
+
+def _read_tensor(sim, key: str) -> str:
+    point = sim.point(key)
+    return point.argument or point.node
+
+
+def _macs_per_output(node, shape) -> int:
+    """Multiply-accumulates per output element: the weights one output element reads."""
+    if node.op_type == "ConvTranspose":
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return shape[0] // groups * math.prod(shape[2:])
+    if node.op_type == "Conv":
+        return math.prod(shape[1:])
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        return shape[1]
+    return shape[-2] if node.op_type in ("Gemm", "MatMul") and len(shape) >= 2 else 0
