@@ -19,7 +19,7 @@ import torch
 
 from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
 from lowbit.analysis.scores import first_tensor, top1_agreement
-from lowbit.analysis.sensitivity import batch_of, prepared_calls
+from lowbit.analysis.sensitivity import batch_of, prepared_calls, sim_outputs
 from lowbit.atomic import atomic_write_text
 from lowbit.errors import DataError, SpecError
 from lowbit.frontend import is_onnx_model
@@ -186,7 +186,7 @@ def _agreement_with(model, calls):
         if isinstance(net, onnx.ModelProto):
             return _float_onnx_outputs(net, calls)
         if isinstance(net, OnnxQuantSim):
-            return [torch.from_numpy(first[0]).float() for first in net.run_on([batch_of(c) for c in calls])]
+            return sim_outputs(net, calls)
         result = []
         with torch.no_grad():
             for args, kwargs in calls:

@@ -112,7 +112,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     layers.sort(key=lambda layer: (_finite(layer.only), -_finite(layer.all_but)))
     extra = {}
     if reference is not None:
-        outputs = _outputs(sim, calls)
+        outputs = sim_outputs(sim, calls)
         extra = {"kl": mean_kl(reference, outputs), "top1_agreement": top1_agreement(reference, outputs)}
     result = AnalysisResult(metric, float_score, quantized_score, layers, 0.0, extra=extra)
     result.seconds = time.perf_counter() - start
@@ -151,14 +151,15 @@ def make_scorer(sim, calls, eval_fn, metric: str):
     if eval_fn is not None:
         return (lambda: float(eval_fn(sim))), getattr(eval_fn, "__name__", "eval_fn"), None
     with enabled_only(sim, set()):
-        reference = _outputs(sim, calls)
+        reference = sim_outputs(sim, calls)
     if metric == "agreement" and top1_agreement(reference, reference) is None:
         raise SpecError("metric 'agreement' needs a model returning 2-D class scores; use metric='sqnr'")
     name, function = METRICS[metric]
-    return (lambda: function(reference, _outputs(sim, calls))), name, reference
+    return (lambda: function(reference, sim_outputs(sim, calls))), name, reference
 
 
-def _outputs(sim, calls) -> list[torch.Tensor]:
+def sim_outputs(sim, calls) -> list[torch.Tensor]:
+    """The first output of a torch or ONNX sim on every call, as float tensors on the CPU."""
     if isinstance(sim.model, onnx.ModelProto):
         return [torch.from_numpy(first[0]).float() for first in sim.run_on([batch_of(c) for c in calls])]
     device = sim._device()

@@ -15,8 +15,7 @@ import torch
 
 from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.encoding import Encoding
-
-_INT32_MAX = 2.0**31 - 1
+from lowbit.quant.int32_bias import int32_bias
 
 
 def emulable(input_encoding: Encoding | None, weight_encoding: Encoding | None,
@@ -29,12 +28,6 @@ def emulable(input_encoding: Encoding | None, weight_encoding: Encoding | None,
     return (all(e.spec.axis is None and e.spec.bits == 8 for e in activations)
             and weight_encoding.spec.block_size is None and weight_encoding.spec.bits <= 8
             and weight_encoding.spec.axis in (None, 0) and weight_encoding.is_signed_symmetric)
-
-
-def integer_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-    """The int32 bias (as float) on the grid input_scale · weight_scale, as the QDQ export stores it."""
-    scale = input_scale.reshape(()) * weight_scale
-    return torch.clamp(torch.round(bias / scale), -_INT32_MAX - 1, _INT32_MAX)
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ def conv_requantization(weight: torch.Tensor, bias: torch.Tensor | None, input_e
     weight_scale = weight_encoding.scale
     weights = torch.round(weight / _per_channel(weight_scale, weight))
     if bias is not None:
-        bias = integer_bias(bias, input_scale, weight_scale)
+        bias = int32_bias(bias, input_scale, weight_scale, widen=False)[0]
     output_scale = output_encoding.scale.reshape(())
     low = float(output_encoding.offset.reshape(()))
     return ConvRequantization(input_scale, weights, bias, (input_scale * weight_scale) / output_scale,

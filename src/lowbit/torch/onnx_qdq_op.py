@@ -17,13 +17,13 @@ class _QuantizeDequantize(torch.autograd.Function):
 
     Arguments are plain Python values (the TorchScript tracer accepts no other objects). uint16 zero
     points are written as int32 constants (the exporter has no uint16) and retyped after export;
-    A 16-bit weight (``shape`` is set for weights only) is written as a standard 8-bit pair carrying its
+    A 16-bit weight (``weight``: the input is a parameter) is written as a standard 8-bit pair carrying its
     real type and zero points in an attribute: nothing infers a contrib op's output shape, and a Conv's
     export needs its weight's; :func:`lowbit.qdq.split.widen_weight_pairs` makes it 16-bit again.
     """
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key, shape):
+    def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key, weight):
         if axis is None:
             return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), low, high)
         scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device)
@@ -31,7 +31,7 @@ class _QuantizeDequantize(torch.autograd.Function):
         return torch.fake_quantize_per_channel_affine(x, scale_t, zero_t, axis, low, high)
 
     @staticmethod
-    def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key, shape):
+    def symbolic(g, x, scale, zero_point, axis, type_name, low, high, key, weight):
         scale_value = torch.tensor(scale, dtype=torch.float32)
         zero_value = torch.tensor(zero_point, dtype=_TORCH_DTYPES.get(type_name, torch.int32))
         if axis is None:
@@ -39,7 +39,7 @@ class _QuantizeDequantize(torch.autograd.Function):
         axis_attribute = {"axis_i": axis} if axis is not None else {}
         domain = "" if type_name in ("int8", "uint8") else "com.microsoft::"
         tag = {f"{QUANTIZER_KEY_ATTRIBUTE}_s": key}
-        if domain and shape is not None:  # see the class docstring
+        if domain and weight:  # see the class docstring
             domain = ""
             zeros = ",".join(str(int(z)) for z in zero_value.reshape(-1).tolist())
             tag[f"{WIDE_WEIGHT_ATTRIBUTE}_s"] = f"{type_name}:{zeros}"
@@ -69,5 +69,5 @@ class ExportQuantizer(nn.Module):
         zero = zero_point.reshape(-1).tolist()
         if axis is None:
             scale, zero = scale[0], zero[0]
-        shape = tuple(x.shape) if isinstance(x, nn.Parameter) else None  # a weight's shape is static
-        return _QuantizeDequantize.apply(x, scale, zero, axis, type_name, low, high, self.key, shape)
+        weight = isinstance(x, nn.Parameter)
+        return _QuantizeDequantize.apply(x, scale, zero, axis, type_name, low, high, self.key, weight)
