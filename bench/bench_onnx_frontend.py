@@ -10,9 +10,12 @@ layer by layer here (the ONNX front end's only granularity so far).
     .venv/bin/python bench/bench_onnx_frontend.py                          # every setting
     .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-minmax,w8a8-equalize-bias-correction
     .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-cpu-int8-minmax --noise-seeds 4
+    .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-minmax --evaluation-images 4096
 
 ``--noise-seeds N`` adds, per setting, the torch front end's agreement range over N calibrations on
 images perturbed by relative noise of 1e-6 (float rounding's size): the resolution of a front-end gap.
+``--evaluation-images N`` scores on N images instead of 512 (rows keyed with the count): the standard
+error of a gap between two nearly equal models shrinks as 1/sqrt(N).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def noise_range(model, calib, evals, fp32, setting, seeds: int, out: Path) -> di
 
 def table_row(key: str, r: dict) -> list[str]:
     front_end, setting = key.split("-", 1)
+    setting = setting.replace("@", " @ ") + (" images" if "@" in setting else "")
     if "top1_agreement_range" in r:
         low, high = r["top1_agreement_range"]
         return [f"pytorch, {r['seeds']} calibrations on images × (1 + {r['relative_noise']:g}·N(0,1))",
@@ -113,6 +117,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(SETTINGS), help="comma-separated settings")
     parser.add_argument("--noise-seeds", type=int, default=0,
                         help="torch front-end calibrations on perturbed images per setting (see above)")
+    parser.add_argument("--evaluation-images", type=int, default=EVALUATION_IMAGES,
+                        help=f"images scored per row (default {EVALUATION_IMAGES}; others are keyed NAME@N)")
     args = parser.parse_args()
     names = args.rows.split(",")
     unknown = [n for n in names if n not in SETTINGS]
@@ -121,7 +127,8 @@ def main() -> None:
     _common.setup_threads()
     model = pretrained_mobilenet_v2().eval()
     calib = _common.calibration_batches(n_images=256)
-    evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
+    evals, _ = _common.evaluation_batches(n_augmented=args.evaluation_images - N_LABELLED)
+    suffix = "" if args.evaluation_images == EVALUATION_IMAGES else f"@{args.evaluation_images}"
     with torch.no_grad():
         fp32 = torch.cat([model(b) for b in evals])
     path = _common.RESULTS / "bench_onnx_frontend.json"
@@ -138,14 +145,15 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 paths = sim.export(Path(tmp) / f"{front_end}-{name}", "mobilenet_v2")
                 result = {**figures(onnx_outputs(paths.qdq_onnx, evals), fp32), "quantize_seconds": seconds,
-                          "calibration_seconds": sim.calibration_seconds, "results": list(sim.technique_results)}
+                          "calibration_seconds": sim.calibration_seconds, "results": list(sim.technique_results),
+                          "evaluation_images": args.evaluation_images}
                 if front_end == "onnx":
                     result["calibration_over_fp32_throughput"] = fp32_seconds / sim.calibration_seconds
-                results[f"{front_end}-{name}"] = result
-                print(f"{front_end}-{name}: {result['top1_agreement']:.1%} | {' | '.join(sim.technique_results)}",
-                      flush=True)
+                results[f"{front_end}-{name}{suffix}"] = result
+                print(f"{front_end}-{name}{suffix}: {result['top1_agreement']:.1%} | "
+                      f"{' | '.join(sim.technique_results)}", flush=True)
             if args.noise_seeds:
-                results[f"pytorch-noise-{name}"] = noise_range(model, calib, evals, fp32, SETTINGS[name],
+                results[f"pytorch-noise-{name}{suffix}"] = noise_range(model, calib, evals, fp32, SETTINGS[name],
                                                                args.noise_seeds, Path(tmp) / f"noise-{name}")
     rows = [table_row(key, r) for key, r in results.items()]
     _common.print_table(["front end", "setting", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
