@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import lowbit
+from lowbit.analysis.bitwidths import BitwidthSetter
+from lowbit.analysis.layers import layer_groups
 from lowbit.analysis.mixed_precision import pareto_front, ParetoPoint
 from lowbit.errors import SpecError
 from lowbit.runtime import session
@@ -109,3 +111,27 @@ def test_weights_frozen_by_adaround_keep_their_bits(planted, tmp_path):
             if f"{name}.weight" in rounded} == {4}
     quantizers = sim.quantizers()
     assert all(torch.equal(quantizers[k].encoding.scale, scale) for k, scale in rounded.items())
+
+
+def test_a_choice_takes_its_weight_bits_ranges_and_the_most_precise_activation_ranges(planted):
+    """At W4A8 a layer's weights take the ranges of a sim quantized at W4A8 and its activations those of
+    a sim quantized at W8A8: the all-W4A8 model's activation ranges are not what a mostly 8-bit model sees."""
+    model, data = planted
+    example = data[0][:1]
+    sim = lowbit.quantize(model, data, example_input=example)
+    groups = layer_groups(sim)
+    setter = BitwidthSetter(sim)
+    setter.calibrate_at(groups, [(8, 8), (4, 8)], data)
+    for group in groups:
+        setter.apply(group, (4, 8))
+    at_w8 = lowbit.quantize(model, data, example_input=example).quantizers()
+    at_w4 = lowbit.quantize(model, data, example_input=example, param_bits=4).quantizers()
+    quantizers = sim.quantizers()
+    weights = [k for g in groups for k in g.weights]
+    activations = [k for g in groups for k in g.activations]
+    for key in weights:
+        assert quantizers[key].encoding.spec.bits == 4
+        torch.testing.assert_close(quantizers[key].encoding.scale, at_w4[key].encoding.scale)
+    for key in activations:
+        torch.testing.assert_close(quantizers[key].encoding.scale, at_w8[key].encoding.scale)
+    assert any(not torch.allclose(at_w8[k].encoding.scale, at_w4[k].encoding.scale) for k in activations)

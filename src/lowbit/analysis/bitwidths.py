@@ -16,19 +16,19 @@ from lowbit.torch.weight_quantized import WeightQuantized
 
 class BitwidthSetter:
     """Sets (weight bits, activation bits) per layer group of ``sim``. Without :meth:`calibrate_at`, a
-    quantizer keeps the range it was calibrated to, put on the new grid; after it, each (weight,
-    activation) choice uses the ranges calibrated with the whole model at that choice."""
+    quantizer keeps the range it was calibrated to, put on the new grid; after it, a layer's weights use
+    the ranges calibrated at its choice and its activations those of the most precise candidate with the
+    same activation bits (the all-W4A8 model's activations are far from what a mostly 8-bit one sees)."""
 
     def __init__(self, sim):
         self.sim = sim
         self.quantizers = sim.quantizers()
         self.original = {key: q.encoding for key, q in self.quantizers.items()}
-        self.calibrated: dict[tuple[int, int], dict[str, tuple]] = {(0, 0): self._ranges()}
+        self.calibrated: dict[tuple[int, int], dict[str, Encoding]] = {(0, 0): self._ranges()}
 
     def calibrate_at(self, groups: list[LayerGroup], candidates, batches) -> None:
         """Calibrate the sim on ``batches`` once per candidate, every layer at that candidate (a ranged
-        estimator such as sqnr picks a different range per bitwidth, and activations follow the weights
-        upstream), and keep those ranges for :meth:`apply`."""
+        estimator such as sqnr picks a different range per bitwidth), and keep those ranges for :meth:`apply`."""
         for bits in candidates:
             for group in groups:
                 self.apply(group, bits)
@@ -37,12 +37,11 @@ class BitwidthSetter:
 
     def apply(self, group: LayerGroup, bits: tuple[int, int]) -> None:
         weight_bits, activation_bits = bits
-        ranges = self._source(bits)
         for key in group.weights:
             if not self.quantizers[key].frozen:
-                self._set(key, weight_bits, ranges)
+                self._set(key, weight_bits, self._source(0, weight_bits))
         for key in group.activations:
-            self._set(key, activation_bits, ranges)
+            self._set(key, activation_bits, self._source(1, activation_bits))
         self.sim.encodings_changed()
 
     def restore(self) -> None:
@@ -51,20 +50,22 @@ class BitwidthSetter:
             self.quantizers[key].encoding = encoding
         self.sim.encodings_changed()
 
-    def _ranges(self) -> dict[str, tuple]:
-        return {key: (q.encoding.min.clone(), q.encoding.max.clone(), q.spec) for key, q in self.quantizers.items()}
+    def _ranges(self) -> dict[str, Encoding]:
+        return {key: q.encoding for key, q in self.quantizers.items()}
 
-    def _source(self, bits: tuple[int, int]) -> dict[str, tuple]:
-        """The ranges calibrated at ``bits``; else at the candidate with the same activation bits and the
-        most weight bits (a layer without weights, or with frozen ones); else the sim's own."""
-        if tuple(bits) in self.calibrated:
-            return self.calibrated[tuple(bits)]
-        same = [c for c in self.calibrated if c[1] == bits[1]]
-        return self.calibrated[max(same)] if same else self.calibrated[(0, 0)]
+    def _source(self, role: int, bits: int) -> dict[str, Encoding]:
+        """The ranges calibrated at the most precise candidate whose weight (``role`` 0) or activation
+        (1) bits are ``bits``; else the sim's own. Weight ranges depend on the weight bits alone."""
+        same = [c for c in self.calibrated if c[role] == bits]
+        return self.calibrated[max(same, key=lambda c: c[0] * c[1])] if same else self.calibrated[(0, 0)]
 
-    def _set(self, key: str, bits: int, ranges: dict[str, tuple]) -> None:
-        lo, hi, spec = ranges[key]
-        self.quantizers[key].encoding = Encoding.from_range(dataclasses.replace(spec, bits=bits), lo, hi)
+    def _set(self, key: str, bits: int, ranges: dict[str, Encoding]) -> None:
+        """The encoding calibrated at ``bits`` as it is; another one's range on the new grid (re-deriving an
+        encoding from its own grid's ends would widen a symmetric one by 2^(b-1) / (2^(b-1) - 1))."""
+        encoding = ranges[key]
+        if encoding.spec.bits != bits:
+            encoding = Encoding.from_range(dataclasses.replace(encoding.spec, bits=bits), encoding.min, encoding.max)
+        self.quantizers[key].encoding = encoding
 
 
 @dataclasses.dataclass(frozen=True)
