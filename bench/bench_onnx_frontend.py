@@ -153,8 +153,8 @@ def main() -> None:
                 print(f"{front_end}-{name}{suffix}: {result['top1_agreement']:.1%} | "
                       f"{' | '.join(sim.technique_results)}", flush=True)
             if args.noise_seeds:
-                results[f"pytorch-noise-{name}{suffix}"] = noise_range(model, calib, evals, fp32, SETTINGS[name],
-                                                               args.noise_seeds, Path(tmp) / f"noise-{name}")
+                results[f"pytorch-noise-{name}{suffix}"] = noise_range(
+                    model, calib, evals, fp32, SETTINGS[name], args.noise_seeds, Path(tmp) / f"noise-{name}")
     rows = [table_row(key, r) for key, r in results.items()]
     _common.print_table(["front end", "setting", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
                          "quantize s", "calibration / FP32 throughput (goal ≥ 0.7)"], rows)
