@@ -23,8 +23,7 @@ class BitwidthSetter:
     def __init__(self, sim):
         self.sim = sim
         self.quantizers = sim.quantizers()
-        self.original = {key: q.encoding for key, q in self.quantizers.items()}
-        self.calibrated: dict[tuple[int, int], dict[str, Encoding]] = {(0, 0): self._ranges()}
+        self.calibrated: dict[tuple[int, int], dict[str, Encoding]] = {(0, 0): self._encodings()}
 
     def calibrate_at(self, groups: list[LayerGroup], candidates, batches) -> None:
         """Calibrate the sim on ``batches`` once per candidate, every layer at that candidate (a ranged
@@ -33,7 +32,7 @@ class BitwidthSetter:
             for group in groups:
                 self.apply(group, bits)
             self.sim.calibrate(batches)
-            self.calibrated[tuple(bits)] = self._ranges()
+            self.calibrated[tuple(bits)] = self._encodings()
 
     def apply(self, group: LayerGroup, bits: tuple[int, int]) -> None:
         weight_bits, activation_bits = bits
@@ -46,11 +45,11 @@ class BitwidthSetter:
 
     def restore(self) -> None:
         """Every quantizer back to the encoding it had before this setter changed it."""
-        for key, encoding in self.original.items():
+        for key, encoding in self.calibrated[(0, 0)].items():
             self.quantizers[key].encoding = encoding
         self.sim.encodings_changed()
 
-    def _ranges(self) -> dict[str, Encoding]:
+    def _encodings(self) -> dict[str, Encoding]:
         return {key: q.encoding for key, q in self.quantizers.items()}
 
     def _source(self, role: int, bits: int) -> dict[str, Encoding]:

@@ -16,7 +16,7 @@ def onnx_layer_costs(sim, groups, call) -> dict:
     """Costs per group (a LayerCost each), from the float graph run on ``call``'s first sample."""
     nodes = {node.name: node for node in sim.model.graph.node}
     initializers = {t.name: t for t in sim.model.graph.initializer}
-    read = {group.name: _read_tensor(sim, group.activations[-1]) for group in groups if group.activations}
+    read = {group.name: sim.point(group.activations[-1]).tensor for group in groups if group.activations}
     produced = {group.name: nodes[group.name].output[0] for group in groups if group.weights}
     names = sorted(set(read.values()) | set(produced.values()))
     values = graph_values(sim.model, names, sim.inputs.feeds(*first_samples(call, 1)), sim.threads)
@@ -31,11 +31,6 @@ def onnx_layer_costs(sim, groups, call) -> dict:
             weights = weight.size
         costs[group.name] = LayerCost(macs, weights, outputs)
     return costs
-
-
-def _read_tensor(sim, key: str) -> str:
-    point = sim.point(key)
-    return point.argument or point.node
 
 
 def _macs_per_output(node, shape) -> int:

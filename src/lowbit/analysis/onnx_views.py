@@ -29,7 +29,7 @@ def onnx_activation_views(sim, call, groups) -> dict[str, ActivationView]:
     """Per layer with an activation quantizer, the view of its last one on ``call``'s first samples:
     the float graph's values there, and the QDQ graph's values there quantized by its encoding."""
     keys = {group.activations[-1]: group.name for group in groups if group.activations}
-    tensors = {key: sim.point(key).argument or sim.point(key).node for key in keys}
+    tensors = {key: sim.point(key).tensor for key in keys}
     feeds = sim.inputs.feeds(*first_samples(call, SAMPLES))
     split = sim.split()
     floats = graph_values(split.float_model, sorted(set(tensors.values())), feeds, sim.threads)

@@ -73,8 +73,7 @@ class OnnxQuantSim(PlannedQuantizers):
         estimators: dict[str, list] = {}
         for key, quantizer in activations.items():
             quantizer.start_calibration()
-            point = self.point(key)
-            estimators.setdefault(point.argument or point.node, []).append(quantizer.estimator)
+            estimators.setdefault(self.point(key).tensor, []).append(quantizer.estimator)
         for feed in feeds:
             for name in [n for n in estimators if n in self.inputs.names]:
                 for estimator in estimators[name]:

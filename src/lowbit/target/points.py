@@ -29,6 +29,11 @@ class QuantPoint:
     argument: str | None = None
     constraints: tuple[float, float] | None = None
 
+    @property
+    def tensor(self) -> str:
+        """The tensor (ONNX) or node (torch) whose values this quantizer reads: ``argument``, else ``node``."""
+        return self.argument or self.node
+
 
 def activation_spec(rule: OpRule, target: Target) -> QuantSpec:
     """Spec of an activation quantizer under ``rule``."""
