@@ -15,6 +15,7 @@ from lowbit.onnx.quantize import quantize_onnx
 from lowbit.onnx.quantsim import OnnxQuantSim
 from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias as correct_torch_bias
+from lowbit.torch.capture import with_layer_modules, with_scripts_as_graphs
 from lowbit.torch.encodings_io import apply_encodings
 from lowbit.torch.equalize import equalize as equalize_torch
 from lowbit.torch.adaround import adaround as adaround_torch
@@ -49,7 +50,7 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
                              techniques=techniques)
     if example_input is None:
         example_input = _first_batch(data, transform)
-    model = copy.deepcopy(model).eval()
+    model = with_layer_modules(with_scripts_as_graphs(copy.deepcopy(model).eval(), example_input), example_input)
     lines = []
     try:
         lines.append(f"fold batchnorm: {len(fold_batchnorm(model, example_input))} layers")

@@ -20,8 +20,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Image folder (jpg/png/bmp, ImageNet preprocessing), a .npy float array N x ..., "
-                   "or a .pt tensor.")
+              help="Image folder (jpg/png/bmp, for a model whose input is an image: ImageNet "
+                   "preprocessing, printed), a .npy array N x ..., a .pt tensor, or a .npz file / .pt dict "
+                   "of arrays keyed by input name (models with several inputs; 0-d arrays go to every batch).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for NAME.onnx, NAME.encodings and NAME.qdq.onnx.")
 @click.option("--target", default="default", show_default=True,
@@ -39,8 +40,8 @@ def cli() -> None:
                    "equalize (before calibration); sequential_mse, adaround, bias_correction (after; "
                    "adaround and bias_correction exclude each other).")
 @click.option("--input-shape", default=None,
-              help="Model input shape, e.g. 1,3,224,224: images are resized to its H x W; array data "
-                   "is checked against it.")
+              help="Model input shape, any rank, e.g. 1,3,224,224 or 1,16000: images are resized to "
+                   "its H x W; array data is checked against it.")
 def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
              techniques, input_shape) -> None:
     """Quantize MODEL on --data and export it to --out.
@@ -50,40 +51,25 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     a torch.export file ending in `.pt2` (torch.export.save), or an ONNX file ending in `.onnx`.
     """
     import lowbit
-    from lowbit.cli_inputs import load_batches, load_model, onnx_image_size
-    from lowbit.fidelity import measure_fidelity
+    from lowbit.cli_data import parse_shape, read_data
+    from lowbit.cli_inputs import load_model
     from lowbit.frontend import is_onnx_model
+    from lowbit.speed import measure_speed
 
-    shape = _parse_shape(input_shape)
+    shape = parse_shape(input_shape)
     lowbit.load_target(target)
     onnx_model = is_onnx_model(model)
-    image_size = shape[-1] if shape else (onnx_image_size(model) if onnx_model else None) or 224
-    batches = load_batches(data_path, batch_size, image_size=image_size)
-    if shape and tuple(batches[0].shape[1:]) != shape[1:]:
-        raise InputError(f"data samples have shape {tuple(batches[0].shape[1:])}, --input-shape expects {shape[1:]}")
+    batches = read_data(data_path, batch_size, model, shape)
     net = model if onnx_model else load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t])
-    paths = sim.export(out_dir, name=name)
-    fidelity = measure_fidelity(sim, paths.qdq_onnx, batches[:4])
-    click.echo(_summary_table(sim, paths, fidelity))
+    paths = sim.export(out_dir, name=name, verify=batches[:4])
+    click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """`1,3,224,224` as a tuple; InputError unless it is N,C,H,W with H == W (images are square-cropped)."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise InputError(f"--input-shape {text!r} is not a comma-separated list of integers") from None
-    if len(shape) != 4 or shape[2] != shape[3] or min(shape) < 1:
-        raise InputError(f"--input-shape {text!r} must be N,C,H,W with H == W, e.g. 1,3,224,224")
-    return shape
-
-
-def _summary_table(sim, paths, fidelity) -> str:
-    """Markdown table of what was placed, how long calibration took, the files and their fidelity."""
+def _summary_table(sim, paths, speed) -> str:
+    """Markdown table of what was placed, how long calibration took, the files, their fidelity and
+    onnxruntime's int8 vs FP32 latency."""
     summary = sim.summary()
     roles = ", ".join(f"{role} {count}" for role, count in sorted(summary["quantizers"].items()))
     rows = [("target", summary["target"]), ("quantizers placed", roles),
@@ -91,14 +77,20 @@ def _summary_table(sim, paths, fidelity) -> str:
             ("calibration time", f"{sim.calibration_seconds:.2f} s")]
     rows += [("technique", line) for line in sim.technique_results]
     rows += [(f"file {p.name}", f"{p} ({p.stat().st_size / 1024:.1f} KiB)") for p in paths]
-    rows.append(("fidelity (sim vs onnxruntime)", fidelity.row()))
+    fidelity = paths.fidelity
+    for output in fidelity.outputs:
+        label = "fidelity (sim vs onnxruntime)" + (f", {output.name}" if len(fidelity.outputs) > 1 else "")
+        rows.append((label, output.row()))
+    if fidelity.note:
+        rows.append(("fidelity note", fidelity.note))
+    rows.append(("onnxruntime latency, one sample", speed.row()))
     return "\n".join(["| item | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows])
 
 
 @cli.command()
 @click.argument("model")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Image folder, a .npy float array N x ..., or a .pt tensor (as for quantize).")
+              help="Image folder, .npy, .npz or .pt data (as for quantize).")
 @click.option("--out", "out_dir", default="lowbit-report", show_default=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder for analysis.html.")
 @click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
@@ -119,21 +111,20 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
     import torch
 
     import lowbit
-    from lowbit.cli_inputs import import_attribute, load_batches, load_model, onnx_image_size
+    from lowbit.cli_data import read_data
+    from lowbit.cli_inputs import import_attribute, load_model
+    from lowbit.fidelity import output_arrays
     from lowbit.frontend import is_onnx_model
 
     onnx_model = is_onnx_model(model)
     lowbit.load_target(target)
-    batches = load_batches(data_path, batch_size, image_size=(onnx_image_size(model) if onnx_model else None) or 224)
+    batches = read_data(data_path, batch_size, model)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
     net = model if onnx_model else load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches)
-    if onnx_model:
-        classifier = sim(batches[0][:1])[0].ndim == 2
-    else:
-        with torch.no_grad():
-            classifier = net(batches[0][:1]).dim() == 2
+    with torch.no_grad():
+        classifier = output_arrays(sim(batches[0]))[0].ndim == 2
     result = lowbit.analyze(sim, batches, eval_fn=function, out_dir=out_dir, num_batches=num_batches,
                             metric="agreement" if classifier else "sqnr")
     click.echo(_analysis_table(result))
@@ -142,7 +133,7 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
 @cli.command()
 @click.argument("model")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Image folder, a .npy float array N x ..., or a .pt tensor (as for quantize).")
+              help="Image folder, .npy, .npz or .pt data (as for quantize).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the exported files, autoquant.html and the resumable cache.")
 @click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
@@ -162,13 +153,14 @@ def autoquant(model, data_path, out_dir, target, param_bits, act_bits, target_dr
     it takes to stay within --target-drop of the float score; an interrupted run started again with the
     same arguments continues from its cache."""
     import lowbit
-    from lowbit.cli_inputs import import_attribute, load_batches, load_model, onnx_image_size
+    from lowbit.cli_data import read_data
+    from lowbit.cli_inputs import import_attribute, load_model
     from lowbit.frontend import is_onnx_model
 
     drop = _parse_drop(target_drop)
     lowbit.load_target(target)
     onnx_model = is_onnx_model(model)
-    batches = load_batches(data_path, batch_size, image_size=(onnx_image_size(model) if onnx_model else None) or 224)
+    batches = read_data(data_path, batch_size, model)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
     net = model if onnx_model else load_model(model, batches[0])
     result = lowbit.autoquant(net, batches, eval_fn=function, allowed_drop=drop, target=target,

@@ -1,4 +1,4 @@
-"""Read the `lowbit` command's inputs: a model (factory spec, TorchScript or .pt2) and data batches."""
+"""Read the `lowbit` command's model: a factory spec, a TorchScript file or a torch.export `.pt2` file."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from lowbit.errors import DataError, ModelLoadError
+from lowbit.torch.capture import inference_form, script_as_graph
 from lowbit.torch.module_graph import as_module_graph, is_aten_graph
-from lowbit.zoo import imagenet_preprocess
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
@@ -28,10 +24,11 @@ def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
     path = Path(spec)
     if path.suffix == ".pt2":
         program = _read_file(path, lambda p: torch.export.load(str(p)))
-        model = _module_form(_inference_form(_read_file(path, lambda p: program.module())))
+        model = _module_form(inference_form(_read_file(path, lambda p: program.module())))
         return _fit_batch(model, _static_batch(program), example_input, path)
     if path.exists() or ":" not in spec:
-        return _module_form(_load_file(path, lambda p: _torchscript_as_graph(p, example_input)))
+        script = _read_file(path, lambda p: torch.jit.load(str(p), map_location="cpu"))
+        return script_as_graph(script, example_input)
     return _load_factory(spec)
 
 
@@ -60,7 +57,7 @@ def _fit_batch(model: nn.Module, batch: int | None, example: torch.Tensor, path:
     results do not depend on the batch size (checked on ``example``: the batch at once and one sample
     alone against runs at the exported batch size), the guard is dropped with a note; otherwise a
     DataError names the fix."""
-    if batch is None or example.dim() == 0 or len(example) == batch:
+    if batch is None or not isinstance(example, torch.Tensor) or example.dim() == 0 or len(example) == batch:
         return model
     unguarded = _without_guards(model)
     if unguarded is not None and _batch_independent(model, unguarded, batch, example):
@@ -122,16 +119,6 @@ def _leaves(value) -> list[torch.Tensor]:
     return [leaf for leaf in torch.utils._pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
 
 
-def _torchscript_as_graph(path: Path, example_input: torch.Tensor) -> nn.Module:
-    """Load a TorchScript file and convert it to an fx GraphModule by running ``example_input``."""
-    from torch._export.converter import TS2EPConverter
-
-    script = torch.jit.load(str(path), map_location="cpu").eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return TS2EPConverter(script, (example_input,)).convert().module()
-
-
 def _read_file(path: Path, reader):
     """``reader(path)``; ModelLoadError if the file is missing or unreadable."""
     if not path.is_file():
@@ -140,21 +127,6 @@ def _read_file(path: Path, reader):
         return reader(path)
     except Exception as error:
         raise ModelLoadError(f"cannot read model file '{path}': {_first_line(error)}") from None
-
-
-def _load_file(path: Path, reader) -> nn.Module:
-    """Read a model file with ``reader``; ModelLoadError if it is missing or unreadable."""
-    model = _read_file(path, reader)
-    return _inference_form(model)
-
-
-def _inference_form(model: nn.Module) -> nn.Module:
-    """``model`` in eval mode, with nn.Module's train()/eval() usable."""
-    # torch.export's module() forbids train()/eval() through instance attributes; its graph is already
-    # in inference form, so restoring nn.Module's methods lets lowbit copy it and call eval().
-    model.__dict__.pop("train", None)
-    model.__dict__.pop("eval", None)
-    return model.eval()
 
 
 def import_attribute(spec: str, what: str = "model spec"):
@@ -182,64 +154,6 @@ def _load_factory(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
-
-
-def onnx_image_size(path) -> int | None:
-    """The fixed, square H x W of an ONNX model's first input when it is an image (N, C, H, W)."""
-    from lowbit.onnx import load_model as load_onnx
-    graph = load_onnx(path).graph
-    initializers = {t.name for t in graph.initializer}
-    first = next(i for i in graph.input if i.name not in initializers)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim]
-    return dims[2] if len(dims) == 4 and dims[2] and dims[2] == dims[3] else None
-
-
-def load_batches(path, batch_size: int, image_size: int = 224) -> list[torch.Tensor]:
-    """Float batches from an image folder, a `.npy` array or a `.pt` tensor; DataError if unusable."""
-    path = Path(path)
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
-    if path.is_dir():
-        samples = _read_images(path, image_size)
-    elif path.suffix == ".npy":
-        samples = _read_array(path, lambda p: torch.from_numpy(np.load(p, allow_pickle=False)))
-    elif path.suffix in {".pt", ".pth"}:
-        samples = _read_array(path, lambda p: torch.load(p, weights_only=True))
-    elif not path.exists():
-        raise DataError(f"data path '{path}' not found")
-    else:
-        raise DataError(f"data '{path}' is not an image folder, a .npy file or a .pt file")
-    if not bool(torch.isfinite(samples).all()):
-        raise DataError(f"data '{path}' contains NaN or Inf values")
-    return list(samples.split(batch_size))
-
-
-def _read_images(folder: Path, size: int) -> torch.Tensor:
-    """Every image in ``folder``, ImageNet-preprocessed to size x size, stacked [N, 3, size, size]."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"data folder '{folder}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    tensors = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                tensors.append(imagenet_preprocess(image, size))
-        except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"cannot read image '{file}': {_first_line(error)}") from None
-    return torch.stack(tensors)
-
-
-def _read_array(path: Path, reader) -> torch.Tensor:
-    """A float tensor with a batch dimension read by ``reader``; DataError if missing or not one."""
-    if not path.is_file():
-        raise DataError(f"data file '{path}' not found")
-    try:
-        value = reader(path)
-    except Exception as error:
-        raise DataError(f"cannot read data file '{path}': {_first_line(error)}") from None
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < 1 or len(value) == 0:
-        raise DataError(f"data file '{path}' must hold a non-empty float array with a batch dimension")
-    return value.float()
 
 
 def _first_line(error: Exception) -> str:

@@ -1,75 +1,169 @@
-"""Fidelity: how closely onnxruntime's execution of the QDQ export matches the simulation."""
+"""Fidelity: how closely onnxruntime's execution of the QDQ export matches the simulation, per output."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from lowbit.data import checked_calls
+from lowbit.errors import ExportError, LowbitError
 from lowbit.progress import progress
 from lowbit.runtime import run, session
 
 
 @dataclass(frozen=True)
-class Fidelity:
-    """Top-1 agreement (sim vs runtime) and the largest output error in output LSBs."""
+class OutputFidelity:
+    """One model output: argmax agreement per sample (top-1 for an (N, classes) output; None where a
+    sample has one value) and the largest error, absolute and in that output's LSBs (NaN when the output
+    is not quantized)."""
 
+    name: str
     samples: int
-    top1_agreement: float
+    rank: int
+    top1_agreement: float | None
     max_abs_error: float
     max_error_lsb: float
 
     def row(self) -> str:
-        """One markdown-style summary line."""
-        return (f"top-1 agreement {self.top1_agreement:.2%} on {self.samples} samples, "
-                f"max error {self.max_error_lsb:.1f} LSB ({self.max_abs_error:.4g})")
+        """One summary line."""
+        label = "top-1 agreement" if self.rank == 2 else "argmax agreement"
+        agreement = (f"{label} {self.top1_agreement:.2%} on {self.samples} samples, "
+                     if self.top1_agreement is not None else "")
+        quantized = self.max_error_lsb == self.max_error_lsb
+        error = (f"max error {self.max_error_lsb:.1f} LSB ({self.max_abs_error:.4g})" if quantized
+                 else f"max error {self.max_abs_error:.4g} (float output)")
+        return agreement + error
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Every output's fidelity; the plain fields are the first output's."""
+
+    outputs: tuple[OutputFidelity, ...]
+    note: str = ""
+    divergence: str = ""
+    """Where sim and runtime first part by more than one step (a quantizer and its tensor), if they do."""
+
+    @property
+    def samples(self) -> int:
+        return self.outputs[0].samples
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.outputs[0].top1_agreement
+
+    @property
+    def max_abs_error(self) -> float:
+        return self.outputs[0].max_abs_error
+
+    @property
+    def max_error_lsb(self) -> float:
+        return self.outputs[0].max_error_lsb
+
+    def row(self) -> str:
+        """One line: the only output's summary, or each output's named."""
+        rows = (self.outputs[0].row() if len(self.outputs) == 1
+                else "; ".join(f"{o.name}: {o.row()}" for o in self.outputs))
+        rows += f"; first divergence: {self.divergence}" if self.divergence else ""
+        return f"{rows} ({self.note})" if self.note else rows
+
+
+def output_lsbs(sim) -> list[float]:
+    """Scale of the per-tensor quantizer on each of the model's outputs, in output order; NaN where an
+    output is not quantized per tensor."""
+    if hasattr(sim, "output_lsbs"):
+        return sim.output_lsbs()
+    graph = getattr(sim.model, "graph", None)
+    if graph is None:
+        return []
+    output = next(n for n in graph.nodes if n.op == "output")
+    lsbs = []
+    for producer in torch.utils._pytree.tree_leaves(output.args[0]):
+        scale = float("nan")
+        if hasattr(producer, "op") and producer.op == "call_module":
+            quantizer = sim.model.get_submodule(producer.target)
+            if getattr(quantizer, "encoding", None) is not None and quantizer.spec.axis is None:
+                scale = float(quantizer.encoding.scale)
+        lsbs.append(scale)
+    return lsbs
 
 
 def output_lsb(sim) -> float:
-    """Scale of the quantizer on the model's (first) output; NaN if the output is not quantized."""
-    if hasattr(sim, "output_lsb"):
-        return sim.output_lsb()
-    graph = getattr(sim.model, "graph", None)
-    if graph is None:
-        return float("nan")
-    output = next(n for n in graph.nodes if n.op == "output")
-    producer = output.all_input_nodes[0] if output.all_input_nodes else None
-    if producer is not None and producer.op == "call_module":
-        quantizer = sim.model.get_submodule(producer.target)
-        if getattr(quantizer, "encoding", None) is not None and quantizer.spec.axis is None:
-            return float(quantizer.encoding.scale)
-    return float("nan")
+    """Scale of the quantizer on the model's first output; NaN if the output is not quantized."""
+    lsbs = output_lsbs(sim)
+    return lsbs[0] if lsbs else float("nan")
+
+
+class _OutputTally:
+    """Running agreement and worst error of one output."""
+
+    def __init__(self):
+        self.agree, self.count, self.rows, self.worst, self.rank = 0, 0, 0, 0.0, 0
+
+    def add(self, simulated: np.ndarray, executed: np.ndarray) -> None:
+        simulated = simulated.astype(np.float64).reshape(executed.shape)
+        self.rank = executed.ndim
+        if executed.size:
+            self.worst = max(self.worst, float(np.abs(simulated - executed).max()))
+        if executed.ndim == 0:
+            return
+        self.rows += executed.shape[0]
+        flat_sim = simulated.reshape(executed.shape[0], -1)
+        flat_run = executed.reshape(executed.shape[0], -1)
+        if flat_run.shape[1] > 1:
+            self.agree += int((flat_sim.argmax(1) == flat_run.argmax(1)).sum())
+            self.count += flat_sim.shape[0]
 
 
 def measure_fidelity(sim, qdq_path, data, transform=None, num_batches: int | None = None,
                      threads: int | None = None) -> Fidelity:
-    """Run the sim and onnxruntime (integer kernels) on the same batches and compare outputs."""
+    """Run the sim and onnxruntime (integer kernels) on the same batches and compare every output."""
     runtime = session(qdq_path, threads=threads)
-    agree, count, worst = 0, 0, 0.0
+    names = [o.name for o in runtime.get_outputs()]
+    tallies = [_OutputTally() for _ in names]
     device = next(iter(sim.parameters()), torch.empty(0)).device if hasattr(sim, "parameters") else "cpu"
     with torch.no_grad():
         for args, kwargs in progress(checked_calls(data, transform, num_batches), "fidelity"):
             item = kwargs if kwargs else args
-            simulated = sim(*[a.to(device) for a in args], **{k: v.to(device) for k, v in kwargs.items()})
-            simulated = _first_tensor(simulated).float().cpu().numpy()
-            executed = run(runtime, item)[0]
-            worst = max(worst, float(np.abs(simulated - executed).max()))
-            flat_sim = simulated.reshape(simulated.shape[0], -1)
-            flat_run = executed.reshape(executed.shape[0], -1)
-            agree += int((flat_sim.argmax(1) == flat_run.argmax(1)).sum())
-            count += flat_sim.shape[0]
-    lsb = output_lsb(sim)
-    return Fidelity(count, agree / max(count, 1), worst, worst / lsb if lsb == lsb else float("nan"))
+            simulated = sim(*[_to(a, device) for a in args], **{k: _to(v, device) for k, v in kwargs.items()})
+            for tally, value, executed in zip(tallies, output_arrays(simulated), run(runtime, item)):
+                tally.add(value, executed)
+    lsbs = output_lsbs(sim)
+    lsbs += [float("nan")] * (len(names) - len(lsbs))
+    return Fidelity(tuple(
+        OutputFidelity(name, t.rows, t.rank, t.agree / t.count if t.count else None, t.worst,
+                       t.worst / lsb if lsb == lsb else float("nan"))
+        for name, t, lsb in zip(names, tallies, lsbs)))
 
 
-def _first_tensor(result) -> torch.Tensor:
-    """The first tensor of a model's output (tensor, tuple, list or dict)."""
-    if isinstance(result, torch.Tensor):
-        return result
-    if isinstance(result, np.ndarray):
-        return torch.from_numpy(result)
-    if isinstance(result, dict):
-        return next(iter(result.values()))
-    return _first_tensor(result[0])
+def verify_export(sim, paths, data, transform=None, num_batches: int | None = None, note: str = ""):
+    """``paths`` (an export of ``sim``) with the fidelity of its QDQ file on ``data``; when onnxruntime
+    cannot run the file, its three files are removed and ExportError says why."""
+    try:
+        fidelity = measure_fidelity(sim, paths.qdq_onnx, data, transform, num_batches)
+    except LowbitError:
+        raise
+    except Exception as error:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"onnxruntime cannot run the written {paths.qdq_onnx.name} (files removed): "
+                          f"{reason}") from None
+    divergence = ""
+    if any(o.max_error_lsb > 1.0001 for o in fidelity.outputs):
+        first = next(iter(checked_calls(data, transform, 1)))
+        divergence = sim.first_divergence(paths.qdq_onnx, first[1] or first[0]) or ""
+    return replace(paths, fidelity=replace(fidelity, note=note, divergence=divergence))
+
+
+def output_arrays(result) -> list[np.ndarray]:
+    """A model's outputs (tensor, array, tuple, list or dict) as numpy arrays, in export order."""
+    leaves = torch.utils._pytree.tree_leaves(result)
+    return [leaf.detach().float().cpu().numpy() if isinstance(leaf, torch.Tensor) else np.asarray(leaf)
+            for leaf in leaves if isinstance(leaf, (torch.Tensor, np.ndarray))]
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value

@@ -25,17 +25,21 @@ def session(path, threads: int | None = None, optimize: bool = True,
 
 
 def feeds(runtime: ort.InferenceSession, item) -> dict[str, np.ndarray]:
-    """Model input (tensor, tuple or dict) as onnxruntime feeds, matched by position or name."""
+    """Model input (tensors or arrays: single, tuple or dict) as onnxruntime feeds, matched by position or name."""
     args, kwargs = as_call(item)
     names = [i.name for i in runtime.get_inputs()]
     values = {}
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    tensors = [a for a in args if isinstance(a, (torch.Tensor, np.ndarray))]
     for name, tensor in zip(names, tensors):
-        values[name] = tensor.detach().cpu().numpy()
+        values[name] = _array(tensor)
     for name, tensor in kwargs.items():
-        if name in names and isinstance(tensor, torch.Tensor):
-            values[name] = tensor.detach().cpu().numpy()
+        if name in names and isinstance(tensor, (torch.Tensor, np.ndarray)):
+            values[name] = _array(tensor)
     return values
+
+
+def _array(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
 
 def run(runtime: ort.InferenceSession, item) -> list[np.ndarray]:

@@ -204,10 +204,10 @@ def _agreement_with(model, calls):
 
 def _float_onnx_outputs(model: onnx.ModelProto, calls) -> list[torch.Tensor]:
     """The float ONNX model's first output per call, run by onnxruntime in image slices."""
-    runtime, inputs, rows = session(model.SerializeToString()), GraphInputs(model), slice_rows(model)
-    names = [runtime.get_outputs()[0].name]
-    return [torch.from_numpy(run_in_slices(runtime, names, inputs.feeds(args, kwargs), rows)[0]).float()
-            for args, kwargs in calls]
+    runtime, inputs = session(model.SerializeToString()), GraphInputs(model)
+    feeds = [inputs.feeds(args, kwargs) for args, kwargs in calls]
+    names, rows = [runtime.get_outputs()[0].name], slice_rows(model, feeds[0] if feeds else None)
+    return [torch.from_numpy(run_in_slices(runtime, names, feed, rows)[0]).float() for feed in feeds]
 
 
 def _fingerprint(options, allowed_drop, iterations, candidates, batches, float_score) -> str:

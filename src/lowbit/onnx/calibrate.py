@@ -38,8 +38,9 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
     exposed = [n for n in estimators if n not in reduced]
     nonnegative = nonnegative_tensors(model) & set(reduced)
     batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
-    groups = tensor_groups(model, exposed, batch, budget) or [[]]
-    rows = slice_rows(model)
+    sized = sized_for(model, feeds[0]) if feeds else model
+    groups = tensor_groups(sized, exposed, batch, budget) or [[]]
+    rows = slice_rows(sized)
     for index, group in enumerate(groups):
         first = index == 0  # the reductions ride along with the first pass
         graph_model = with_outputs(model, group, reduced if first else [], ranks, nonnegative)
@@ -62,9 +63,35 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
                     estimator.observe_extremes(lo, hi)
 
 
-def slice_rows(model: onnx.ModelProto) -> int:
-    """Samples per run that keep ``model``'s largest intermediate tensor near ``SLICE_BYTES``."""
-    return max(1, SLICE_BYTES // max(_bytes_per_sample(model).values(), default=1))
+def slice_rows(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None = None) -> int:
+    """Samples per run that keep ``model``'s largest intermediate tensor near ``SLICE_BYTES`` (sized for
+    ``feed``'s shapes where the model's are dynamic)."""
+    sized = sized_for(model, feed) if feed else model
+    return max(1, SLICE_BYTES // max(_bytes_per_sample(sized).values(), default=1))
+
+
+def sized_for(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """``model`` itself when its inputs' non-batch dimensions are static, else a copy with them set from
+    ``feed``'s arrays and shapes inferred again (a dynamic H x W is sized as the data's)."""
+    dynamic = [value for value in model.graph.input if value.name in feed
+               and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in value.type.tensor_type.shape.dim[1:])]
+    if not dynamic:
+        return model
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    del sized.graph.value_info[:]
+    for value in sized.graph.input:
+        array = feed.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if array is None or len(dims) != array.ndim:
+            continue
+        for dim, size in list(zip(dims, array.shape))[1:]:
+            dim.Clear()
+            dim.dim_value = size
+    try:
+        return onnx.shape_inference.infer_shapes(sized, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        return model
 
 
 def run_in_slices(runtime, names: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
@@ -139,7 +166,8 @@ def _bytes_per_sample(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of one sample of each tensor with a known shape (the first dimension taken as batch)."""
     sizes = {}
     for value in _values(model):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                for d in value.type.tensor_type.shape.dim]
         count = 1
         for dim in dims[1:]:
             count *= dim

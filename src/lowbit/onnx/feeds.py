@@ -14,7 +14,8 @@ from lowbit.errors import InputError
 
 def as_tensors(batch):
     """A batch of numpy arrays (single, tuple/list or dict) as the same structure of torch tensors."""
-    convert = lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+    # ascontiguousarray makes 0-d arrays 1-d: keep the shape
+    convert = lambda v: torch.from_numpy(np.ascontiguousarray(v).reshape(v.shape)) if isinstance(v, np.ndarray) else v
     if isinstance(batch, Mapping):
         return {k: convert(v) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
@@ -43,14 +44,17 @@ class GraphInputs:
         values.update(kwargs)
         missing = [n for n in self.names if n not in values]
         if missing:
-            raise InputError(f"the batch has no value for model input '{missing[0]}'")
+            raise InputError(f"the batch has no value for model input '{missing[0]}' (the model's inputs: "
+                             f"{', '.join(self.names)}; give each batch as a dict by input name, on the command "
+                             f"line a .npz file or a .pt dict)")
         return {value.name: self._checked(value, values[value.name]) for value in self.values}
 
     @staticmethod
     def _checked(value: onnx.ValueInfoProto, tensor: torch.Tensor) -> np.ndarray:
         """``tensor`` as the numpy array input ``value`` expects; InputError on a rank or size mismatch."""
         tensor_type = value.type.tensor_type
-        expected = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        expected = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in tensor_type.shape.dim]  # exporters write -1 for a dynamic axis too
         shape = tuple(tensor.shape)
         if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
             wanted = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"

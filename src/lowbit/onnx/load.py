@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -16,13 +17,26 @@ from lowbit.errors import ModelLoadError
 MIN_OPSET = 11
 """Oldest default-domain opset read: 11 settled the Resize, Pad and Clip signatures exporters use."""
 
+QDQ_OPSET = 13
+"""Oldest opset whose QuantizeLinear/DequantizeLinear take an ``axis`` (per-channel weights): older
+models are converted to it on loading."""
 
 def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """A checked copy of ``model`` with Constant-node tensors as initializers and inferred shapes."""
     proto = _read(Path(model)) if isinstance(model, (str, Path)) else copy.deepcopy(model)
     if not isinstance(proto, onnx.ModelProto):
         raise ModelLoadError(f"expected an ONNX file path or onnx.ModelProto, got {type(model).__name__}")
+    try:
+        return _normalised(proto)
+    except UnicodeDecodeError:  # protobuf decodes strings lazily: a damaged file fails wherever one is read
+        raise ModelLoadError("invalid ONNX model: a name or string in it is not valid UTF-8 "
+                             "(is the file damaged?)") from None
+
+
+def _normalised(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` at a QDQ opset, Constant tensors as initializers, nodes named, shapes inferred, checked."""
     _check_opset(proto)
+    proto = _with_qdq_opset(proto)
     constants_to_initializers(proto)
     name_nodes(proto)
     try:
@@ -65,12 +79,30 @@ def _external_tensors(proto: onnx.ModelProto):
 
 def _check_opset(proto: onnx.ModelProto) -> None:
     """ModelLoadError unless the default-domain opset is between MIN_OPSET and what onnx knows."""
-    versions = {o.domain: o.version for o in proto.opset_import}
-    version = versions.get("", versions.get("ai.onnx"))
+    version = default_opset(proto)
     newest = onnx.defs.onnx_opset_version()
     if version is None or not MIN_OPSET <= version <= newest:
         raise ModelLoadError(f"unsupported ONNX opset {version}: lowbit reads opsets {MIN_OPSET} to {newest} "
                              f"(convert with onnx.version_converter.convert_version)")
+
+
+def default_opset(proto: onnx.ModelProto) -> int | None:
+    """The model's default-domain opset version."""
+    versions = {o.domain: o.version for o in proto.opset_import}
+    return versions.get("", versions.get("ai.onnx"))
+
+
+def _with_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` at opset QDQ_OPSET or newer: older models are converted (onnx.version_converter), since
+    per-channel DequantizeLinear needs 13; ModelLoadError naming the op when conversion fails."""
+    if default_opset(proto) >= QDQ_OPSET:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, QDQ_OPSET)
+    except Exception as e:
+        raise ModelLoadError(f"cannot raise this opset-{default_opset(proto)} model to opset {QDQ_OPSET}, which "
+                             f"per-channel QuantizeLinear/DequantizeLinear need: {_first_line(e)}") from None
+    return converted
 
 
 def name_nodes(proto: onnx.ModelProto) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 
 from lowbit.onnx.attributes import attribute
+from lowbit.qdq.graph_index import node_reads
 from lowbit.target import PASSTHROUGH_OPS, Target
 from lowbit.target.points import QuantPoint, activation_spec, weight_spec
 from lowbit.target.vocabulary import QUANTIZED_OP_TYPES
@@ -44,7 +45,7 @@ class GraphFacts:
         self.producer = {out: node for node in graph.node for out in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
-            for name in node.input:
+            for name in node_reads(node):
                 self.consumers.setdefault(name, []).append(node)
         self.graph_inputs = {i.name for i in graph.input if i.name not in self.initializers}
         self.graph_outputs = [o.name for o in graph.output]

@@ -16,6 +16,7 @@ from lowbit.data import checked_calls
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.onnx.calibrate import observe, run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs, as_tensors
+from lowbit.fidelity import verify_export
 from lowbit.onnx.load import load_model
 from lowbit.onnx.plan import GraphFacts, float_op_types, plan_model
 from lowbit.onnx.qdq_insert import tagged_model
@@ -136,13 +137,19 @@ class OnnxQuantSim(PlannedQuantizers):
         """The simulated outputs for one batch, given as the model is called (see :meth:`run_on`)."""
         return self.run_on([kwargs if kwargs else (args[0] if len(args) == 1 else args)])[0]
 
+    def output_lsbs(self) -> list[float]:
+        """Scale of the quantizer on each model output; NaN where one is not quantized per tensor."""
+        facts = GraphFacts(self.model)
+        lsbs = []
+        for output in self.model.graph.output:
+            quantizer = self._quantizers.get(facts.source(output.name))
+            usable = quantizer is not None and quantizer.encoding is not None and quantizer.spec.axis is None
+            lsbs.append(float(quantizer.encoding.scale) if usable else float("nan"))
+        return lsbs
+
     def output_lsb(self) -> float:
         """Scale of the quantizer on the model's first output; NaN if it is not quantized per tensor."""
-        source = GraphFacts(self.model).source(self.model.graph.output[0].name)
-        quantizer = self._quantizers.get(source)
-        if quantizer is None or quantizer.encoding is None or quantizer.spec.axis is not None:
-            return float("nan")
-        return float(quantizer.encoding.scale)
+        return self.output_lsbs()[0]
 
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list[list[np.ndarray]]:
         """The simulated outputs of every batch of ``data``: the QDQ graph in onnxruntime with its
@@ -152,7 +159,8 @@ class OnnxQuantSim(PlannedQuantizers):
         if self._runtime is None:
             self._runtime = session(split.qdq_model.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
-        names, rows = [output.name for output in self._runtime.get_outputs()], slice_rows(self.model)
+        names = [output.name for output in self._runtime.get_outputs()]
+        rows = slice_rows(self.model, feeds[0] if feeds else None)
         return [run_in_slices(self._runtime, names, feed, rows) for feed in progress(feeds, "run", len(feeds))]
 
     def split(self) -> SplitGraph:
@@ -173,9 +181,18 @@ class OnnxQuantSim(PlannedQuantizers):
         self._split = self._runtime = None
         return self
 
-    def export(self, out_dir, name: str = "model") -> ExportPaths:
-        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths."""
-        return write_export(self.split(), Path(out_dir), name, quantizer_args(self.target, self.scheme))
+    def export(self, out_dir, name: str = "model", verify=None) -> ExportPaths:
+        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths. With
+        ``verify`` (batches), onnxruntime runs the written QDQ file on them and ``paths.fidelity`` compares
+        every output with the sim's (which runs the same graph in onnxruntime)."""
+        paths = write_export(self.split(), Path(out_dir), name, quantizer_args(self.target, self.scheme))
+        if verify is None:
+            return paths
+        return verify_export(self, paths, verify, note="the ONNX front end's sim is this QDQ graph run by onnxruntime")
+
+    def first_divergence(self, qdq_path, batch) -> None:
+        """None: this sim runs the exported QDQ graph in onnxruntime, so the two never part."""
+        return None
 
     def summary(self) -> dict:
         """Counts of quantizers by role, the target, and the op types left in float (with counts)."""

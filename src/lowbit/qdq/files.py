@@ -18,6 +18,8 @@ class ExportPaths:
     onnx: Path
     encodings: Path
     qdq_onnx: Path
+    fidelity: object = None
+    """The export's :class:`lowbit.fidelity.Fidelity` when ``export`` was given data to verify it on."""
 
     def __iter__(self):
         return iter((self.onnx, self.encodings, self.qdq_onnx))

@@ -7,6 +7,18 @@ import onnx
 from onnx import numpy_helper
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensor names ``node`` reads: its inputs, and the outer-scope names its subgraphs (If, Loop,
+    Scan bodies) read, at any depth."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
+                      attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
+            for inner in graph.node:
+                names.extend(node_reads(inner))
+    return names
+
+
 class GraphIndex:
     """Producers, consumers, initializers and Constant values of one ONNX graph (rebuilt on demand)."""
 
@@ -19,7 +31,7 @@ class GraphIndex:
         self.producer = {out: node for node in self.graph.node for out in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
-            for name in node.input:
+            for name in node_reads(node):
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in self.graph.output}
 
@@ -53,13 +65,13 @@ def rename_tensors(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 def remove_unused(graph: onnx.GraphProto) -> None:
     """Drop nodes whose outputs nobody reads, then initializers nobody reads (repeat until stable)."""
     while True:
-        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        used = {name for node in graph.node for name in node_reads(node)} | {o.name for o in graph.output}
         dead = [n for n in graph.node if not any(out in used for out in n.output)]
         for node in dead:
             graph.node.remove(node)
         if not dead:
             break
-    used = {name for node in graph.node for name in node.input}
+    used = {name for node in graph.node for name in node_reads(node)}
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import fx, nn
 
 from lowbit.data import as_call
 from lowbit.errors import GraphCaptureError, InputError
+from lowbit.torch.module_graph import as_module_graph, has_functional_layers
 
 
 def trace(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
@@ -75,3 +77,105 @@ def trace_for(purpose: str, model: nn.Module, example_input) -> fx.GraphModule:
         return trace(model, args, kwargs)
     except Exception as error:
         raise GraphCaptureError(f"{purpose} needs a torch.fx-traceable model: {error}") from None
+
+
+def with_layer_modules(model: nn.Module, example_input) -> nn.Module:
+    """``model`` itself, or, when it calls convolution/linear/matmul functions on its own parameters
+    (a conv subclass that pads in its ``forward``), its trace with those calls as modules, so BatchNorm
+    folds into them. A model torch.fx cannot trace is returned as it is."""
+    args, kwargs = as_call(example_input)
+    try:
+        gm = trace(model, args, kwargs)
+    except Exception:
+        return model
+    return as_module_graph(gm) if has_functional_layers(gm) else model
+
+
+def script_as_graph(script: torch.jit.ScriptModule, example_input) -> fx.GraphModule:
+    """A TorchScript module as an fx graph in eval mode (converted by running ``example_input``: one
+    tensor, a tuple, or a dict by argument name), its convolutions, linear layers and batch norms as
+    modules; GraphCaptureError when torch cannot convert it."""
+    from torch._export.converter import TS2EPConverter
+
+    args, kwargs = as_call(example_input)
+    names = [argument.name for argument in script.forward.schema.arguments[1:]]
+    if kwargs:  # the converter takes the example positionally, in forward's order
+        missing = [name for name in names if name not in kwargs]
+        if missing or len(kwargs) != len(names):
+            raise InputError(f"the TorchScript forward takes ({', '.join(names)}); the example input has "
+                             f"({', '.join(kwargs)})")
+        args, kwargs = tuple(kwargs[name] for name in names), {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = TS2EPConverter(script.eval(), args).convert().module()
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GraphCaptureError(f"torch cannot convert this TorchScript module to a graph: {first_line}") from None
+    codegen = gm.graph._codegen
+    if getattr(codegen, "pytree_info", None) is not None and len(codegen.pytree_info.orig_args) == len(names):
+        codegen.pytree_info = codegen.pytree_info._replace(orig_args=names)  # forward keeps the script's names
+    return as_module_graph(without_guards(inference_form(gm)))
+
+
+def without_guards(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` (in place) without torch.export's input guard calls, which pin the example's shapes; a
+    TorchScript module accepts the shapes its own code accepts."""
+    guards = [n for n in gm.graph.nodes
+              if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users]
+    for node in guards:
+        gm.graph.erase_node(node)
+    if guards:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return gm
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, with nn.Module's train()/eval() usable: torch.export's module() forbids them
+    through instance attributes; its graph is already in inference form."""
+    model.__dict__.pop("train", None)
+    model.__dict__.pop("eval", None)
+    return model.eval()
+
+
+class _CallRecorder(nn.Module):
+    """Stands in for a module during one run, recording the arguments of its first call."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.call = inner, None
+
+    def forward(self, *args, **kwargs):
+        if self.call is None:
+            self.call = (args, kwargs)
+        return self.inner(*args, **kwargs)
+
+
+def with_scripts_as_graphs(model: nn.Module, example_input) -> nn.Module:
+    """``model`` (in place) with each outermost TorchScript submodule converted to a graph from the
+    arguments it gets on ``example_input``, so torch.fx traces into it; a whole ScriptModule is converted
+    itself. Scripts the example never calls stay as they are."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return script_as_graph(model, example_input)
+    scripts = [(name, child) for name, child in model.named_modules()
+               if name and isinstance(child, torch.jit.ScriptModule)]
+    outermost = [(name, child) for name, child in scripts
+                 if not any(name.startswith(other + ".") for other, _ in scripts)]
+    if not outermost:
+        return model
+    recorders = {name: _CallRecorder(child) for name, child in outermost}
+    for name, recorder in recorders.items():
+        model.set_submodule(name, recorder)
+    try:
+        args, kwargs = as_call(example_input)
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for name, child in outermost:
+            model.set_submodule(name, child)
+    for name, recorder in recorders.items():
+        if recorder.call is not None:
+            call_args, call_kwargs = recorder.call
+            model.set_submodule(name, script_as_graph(recorder.inner, call_kwargs or call_args))
+    return model

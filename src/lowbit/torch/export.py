@@ -64,7 +64,7 @@ def exported_onnx(sim) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, buffer, kwargs=kwargs or None, dynamo=False, opset_version=OPSET,
                               input_names=names, output_names=outputs,
-                              dynamic_axes=_dynamic_axes(names, args, outputs),
+                              dynamic_axes=_dynamic_axes(module, names, args, outputs),
                               do_constant_folding=True)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -91,18 +91,50 @@ class KeywordCall(nn.Module):
         return self.model(**dict(zip(self.names, values)))
 
 
-def _dynamic_axes(names: list[str], args: tuple, outputs: list[str]) -> dict:
-    """Batch is dynamic everywhere; so is the sequence axis of integer (token) inputs and of outputs
-    when there are such inputs."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    tokens = any(not t.is_floating_point() and t.dim() >= 2 for t in tensors)
-    axes = {}
-    for name, tensor in zip(names, tensors):
-        axes[name] = {0: "batch", 1: "sequence"} if tokens and not tensor.is_floating_point() and tensor.dim() >= 2 \
-            else {0: "batch"}
-    for name in outputs:
-        axes[name] = {0: "batch", 1: "sequence"} if tokens else {0: "batch"}
+def _dynamic_axes(module: nn.Module, names: list[str], args: tuple, outputs: list[str]) -> dict:
+    """The batch axis of every input and output, and every other axis the model runs at another size
+    on, with the output axes that follow it: a fully convolutional model keeps its spatial axes, a
+    token model its sequence axis. Probed on one sample, doubling axis k of every input whose axis k
+    has one size (token ids and their mask together)."""
+    axes = {name: {0: "batch"} for name in names + outputs}
+    sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    base = _output_shapes(module, sample)
+    if base is None:
+        return axes
+    named = [(name, position) for name, position in zip(names, _tensor_positions(args))]
+    groups = sorted({(axis, sample[position].shape[axis]) for _, position in named
+                     for axis in range(1, sample[position].dim())})
+    for axis, size in groups:
+        members = [(name, position) for name, position in named
+                   if sample[position].dim() > axis and sample[position].shape[axis] == size]
+        probe = list(sample)
+        for _, position in members:
+            probe[position] = torch.cat([sample[position]] * 2, axis)
+        shapes = _output_shapes(module, tuple(probe))
+        if shapes is None or len(shapes) != len(base):
+            continue
+        label = f"{members[0][0]}_dim{axis}"
+        for name, _ in members:
+            axes[name][axis] = label
+        for output, before, after in zip(outputs, base, shapes):
+            for dim, (old_size, new_size) in enumerate(zip(before, after)):
+                if dim and old_size != new_size:
+                    axes[output].setdefault(dim, f"{output}_dim{dim}")
     return axes
+
+
+def _tensor_positions(args: tuple) -> list[int]:
+    return [index for index, value in enumerate(args) if isinstance(value, torch.Tensor)]
+
+
+def _output_shapes(module: nn.Module, args: list) -> list[tuple] | None:
+    """The shapes of the model's output tensors on ``args``, or None when it does not run on them."""
+    try:
+        with torch.no_grad():
+            result = module(*args)
+    except Exception:
+        return None
+    return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
 def _input_names(module, args: tuple, kwargs: dict) -> list[str]:

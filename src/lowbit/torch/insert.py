@@ -10,11 +10,13 @@ from lowbit.target import PASSTHROUGH_OPS
 from lowbit.target.points import QuantPoint
 from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
+from lowbit.torch.integer_softmax import IntegerSoftmax
 from lowbit.torch.plan import node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
 
 ACTIVATION_QUANTIZERS = "activation_quantizers"
 INTEGER_ADDS = "integer_adds"
+INTEGER_SOFTMAXES = "integer_softmaxes"
 
 
 def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str) -> dict[str, Quantizer]:
@@ -50,6 +52,7 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     _link_bias_sources(gm)
     _link_output_quantizers(gm)
     _emulate_integer_adds(gm)
+    _emulate_integer_softmaxes(gm)
     _link_grid_followers(gm)
     return quantizers
 
@@ -151,6 +154,41 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+
+
+def _emulate_integer_softmaxes(gm: fx.GraphModule) -> None:
+    """Replace each Softmax read straight from a quantizer and read only by one (the pattern onnxruntime
+    fuses into QLinearSoftmax) by IntegerSoftmax."""
+    gm.add_module(INTEGER_SOFTMAXES, nn.ModuleDict())
+    holder = gm.get_submodule(INTEGER_SOFTMAXES)
+    for node in list(gm.graph.nodes):
+        dim = _softmax_dim(gm, node)
+        if dim is None or len(node.users) != 1 or not isinstance(node.args[0], fx.Node):
+            continue
+        source, reader = node.args[0], next(iter(node.users))
+        quantizers = [gm.get_submodule(n.target) if n.op == "call_module" else None for n in (source, reader)]
+        if not all(isinstance(q, Quantizer) for q in quantizers):
+            continue
+        holder[node.name] = IntegerSoftmax(quantizers[0], quantizers[1], dim)
+        with gm.graph.inserting_before(node):
+            replacement = gm.graph.call_module(f"{INTEGER_SOFTMAXES}.{node.name}", (source,))
+        node.replace_all_uses_with(replacement)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _softmax_dim(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """The axis of a Softmax node (module, function or method) given as a plain int, else None."""
+    if node_op_type(gm, node) != "Softmax":
+        return None
+    if node.op == "call_module":
+        dim = getattr(gm.get_submodule(node.target), "dim", None)
+    else:  # torch.softmax(x, dim), F.softmax(x, dim, _stacklevel, dtype), aten._softmax(x, dim, half_to_float)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if node.kwargs.get("dtype") is not None or (len(node.args) > 2 and node.args[2] is True):
+            return None
+    return dim if isinstance(dim, int) else None
 
 
 def _source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:

@@ -1,26 +1,52 @@
-"""Turn aten-level graphs (torch.export, TorchScript conversion) back into module form.
+"""Turn functional weighted calls in fx graphs back into module form.
 
 A GraphModule from ``torch.export.load(...).module()`` or from converting TorchScript computes
-convolutions, linear layers and batch norms as aten calls on ``get_attr`` parameters. lowbit places
-weight quantizers, folds BatchNorm and emulates integer kernels on modules, so ``as_module_graph``
-rewrites those calls into ``call_module`` nodes on new ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*``/
+convolutions, linear layers and batch norms as aten calls on ``get_attr`` parameters; a symbolic trace
+of a model written with ``F.conv2d``/``F.linear``/``x @ self.weight`` (a ``Conv2d`` subclass that pads
+in its own ``forward``, say) calls those functions on ``get_attr`` parameters. lowbit places weight
+quantizers, folds BatchNorm and emulates integer kernels on modules, so ``as_module_graph`` rewrites
+those calls into ``call_module`` nodes on new ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*``/
 ``nn.Embedding`` modules holding the same tensors, named after the parameters' own paths.
 """
 
 from __future__ import annotations
 
+import operator
+from collections import Counter
+
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
+
+from lowbit.torch.op_types import function_op_type
 
 aten = torch.ops.aten
 
 _CONV = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3,
-         aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3}
+         aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3,
+         F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _CONV_TRANSPOSE = {aten.conv_transpose1d.default: 1, aten.conv_transpose2d.input: 2,
-                   aten.conv_transpose3d.input: 3}
+                   aten.conv_transpose3d.input: 3,
+                   F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3}
+_LINEAR = (aten.linear.default, F.linear)
+_MATMUL = (operator.matmul, torch.matmul)
 _CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSE_CLASSES = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _BATCHNORM_CLASSES = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def has_functional_layers(gm: fx.GraphModule) -> bool:
+    """Whether ``gm`` calls a convolution, linear or matmul function on a parameter it holds."""
+    rewriter = _Rewriter(gm)
+    return any(n.op == "call_function" and rewriter.functional_layer(n) for n in gm.graph.nodes)
+
+
+def functional_layer_types(gm: fx.GraphModule) -> dict[str, int]:
+    """Op types (with counts) of convolution and linear calls left as functions, whose weights are
+    computed in the graph rather than held: their weights stay in float."""
+    counts = Counter(function_op_type(n.target) for n in gm.graph.nodes
+                     if n.op == "call_function" and function_op_type(n.target) in ("Conv", "ConvTranspose", "Gemm"))
+    return dict(counts)
 
 
 def is_aten_graph(gm: nn.Module) -> bool:
@@ -38,6 +64,7 @@ def as_module_graph(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_function":
             rewriter.rewrite(node)
     _erase_unused_attributes(gm)
+    rewriter.drop_moved_attributes()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -54,26 +81,53 @@ class _Rewriter:
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.created: dict[str, tuple] = {}  # module path -> (kind, config key)
+        self.moved: set[str] = set()  # get_attr targets now held by a created module
+        self.tensors = {n.target: value for n in gm.graph.nodes if n.op == "get_attr"
+                        for value in [_attribute(gm, n.target)] if isinstance(value, torch.Tensor)}
+
+    def functional_layer(self, node: fx.Node) -> bool:
+        """Whether ``node`` calls a convolution, linear or matmul function on a parameter of ``gm``."""
+        target = node.target
+        if target in _CONV or target in _CONV_TRANSPOSE or target in _LINEAR:
+            return self.tensor(_arg(node, 1, "weight")) is not None
+        if target in _MATMUL:
+            return len(node.args) == 2 and self._matmul_weight(node) is not None
+        return False
+
+    def drop_moved_attributes(self) -> None:
+        """Remove parameters that moved into a created module from their old holders, unless the graph
+        still reads them there or the created module sits at the holder's path."""
+        read = {n.target for n in self.gm.graph.nodes if n.op == "get_attr"}
+        for target in self.moved - read:
+            holder_path, _, name = target.rpartition(".")
+            if target in self.created or holder_path in self.created:
+                continue
+            holder = self.gm.get_submodule(holder_path) if holder_path else self.gm
+            if hasattr(holder, name):
+                delattr(holder, name)
 
     # -- helpers -------------------------------------------------------------------------------
     def tensor(self, arg) -> torch.Tensor | None:
-        """The tensor a ``get_attr`` node reads, or None (also for None args)."""
+        """The tensor a ``get_attr`` node read before any rewrite, or None (also for None args)."""
         if not isinstance(arg, fx.Node) or arg.op != "get_attr":
             return None
-        value = _attribute(self.gm, arg.target)
-        return value if isinstance(value, torch.Tensor) else None
+        return self.tensors.get(arg.target)
 
     def path_for(self, weight_node: fx.Node, consumed: list[fx.Node], key: tuple, fallback: str) -> str | None:
-        """Module path for a new module: the weight's parent path when it holds nothing else the graph
-        reads; an existing path when the same module (shared weights) was already made."""
+        """Module path for a new module: the path of the module already made for the same weights
+        (shared weights); else the weight's parent path when it holds nothing else the graph reads, else a
+        child of it named after the layer's kind (a weight held by the model itself names the module)."""
+        self.moved.update(n.target for n in consumed if isinstance(n, fx.Node) and n.op == "get_attr")
+        existing = next((path for path, made in self.created.items() if made == key), None)
+        if existing is not None:
+            return existing
         parent, _, _ = weight_node.target.rpartition(".")
-        candidates = [parent] if parent else []
+        kind = key[0].lower()
+        candidates = [parent, f"{parent}.{kind}"] if parent else [weight_node.target, kind]
         candidates.append(fallback)
         consumed_targets = {n.target for n in consumed if isinstance(n, fx.Node)}
         for path in candidates:
             if path in self.created:
-                if self.created[path] == key:
-                    return path
                 continue
             if self._free(path, consumed_targets):
                 return path
@@ -92,7 +146,7 @@ class _Rewriter:
                 holder = self.gm.get_submodule(parent) if parent else self.gm
             except AttributeError:
                 return "." not in path
-            return not hasattr(holder, name)
+            return not hasattr(holder, name) or path in consumed_targets
         if existing is self.gm or any(True for _ in existing.children()):
             return False
         for node in self.gm.graph.nodes:
@@ -105,6 +159,10 @@ class _Rewriter:
     def install(self, node: fx.Node, path: str, module: nn.Module, key: tuple, inputs: tuple,
                 replace: fx.Node | None = None) -> None:
         if path not in self.created:
+            holder_path, _, name = path.rpartition(".")
+            holder = self.gm.get_submodule(holder_path) if holder_path else self.gm
+            if name in holder._parameters or name in holder._buffers:
+                delattr(holder, name)  # the weight held there moves into the new module
             self.gm.set_submodule(path, module) if "." in path else setattr(self.gm, path, module)
             self.created[path] = key
         with self.gm.graph.inserting_before(node):
@@ -126,8 +184,10 @@ class _Rewriter:
             weight = self.tensor(_arg(node, 1, "weight"))
             if weight is not None:
                 self.conv(node, weight.dim() - 2, transposed=bool(_arg(node, 6, "transposed", False)))
-        elif target is aten.linear.default:
+        elif target in _LINEAR:
             self.linear(node)
+        elif target in _MATMUL:
+            self.matmul(node)
         elif target is aten.batch_norm.default:
             if not _arg(node, 5, "training", False):
                 self.batchnorm(node, eps_index=7, replace=None)
@@ -202,6 +262,26 @@ class _Rewriter:
             module.bias = _parameter(bias)
         key = ("Linear", id(weight), id(bias))
         self.install(node, self.path_for(weight_node, [weight_node, bias_node], key, node.name), module, key, (x,))
+
+    def _matmul_weight(self, node: fx.Node) -> torch.Tensor | None:
+        """The 2-D parameter ``x @ weight`` multiplies by, or None."""
+        weight = self.tensor(node.args[1])
+        if weight is None or weight.dim() != 2 or not isinstance(node.args[0], fx.Node):
+            return None
+        return weight
+
+    def matmul(self, node: fx.Node) -> None:
+        """``x @ weight`` with a 2-D parameter ``weight`` as an ``nn.Linear`` holding ``weight``ᵀ."""
+        if len(node.args) != 2 or node.kwargs:
+            return
+        weight = self._matmul_weight(node)
+        if weight is None:
+            return
+        module = nn.Linear(weight.shape[0], weight.shape[1], bias=False, device="meta")
+        module.weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
+        key = ("Linear", id(weight), "transposed")
+        self.install(node, self.path_for(node.args[1], [node.args[1]], key, node.name), module, key,
+                     (node.args[0],))
 
     def addmm(self, node: fx.Node) -> None:
         """``addmm(bias, x, t(weight))`` (linear after decomposition) as an nn.Linear."""

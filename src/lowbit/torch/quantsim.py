@@ -16,7 +16,9 @@ from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import make_weight_estimator
 from lowbit.target import load_target
 from lowbit.target.points import PlannedQuantizers, check_sim_options
-from lowbit.torch.capture import check_example, node_dtypes, placeholder_values, trace
+from lowbit.torch.capture import (check_example, node_dtypes, placeholder_values, trace,
+                                  with_scripts_as_graphs)
+from lowbit.torch.module_graph import as_module_graph, functional_layer_types
 from lowbit.torch.insert import insert_quantizers
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
 from lowbit.torch.plan import plan_graph
@@ -42,7 +44,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
             raise InputError(f"example input must be a tensor, a tuple or a dict of tensors, "
                              f"got {type(example_input).__name__}")
         self.example_input = example_input
-        copied = copy.deepcopy(model).eval()
+        copied = with_scripts_as_graphs(copy.deepcopy(model).eval(), example_input)
         check_example(copied, args, kwargs)
         self.capture_mode, self.capture_note = "fx", ""
         try:
@@ -54,6 +56,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
                                  f"leaf modules only: functional ops stay in float")
             warnings.warn(self.capture_note, stacklevel=2)
         if self.capture_mode == "fx":
+            graph_module = as_module_graph(graph_module)
             dtypes = node_dtypes(graph_module, placeholder_values(graph_module, copied, args, kwargs))
             self.points = plan_graph(graph_module, dtypes, self.target)
             self._quantizers = insert_quantizers(graph_module, self.points, scheme)
@@ -119,15 +122,30 @@ class QuantSim(PlannedQuantizers, nn.Module):
             quantizer.estimator.observe(weight)
             quantizer.finish_calibration(shape=weight.shape)
 
-    def export(self, out_dir, name: str = "model"):
-        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths."""
+    def export(self, out_dir, name: str = "model", verify=None):
+        """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths. With
+        ``verify`` (batches), onnxruntime runs the QDQ file on them and ``paths.fidelity`` compares every
+        output with the sim's."""
+        from lowbit.fidelity import verify_export
         from lowbit.torch.export import export_sim
-        return export_sim(self, out_dir, name)
+        paths = export_sim(self, out_dir, name)
+        return paths if verify is None else verify_export(self, paths, verify)
+
+    def first_divergence(self, qdq_path, batch) -> str | None:
+        """The first quantizer (and its tensor) where onnxruntime running ``qdq_path`` on ``batch``
+        parts from this sim by more than one grid step; None when none does."""
+        from lowbit.torch.divergence import first_divergence
+        return first_divergence(self, qdq_path, batch)
 
     def summary(self) -> dict:
-        """Counts of quantizers by role, and how the graph was captured."""
-        return {"capture": self.capture_mode, "note": self.capture_note, "quantizers": self.quantizer_counts(),
-                "target": self.target.name}
+        """Counts of quantizers by role, how the graph was captured, and the weighted op types left in
+        float (convolutions and linear layers whose weights the graph computes), with counts."""
+        left = functional_layer_types(self.model) if self.capture_mode == "fx" else {}
+        notes = [self.capture_note] if self.capture_note else []
+        if left:
+            notes.append("weights left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())))
+        return {"capture": self.capture_mode, "note": "; ".join(notes), "quantizers": self.quantizer_counts(),
+                "target": self.target.name, "float_ops": left}
 
     def _device(self) -> torch.device:
         for tensor in list(self.model.parameters()) + list(self.model.buffers()):

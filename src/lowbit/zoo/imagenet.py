@@ -10,19 +10,21 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_preprocess(img: Image.Image, size: int = 224, mean: Sequence[float] = MEAN,
+def imagenet_preprocess(img: Image.Image, size: int | tuple[int, int] = 224, mean: Sequence[float] = MEAN,
                         std: Sequence[float] = STD) -> torch.Tensor:
-    """Resize the shorter side to size/0.875 (bilinear), center crop size x size, normalise: [3, size, size]."""
+    """Resize the shorter side to max(H, W)/0.875 (bilinear), center crop H x W (``size`` is H x W, or
+    one number for a square), normalise: [3, H, W]."""
     img = img.convert("RGB")
-    short = round(size / 0.875)
+    height, width = (size, size) if isinstance(size, int) else size
+    short = round(max(height, width) / 0.875)
     if img.width <= img.height:
         new = (short, int(short * img.height / img.width))
     else:
         new = (int(short * img.width / img.height), short)
     img = img.resize(new, Image.Resampling.BILINEAR)
-    left = int(round((img.width - size) / 2.0))
-    top = int(round((img.height - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
+    left = int(round((img.width - width) / 2.0))
+    top = int(round((img.height - height) / 2.0))
+    img = img.crop((left, top, left + width, top + height))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 

@@ -1,0 +1,82 @@
+"""The fidelity zoo: models written the ways people write them, each checked on every output against
+onnxruntime running the exported QDQ file, with and without int16 pair saturation (the two CPU
+kinds: the optimised session uses the host's integer kernels, the unoptimised one runs float kernels
+between Q/DQ pairs, which is what exact integer arithmetic gives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.fidelity import output_arrays, output_lsbs
+from lowbit.runtime import run, session
+from lowbit.torch import pair_saturation
+
+from fidelity_zoo_models import ZOO, build
+
+GOAL = 0.995
+
+
+def _batches(inputs, size=16):
+    if isinstance(inputs, tuple):
+        return list(zip(*(part.split(size) for part in inputs)))
+    return list(inputs.split(size))
+
+
+def _call(sim, batch):
+    return sim(*batch) if isinstance(batch, tuple) else sim(batch)
+
+
+def _compare(sim, path, batches, optimize: bool) -> list[tuple[float, float, int]]:
+    """Per output: (argmax agreement, max error in LSB, rank), sim vs onnxruntime."""
+    with torch.no_grad(), pair_saturation.simulating(pair_saturation.host_saturates() and optimize):
+        simulated = [output_arrays(_call(sim, b)) for b in batches]
+    runtime = session(path, threads=2, optimize=optimize)
+    executed = [run(runtime, b) for b in batches]
+    results = []
+    for index, lsb in enumerate(output_lsbs(sim)):
+        ours = np.concatenate([s[index] for s in simulated]).astype(np.float64)
+        theirs = np.concatenate([e[index] for e in executed]).astype(np.float64)
+        assert ours.shape == theirs.shape
+        assert lsb == lsb and lsb > 0, f"output {index} is not quantized"
+        flat_ours, flat_theirs = ours.reshape(len(ours), -1), theirs.reshape(len(theirs), -1)
+        agreement = float((flat_ours.argmax(1) == flat_theirs.argmax(1)).mean())
+        results.append((agreement, float(np.abs(ours - theirs).max()) / lsb, theirs.ndim))
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_sim_matches_onnxruntime_on_every_output(name, tmp_path):
+    model, inputs = build(name)
+    batches = _batches(inputs)
+    sim = lowbit.quantize(model, batches)
+    weights = sum(1 for p in model.parameters() if p.dim() >= 2)
+    assert sim.summary()["quantizers"]["weight"] == weights, sim.summary()
+    paths = sim.export(tmp_path, name=name)
+    for optimize in (True, False):
+        for index, (agreement, error_lsb, rank) in enumerate(_compare(sim, paths.qdq_onnx, batches, optimize)):
+            where = f"{name} output {index} (optimize={optimize})"
+            print(f"\n{where}: agreement {agreement:.2%}, max error {error_lsb:.2f} LSB")
+            assert error_lsb <= 1.0001, where
+            if rank == 2:
+                assert agreement >= GOAL, where
+
+
+@pytest.mark.parametrize("name, axis", [("two_head_detector", 2), ("two_head_detector", 3), ("decoder", 3),
+                                        ("audio_conv1d", 2), ("attention", 1), ("token_linear", 1)])
+def test_export_keeps_the_axes_the_model_runs_at_any_size(name, axis, tmp_path):
+    """A fully convolutional detector runs at any image size, a token model at any sequence length: so do
+    their exports, computing what the sim computes at that size."""
+    model, inputs = build(name)
+    batches = _batches(inputs)
+    sim = lowbit.quantize(model, batches)
+    paths = sim.export(tmp_path, name=name)
+    larger = torch.cat([inputs[:8]] * 2, axis)
+    with torch.no_grad(), pair_saturation.simulating(pair_saturation.host_saturates()):
+        simulated = output_arrays(sim(larger))
+    executed = run(session(paths.qdq_onnx, threads=2), larger)
+    for ours, theirs, lsb in zip(simulated, executed, output_lsbs(sim)):
+        assert ours.shape == theirs.shape
+        assert float(np.abs(ours - theirs).max()) <= lsb * 1.0001
