@@ -1,5 +1,6 @@
 """ONNX files as packages ship them: Silero VAD's six pretrained models (opsets 15-18, If subgraphs,
-LSTM, a 0-d integer input, state batched on axis 1), old opsets, -1 dimensions, damaged bytes."""
+LSTM, a 0-d integer input, state batched on axis 1), RapidOCR's three PaddleOCR models (opsets 11-12,
+dynamic spatial axes, -1 dimensions), old opsets, -1 dimensions, damaged bytes."""
 
 from __future__ import annotations
 
@@ -138,3 +139,25 @@ def test_damaged_files_fail_with_one_lowbit_error(tmp_path):
         except LowbitError:
             failures += 1
     assert failures > 0
+
+
+OCR = Path(importlib.util.find_spec("rapidocr_onnxruntime").submodule_search_locations[0]) / "models"
+
+
+@pytest.mark.parametrize("name, shape, wider", [
+    ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (8, 3, 48, 192), (2, 3, 48, 256)),
+    ("ch_PP-OCRv4_rec_infer.onnx", (4, 3, 48, 160), (2, 3, 48, 320)),
+    ("ch_PP-OCRv4_det_infer.onnx", (2, 3, 96, 128), (1, 3, 160, 96)),
+])
+def test_rapidocr_models_quantize_at_old_opsets_and_keep_their_dynamic_axes(name, shape, wider, tmp_path):
+    """PaddleOCR's models as RapidOCR ships them (opset 11/12, inputs such as (-1, 3, ?, ?)): the sim is
+    the written QDQ file, which runs at other batch sizes and widths."""
+    rng = np.random.default_rng(0)
+    data = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2)]
+    sim = lowbit.quantize(OCR / name, data)
+    assert sim.summary()["quantizers"]["weight"] >= 47
+    paths = sim.export(tmp_path, name="ocr", verify=data)
+    assert all(o.max_abs_error == 0 for o in paths.fidelity.outputs), paths.fidelity.row()
+    runtime = session(paths.qdq_onnx)
+    other = rng.uniform(-1, 1, wider).astype(np.float32)
+    np.testing.assert_array_equal(runtime.run(None, {runtime.get_inputs()[0].name: other})[0], sim(other)[0])
