@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # lowbit alone, minutes: simulation cost, latency, fidelity, and the peer harness's lowbit W8A8 rows
 bench: $(STAMP)
-	for script in bench_quantsim bench_latency bench_fidelity; do $(PYTHON) bench/$$script.py || exit 1; done
+	for script in bench_quantsim bench_latency bench_fidelity bench_models_in_the_wild; do $(PYTHON) bench/$$script.py || exit 1; done
 	$(PYTHON) bench/peers/run.py --tools lowbit:w8a8-minmax,lowbit:w8a8-sqnr
 
 # the post-training tables (AdaRound at 1000 iterations per block: about an hour)

@@ -41,8 +41,9 @@ class Speed:
 
 
 def measure_speed(float_path, qdq_path, batch, runs: int = 20) -> Speed:
-    """Latency of the first sample of ``batch`` (tensors or arrays; single, tuple or dict) through both
-    files in onnxruntime (all graph optimisations, default threads), median of ``runs`` after warm-up."""
+    """Latency of the first sample of ``batch`` (tensors or arrays; single, tuple or dict; the whole
+    batch when its arrays differ in first-axis size) through both files in onnxruntime (all graph
+    optimisations, default threads), median of ``runs`` after warm-up."""
     sample = _first_sample(batch)
     with tempfile.TemporaryDirectory() as folder:
         optimised = Path(folder) / "optimised.onnx"
@@ -65,6 +66,12 @@ def float_ops_between_qdq(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _first_sample(batch):
+    """``batch`` cut to its first sample when all its arrays share one first-axis size (a state batched
+    on another axis keeps the whole batch)."""
+    values = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) \
+        else [batch]
+    if len({v.shape[0] for v in values if getattr(v, "ndim", 0) > 0}) != 1:
+        return batch
     first = lambda v: v[:1] if getattr(v, "ndim", 0) > 0 else v
     if isinstance(batch, dict):
         return {k: first(v) for k, v in batch.items()}
