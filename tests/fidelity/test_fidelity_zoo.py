@@ -80,3 +80,15 @@ def test_export_keeps_the_axes_the_model_runs_at_any_size(name, axis, tmp_path):
     for ours, theirs, lsb in zip(simulated, executed, output_lsbs(sim)):
         assert ours.shape == theirs.shape
         assert float(np.abs(ours - theirs).max()) <= lsb * 1.0001
+
+
+@pytest.mark.parametrize("name, expected", [("attention", {"Gemm": 5, "MatMul": 2}), ("two_head_detector", {}),
+                                            ("same_conv", {"Gemm": 1})])
+def test_summary_names_the_integer_kernels_simulated_in_float(name, expected):
+    """Convolutions are emulated as onnxruntime's integer kernels; Linear layers and matmuls of two
+    quantized tensors are computed in float (the zoo shows them within one step) and listed as such."""
+    model, inputs = build(name)
+    sim = lowbit.quantize(model, _batches(inputs))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert expected.get("Gemm", 0) == linears
+    assert sim.summary()["float_simulated"] == expected

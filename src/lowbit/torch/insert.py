@@ -143,7 +143,7 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node_op_type(gm, node) != "Add" or len(node.args) != 2 or node.kwargs or len(node.users) != 1:
             continue
-        sources = [_source_quantizer(gm, a) for a in node.args]
+        sources = [source_quantizer(gm, a) for a in node.args]
         output, through_relu = _reader_quantizer(gm, next(iter(node.users)))
         if None in sources or output is None:
             continue
@@ -191,7 +191,7 @@ def _softmax_dim(gm: fx.GraphModule, node: fx.Node) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def _source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:
+def source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:
     """The quantizer whose grid ``node`` carries, looking back through ops onnxruntime fuses across."""
     while isinstance(node, fx.Node):
         module = gm.get_submodule(node.target) if node.op == "call_module" else None

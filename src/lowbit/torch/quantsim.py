@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections import Counter
 
 import torch
 from torch import nn
@@ -19,9 +20,11 @@ from lowbit.target.points import PlannedQuantizers, check_sim_options
 from lowbit.torch.capture import (check_example, node_dtypes, placeholder_values, trace,
                                   with_scripts_as_graphs)
 from lowbit.torch.module_graph import as_module_graph, functional_layer_types
-from lowbit.torch.insert import insert_quantizers
+from lowbit.torch.insert import insert_quantizers, source_quantizer
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
-from lowbit.torch.plan import plan_graph
+from lowbit.torch.op_types import module_op_type
+from lowbit.torch.plan import node_op_type, plan_graph
+from lowbit.torch.weight_quantized import WeightQuantized
 
 
 class QuantSim(PlannedQuantizers, nn.Module):
@@ -138,14 +141,28 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return first_divergence(self, qdq_path, batch)
 
     def summary(self) -> dict:
-        """Counts of quantizers by role, how the graph was captured, and the weighted op types left in
-        float (convolutions and linear layers whose weights the graph computes), with counts."""
+        """Counts of quantizers by role, how the graph was captured, the weighted op types left in float
+        (layers whose weights the graph computes) and those simulated in float where onnxruntime runs an
+        integer kernel (Linear layers, matmuls of two quantized tensors), with counts."""
         left = functional_layer_types(self.model) if self.capture_mode == "fx" else {}
+        simulated = Counter(module_op_type(m.layer) for m in self.model.modules()
+                            if isinstance(m, WeightQuantized) and m.integer_kernel_in_float())
+        if self.capture_mode == "fx":
+            simulated.update("MatMul" for n in self.model.graph.nodes
+                             if node_op_type(self.model, n) == "MatMul" and self._reads_quantizers(n))
         notes = [self.capture_note] if self.capture_note else []
         if left:
             notes.append("weights left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())))
+        if simulated:
+            notes.append("simulated in float, within one step of onnxruntime's integer kernels: "
+                         + ", ".join(f"{op} ×{n}" for op, n in sorted(simulated.items())))
         return {"capture": self.capture_mode, "note": "; ".join(notes), "quantizers": self.quantizer_counts(),
-                "target": self.target.name, "float_ops": left}
+                "target": self.target.name, "float_ops": left, "float_simulated": dict(simulated)}
+
+    def _reads_quantizers(self, node) -> bool:
+        """Whether every tensor ``node`` reads carries a quantizer's grid (through ops onnxruntime fuses across)."""
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(source_quantizer(self.model, n) is not None for n in inputs)
 
     def _device(self) -> torch.device:
         for tensor in list(self.model.parameters()) + list(self.model.buffers()):

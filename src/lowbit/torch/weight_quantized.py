@@ -170,6 +170,19 @@ class WeightQuantized(LayerWrapper):
         return (tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
                 + (pair_saturation.host_saturates(),))
 
+    def integer_kernel_in_float(self) -> bool:
+        """Whether onnxruntime runs this layer as an integer kernel (a quantized Conv with quantized input
+        and output, a Linear with quantized input) that the sim computes in float: the two agree to float
+        rounding, so an output may differ by one step."""
+        source = self.input_quantizer
+        if source is None or source.mode != "quantize" or self.weight_quantizer.mode != "quantize":
+            return False
+        if isinstance(self.layer, nn.Linear):
+            return True
+        convolution = isinstance(self.layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        output = self.output_quantizer
+        return convolution and output is not None and output.mode == "quantize" and self._integer_encodings() is None
+
     def _integer_encodings(self):
         """(input, weight, output) encodings when this convolution runs as an integer kernel, else None."""
         if not isinstance(self.layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
