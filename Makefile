@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-ptq bench-peers clean
+.PHONY: install demo test test-fast bench bench-ptq bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+# the inner loop: everything but the tests marked slow (a few minutes on a 2-core machine)
+test-fast: $(STAMP)
+	$(PYTHON) -m pytest -m "not slow"; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 # lowbit alone, minutes: simulation cost, latency, fidelity, and the peer harness's lowbit W8A8 rows
 bench: $(STAMP)

@@ -52,6 +52,7 @@ def test_quantize_help_documents_model_kinds():
     assert "module:factory" in output and "TorchScript" in output and ".pt2" in output and ".onnx" in output
 
 
+@pytest.mark.slow
 def test_quantize_npy(npy, tmp_path):
     out = tmp_path / "out"
     result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--scheme", "percentile"])
@@ -59,6 +60,7 @@ def test_quantize_npy(npy, tmp_path):
     assert "weight 13" in result.output
 
 
+@pytest.mark.slow
 def test_quantize_pt_tensor(tmp_path):
     torch.save(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), tmp_path / "data.pt")
     out = tmp_path / "out"
@@ -66,6 +68,7 @@ def test_quantize_pt_tensor(tmp_path):
                             "--target", "cpu-int8", "--name", "model"]), out)
 
 
+@pytest.mark.slow
 def test_quantize_image_folder(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -76,6 +79,7 @@ def test_quantize_image_folder(tmp_path):
     assert_exported(invoke(["quantize", TINY, "--data", images, "--out", out, "--input-shape", "1,3,32,32"]), out)
 
 
+@pytest.mark.slow
 def test_quantize_torchscript_file(npy, tmp_path):
     model_path = tmp_path / "tiny.pt"
     torch.jit.trace(tiny_resnet().eval(), torch.randn(1, 3, 32, 32)).save(model_path)
@@ -85,6 +89,7 @@ def test_quantize_torchscript_file(npy, tmp_path):
     assert "weight 13" in result.output
 
 
+@pytest.mark.slow
 def test_quantize_pt2_file_quantizes_weights(npy, tmp_path):
     """An aten-level .pt2 graph gets the eager model's weight quantizers; its static batch of 2 is checked
     to be batch-independent, so the default --batch-size 16 runs, with a note."""
@@ -112,6 +117,7 @@ def test_quantize_onnx_file(npy, tmp_path):
     assert "top-1 agreement 100.00%" in result.output
 
 
+@pytest.mark.slow
 def test_quantize_onnx_file_with_every_technique(npy, tmp_path):
     out = tmp_path / "out"
     result = invoke(["quantize", tiny_onnx(tmp_path / "tiny.onnx"), "--data", npy, "--out", out, "--weights", "4",
@@ -185,6 +191,7 @@ def test_bad_input_is_one_line_error(case, npy, tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
     result = invoke(["demo", "--quick", "--out", out])
@@ -198,6 +205,7 @@ def test_demo_quick(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_quantize_with_techniques(npy, tmp_path):
     """--techniques runs equalization before calibration, sequential MSE and bias correction after, and
     the summary has one line per step."""

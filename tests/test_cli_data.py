@@ -54,6 +54,7 @@ def two_inputs(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, data", [("two.ts", "two.pt"), ("two.ts", "two.npz"), ("two.onnx", "two.npz")])
 def test_several_inputs_from_data_keyed_by_name(two_inputs, model, data, tmp_path):
     out = tmp_path / "out"

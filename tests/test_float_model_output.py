@@ -55,6 +55,7 @@ def test_preset_flags_read_as_aimet_does(float_output_target):
     assert not load_target({**load_target("cpu-int8").to_json(), "model_output": {}}).model_output_float
 
 
+@pytest.mark.slow
 def test_torch_sim_returns_float_logits_that_onnxruntime_reproduces(torch_sim, torch_export, mobilenet_sim,
                                                                    eval_batches):
     with torch.no_grad():
@@ -68,6 +69,7 @@ def test_torch_sim_returns_float_logits_that_onnxruntime_reproduces(torch_sim, t
     assert np.abs(executed - logits).max() < 0.05 * np.abs(logits).max()
 
 
+@pytest.mark.slow
 def test_onnx_sim_leaves_out_the_same_quantizer(torch_export, calibration_batches, float_output_target,
                                                 eval_batches, tmp_path):
     sim = OnnxQuantSim(torch_export.onnx, target=float_output_target, threads=2).calibrate(calibration_batches)

@@ -60,6 +60,7 @@ def test_whole_model_score_and_float_score(analysis, planted):
     assert all(q.mode == "quantize" for q in sim.quantizers().values())  # modes restored
 
 
+@pytest.mark.slow
 def test_weight_ranges_and_histograms(analysis, planted):
     _, result = analysis
     model, _ = planted
@@ -112,6 +113,7 @@ def test_bad_input(planted):
         lowbit.analyze(3, data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric,net", [("sqnr", "planted"), ("agreement", "planted"), ("sqnr", "tiny_resnet")])
 def test_forked_runs_give_the_figures_of_whole_runs(planted, metric, net):
     from lowbit.analysis.forked_runs import forked_outputs

@@ -20,6 +20,7 @@ def npy(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_default_metric_is_agreement_and_the_table_lists_the_layers(npy, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["analyze", TINY, "--data", str(npy), "--out", str(out), "--batch-size", "8"],
@@ -61,6 +62,7 @@ def tiny_onnx(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_an_onnx_file_is_analysed(npy, tiny_onnx, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["analyze", str(tiny_onnx), "--data", str(npy), "--out", str(out),
@@ -81,6 +83,7 @@ def test_bad_input_is_one_line(case, npy, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_autoquant_command_prints_the_stage_table_and_resumes(npy, tmp_path):
     args = ["autoquant", TINY, "--data", str(npy), "--out", str(tmp_path / "aq"), "--target-drop", "100%",
             "--batch-size", "8"]

@@ -35,6 +35,7 @@ def test_easy_model_stops_after_the_first_stage(planted, tmp_path):
     assert [stage.name for stage in result.stages] == ["minmax"] and result.met
 
 
+@pytest.mark.slow
 def test_planted_model_runs_until_a_stage_meets_the_target(planted_run, planted):
     _, result = planted_run
     model, data = planted
@@ -48,6 +49,7 @@ def test_planted_model_runs_until_a_stage_meets_the_target(planted_run, planted)
     assert all(stage.name in text for stage in result.stages)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_cache(planted, tmp_path):
     model, data = planted
     reference = [model(x).detach() for x in data]
@@ -69,6 +71,7 @@ def test_an_interrupted_run_resumes_from_its_cache(planted, tmp_path):
     assert result.stages[0].seconds == 0.0 and result.met
 
 
+@pytest.mark.slow
 def test_mixed_precision_starts_from_a_sim_fitted_to_no_bitwidth(planted, tmp_path):
     """Even when the AdaRound stage scores best, mixed precision starts from the best range scheme: its
     weights are not frozen on one grid, so raising a layer's bits takes effect."""

@@ -23,6 +23,7 @@ def smoke(tmp_path_factory):
     return root, json.loads((root / "results" / "peers_mobilenet_v2.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_tool_ran_on_the_same_job(smoke):
     _, payload = smoke
     assert set(payload["rows"]) == {"lowbit w8a8-minmax", "onnxruntime w8a8-minmax-reduce-range"}
@@ -51,6 +52,7 @@ def test_figures_match_the_saved_outputs(smoke):
         assert result["onnxruntime"]["top1_agreement"] >= 0.75
 
 
+@pytest.mark.slow
 def test_report_renders_tables_and_plots(smoke):
     root, _ = smoke
     sys.path.insert(0, str(HARNESS))
@@ -61,6 +63,7 @@ def test_report_renders_tables_and_plots(smoke):
     assert all((root / "docs" / "img" / f).stat().st_size > 1000 for f in ("peers_accuracy_time.png", "peers_latency.png"))
 
 
+@pytest.mark.slow
 def test_head_to_head_latency_covers_every_export(smoke):
     root, payload = smoke
     reference = "onnxruntime w8a8-minmax-reduce-range"

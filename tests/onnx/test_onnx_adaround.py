@@ -46,6 +46,7 @@ def initializer(sim: OnnxQuantSim, name: str) -> torch.Tensor:
     return torch.from_numpy(next(numpy_helper.to_array(t) for t in sim.model.graph.initializer if t.name == name).copy())
 
 
+@pytest.mark.slow
 def test_adaround_weights_are_on_the_grid_and_beat_nearest_rounding_on_the_full_output(small_onnx, data):
     sim = OnnxQuantSim(small_onnx, param_bits=4).calibrate(data)
     weight = initializer(sim, "0.weight")
@@ -65,6 +66,7 @@ def test_adaround_weights_are_on_the_grid_and_beat_nearest_rounding_on_the_full_
     assert learned_error < nearest_error
 
 
+@pytest.mark.slow
 def test_adaround_on_a_gemm_stored_without_trans_b_keeps_its_per_channel_axis(gemm_chain):
     model = gemm_chain(0)
     data = [torch.randn(4, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
@@ -99,6 +101,7 @@ def test_techniques_need_a_calibrated_sim_and_block_rounding_is_refused(small_on
         lowbit.adaround(OnnxQuantSim(small_onnx).calibrate(data), data, granularity="block")
 
 
+@pytest.mark.slow
 def test_quantize_with_sequential_mse_and_adaround_exports_what_the_sim_computes(small_onnx, data, tmp_path):
     sim = lowbit.quantize(small_onnx, data, param_bits=4, techniques=["adaround", "sequential_mse"])
     lines = sim.technique_results

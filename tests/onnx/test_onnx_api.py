@@ -54,6 +54,7 @@ def test_a_single_array_is_not_taken_for_a_list_of_batches(tiny_path):
         lowbit.quantize(tiny_path, batches()[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["minmax", "mean_minmax", "percentile", "sqnr", "entropy"])
 def test_every_scheme_gives_the_torch_front_ends_encodings(scheme, tmp_path):
     """Both front ends on the same graph and data (the torch front end's export of tiny_resnet): min-max

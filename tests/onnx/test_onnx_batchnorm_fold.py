@@ -19,6 +19,7 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return runtime.run(None, {runtime.get_inputs()[0].name: x})[0]
 
 
+@pytest.mark.slow
 def test_mobilenet_batchnorms_fold_and_outputs_are_unchanged(unfused_mobilenet, eval_batches):
     original = load_model(unfused_mobilenet)
     assert sum(n.op_type == "BatchNormalization" for n in original.graph.node) == 52
@@ -29,6 +30,7 @@ def test_mobilenet_batchnorms_fold_and_outputs_are_unchanged(unfused_mobilenet, 
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_paddle_style_mobilenet_quantizes_like_the_fused_export(unfused_mobilenet, mobilenet, calibration_batches,
                                                               eval_batches, mobilenet_export):
     sim = lowbit.quantize(unfused_mobilenet, calibration_batches, target="cpu-int8")

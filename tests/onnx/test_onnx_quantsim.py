@@ -26,6 +26,7 @@ def onnx_export(onnx_sim, tmp_path_factory):
     return onnx_sim.export(tmp_path_factory.mktemp("onnx_export"), name="mobilenet_v2")
 
 
+@pytest.mark.slow
 def test_same_tensors_get_the_same_encodings_as_in_the_torch_front_end(mobilenet_export, onnx_export):
     torch_file, onnx_file = read_encodings(mobilenet_export.encodings), read_encodings(onnx_export.encodings)
     assert onnx_file.params.keys() == torch_file.params.keys()
@@ -39,6 +40,7 @@ def test_same_tensors_get_the_same_encodings_as_in_the_torch_front_end(mobilenet
         assert (got.offset - expected.offset).abs().max() <= 1, name
 
 
+@pytest.mark.slow
 def test_qdq_file_computes_what_the_simulation_computes(onnx_sim, onnx_export, eval_batches):
     runtime = session(onnx_export.qdq_onnx, threads=2)
     for batch in eval_batches[:2]:
@@ -47,6 +49,7 @@ def test_qdq_file_computes_what_the_simulation_computes(onnx_sim, onnx_export, e
         np.testing.assert_array_equal(simulated, executed)
 
 
+@pytest.mark.slow
 def test_with_the_torch_front_ends_encodings_the_qdq_models_are_bit_identical(mobilenet_export, eval_batches):
     sim = OnnxQuantSim(mobilenet_export.onnx, target="cpu-int8", threads=2).load_encodings(mobilenet_export.encodings)
     torch_runtime = session(mobilenet_export.qdq_onnx, threads=2)
@@ -55,6 +58,7 @@ def test_with_the_torch_front_ends_encodings_the_qdq_models_are_bit_identical(mo
     np.testing.assert_array_equal(sim(batch)[0], expected)
 
 
+@pytest.mark.slow
 def test_agreement_with_fp32_matches_the_torch_front_end(onnx_sim, mobilenet_sim, mobilenet, eval_batches):
     # The encodings above differ from the torch front end's in the last bits of a few scales (the two
     # runtimes sum convolutions in different orders), and such 1-ULP differences flip a few percent of
@@ -93,6 +97,7 @@ def test_mean_minmax_keeps_the_full_range_on_the_returned_logits(mobilenet_expor
     assert schemes["Gemm"] == "minmax" and schemes["Conv"] == "mean_minmax" and schemes["Clip"] == "mean_minmax"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["minmax", "mean_minmax", "percentile"])
 def test_batches_run_in_slices_give_the_encodings_of_whole_batches(mobilenet_export, calibration_batches,
                                                                    monkeypatch, scheme):

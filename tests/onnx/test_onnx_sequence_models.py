@@ -58,6 +58,7 @@ def test_transformer_encoder_quantizes_without_touching_the_mask(encoder_path):
         assert relative_error(sim(batch)[0], fp32.run(None, batch)[0]) <= 0.1
 
 
+@pytest.mark.slow
 def test_sequential_mse_and_adaround_round_the_encoders_matmuls(encoder_path):
     fp32 = session(encoder_path)
     held_out = token_batches(6)[4:]

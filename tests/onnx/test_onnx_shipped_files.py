@@ -45,6 +45,7 @@ def test_silero_ships_six_onnx_files():
     assert len(SILERO_FILES) == 6, SILERO_FILES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SILERO_FILES)
 def test_silero_quantizes_and_the_sim_is_its_qdq_file(name, tmp_path):
     """Each file quantizes and exports; onnxruntime running the written QDQ file gives what the sim
@@ -123,6 +124,7 @@ def test_minus_one_dimensions_are_dynamic(tmp_path):
     assert sim(data[0])[0].shape == (16, 5)
 
 
+@pytest.mark.slow
 def test_damaged_files_fail_with_one_lowbit_error(tmp_path):
     """Random bytes overwritten in a real model: it loads, or fails with a LowbitError (never a raw one)."""
     raw = (SILERO / "silero_vad_16k_op15.onnx").read_bytes()
@@ -149,6 +151,7 @@ OCR = Path(importlib.util.find_spec("rapidocr_onnxruntime").submodule_search_loc
     ("ch_PP-OCRv4_rec_infer.onnx", (4, 3, 48, 160), (2, 3, 48, 320)),
     ("ch_PP-OCRv4_det_infer.onnx", (2, 3, 96, 128), (1, 3, 160, 96)),
 ])
+@pytest.mark.slow
 def test_rapidocr_models_quantize_at_old_opsets_and_keep_their_dynamic_axes(name, shape, wider, tmp_path):
     """PaddleOCR's models as RapidOCR ships them (opset 11/12, inputs such as (-1, 3, ?, ?)): the sim is
     the written QDQ file, which runs at other batch sizes and widths."""

@@ -52,6 +52,7 @@ def onnx_equalized(unfused_mobilenet):
     return lowbit.equalize(str(unfused_mobilenet))
 
 
+@pytest.mark.slow
 def test_mobilenet_equalizes_as_the_torch_front_end_does(torch_equalized, onnx_equalized, eval_batches):
     (torch_model, torch_groups), (onnx_model, onnx_groups) = torch_equalized, onnx_equalized
     assert len(onnx_groups) == len(torch_groups) == 16
@@ -91,6 +92,7 @@ def torch_bias(sim, weight_name: str) -> np.ndarray:
     return next(parameters[k] for k in (f"{prefix}.layer.bias", f"{prefix}.bias") if k in parameters).detach().numpy()
 
 
+@pytest.mark.slow
 def test_bias_correction_matches_the_torch_front_end(mobilenet_sim, mobilenet_export, calibration_batches):
     torch_sim = copy.deepcopy(mobilenet_sim)
     onnx_sim = OnnxQuantSim(mobilenet_export.onnx, target="cpu-int8", threads=2).load_encodings(mobilenet_export.encodings)
@@ -113,6 +115,7 @@ def test_bias_correction_needs_a_calibrated_sim(mobilenet_export, calibration_ba
         lowbit.correct_bias(OnnxQuantSim(mobilenet_export.onnx), calibration_batches)
 
 
+@pytest.mark.slow
 def test_quantize_runs_both_techniques_and_the_export_computes_what_the_sim_does(unfused_mobilenet,
                                                                                  calibration_batches,
                                                                                  eval_batches, tmp_path):

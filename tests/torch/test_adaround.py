@@ -74,6 +74,7 @@ def test_grid_weight_clamps_the_index_to_the_grid():
     torch.testing.assert_close(weight, torch.tensor([-0.8, -0.2, 0.05, 0.7, 0.7]))
 
 
+@pytest.mark.slow
 def test_learned_rounding_beats_nearest_on_the_first_layer():
     """Layer 0 sees the quantized model input, and every one of its 2 · 4 · 64 output positions is a
     cached row, so F.conv2d (then the ReLU after it) over the whole data gives the reported MSEs."""
@@ -121,6 +122,7 @@ def test_bias_correction_leaves_adarounded_layers_alone():
         torch.testing.assert_close(sim.model.get_submodule(name).layer.bias.detach(), biases[name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_iterations", [1, 300])
 def test_weights_on_the_grid_and_frozen_through_recalibration_and_export(num_iterations, tmp_path):
     """One iteration leaves the learned rounding no better than nearest in some layer: that layer must
@@ -241,6 +243,7 @@ def _agreement(sim, reference_top1, batches) -> float:
     return agree / sum(len(batch) for batch in batches)
 
 
+@pytest.mark.slow
 def test_mobilenet_w4a8_agreement(mobilenet, folded_mobilenet, calibration_batches, eval_batches):
     """One image and 50 steps of 128 rows a layer keep this quick (every layer reruns the sim up to
     itself); the agreement is measured on the first 50 evaluation images."""
@@ -261,6 +264,7 @@ def test_mobilenet_w4a8_agreement(mobilenet, folded_mobilenet, calibration_batch
     assert agreement_after > agreement_before + 0.3
 
 
+@pytest.mark.slow
 def test_quantize_runs_adaround_then_recalibrates():
     """quantize(techniques=["adaround"]) equals quantize, adaround with its defaults, then calibrate."""
     torch.manual_seed(3)

@@ -70,6 +70,7 @@ def _output_mse(sim, model, data) -> float:
     return float(torch.cat(errors).mean())
 
 
+@pytest.mark.slow
 def test_block_rounding_reports_the_whole_sims_error_and_beats_nearest():
     """The network is one block from the model input to its output, so the block MSEs adaround
     reports are the output errors of a nearest-rounding sim and of the rounded sim, recomputed here
@@ -122,6 +123,7 @@ def test_unknown_granularity_is_one_line():
     assert str(error.value) == "adaround granularity must be 'layer' or 'block', not 'blocks'"
 
 
+@pytest.mark.slow
 def test_mobilenet_w4a8_block_rounding(mobilenet, folded_mobilenet, calibration_batches, eval_batches):
     """Two images and 30 steps per block keep this quick; every inverted residual is one block, and
     the agreement with FP32 on the first 64 evaluation images rises far above nearest rounding's."""

@@ -19,6 +19,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+@pytest.mark.slow
 def test_fold_mobilenet_keeps_outputs(mobilenet, folded_mobilenet, eval_batches):
     folded, pairs = folded_mobilenet
     assert len(pairs) == 52

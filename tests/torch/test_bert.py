@@ -61,6 +61,7 @@ def _cosine(a, b):
     return float(torch.nn.functional.cosine_similarity(a, b).mean())
 
 
+@pytest.mark.slow
 def test_w8a8_sentence_embeddings_stay_close_to_fp32(embeddings):
     reference, simulated, _ = embeddings
     cosine = _cosine(reference, simulated)
@@ -90,6 +91,7 @@ def test_weights_and_matmul_inputs_are_quantized_residual_stream_is_not(encoder,
     assert bert_sim.capture_mode == "leaf-modules"
 
 
+@pytest.mark.slow
 def test_encodings_file_names_exist_in_the_fp32_graph(bert_sim, tmp_path):
     import json
     import onnx

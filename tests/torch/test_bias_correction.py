@@ -323,6 +323,7 @@ def uncorrected(references, folded_mobilenet, calibration_batches, eval_batches)
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["w4a8", "cpu-int8"])
 def test_mobilenet_output_error_decreases(references, uncorrected, calibration_batches, eval_batches, target):
     sim, (agreement_before, error_before) = uncorrected(target)
@@ -334,6 +335,7 @@ def test_mobilenet_output_error_decreases(references, uncorrected, calibration_b
     assert error_after < error_before
 
 
+@pytest.mark.slow
 def test_mobilenet_analytical_correction_without_data(references, uncorrected, eval_batches):
     """Every layer but the first gets its input mean from folded BatchNorm statistics: after ReLU6,
     after a projection (no activation), through residual additions, and through the average pool."""

@@ -112,6 +112,7 @@ def labelled():
     return photos_to_batch([img for img, _, _ in photos]), torch.tensor([label for _, label, _ in photos])
 
 
+@pytest.mark.slow
 def test_mobilenet_scaling_is_exact_and_improves_depthwise_sqnr(mobilenet, labelled):
     images, _ = labelled
     model = copy.deepcopy(mobilenet)
@@ -131,6 +132,7 @@ def test_mobilenet_scaling_is_exact_and_improves_depthwise_sqnr(mobilenet, label
     assert after > before + 3
 
 
+@pytest.mark.slow
 def test_mobilenet_top1_survives_relu6_replacement_and_bias_absorption(mobilenet, labelled):
     images, labels = labelled
     model = copy.deepcopy(mobilenet)

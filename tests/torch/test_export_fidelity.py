@@ -39,6 +39,7 @@ def mobilenet_fidelity(mobilenet_sim, mobilenet_export, eval_batches):
     return result
 
 
+@pytest.mark.slow
 def test_mobilenet_fidelity_uses_at_least_100_real_images(mobilenet_fidelity):
     assert mobilenet_fidelity.samples >= 100
 
@@ -55,6 +56,7 @@ def mobilenet_sim_outputs(mobilenet_sim, eval_batches):
     return _sim_outputs(mobilenet_sim, eval_batches)
 
 
+@pytest.mark.slow
 def test_mobilenet_fp32_onnx_matches_user_model(mobilenet, mobilenet_export, eval_batches):
     with torch.no_grad():
         expected = mobilenet(eval_batches[0]).numpy()
@@ -64,6 +66,7 @@ def test_mobilenet_fp32_onnx_matches_user_model(mobilenet, mobilenet_export, eva
 
 # --------------------------------------------------------------------------- tiny_resnet, default
 
+@pytest.mark.slow
 def test_resnet_qdq_equals_sim_within_one_lsb(resnet_sim, resnet_export, resnet_batches):
     lsb = output_lsb(resnet_sim)
     assert lsb == lsb and lsb > 0
@@ -143,6 +146,7 @@ def test_encodings_file_lists_every_quantizer(mobilenet_sim, mobilenet_export):
 
 # --------------------------------------------------------------------------- encodings round trip
 
+@pytest.mark.slow
 def test_encodings_round_trip_is_bit_exact(mobilenet_sim, mobilenet_export, fresh_mobilenet_sim, eval_batches):
     """A fresh sim of the same folded model, loaded from the file, is the same sim bit for bit."""
     fresh = fresh_mobilenet_sim

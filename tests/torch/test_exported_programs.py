@@ -81,6 +81,7 @@ def quiet(monkeypatch):
     monkeypatch.setenv("LOWBIT_QUIET", "1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["export", "decomposed", "torchscript"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_rewrite_keeps_outputs_and_names(name, kind):
@@ -96,6 +97,7 @@ def test_rewrite_keeps_outputs_and_names(name, kind):
     assert not any(n.op == "get_attr" for n in rewritten.graph.nodes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_quantize_rewritten_matches_eager_and_onnxruntime(name, tmp_path):
     model = MODELS[name]()

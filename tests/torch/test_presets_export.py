@@ -15,6 +15,7 @@ def model_and_data():
     return model, [torch.randn(8, 3, 32, 32) for _ in range(3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", lowbit.preset_names())
 def test_preset_export_runs_as_simulated(model_and_data, target, tmp_path):
     model, data = model_and_data

@@ -107,6 +107,7 @@ def _agreement(sim, reference_top1, batches) -> float:
     return agree / sum(len(batch) for batch in batches)
 
 
+@pytest.mark.slow
 def test_mobilenet_w4a8_output_error_and_agreement(mobilenet, folded_mobilenet, calibration_batches, eval_batches):
     """Two images and 256 rows a layer keep this quick (every layer reruns the sim up to itself); the
     agreement is measured on the first 25 evaluation images."""

@@ -34,6 +34,7 @@ def scripted():
     return model, torch.jit.script(model), batches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["script", "wrapped script"])
 def test_scripts_quantize_like_the_eager_model(scripted, form, tmp_path):
     model, script, batches = scripted

@@ -50,6 +50,7 @@ def test_pretrained_classifies_labelled_photos(labelled):
     assert top1 >= 0.75
 
 
+@pytest.mark.slow
 def test_w8a8_agrees_with_fp32_and_onnxruntime(labelled, tmp_path):
     batch, _ = labelled
     model = pretrained_efficientnet_lite0()

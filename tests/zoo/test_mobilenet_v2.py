@@ -35,6 +35,7 @@ def test_random_model_output_shape():
     assert mobilenet_v2(num_classes=7).eval()(torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
 
+@pytest.mark.slow
 def test_pretrained_classifies_labelled_photos():
     model = pretrained_mobilenet_v2()
     assert not model.training
