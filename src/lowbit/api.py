@@ -16,7 +16,6 @@ from lowbit.onnx.quantsim import OnnxQuantSim
 from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias as correct_torch_bias
 from lowbit.torch.capture import with_layer_modules, with_scripts_as_graphs
-from lowbit.torch.encodings_io import apply_encodings
 from lowbit.torch.equalize import equalize as equalize_torch
 from lowbit.torch.adaround import adaround as adaround_torch
 from lowbit.torch.quantsim import QuantSim
@@ -32,11 +31,13 @@ both freeze the weight encodings and activations are recalibrated after each —
 
 def quantize(model, data, example_input=None, target="default", param_bits: int | None = None,
              act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
-             transform=None, num_batches: int | None = None, techniques=()) -> QuantSim:
+             transform=None, num_batches: int | None = None, techniques=(), runtime=None) -> QuantSim:
     """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace), build a QuantSim, calibrate
     it on ``data`` and apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the
     order given); returns the sim, with one result line per step in ``sim.technique_results``.
     ``model`` may also be an ONNX file path or ``onnx.ModelProto``: it is quantized by the ONNX front end.
+    ``runtime`` names the integer kernels the sim predicts (see :mod:`lowbit.kernels`; default: this
+    machine's).
     """
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
@@ -47,7 +48,7 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
     if is_onnx_model(model):
         return quantize_onnx(model, data, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                              per_channel=per_channel, transform=transform, num_batches=num_batches,
-                             techniques=techniques)
+                             techniques=techniques, runtime=runtime)
     if example_input is None:
         example_input = _first_batch(data, transform)
     model = with_layer_modules(with_scripts_as_graphs(copy.deepcopy(model).eval(), example_input), example_input)
@@ -59,7 +60,7 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
     if "equalize" in techniques:
         lines.append(f"equalize: {len(equalize_torch(model, example_input))} layer groups")
     sim = QuantSim(model, example_input, target=target, param_bits=param_bits, act_bits=act_bits,
-                   scheme=scheme, per_channel=per_channel)
+                   scheme=scheme, per_channel=per_channel, runtime=runtime)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
     lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
     for name, technique in (("sequential_mse", sequential_mse_torch), ("adaround", adaround_torch)):
@@ -105,10 +106,10 @@ def sequential_mse(sim, data, **options):
     return (sequential_mse_onnx if isinstance(sim, OnnxQuantSim) else sequential_mse_torch)(sim, data, **options)
 
 
-def load_encodings(sim: QuantSim, path) -> QuantSim:
-    """Set the sim's encodings from an AIMET encodings file (format 1.0.0 or 0.6.1)."""
-    apply_encodings(sim, path)
-    return sim
+def load_encodings(sim, path):
+    """Set a QuantSim's or OnnxQuantSim's encodings from an AIMET encodings file (format 1.0.0 or
+    0.6.1); returns the sim."""
+    return sim.load_encodings(path)
 
 
 def _first_batch(data, transform):

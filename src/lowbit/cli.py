@@ -42,8 +42,11 @@ def cli() -> None:
 @click.option("--input-shape", default=None,
               help="Model input shape, any rank, e.g. 1,3,224,224 or 1,16000: images are resized to "
                    "its H x W; array data is checked against it.")
+@click.option("--runtime", type=click.Choice(["onnxruntime-cpu-avx2", "onnxruntime-cpu-vnni"]), default=None,
+              help="Integer kernels the sim predicts: x86 without VNNI (int16 pairs saturate) or with VNNI "
+                   "[default: this machine's].")
 def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
-             techniques, input_shape) -> None:
+             techniques, input_shape, runtime) -> None:
     """Quantize MODEL on --data and export it to --out.
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
@@ -62,7 +65,8 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     batches = read_data(data_path, batch_size, model, shape)
     net = model if onnx_model else load_model(model, batches[0])
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
-                          num_batches=num_batches, techniques=[t for t in techniques.split(",") if t])
+                          num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
+                          runtime=runtime)
     paths = sim.export(out_dir, name=name, verify=batches[:4])
     click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
 
@@ -72,7 +76,7 @@ def _summary_table(sim, paths, speed) -> str:
     onnxruntime's int8 vs FP32 latency."""
     summary = sim.summary()
     roles = ", ".join(f"{role} {count}" for role, count in sorted(summary["quantizers"].items()))
-    rows = [("target", summary["target"]), ("quantizers placed", roles),
+    rows = [("target", summary["target"]), ("runtime predicted", summary["runtime"]), ("quantizers placed", roles),
             ("capture mode", summary["capture"] + (f" ({summary['note']})" if summary["note"] else "")),
             ("calibration time", f"{sim.calibration_seconds:.2f} s")]
     rows += [("technique", line) for line in sim.technique_results]

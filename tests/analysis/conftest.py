@@ -6,16 +6,26 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.torch import pair_saturation
+from lowbit import kernels
 
 
 @pytest.fixture(scope="module", autouse=True)
 def exact_integer_kernels():
-    """Simulate a CPU whose u8×s8 kernels do not saturate (VNNI): there the planted layer is the only
-    sensitive one; on a CPU without VNNI, 8-bit weights saturate in conv1 too, and analysis rightly
-    ranks that first."""
-    with pair_saturation.simulating(False):
+    """Sims made without a runtime predict a CPU whose u8×s8 kernels do not saturate (VNNI), as if this
+    machine were one: there the planted layer is the only sensitive one; on a CPU without VNNI, 8-bit
+    weights saturate in conv1 too, and analysis rightly ranks that first."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "host_kernels", lambda: kernels.KERNELS["onnxruntime-cpu-vnni"])
         yield
+
+
+MACHINE_KERNELS = kernels.host_kernels()  # read when the tests are collected, before any replaces it
+
+
+@pytest.fixture(scope="session")
+def machine_kernels():
+    """The kernels onnxruntime runs on this machine."""
+    return MACHINE_KERNELS
 
 
 class SmallNet(nn.Module):

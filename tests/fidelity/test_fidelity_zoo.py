@@ -1,7 +1,7 @@
 """The fidelity zoo: models written the ways people write them, each checked on every output against
-onnxruntime running the exported QDQ file, with and without int16 pair saturation (the two CPU
-kinds: the optimised session uses the host's integer kernels, the unoptimised one runs float kernels
-between Q/DQ pairs, which is what exact integer arithmetic gives)."""
+onnxruntime running the exported QDQ file, for both CPU kinds: the sim predicting this machine's
+kernels against the optimised session (its integer kernels), and the sim predicting exact int32 sums
+(VNNI) against the unoptimised one, which runs float kernels between Q/DQ pairs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 import lowbit
 from lowbit.fidelity import output_arrays, output_lsbs
 from lowbit.runtime import run, session
-from lowbit.torch import pair_saturation
 
 from fidelity_zoo_models import ZOO, build
 
@@ -31,8 +30,11 @@ def _call(sim, batch):
 
 def _compare(sim, path, batches, optimize: bool) -> list[tuple[float, float, int]]:
     """Per output: (argmax agreement, max error in LSB, rank), sim vs onnxruntime."""
-    with torch.no_grad(), pair_saturation.simulating(pair_saturation.host_saturates() and optimize):
+    host = sim.runtime
+    sim.runtime = host if optimize else "onnxruntime-cpu-vnni"
+    with torch.no_grad():
         simulated = [output_arrays(_call(sim, b)) for b in batches]
+    sim.runtime = host
     runtime = session(path, threads=2, optimize=optimize)
     executed = [run(runtime, b) for b in batches]
     results = []
@@ -74,7 +76,7 @@ def test_export_keeps_the_axes_the_model_runs_at_any_size(name, axis, tmp_path):
     sim = lowbit.quantize(model, batches)
     paths = sim.export(tmp_path, name=name)
     larger = torch.cat([inputs[:8]] * 2, axis)
-    with torch.no_grad(), pair_saturation.simulating(pair_saturation.host_saturates()):
+    with torch.no_grad():
         simulated = output_arrays(sim(larger))
     executed = run(session(paths.qdq_onnx, threads=2), larger)
     for ours, theirs, lsb in zip(simulated, executed, output_lsbs(sim)):

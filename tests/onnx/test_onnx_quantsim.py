@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import lowbit
 from lowbit.onnx import OnnxQuantSim
 from lowbit.quant.encodings_file import read_encodings
 from lowbit.runtime import session
@@ -51,7 +52,9 @@ def test_qdq_file_computes_what_the_simulation_computes(onnx_sim, onnx_export, e
 
 @pytest.mark.slow
 def test_with_the_torch_front_ends_encodings_the_qdq_models_are_bit_identical(mobilenet_export, eval_batches):
-    sim = OnnxQuantSim(mobilenet_export.onnx, target="cpu-int8", threads=2).load_encodings(mobilenet_export.encodings)
+    """Loaded with the verb both front ends share, ``lowbit.load_encodings(sim, path)``."""
+    sim = lowbit.load_encodings(OnnxQuantSim(mobilenet_export.onnx, target="cpu-int8", threads=2),
+                                mobilenet_export.encodings)
     torch_runtime = session(mobilenet_export.qdq_onnx, threads=2)
     batch = eval_batches[0].numpy()
     (expected,) = torch_runtime.run(None, {torch_runtime.get_inputs()[0].name: batch})

@@ -15,7 +15,6 @@ import lowbit
 from lowbit.errors import NotCalibratedError
 from lowbit.fidelity import measure_fidelity, output_lsb
 from lowbit.runtime import run, session
-from lowbit.torch import pair_saturation
 
 GOAL = 0.995
 
@@ -70,14 +69,16 @@ def test_mobilenet_fp32_onnx_matches_user_model(mobilenet, mobilenet_export, eva
 def test_resnet_qdq_equals_sim_within_one_lsb(resnet_sim, resnet_export, resnet_batches):
     lsb = output_lsb(resnet_sim)
     assert lsb == lsb and lsb > 0
+    host = resnet_sim.runtime
     for optimize in (True, False):
         # unoptimized, onnxruntime runs float Conv/Gemm between Q and DQ: no int16 pair saturation
-        with pair_saturation.simulating(pair_saturation.host_saturates() and optimize):
-            simulated = _sim_outputs(resnet_sim, resnet_batches)
+        resnet_sim.runtime = host if optimize else "onnxruntime-cpu-vnni"
+        simulated = _sim_outputs(resnet_sim, resnet_batches)
         executed = _ort_outputs(resnet_export.qdq_onnx, resnet_batches, optimize)
         error = float(np.abs(simulated - executed).max())
         print(f"\ntiny_resnet default: max error {error / lsb:.2f} LSB (optimize={optimize})")
         assert error <= lsb * 1.0001
+    resnet_sim.runtime = host
 
 
 def test_resnet_fp32_onnx_matches_torch(resnet, resnet_export, resnet_batches):

@@ -13,7 +13,6 @@ from torch import nn
 
 import lowbit
 from lowbit.target import load_target
-from lowbit.torch import pair_saturation
 
 
 def _model() -> nn.Module:
@@ -49,9 +48,9 @@ def test_linear_after_flatten_is_integer_in_onnxruntime_and_in_the_sim(tmp_path,
     with torch.no_grad():
         simulated = sim(data[0]).numpy()
         exact = None
-        if pair_saturation.host_saturates():
-            with pair_saturation.simulating(False):
-                exact = sim(data[0]).numpy()
+        if sim.runtime.int16_pairs:
+            sim.runtime = "onnxruntime-cpu-vnni"
+            exact = sim(data[0]).numpy()
     tolerance = 1e-4 * np.abs(executed).max()
     np.testing.assert_allclose(simulated, executed, rtol=0, atol=tolerance)
     if exact is not None:  # the case saturates here: without the emulation the sim would be off

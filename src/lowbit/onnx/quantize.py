@@ -11,7 +11,7 @@ from lowbit.onnx.quantsim import OnnxQuantSim
 
 def quantize_onnx(model, data, target="default", param_bits: int | None = None, act_bits: int | None = None,
                   scheme: str = "minmax", per_channel: bool | None = None, transform=None,
-                  num_batches: int | None = None, techniques=()) -> OnnxQuantSim:
+                  num_batches: int | None = None, techniques=(), runtime=None) -> OnnxQuantSim:
     """An OnnxQuantSim of ``model`` (path or ModelProto), BatchNorms folded, calibrated on ``data``,
     with ``techniques`` applied in ``lowbit.quantize``'s order (AdaRound layer by layer)."""
     if "equalize" in techniques:
@@ -21,7 +21,7 @@ def quantize_onnx(model, data, target="default", param_bits: int | None = None, 
         folded, pairs = fold_batchnorm(load_model(model))
         lines = [f"fold batchnorm: {len(pairs)} layers"]
     sim = OnnxQuantSim(folded, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
-                       per_channel=per_channel)
+                       per_channel=per_channel, runtime=runtime)
     sim.calibrate(data, transform=transform, num_batches=num_batches)
     lines.append(f"calibrate: {sim.calibration_seconds:.1f} s")
     for name, technique in (("sequential_mse", sequential_mse), ("adaround", adaround)):

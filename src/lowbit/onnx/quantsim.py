@@ -13,10 +13,11 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.data import checked_calls
-from lowbit.errors import DataError, NotCalibratedError
+from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.onnx.calibrate import observe, run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.fidelity import verify_export
+from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.onnx.load import load_model
 from lowbit.onnx.plan import GraphFacts, float_op_types, plan_model
 from lowbit.onnx.qdq_insert import tagged_model
@@ -38,8 +39,14 @@ class OnnxQuantSim(PlannedQuantizers):
     (outputs as numpy arrays) or ``export`` the three files. The caller's model is never modified."""
 
     def __init__(self, model, target="default", param_bits: int | None = None, act_bits: int | None = None,
-                 scheme: str = "minmax", per_channel: bool | None = None, threads: int | None = None):
+                 scheme: str = "minmax", per_channel: bool | None = None, threads: int | None = None,
+                 runtime: str | Kernels | None = None):
         check_sim_options(param_bits, act_bits, scheme)
+        self.runtime = resolve_kernels(None)
+        if resolve_kernels(runtime) != self.runtime:
+            raise SpecError(f"the ONNX front end's sim is onnxruntime on this machine, which runs "
+                            f"{self.runtime.name} kernels; it cannot predict {resolve_kernels(runtime).name} "
+                            f"(the PyTorch front end can: QuantSim(..., runtime=...))")
         self.model = load_model(model)
         self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
@@ -55,14 +62,14 @@ class OnnxQuantSim(PlannedQuantizers):
         self.technique_results: tuple[str, ...] = ()
         self._split: SplitGraph | None = None
         self._split_off: frozenset[str] = frozenset()
-        self._runtime = None
+        self._session = None
 
     def __deepcopy__(self, memo) -> "OnnxQuantSim":
         """A copy without the cached QDQ graph and onnxruntime session (rebuilt on its next run)."""
         copied = object.__new__(type(self))
         memo[id(self)] = copied
         for name, value in self.__dict__.items():
-            setattr(copied, name, None if name in ("_split", "_runtime") else copy.deepcopy(value, memo))
+            setattr(copied, name, None if name in ("_split", "_session") else copy.deepcopy(value, memo))
         return copied
 
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "OnnxQuantSim":
@@ -86,7 +93,7 @@ class OnnxQuantSim(PlannedQuantizers):
             if quantizer.estimator.batches == 0:
                 raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration")
             quantizer.finish_calibration(constraints=self.point(key).constraints)
-        self._split = self._runtime = None
+        self._split = self._session = None
         self.calibration_seconds = time.perf_counter() - start
         return self
 
@@ -101,15 +108,15 @@ class OnnxQuantSim(PlannedQuantizers):
             quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
             quantizer.estimator.observe(weight)
             quantizer.finish_calibration(shape=weight.shape)
-        self._split = self._runtime = None
+        self._split = self._session = None
 
     def weights_changed(self) -> None:
         """Forget the QDQ graph built from the old initializers (a technique changed ``self.model``)."""
-        self._split = self._runtime = None
+        self._split = self._session = None
 
     def encodings_changed(self) -> None:
         """Forget the QDQ graph built from the old encodings (they were set directly, as mixed precision does)."""
-        self._split = self._runtime = None
+        self._split = self._session = None
 
     def _with_quantized_weights(self) -> onnx.ModelProto:
         """The FP32 model with each quantized weight replaced by its fake-quantized values: activation
@@ -156,12 +163,12 @@ class OnnxQuantSim(PlannedQuantizers):
         integer kernels, i.e. what the exported ``NAME.qdq.onnx`` computes on this machine (image batches
         in slices, as calibration runs them: the same per-sample values)."""
         split = self.split()
-        if self._runtime is None:
-            self._runtime = session(split.qdq_model.SerializeToString(), threads=self.threads)
+        if self._session is None:
+            self._session = session(split.qdq_model.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
-        names = [output.name for output in self._runtime.get_outputs()]
+        names = [output.name for output in self._session.get_outputs()]
         rows = slice_rows(self.model, feeds[0] if feeds else None)
-        return [run_in_slices(self._runtime, names, feed, rows) for feed in progress(feeds, "run", len(feeds))]
+        return [run_in_slices(self._session, names, feed, rows) for feed in progress(feeds, "run", len(feeds))]
 
     def split(self) -> SplitGraph:
         """FP32 graph, encodings and integer QDQ graph of the current encodings; quantizers switched
@@ -172,13 +179,13 @@ class OnnxQuantSim(PlannedQuantizers):
             points = [p for p in self.points if p.key not in off]
             self._split = split_exported_graph(tagged_model(self.model, points, self._quantizers),
                                                self._quantizers, {})
-            self._split_off, self._runtime = off, None
+            self._split_off, self._session = off, None
         return self._split
 
     def load_encodings(self, path) -> "OnnxQuantSim":
         """Set every encoding from an AIMET encodings file (keys: this graph's tensor names)."""
         apply_encodings_file(self._quantizers, {key: key for key in self._quantizers}, read_encodings(path), path)
-        self._split = self._runtime = None
+        self._split = self._session = None
         return self
 
     def export(self, out_dir, name: str = "model", verify=None) -> ExportPaths:
@@ -199,5 +206,5 @@ class OnnxQuantSim(PlannedQuantizers):
         left = float_op_types(self.model)
         note = "left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())) if left else ""
         return {"capture": "onnx", "note": note, "quantizers": self.quantizer_counts(), "target": self.target.name,
-                "float_ops": left}
+                "runtime": self.runtime.name, "float_ops": left}
 

@@ -10,10 +10,6 @@ that can saturate at all: same-sign pairs with |w0| + |w1| ≥ 129, since inputs
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-import platform
 from dataclasses import dataclass
 
 import torch
@@ -26,47 +22,6 @@ _INT16_LOW, _INT16_HIGH = -32768.0, 32767.0
 _INPUT_HIGH = 255.0
 _CHUNK_VALUES = 1 << 23  # pair sums computed at once (32 MiB of float32)
 _DENSE_PATCH = 128  # patch length up to which a dense convolution beats gathering each pair's channels
-ENVIRONMENT_VARIABLE = "LOWBIT_INT16_PAIRS"
-
-
-_forced: list[bool] = []
-
-
-def host_saturates() -> bool:
-    """Whether onnxruntime on this machine saturates u8×s8 pair sums: an x86 CPU without VNNI.
-
-    ``LOWBIT_INT16_PAIRS=saturate`` or ``=exact`` overrides the detection (to simulate another CPU),
-    and so does :func:`simulating` within its block.
-    """
-    if _forced:
-        return _forced[-1]
-    forced = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
-    if forced in ("saturate", "exact"):
-        return forced == "saturate"
-    return detected()
-
-
-@contextlib.contextmanager
-def simulating(saturating: bool):
-    """Within the block the sim computes as a CPU that does (True) or does not (False) saturate."""
-    _forced.append(saturating)
-    try:
-        yield
-    finally:
-        _forced.pop()
-
-
-@functools.cache
-def detected() -> bool:
-    """This machine's own answer, without overrides: x86 without avx512_vnni, avx_vnni or amx_int8."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 @dataclass(frozen=True)
@@ -89,9 +44,9 @@ def _risky(weights: torch.Tensor) -> torch.Tensor:
 
 
 def applies(input_encoding: Encoding | None, weight_encoding: Encoding | None) -> bool:
-    """Whether the layer runs on the u8×s8 kernel of a saturating host: 8-bit per-tensor input,
-    signed-symmetric weights of at most 8 bits per tensor or per output channel."""
-    return (host_saturates() and input_encoding is not None and weight_encoding is not None
+    """Whether the layer runs on the u8×s8 kernel that saturates on CPUs without VNNI: 8-bit per-tensor
+    input, signed-symmetric weights of at most 8 bits per tensor or per output channel."""
+    return (input_encoding is not None and weight_encoding is not None
             and input_encoding.spec.bits == 8 and input_encoding.spec.axis is None
             and weight_encoding.spec.bits <= 8 and weight_encoding.spec.block_size is None
             and weight_encoding.spec.axis in (None, 0) and weight_encoding.is_signed_symmetric)

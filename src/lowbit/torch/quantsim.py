@@ -12,11 +12,13 @@ from torch import nn
 
 from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
 from lowbit.errors import InputError, NotCalibratedError
+from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import make_weight_estimator
 from lowbit.target import load_target
 from lowbit.target.points import PlannedQuantizers, check_sim_options
+from lowbit.torch.encodings_io import apply_encodings
 from lowbit.torch.capture import (check_example, node_dtypes, placeholder_values, trace,
                                   with_scripts_as_graphs)
 from lowbit.torch.module_graph import as_module_graph, functional_layer_types
@@ -35,8 +37,10 @@ class QuantSim(PlannedQuantizers, nn.Module):
     """
 
     def __init__(self, model: nn.Module, example_input, target="default", param_bits: int | None = None,
-                 act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None):
+                 act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
+                 runtime: str | Kernels | None = None):
         super().__init__()
+        kernels = resolve_kernels(runtime)
         check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
@@ -68,6 +72,20 @@ class QuantSim(PlannedQuantizers, nn.Module):
             self.model, self.points, self._quantizers = wrap_leaf_modules(copied, self.target, scheme)
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
+        self.runtime = kernels
+
+    @property
+    def runtime(self) -> Kernels:
+        """The runtime kernels this sim predicts (default: this machine's onnxruntime); assign a name
+        of :data:`lowbit.kernels.KERNELS` to predict another CPU kind."""
+        return self._kernels
+
+    @runtime.setter
+    def runtime(self, runtime: str | Kernels | None) -> None:
+        self._kernels = resolve_kernels(runtime)
+        for module in self.model.modules():
+            if isinstance(module, WeightQuantized):
+                module.int16_pairs = self._kernels.int16_pairs
 
     def forward(self, *args, **kwargs):
         if len(args) == 1 and not kwargs and isinstance(args[0], dict):
@@ -134,6 +152,11 @@ class QuantSim(PlannedQuantizers, nn.Module):
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
 
+    def load_encodings(self, path) -> "QuantSim":
+        """Set the encodings from an AIMET encodings file (format 1.0.0 or 0.6.1); returns the sim."""
+        apply_encodings(self, path)
+        return self
+
     def first_divergence(self, qdq_path, batch) -> str | None:
         """The first quantizer (and its tensor) where onnxruntime running ``qdq_path`` on ``batch``
         parts from this sim by more than one grid step; None when none does."""
@@ -157,7 +180,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
             notes.append("simulated in float, within one step of onnxruntime's integer kernels: "
                          + ", ".join(f"{op} ×{n}" for op, n in sorted(simulated.items())))
         return {"capture": self.capture_mode, "note": "; ".join(notes), "quantizers": self.quantizer_counts(),
-                "target": self.target.name, "float_ops": left, "float_simulated": dict(simulated)}
+                "target": self.target.name, "runtime": self.runtime.name, "float_ops": left,
+                "float_simulated": dict(simulated)}
 
     def _reads_quantizers(self, node) -> bool:
         """Whether every tensor ``node`` reads carries a quantizer's grid (through ops onnxruntime fuses across)."""

@@ -52,13 +52,15 @@ class WeightQuantized(LayerWrapper):
     rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it;
     when ``output_quantizer`` is set too, convolutions are computed as onnxruntime's integer kernels
     compute them (with straight-through gradients to the float result), int16 pair saturation of
-    CPUs without VNNI included (:mod:`lowbit.torch.pair_saturation`). A subclass that overrides
+    CPUs without VNNI included when ``int16_pairs`` is set (:mod:`lowbit.torch.pair_saturation`; the
+    sim sets it from its runtime setting). A subclass that overrides
     ``forward`` (a conv that pads itself, say) runs its own forward with the quantized weight.
     """
 
     def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
         super().__init__(layer)
         self.weight_quantizer = weight_quantizer
+        self.int16_pairs = False
         self.link_input_quantizer(None)
         self.link_output_quantizer(None)
         self._forward = next((f for cls, f in _FORWARDS.items()
@@ -103,17 +105,18 @@ class WeightQuantized(LayerWrapper):
         """The convolution's integer form, with the int16 pair saturation of the host's kernel."""
         form = conv_requantization(weight, self.layer.bias, *encodings)
         pairs = None
-        if self.input_direct and pair_saturation.applies(encodings[0], encodings[1]):
+        if self.int16_pairs and self.input_direct and pair_saturation.applies(encodings[0], encodings[1]):
             pairs = pair_saturation.layer_pairs(self.layer, form.weights, encodings[0])
         if pairs is None:
             return form
         return form.with_saturation(functools.partial(pair_saturation.conv_correction, self.layer, pairs))
 
     def _linear_pairs(self, weight: torch.Tensor) -> pair_saturation.SaturatingPairs | None:
-        """A Linear layer's weight pairs that saturate on the host's u8×s8 kernel, or None."""
+        """A Linear layer's weight pairs that saturate on a u8×s8 kernel with int16 pairs, or None."""
         source, weights = self.input_quantizer, self.weight_quantizer
-        if (not isinstance(self.layer, nn.Linear) or source is None or not self.input_direct or source.mode != "quantize"
-                or weights.mode != "quantize" or not pair_saturation.applies(source.encoding, weights.encoding)):
+        if (not self.int16_pairs or not isinstance(self.layer, nn.Linear) or source is None or not self.input_direct
+                or source.mode != "quantize" or weights.mode != "quantize"
+                or not pair_saturation.applies(source.encoding, weights.encoding)):
             return None
         scale = weights.scale.reshape(-1, 1) if weights.scale.dim() else weights.scale
         return pair_saturation.layer_pairs(self.layer, torch.round(weight / scale), source.encoding)
@@ -168,7 +171,7 @@ class WeightQuantized(LayerWrapper):
         tensors = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in self._state_tensors())
         quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
         return (tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
-                + (pair_saturation.host_saturates(),))
+                + (self.int16_pairs,))
 
     def integer_kernel_in_float(self) -> bool:
         """Whether onnxruntime runs this layer as an integer kernel (a quantized Conv with quantized input

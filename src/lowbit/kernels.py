@@ -1,0 +1,59 @@
+"""Which runtime's integer kernels a sim predicts: a setting of each sim, never global state.
+
+onnxruntime's u8×s8 kernels on x86 CPUs without VNNI add adjacent products in saturating int16
+(see :mod:`lowbit.torch.pair_saturation`); with VNNI or AMX, and off x86, the int32 sums are exact.
+A sim predicts one of them; by default the one of the CPU it runs on.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+
+from lowbit.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """A runtime's integer kernels as far as they change results: ``int16_pairs`` when u8×s8 products
+    are added in saturating int16 pairs before the int32 accumulation."""
+
+    name: str
+    int16_pairs: bool
+    description: str
+
+
+KERNELS = {k.name: k for k in (
+    Kernels("onnxruntime-cpu-vnni", False, "onnxruntime on CPUs with VNNI or AMX, or not x86: exact int32 sums"),
+    Kernels("onnxruntime-cpu-avx2", True, "onnxruntime on x86 CPUs without VNNI: u8×s8 pairs saturate in int16"),
+)}
+
+
+def host_kernels() -> Kernels:
+    """The kernels onnxruntime runs on this machine."""
+    return KERNELS["onnxruntime-cpu-avx2" if _x86_without_vnni() else "onnxruntime-cpu-vnni"]
+
+
+def resolve_kernels(runtime: str | Kernels | None) -> Kernels:
+    """``runtime`` as Kernels: None is this machine's; a name must be one of KERNELS (SpecError)."""
+    if runtime is None:
+        return host_kernels()
+    if isinstance(runtime, Kernels):
+        return runtime
+    if runtime not in KERNELS:
+        raise SpecError(f"unknown runtime {runtime!r}; choose from {', '.join(KERNELS)} (default: this machine's)")
+    return KERNELS[runtime]
+
+
+@functools.cache
+def _x86_without_vnni() -> bool:
+    """This machine is x86 without avx512_vnni, avx_vnni or amx_int8 (read from /proc/cpuinfo)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
