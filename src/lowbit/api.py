@@ -13,7 +13,7 @@ from lowbit.onnx.bias_correction import correct_bias as correct_onnx_bias
 from lowbit.onnx.equalize import equalize as equalize_onnx
 from lowbit.onnx.quantize import quantize_onnx
 from lowbit.onnx.quantsim import OnnxQuantSim
-from lowbit.torch.batchnorm_fold import fold_batchnorm
+from lowbit.torch.batchnorm_fold import fold_batchnorm as fold_torch_batchnorm
 from lowbit.torch.bias_correction import correct_bias as correct_torch_bias
 from lowbit.torch.capture import with_layer_modules, with_scripts_as_graphs
 from lowbit.torch.equalize import equalize as equalize_torch
@@ -31,10 +31,12 @@ both freeze the weight encodings and activations are recalibrated after each —
 
 def quantize(model, data, example_input=None, target="default", param_bits: int | None = None,
              act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
-             transform=None, num_batches: int | None = None, techniques=(), runtime=None) -> QuantSim:
-    """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace), build a QuantSim, calibrate
-    it on ``data`` and apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the
-    order given); returns the sim, with one result line per step in ``sim.technique_results``.
+             transform=None, num_batches: int | None = None, techniques=(), runtime=None,
+             fold_batchnorm: bool = True) -> QuantSim:
+    """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace, or with ``fold_batchnorm=False``:
+    BN then runs as its own op, in float between quantizers), build a QuantSim, calibrate it on
+    ``data`` and apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the order
+    given); returns the sim, with one result line per step in ``sim.technique_results``.
     ``model`` may also be an ONNX file path or ``onnx.ModelProto``: it is quantized by the ONNX front end.
     ``runtime`` names the integer kernels the sim predicts (see :mod:`lowbit.kernels`; default: this
     machine's).
@@ -42,21 +44,24 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
     unknown = [t for t in techniques if t not in TECHNIQUES]
     if unknown:
         raise SpecError(f"unknown technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)}")
+    if "equalize" in techniques and not fold_batchnorm:
+        raise SpecError("equalize folds BatchNorm into the layers it scales: it cannot run with fold_batchnorm=False")
     if "adaround" in techniques and "bias_correction" in techniques:
         raise SpecError("adaround and bias_correction exclude each other: AdaRound already fits each "
                         "layer's output mean; choose one")
     if is_onnx_model(model):
         return quantize_onnx(model, data, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                              per_channel=per_channel, transform=transform, num_batches=num_batches,
-                             techniques=techniques, runtime=runtime)
+                             techniques=techniques, runtime=runtime, fold_batchnorm=fold_batchnorm)
     if example_input is None:
         example_input = _first_batch(data, transform)
     model = with_layer_modules(with_scripts_as_graphs(copy.deepcopy(model).eval(), example_input), example_input)
-    lines = []
-    try:
-        lines.append(f"fold batchnorm: {len(fold_batchnorm(model, example_input))} layers")
-    except GraphCaptureError:
-        lines.append("fold batchnorm: skipped (torch.fx cannot trace the model)")
+    lines = ["fold batchnorm: off"]
+    if fold_batchnorm:
+        try:
+            lines = [f"fold batchnorm: {len(fold_torch_batchnorm(model, example_input))} layers"]
+        except GraphCaptureError:
+            lines = ["fold batchnorm: skipped (torch.fx cannot trace the model)"]
     if "equalize" in techniques:
         lines.append(f"equalize: {len(equalize_torch(model, example_input))} layer groups")
     sim = QuantSim(model, example_input, target=target, param_bits=param_bits, act_bits=act_bits,
