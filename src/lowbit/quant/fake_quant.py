@@ -121,8 +121,8 @@ def _composable(encoding: Encoding) -> bool:
 class _PerTensorStraightThrough(torch.autograd.Function):
     """Per-tensor fake quantization with the straight-through gradient (1 where the grid index lies in
     [low, high], 0 outside), from vectorised ops: the values of torch's fused kernel (or, ``divide``,
-    of dividing by the scale); torch's kernel runs one element at a time, 2× slower forward and backward
-    on a 16×240×28×28 tensor on an AVX2 CPU (ad-hoc)."""
+    of dividing by the scale); torch's kernel runs one element at a time, slower forward and backward on
+    activation-sized tensors."""
 
     @staticmethod
     def forward(ctx, x, scale, low, high, divide):
