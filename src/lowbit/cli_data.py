@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lowbit.errors import DataError, InputError
+from lowbit.errors import DataError, InputError, first_line
 from lowbit.zoo import imagenet_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -68,7 +68,7 @@ def _read_file(path: Path, reader):
     try:
         return reader(path)
     except Exception as error:
-        raise DataError(f"cannot read data file '{path}': {_first_line(error)}") from None
+        raise DataError(f"cannot read data file '{path}': {first_line(error)}") from None
 
 
 def _checked_array(value, path: Path, name: str | None = None) -> torch.Tensor:
@@ -140,15 +140,10 @@ def _read_images(folder: Path, size: tuple[int, int]) -> torch.Tensor:
             with Image.open(file) as image:
                 tensors.append(imagenet_preprocess(image, size))
         except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"cannot read image '{file}': {_first_line(error)}") from None
+            raise DataError(f"cannot read image '{file}': {first_line(error)}") from None
     height, width = size
     print(f"preprocessing: {len(files)} images from '{folder}': shorter side resized to "
           f"{round(max(size) / CROP_FRACTION)} (bilinear), centre crop {height}x{width}, RGB in [0, 1] "
           f"normalised with ImageNet's mean and std (--input-shape N,3,H,W sets the size; other "
           f"preprocessing: give --data as an array)", file=sys.stderr)
     return torch.stack(tensors)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.errors import DataError, ModelLoadError
-from lowbit.torch.capture import inference_form, script_as_graph
+from lowbit.errors import DataError, ModelLoadError, first_line
+from lowbit.torch.capture import guard_calls, inference_form, script_as_graph, without_guards
 from lowbit.torch.module_graph import as_module_graph, is_aten_graph
 
 
@@ -76,17 +76,10 @@ def _without_guards(model: nn.Module) -> nn.Module | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation notice on copy
         unguarded = copy.deepcopy(model)
-    guards = [n for n in unguarded.graph.nodes
-              if n.op == "call_module" and type(unguarded.get_submodule(n.target)).__name__ == "GuardsFn"]
+    guards = guard_calls(unguarded)
     if not guards or any(n.users for n in guards):
         return None
-    for node in guards:
-        unguarded.graph.erase_node(node)
-    unguarded.delete_all_unused_submodules()
-    unguarded.recompile()
-    unguarded.__dict__.pop("train", None)
-    unguarded.__dict__.pop("eval", None)
-    return unguarded.eval()
+    return inference_form(without_guards(unguarded))
 
 
 def _batch_independent(model: nn.Module, unguarded: nn.Module, batch: int, example: torch.Tensor) -> bool:
@@ -126,7 +119,7 @@ def _read_file(path: Path, reader):
     try:
         return reader(path)
     except Exception as error:
-        raise ModelLoadError(f"cannot read model file '{path}': {_first_line(error)}") from None
+        raise ModelLoadError(f"cannot read model file '{path}': {first_line(error)}") from None
 
 
 def import_attribute(spec: str, what: str = "model spec"):
@@ -139,7 +132,7 @@ def import_attribute(spec: str, what: str = "model spec"):
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except ImportError as error:
-        raise ModelLoadError(f"cannot import module {module_name!r}: {_first_line(error)}") from None
+        raise ModelLoadError(f"cannot import module {module_name!r}: {first_line(error)}") from None
     except AttributeError:
         raise ModelLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
 
@@ -150,13 +143,7 @@ def _load_factory(spec: str) -> nn.Module:
     try:
         model = factory()
     except Exception as error:
-        raise ModelLoadError(f"{spec}() failed: {type(error).__name__}: {_first_line(error)}") from None
+        raise ModelLoadError(f"{spec}() failed: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an exception's message."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -43,3 +43,10 @@ class TargetError(LowbitError):
 
 class OptimizationError(LowbitError):
     """A layer-wise optimisation (AdaRound) produced non-finite values."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty: how a
+    third-party error is quoted in one-line lowbit errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

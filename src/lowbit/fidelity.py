@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from lowbit.data import checked_calls
-from lowbit.errors import ExportError, LowbitError
+from lowbit.errors import ExportError, LowbitError, first_line
 from lowbit.progress import progress
 from lowbit.runtime import run, session
 
@@ -148,7 +148,7 @@ def verify_export(sim, paths, data, transform=None, num_batches: int | None = No
     except Exception as error:
         for path in paths:
             path.unlink(missing_ok=True)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ExportError(f"onnxruntime cannot run the written {paths.qdq_onnx.name} (files removed): "
                           f"{reason}") from None
     divergence = ""

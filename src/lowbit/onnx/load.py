@@ -12,7 +12,7 @@ import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from lowbit.errors import ModelLoadError
+from lowbit.errors import ModelLoadError, first_line
 
 MIN_OPSET = 11
 """Oldest default-domain opset read: 11 settled the Resize, Pad and Clip signatures exporters use."""
@@ -20,6 +20,7 @@ MIN_OPSET = 11
 QDQ_OPSET = 13
 """Oldest opset whose QuantizeLinear/DequantizeLinear take an ``axis`` (per-channel weights): older
 models are converted to it on loading."""
+
 
 def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """A checked copy of ``model`` with Constant-node tensors as initializers and inferred shapes."""
@@ -42,11 +43,11 @@ def _normalised(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
-        raise ModelLoadError(f"ONNX shape inference failed: {_first_line(e)}") from None
+        raise ModelLoadError(f"ONNX shape inference failed: {first_line(e)}") from None
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
-        raise ModelLoadError(f"invalid ONNX model: {_first_line(e)}") from None
+        raise ModelLoadError(f"invalid ONNX model: {first_line(e)}") from None
     return proto
 
 
@@ -57,7 +58,7 @@ def _read(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as e:
-        raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated ({_first_line(e)})") from None
+        raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated ({first_line(e)})") from None
     if not proto.graph.node:
         raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated (no graph nodes)")
     for tensor in _external_tensors(proto):
@@ -68,7 +69,7 @@ def _read(path: Path) -> onnx.ModelProto:
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the external data of '{path}': {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot read the external data of '{path}': {first_line(e)}") from None
     return proto
 
 
@@ -101,7 +102,7 @@ def _with_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
         converted = onnx.version_converter.convert_version(proto, QDQ_OPSET)
     except Exception as e:
         raise ModelLoadError(f"cannot raise this opset-{default_opset(proto)} model to opset {QDQ_OPSET}, which "
-                             f"per-channel QuantizeLinear/DequantizeLinear need: {_first_line(e)}") from None
+                             f"per-channel QuantizeLinear/DequantizeLinear need: {first_line(e)}") from None
     return converted
 
 
@@ -153,8 +154,3 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     if attribute.name in ("value_int", "value_ints"):
         return numpy_helper.from_array(np.asarray(value, dtype=np.int64))
     return None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

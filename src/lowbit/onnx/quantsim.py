@@ -63,6 +63,7 @@ class OnnxQuantSim(PlannedQuantizers):
         self._split: SplitGraph | None = None
         self._split_off: frozenset[str] = frozenset()
         self._session = None
+        self._rows: dict[tuple, int] = {}  # samples per run, by the feeds' shapes
 
     def __deepcopy__(self, memo) -> "OnnxQuantSim":
         """A copy without the cached QDQ graph and onnxruntime session (rebuilt on its next run)."""
@@ -167,8 +168,16 @@ class OnnxQuantSim(PlannedQuantizers):
             self._session = session(split.qdq_model.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
         names = [output.name for output in self._session.get_outputs()]
-        rows = slice_rows(self.model, feeds[0] if feeds else None)
+        rows = self._slice_rows(feeds[0]) if feeds else slice_rows(self.model)
         return [run_in_slices(self._session, names, feed, rows) for feed in progress(feeds, "run", len(feeds))]
+
+    def _slice_rows(self, feed: dict[str, np.ndarray]) -> int:
+        """:func:`slice_rows` for batches shaped like ``feed``, worked out once per shape (sizing a
+        dynamic H x W infers the graph's shapes again)."""
+        shapes = tuple((name, value.shape) for name, value in feed.items())
+        if shapes not in self._rows:
+            self._rows[shapes] = slice_rows(self.model, feed)
+        return self._rows[shapes]
 
     def split(self) -> SplitGraph:
         """FP32 graph, encodings and integer QDQ graph of the current encodings; quantizers switched

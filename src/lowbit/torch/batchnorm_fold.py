@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from lowbit.algorithms.bias_correction import expected_output_shift
 from lowbit.data import as_call
-from lowbit.errors import GraphCaptureError, InputError
+from lowbit.errors import GraphCaptureError, InputError, first_line
 from lowbit.torch.capture import placeholder_values
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -126,8 +126,7 @@ class _ExampleRun(fx.Interpreter):
             with torch.no_grad():
                 self.run(*placeholder_values(self.module, model, args, kwargs))
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"the example input does not fit the model: {first_line}") from None
+            raise InputError(f"the example input does not fit the model: {first_line(error)}") from None
         finally:
             for module, training in modes.items():
                 module.training = training

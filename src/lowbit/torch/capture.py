@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 from lowbit.data import as_call
-from lowbit.errors import GraphCaptureError, InputError
+from lowbit.errors import GraphCaptureError, InputError, first_line
 from lowbit.torch.module_graph import as_module_graph, has_functional_layers
 
 
@@ -55,8 +55,7 @@ def node_dtypes(gm: fx.GraphModule, values: list) -> dict[str, torch.dtype]:
         with torch.no_grad():
             recorder.run(*values)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"the example input does not fit the model: {first_line}") from None
+        raise InputError(f"the example input does not fit the model: {first_line(error)}") from None
     return recorder.dtypes
 
 
@@ -66,8 +65,7 @@ def check_example(model: nn.Module, args: tuple, kwargs: dict) -> None:
         with torch.no_grad():
             model(*args, **kwargs)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"the example input does not fit the model: {first_line}") from None
+        raise InputError(f"the example input does not fit the model: {first_line(error)}") from None
 
 
 def trace_for(purpose: str, model: nn.Module, example_input) -> fx.GraphModule:
@@ -110,19 +108,24 @@ def script_as_graph(script: torch.jit.ScriptModule, example_input) -> fx.GraphMo
             warnings.simplefilter("ignore")
             gm = TS2EPConverter(script.eval(), args).convert().module()
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GraphCaptureError(f"torch cannot convert this TorchScript module to a graph: {first_line}") from None
+        raise GraphCaptureError(f"torch cannot convert this TorchScript module to a graph: "
+                                f"{first_line(error)}") from None
     codegen = gm.graph._codegen
     if getattr(codegen, "pytree_info", None) is not None and len(codegen.pytree_info.orig_args) == len(names):
         codegen.pytree_info = codegen.pytree_info._replace(orig_args=names)  # forward keeps the script's names
     return as_module_graph(without_guards(inference_form(gm)))
 
 
+def guard_calls(gm: fx.GraphModule) -> list[fx.Node]:
+    """torch.export's input guard calls in ``gm``: they pin the shapes of the example it was made from."""
+    return [n for n in gm.graph.nodes
+            if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn"]
+
+
 def without_guards(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` (in place) without torch.export's input guard calls, which pin the example's shapes; a
-    TorchScript module accepts the shapes its own code accepts."""
-    guards = [n for n in gm.graph.nodes
-              if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users]
+    """``gm`` (in place) without the guard calls nothing reads; a TorchScript module accepts the shapes
+    its own code accepts."""
+    guards = [n for n in guard_calls(gm) if not n.users]
     for node in guards:
         gm.graph.erase_node(node)
     if guards:

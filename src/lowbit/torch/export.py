@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call
-from lowbit.errors import ExportError
+from lowbit.errors import ExportError, first_line
 from lowbit.qdq.flatten_as_reshape import flatten_as_reshape
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
 from lowbit.qdq.graph_index import rename_tensors
@@ -67,7 +67,7 @@ def exported_onnx(sim) -> onnx.ModelProto:
                               dynamic_axes=_dynamic_axes(module, names, args, outputs),
                               do_constant_folding=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ExportError(f"ONNX export failed: {reason}") from None
     exported = onnx.load_from_string(buffer.getvalue())
     flatten_as_reshape(exported.graph)
@@ -101,7 +101,7 @@ def _dynamic_axes(module: nn.Module, names: list[str], args: tuple, outputs: lis
     base = _output_shapes(module, sample)
     if base is None:
         return axes
-    named = [(name, position) for name, position in zip(names, _tensor_positions(args))]
+    named = list(zip(names, _tensor_positions(args)))
     groups = sorted({(axis, sample[position].shape[axis]) for _, position in named
                      for axis in range(1, sample[position].dim())})
     for axis, size in groups:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
-from lowbit.errors import InputError, NotCalibratedError
+from lowbit.errors import InputError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
@@ -57,7 +57,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
         try:
             graph_module = trace(copied, args, kwargs)
         except Exception as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             self.capture_mode = "leaf-modules"
             self.capture_note = (f"torch.fx could not trace {type(model).__name__} ({reason}); quantizing "
                                  f"leaf modules only: functional ops stay in float")
