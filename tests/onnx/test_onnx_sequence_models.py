@@ -53,9 +53,18 @@ def test_transformer_encoder_quantizes_without_touching_the_mask(encoder_path):
     mask_path = _tensors_computed_only_from(graph, "attention_mask")
     assert mask_path and not mask_path & set(sim.quantizers())
     assert sim.summary()["float_ops"] == {}
+    # second front end as the reference: the PyTorch sim of the model the file was exported from
+    torch.manual_seed(0)
+    model = TransformerEncoderNet().eval()
+    torch_batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in token_batches()]
+    torch_sim = lowbit.quantize(model, torch_batches, target="transformer")
+    assert torch_sim.summary()["quantizers"] == sim.summary()["quantizers"]
     fp32 = session(encoder_path)
-    for batch in token_batches(2):
-        assert relative_error(sim(batch)[0], fp32.run(None, batch)[0]) <= 0.1
+    for batch, torch_batch in zip(token_batches(2), torch_batches):
+        expected = fp32.run(None, batch)[0]
+        with torch.no_grad():
+            reference = relative_error(torch_sim(**torch_batch).numpy(), expected)
+        assert abs(relative_error(sim(batch)[0], expected) - reference) <= 0.1 * reference
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from lowbit.algorithms.sequential_mse import (SequentialMSEResult, check_options
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.onnx.layer_rows import LayerRows, following_activation, rows_unsupported
 from lowbit.onnx.layers import WeightedLayer, weighted_layer
-from lowbit.onnx.plan import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts
 from lowbit.progress import progress
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize

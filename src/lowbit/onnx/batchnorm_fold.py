@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.onnx.attributes import attribute, set_attributes
-from lowbit.onnx.plan import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts
 from lowbit.qdq.graph_index import remove_unused
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -12,7 +12,7 @@ from lowbit.algorithms.bias_correction import BiasCorrectionResult, correct_bias
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.onnx.calibrate import add_reduction
 from lowbit.onnx.layers import WeightedLayer, weighted_layer
-from lowbit.onnx.plan import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts
 from lowbit.progress import progress
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.runtime import session

@@ -3,22 +3,16 @@ scaled by the math in ``lowbit.algorithms.cross_layer_equalization``."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import onnx
 
 from lowbit.algorithms.cross_layer_equalization import (EqualizedGroup, absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
-from lowbit.onnx.attributes import clip_bounds
+from lowbit.graph.chains import equalization_chains
 from lowbit.onnx.batchnorm_fold import fold_with_statistics
-from lowbit.onnx.layers import WeightedLayer, weighted_layer
+from lowbit.onnx.graph_view import GraphFacts
+from lowbit.onnx.layers import weighted_layer
 from lowbit.onnx.load import load_model
-from lowbit.onnx.plan import GraphFacts
 from lowbit.qdq.graph_index import remove_unused
-
-_LINEAR = ("Identity", "Dropout", "LeakyRelu")
-"""Positive-homogeneous ops scaling passes through unchanged (besides Relu)."""
 
 
 def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, list[EqualizedGroup]]:
@@ -33,11 +27,14 @@ def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, lis
     """
     result, _, statistics = fold_with_statistics(load_model(model))
     facts = GraphFacts(result)
+    layers = {node.name: weighted_layer(facts, node) for node in facts.graph.node}
+    nodes = {node.name: node for node in facts.graph.node}
     groups = []
-    for chain, links in _chains(facts):
-        for link in links:
-            for clip in link.relu6:
-                _to_relu(clip)
+    for found in equalization_chains(facts.view({k: v for k, v in layers.items() if v is not None})):
+        chain, links = [layers[op.name] for op in found.layers], found.links
+        relu6 = [nodes[op.name] for link in links for op in link.relu6]
+        for clip in relu6:
+            _to_relu(clip)
         biases = [layer.ensure_bias() for layer in chain]
         moments = [statistics.get(layer.node.output[0]) for layer in chain]
         factors, sweeps = equalize_chain_([layer.weight for layer in chain], biases,
@@ -54,76 +51,10 @@ def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, lis
                     absorbed.append(chain[k].name)
         for layer in chain:
             layer.write(result.graph, facts)
-        replaced = tuple(clip.name or clip.output[0] for link in links for clip in link.relu6)
+        replaced = tuple(clip.name for clip in relu6)
         groups.append(EqualizedGroup(tuple(layer.name for layer in chain), replaced, tuple(absorbed), sweeps))
     remove_unused(result.graph)
     return result, groups
-
-
-@dataclass
-class _Link:
-    relu6: list[onnx.NodeProto] = field(default_factory=list)
-    relu: bool = False  # a Relu (or a Clip(0, 6) that becomes one) sits on the path
-
-
-def _chains(facts: GraphFacts) -> list[tuple[list[WeightedLayer], list[_Link]]]:
-    """Maximal chains of eligible layers, each linked to the next through a single-consumer path."""
-    layers = {}
-    for node in facts.graph.node:
-        layer = weighted_layer(facts, node)
-        if layer is not None and layer.node.op_type != "MatMul" and (layer.groups == 1 or layer.depthwise):
-            layers[node.output[0]] = layer
-    successor: dict[str, tuple[str, _Link]] = {}
-    for key, layer in layers.items():
-        link, tensor = _Link(), key
-        while tensor not in facts.graph_outputs and len(facts.consumers.get(tensor, [])) == 1:
-            user = facts.consumers[tensor][0]
-            if user.input[0] != tensor or tensor in user.input[1:]:
-                break
-            nxt = layers.get(user.output[0])
-            if nxt is not None:
-                if nxt.in_channels == layer.weight.shape[0]:
-                    successor[key] = (user.output[0], link)
-                break
-            step = _passes(facts, user)
-            if step is None:
-                break
-            if step == "relu6":
-                link.relu6.append(user)
-            link.relu = link.relu or step in ("relu", "relu6")
-            tensor = user.output[0]
-    targets = {nxt for nxt, _ in successor.values()}
-    chains = []
-    for start in [k for k in successor if k not in targets]:
-        chain, links, key = [layers[start]], [], start
-        while key in successor:
-            key, link = successor[key]
-            chain.append(layers[key])
-            links.append(link)
-        chains.append((chain, links))
-    return chains
-
-
-def _passes(facts: GraphFacts, node: onnx.NodeProto) -> str | None:
-    """How scaling passes through ``node``: "relu", "relu6" (a Clip(0, 6), to become a Relu),
-    "linear", or None (it does not)."""
-    if len([o for o in node.output if o]) != 1 and not (node.op_type == "Dropout" and _unused(facts, node.output[1:])):
-        return None
-    if node.op_type == "Relu":
-        return "relu"
-    if node.op_type in _LINEAR:
-        return "linear"
-    if node.op_type == "Clip":
-        low, high = clip_bounds(facts.initializers, node)
-        if low == 0 and high == math.inf:
-            return "relu"
-        if low == 0 and high == 6:
-            return "relu6"
-    return None
-
-
-def _unused(facts: GraphFacts, names) -> bool:
-    return all(not n or (n not in facts.consumers and n not in facts.graph_outputs) for n in names)
 
 
 def _to_relu(node: onnx.NodeProto) -> None:

@@ -15,7 +15,7 @@ from lowbit.algorithms.layer_rows import sample_rows
 from lowbit.algorithms.row_cache import RowCache
 from lowbit.onnx.attributes import attribute, clip_bounds
 from lowbit.onnx.layers import WeightedLayer
-from lowbit.onnx.plan import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts
 from lowbit.progress import progress
 from lowbit.runtime import session
 

@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.onnx.attributes import attribute
-from lowbit.onnx.plan import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts
 
 
 @dataclass

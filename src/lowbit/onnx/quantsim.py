@@ -19,7 +19,8 @@ from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.fidelity import verify_export
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.onnx.load import load_model
-from lowbit.onnx.plan import GraphFacts, float_op_types, plan_model
+from lowbit.graph.placement import carries_input, plan, returned_values
+from lowbit.onnx.graph_view import GraphFacts, float_op_types
 from lowbit.onnx.qdq_insert import tagged_model
 from lowbit.progress import progress
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
@@ -52,8 +53,9 @@ class OnnxQuantSim(PlannedQuantizers):
         self.scheme = scheme
         self.threads = threads
         self.inputs = GraphInputs(self.model)
-        self.points = plan_model(self.model, self.target)
-        returned = GraphFacts(self.model).returned()
+        view = GraphFacts(self.model).view()
+        self.points = plan(view, self.target)
+        returned = returned_values(view)
         self._quantizers = {
             p.key: Quantizer(p.spec, model_output_scheme(scheme) if p.node in returned and p.role == "output"
                              else scheme)
@@ -147,10 +149,10 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def output_lsbs(self) -> list[float]:
         """Scale of the quantizer on each model output; NaN where one is not quantized per tensor."""
-        facts = GraphFacts(self.model)
+        view = GraphFacts(self.model).view()
         lsbs = []
-        for output in self.model.graph.output:
-            quantizer = self._quantizers.get(facts.source(output.name))
+        for output in view.outputs:
+            quantizer = self._quantizers.get(view.source(output, carries_input))
             usable = quantizer is not None and quantizer.encoding is not None and quantizer.spec.axis is None
             lsbs.append(float(quantizer.encoding.scale) if usable else float("nan"))
         return lsbs

@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import fx, nn
+from torch import nn
 
 from lowbit.algorithms.cross_layer_equalization import (EqualizedGroup, absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
+from lowbit.graph.chains import equalization_chains
 from lowbit.torch.batchnorm_fold import FoldedBatchNorm, fold_batchnorm
 from lowbit.torch.capture import trace_for
-
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
-_RELU_FUNCTIONS = (torch.relu, nn.functional.relu, torch.relu_)
-_HOMOGENEOUS_FUNCTIONS = _RELU_FUNCTIONS + (nn.functional.leaky_relu, nn.functional.dropout)
+from lowbit.torch.graph_view import fx_view
+from lowbit.torch.pair_saturation import is_depthwise
 
 
 def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> list[EqualizedGroup]:
@@ -24,12 +20,13 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
 
     1. BatchNorm is folded (``lowbit.fold_batchnorm``); each layer that absorbed the BN after it keeps
        the BN's output statistics (``layer.folded_batchnorm``), which step 5 follows through the scaling.
-    2. Chains of Conv1d/2d/3d/Linear layers are found with torch.fx where each layer's output feeds
-       only the next layer, through nothing but positive-homogeneous ops (ReLU, LeakyReLU, Identity,
-       Dropout, or no op) and ReLU6. Layers must be ungrouped or depthwise (groups == channels).
+    2. Chains of Conv1d/2d/3d/Linear layers are found in the torch.fx graph (``lowbit.graph.chains``,
+       the ONNX front end's rule too) where each layer's output feeds only the next layer, through
+       nothing but positive-homogeneous ops (ReLU, LeakyReLU, Identity, Dropout, or no op) and ReLU6.
+       Layers must be ungrouped or depthwise (groups == channels).
     3. **ReLU6 → ReLU.** relu6(s·x) ≠ s·relu6(x), so scaling through ReLU6 is not exact. As AIMET does,
-       every ReLU6 *module* between two equalized layers is replaced by ``nn.ReLU`` (named in
-       ``relu6_replaced``): **this changes the FP32 model slightly** (activations are no longer
+       every ReLU6 (or Hardtanh(0, 6)) *module* between two equalized layers is replaced by ``nn.ReLU``
+       (named in ``relu6_replaced``): **this changes the FP32 model slightly** (activations are no longer
        clipped at 6; MobileNetV2's accuracy survives it). Functional relu6/hardtanh calls are not
        replaced; they end a chain.
     4. Each chain is equalized: per channel, s = sqrt(r1·r2)/r2 for every consecutive pair, swept
@@ -46,9 +43,10 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
     gm = trace_for("equalize", model, example_input)
 
     groups = []
-    for chain, links in _chains(gm):
+    for found in equalization_chains(fx_view(gm)):
+        chain, links = [op.module for op in found.layers], found.links
         layers = [model.get_submodule(name) for name in chain]
-        relu6 = tuple(name for link in links for name in link.relu6)
+        relu6 = tuple(op.module for link in links for op in link.relu6)
         for name in relu6:
             model.set_submodule(name, nn.ReLU())
         for layer in layers:
@@ -60,7 +58,7 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
         with torch.no_grad():
             factors, sweeps = equalize_chain_([layer.weight.data for layer in layers],
                                               [layer.bias.data for layer in layers],
-                                              [_depthwise(layer) for layer in layers])
+                                              [is_depthwise(layer) for layer in layers])
             for layer, moment, factor in zip(layers, moments, factors):  # CLE scales inputs too: reset
                 if moment is not None:
                     layer.folded_batchnorm = FoldedBatchNorm.of(layer, moment[0] * factor, moment[1] * factor)
@@ -75,21 +73,10 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
                     shift = absorbable_shift(mean.to(nxt.weight.dtype), std.to(nxt.weight.dtype))
                     if bool((shift > 0).any()):
                         absorb_high_bias_(layers[k].bias.data, nxt.weight.data, nxt.bias.data, shift,
-                                          _depthwise(nxt))
+                                          is_depthwise(nxt))
                         absorbed.append(chain[k])
         groups.append(EqualizedGroup(tuple(chain), relu6, tuple(absorbed), sweeps))
     return groups
-
-
-@dataclass
-class _Link:
-    relu6: list[str]
-    relu: bool  # a ReLU (or a ReLU6 that becomes one) sits on the path
-
-
-def _depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups > 1 \
-        and layer.groups == layer.in_channels == layer.out_channels
 
 
 def _zero_free(layer: nn.Module) -> bool:
@@ -99,76 +86,3 @@ def _zero_free(layer: nn.Module) -> bool:
     if isinstance(layer.padding, str):
         return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
     return all(p == 0 for p in layer.padding)
-
-
-def _chains(gm: fx.GraphModule) -> list[tuple[list[str], list[_Link]]]:
-    """Maximal chains of eligible layers, each linked to the next through a single-use path."""
-    uses: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            uses[node.target] = uses.get(node.target, 0) + 1
-
-    def eligible(node) -> bool:
-        if not isinstance(node, fx.Node) or node.op != "call_module" or uses[node.target] != 1:
-            return False
-        module = gm.get_submodule(node.target)
-        return isinstance(module, _LAYERS) and (isinstance(module, nn.Linear) or module.groups == 1
-                                                or _depthwise(module))
-
-    successor: dict[fx.Node, tuple[fx.Node, _Link]] = {}
-    for node in gm.graph.nodes:
-        if not eligible(node):
-            continue
-        link, current = _Link([], False), node
-        while len(current.users) == 1:
-            user = next(iter(current.users))
-            others = list(user.args[1:]) + list(user.kwargs.values())
-            if user.args[:1] != (current,) or any(a is current for a in others):
-                break
-            if eligible(user):
-                layer, nxt = gm.get_submodule(node.target), gm.get_submodule(user.target)
-                if nxt.weight.shape[0 if _depthwise(nxt) else 1] == layer.weight.shape[0]:
-                    successor[node] = (user, link)
-                break
-            step = _passes(gm, user, uses)
-            if step is None:
-                break
-            if step == "relu6":
-                link.relu6.append(user.target)
-                link.relu = True
-            elif step == "relu":
-                link.relu = True
-            current = user
-    targets = {nxt for nxt, _ in successor.values()}
-    chains = []
-    for start in successor:
-        if start in targets:
-            continue
-        names, links, node = [start.target], [], start
-        while node in successor:
-            node, link = successor[node]
-            names.append(node.target)
-            links.append(link)
-        chains.append((names, links))
-    return chains
-
-
-def _passes(gm: fx.GraphModule, node: fx.Node, uses: dict[str, int]) -> str | None:
-    """How scaling passes through ``node``: "relu", "relu6" (a ReLU6 module used once, to be
-    replaced), "linear" (identity-like), or None (it does not)."""
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        if isinstance(module, nn.ReLU6) and uses[node.target] == 1:
-            return "relu6"
-        if isinstance(module, nn.ReLU):
-            return "relu"
-        if isinstance(module, _HOMOGENEOUS_MODULES):
-            return "linear"
-        return None
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        return "relu"
-    if node.op == "call_function" and node.target in _HOMOGENEOUS_FUNCTIONS:
-        return "linear"
-    if node.op == "call_method" and node.target in ("relu", "relu_"):
-        return "relu"
-    return None

@@ -11,7 +11,7 @@ from lowbit.target.points import QuantPoint
 from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.integer_softmax import IntegerSoftmax
-from lowbit.torch.plan import node_op_type
+from lowbit.torch.graph_view import node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
 
 ACTIVATION_QUANTIZERS = "activation_quantizers"
@@ -19,13 +19,14 @@ INTEGER_ADDS = "integer_adds"
 INTEGER_SOFTMAXES = "integer_softmaxes"
 
 
-def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str) -> dict[str, Quantizer]:
-    """Insert one Quantizer per point (in place) and return them by key."""
+def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str,
+                      returned: set[str]) -> dict[str, Quantizer]:
+    """Insert one Quantizer per point (in place) and return them by key; outputs of ``returned`` nodes
+    (those the model returns) calibrate with the model-output scheme."""
     gm.add_module(ACTIVATION_QUANTIZERS, nn.ModuleDict())
     holder = gm.get_submodule(ACTIVATION_QUANTIZERS)
     nodes = {n.name: n for n in gm.graph.nodes}
     quantizers: dict[str, Quantizer] = {}
-    returned = _returned_nodes(gm)
     for point in points:
         returns = point.role == "output" and point.node in returned
         quantizer = Quantizer(point.spec, model_output_scheme(scheme) if returns else scheme,
@@ -55,19 +56,6 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str)
     _emulate_integer_softmaxes(gm)
     _link_grid_followers(gm)
     return quantizers
-
-
-def _returned_nodes(gm: fx.GraphModule) -> set[str]:
-    """Names of the nodes whose value the model returns, directly or through pass-through ops."""
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    returned, pending = set(), list(output.all_input_nodes)
-    while pending:
-        node = pending.pop()
-        if node.name not in returned:
-            returned.add(node.name)
-            if node_op_type(gm, node) in PASSTHROUGH_OPS:
-                pending.extend(node.all_input_nodes)
-    return returned
 
 
 def _link_bias_sources(gm: fx.GraphModule) -> None:

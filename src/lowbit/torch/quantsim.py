@@ -14,6 +14,7 @@ from lowbit.data import as_call, batch_count, channels_last_call, checked_calls,
 from lowbit.errors import InputError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
+from lowbit.graph.placement import plan, returned_values
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import make_weight_estimator
 from lowbit.target import load_target
@@ -25,7 +26,7 @@ from lowbit.torch.module_graph import as_module_graph, functional_layer_types
 from lowbit.torch.insert import insert_quantizers, source_quantizer
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
 from lowbit.torch.op_types import module_op_type
-from lowbit.torch.plan import node_op_type, plan_graph
+from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
@@ -65,8 +66,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
         if self.capture_mode == "fx":
             graph_module = as_module_graph(graph_module)
             dtypes = node_dtypes(graph_module, placeholder_values(graph_module, copied, args, kwargs))
-            self.points = plan_graph(graph_module, dtypes, self.target)
-            self._quantizers = insert_quantizers(graph_module, self.points, scheme)
+            view = fx_view(graph_module, dtypes)
+            self.points = plan(view, self.target)
+            self._quantizers = insert_quantizers(graph_module, self.points, scheme, returned_values(view))
             self.model = graph_module
         else:
             self.model, self.points, self._quantizers = wrap_leaf_modules(copied, self.target, scheme)
