@@ -4,7 +4,7 @@ On the W4A8 MobileNetV2 (256 calibration images), every ``--stride``-th weight l
 from the same cached rows (the calibrated sim's quantized inputs, float outputs) with each
 iteration count; the figure is the layer's output MSE relative to nearest rounding, averaged over
 the layers, and its excess over the 10 000-iteration result. The smallest count within 2 % of it
-is lowbit's default (``lowbit.torch.adaround.DEFAULT_ITERATIONS``); bench_ptq.py then checks the
+is lowbit's default (``lowbit.algorithms.adaround_rows.DEFAULT_ITERATIONS``); bench_ptq.py then checks the
 whole model's agreement.
 
 With ``--granularity block`` every ``--stride``-th graph block is rounded instead (block output MSE).
@@ -77,7 +77,7 @@ def main() -> None:
                 with torch.no_grad():
                     for wrapper, original in zip(wrappers, originals):
                         wrapper.layer.weight.copy_(original)
-                        wrapper.weight_quantizer.frozen = False
+                        wrapper.weight_quantizer.frozen_by = None
         print(name, " ".join(f"{n}:{r[-1]:.3f}" for n, r in ratios.items()), flush=True)
     reference = sum(ratios[max(counts)]) / len(names)
     rows, payload = [], {}

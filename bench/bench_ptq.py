@@ -25,7 +25,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit.torch.adaround import DEFAULT_ITERATIONS  # noqa: E402
+from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
 N_LABELLED = 20

@@ -207,12 +207,13 @@ def test_demo_quick(tmp_path):
 
 @pytest.mark.slow
 def test_quantize_with_techniques(npy, tmp_path):
-    """--techniques runs equalization before calibration, sequential MSE and bias correction after, and
-    the summary has one line per step."""
+    """--techniques runs equalization (which folds BatchNorm) before calibration, sequential MSE and bias
+    correction after, and the summary has one line per step."""
     out = tmp_path / "out"
     result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--techniques",
                      "bias_correction,sequential_mse,equalize"])
     assert_exported(result, out)
     steps = [line.split("|")[2].strip() for line in result.output.splitlines() if line.startswith("| technique |")]
-    assert [step.split(":")[0] for step in steps] == ["fold batchnorm", "equalize", "calibrate", "sequential mse",
+    assert [step.split(":")[0] for step in steps] == ["equalize", "calibrate", "sequential mse",
                                                     "bias correction (empirical)"]
+    assert steps[0].endswith("(BatchNorm folded)")

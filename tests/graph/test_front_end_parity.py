@@ -80,3 +80,40 @@ def test_both_front_ends_equalize_the_same_chains(networks):
         assert _chains(torch_groups) == _chains(onnx_groups), name
         compared += len(torch_groups)
     assert compared >= 16 + 2  # MobileNetV2's 16 chains, and the audio and decoder models' own
+
+
+def _small_cnn() -> torch.nn.Module:
+    """Conv-BN-ReLU, depthwise-BN-ReLU6, pointwise, pooling, Linear, with trained-looking BN statistics."""
+    nn = torch.nn
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+                          nn.Conv2d(8, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.6)
+    return model.eval()
+
+
+def test_both_front_ends_run_the_same_technique_sequence_and_rules(tmp_path):
+    model = _small_cnn()
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    data = [images[:8], images[8:]]
+    path = _export(model, images[:8], tmp_path / "small.onnx", keep_batchnorm=True)
+    sims = {}
+    for name, given, batches in (("torch", model, data), ("onnx", path, [b.numpy() for b in data])):
+        sim = lowbit.quantize(given, batches, techniques=("equalize", "sequential_mse", "bias_correction"))
+        sims[name] = (sim, batches)
+    lines = {name: sim.technique_results for name, (sim, _) in sims.items()}
+    assert [line.split(":")[0] for line in lines["torch"]] == [line.split(":")[0] for line in lines["onnx"]]
+    assert lines["torch"][0] == lines["onnx"][0] == "equalize: 1 layer groups (BatchNorm folded)"
+    for sim, batches in sims.values():
+        assert {q.frozen_by for k, q in sim.quantizers().items() if sim.point(k).role == "weight"} == {"sequential_mse"}
+        assert len(lowbit.correct_bias(sim, batches).corrected) == 4
+        lowbit.adaround(sim, batches, num_iterations=10)
+        assert {q.frozen_by for k, q in sim.quantizers().items() if sim.point(k).role == "weight"} == {"adaround"}
+        after = lowbit.correct_bias(sim, batches)
+        assert after.corrected == () and len(after.skipped) == 4  # AdaRound fitted their output means

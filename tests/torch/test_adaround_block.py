@@ -93,7 +93,7 @@ def test_block_rounding_reports_the_whole_sims_error_and_beats_nearest():
         ratio = model[int(name)].weight.detach() / scale
         grid = wrapper.layer.weight.detach() / scale
         assert bool((torch.isclose(grid, ratio.floor(), atol=1e-4) | torch.isclose(grid, ratio.ceil(), atol=1e-4)).all())
-        assert wrapper.weight_quantizer.frozen and wrapper.layer.rounded_by_adaround
+        assert wrapper.weight_quantizer.frozen_by == "adaround"
         assert wrapper.weight_quantizer.__class__.__name__ == "Quantizer"
 
 

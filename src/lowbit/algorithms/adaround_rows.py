@@ -11,6 +11,10 @@ from lowbit.algorithms.soft_rounding import SoftRounding, learn_rounding
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize
 
+DEFAULT_ITERATIONS = 1000
+"""AdaRound's iterations per block or layer, on both front ends: chosen with
+bench/bench_adaround_iterations.py (per layer and ``--granularity block``) against the paper's 10 000."""
+
 
 def round_on_rows(weight: torch.Tensor, bias: torch.Tensor | None, groups: int, encoding: Encoding,
                   cache: RowCache, activation, iterations: int, batch_rows: int, learning_rate: float,

@@ -79,3 +79,9 @@ def expected_output_shift(weight_error: torch.Tensor, input_mean: torch.Tensor, 
 def correct_bias_(bias: torch.Tensor, shift: torch.Tensor) -> None:
     """In place: ``bias −= Δ`` (through the tensor itself, so its version counter moves)."""
     bias.sub_(shift.to(bias.dtype))
+
+
+def keeps_bias(weight_quantizer) -> bool:
+    """Whether bias correction leaves a layer alone: AdaRound rounded it, and its learned rounding
+    already fits the layer's output mean on quantized inputs (correcting it again undoes that)."""
+    return weight_quantizer.frozen_by == "adaround"

@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
-from lowbit.algorithms.adaround_rows import round_on_rows
+from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS, round_on_rows
 from lowbit.algorithms.layer_rows import rows_forward
 from lowbit.algorithms.sequential_mse import (SequentialMSEResult, check_options, output_error,
                                               search_weight_encoding)
@@ -22,11 +22,6 @@ from lowbit.onnx.graph_view import GraphFacts
 from lowbit.progress import progress
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize
-
-DEFAULT_ITERATIONS = 1000
-"""Iterations per layer: the PyTorch front end's per-layer default (within 2 % of 10 000 in layer
-output error, bench/bench_adaround_iterations.py)."""
-
 
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
@@ -58,7 +53,7 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
                 warm_start, generator, f"at layer {layer.name!r}")
         layer.weight = kept.to(torch.float64)
         layer.write(facts.graph, facts)
-        quantizer.freeze(quantizer.encoding)
+        quantizer.freeze(quantizer.encoding, by="adaround")
         sim.weights_changed()
         rounded.append(LayerRounding((layer.name,), run, time.perf_counter() - layer_start, nearest_mse, kept_mse))
     return AdaroundResult(tuple(rounded), skipped, time.perf_counter() - start)
@@ -85,7 +80,7 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
                                    lambda: cache.chunks("cpu"), layer_output)
             search = search_weight_encoding(weight, spec, lambda: cache.chunks("cpu"), layer_output,
                                             num_candidates, loss)
-        quantizer.freeze(dataclasses.replace(search.encoding, spec=quantizer.spec))
+        quantizer.freeze(dataclasses.replace(search.encoding, spec=quantizer.spec), by="sequential_mse")
         sim.weights_changed()
         optimized.append(layer.name)
         before.append(current.mse)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from onnx import helper, numpy_helper
 
-from lowbit.algorithms.bias_correction import BiasCorrectionResult, correct_bias_, expected_output_shift
+from lowbit.algorithms.bias_correction import BiasCorrectionResult, correct_bias_, expected_output_shift, keeps_bias
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.onnx.calibrate import add_reduction
 from lowbit.onnx.layers import WeightedLayer, weighted_layer
@@ -28,7 +28,7 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     E[x] per input channel is the mean of the layer's input in the simulated graph (every quantizer
     active) over one pass over ``data``, taken inside onnxruntime (ReduceMean), before any correction.
     Other weight-quantized layers (ConvTranspose, Gather, a MatMul without such an Add, a shared
-    weight) are skipped and named. NotCalibratedError on an uncalibrated sim; DataError on empty data.
+    weight, a layer AdaRound rounded) are skipped and named. NotCalibratedError on an uncalibrated sim; DataError on empty data.
     """
     if not sim.is_calibrated:
         raise NotCalibratedError("bias correction needs a calibrated sim: call sim.calibrate(data) first")
@@ -36,8 +36,9 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     nodes = {node.name: node for node in facts.graph.node}
     layers: list[WeightedLayer] = []
     skipped = []
+    quantizers = sim.quantizers()
     for point in [p for p in sim.points if p.role == "weight"]:
-        layer = weighted_layer(facts, nodes[point.node])
+        layer = None if keeps_bias(quantizers[point.key]) else weighted_layer(facts, nodes[point.node])
         if layer is None or layer.ensure_bias() is None:
             skipped.append(point.node)
         else:
@@ -45,8 +46,7 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     feeds = sim.feeds_of(data, transform, num_batches)
     if not feeds:
         raise DataError("bias correction needs data: no batch was produced")
-    means = _input_means(sim, layers, feeds)
-    quantizers = sim.quantizers()
+    means = _input_means(sim, layers, feeds) if layers else {}
     weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}
     shifts = []
     for layer in layers:

@@ -29,7 +29,7 @@ class Quantizer(nn.Module):
         self.scheme = scheme
         self.divide = divide
         self.mode = "off"
-        self.frozen = False
+        self.frozen_by: str | None = None
         self.estimator: RangeEstimator | None = None
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("offset", torch.empty(0, dtype=torch.int64))
@@ -48,11 +48,17 @@ class Quantizer(nn.Module):
         self.scale = encoding.scale.detach().to(device, torch.float32).clone()
         self.offset = encoding.offset.detach().to(device, torch.int64).clone()
 
-    def freeze(self, encoding: Encoding) -> None:
-        """Set ``encoding`` and keep it: weight calibration no longer recomputes it (AdaRound and
-        sequential MSE choose weight encodings this way)."""
+    @property
+    def frozen(self) -> bool:
+        """Whether a technique chose this encoding (``frozen_by`` names it) and calibration keeps it."""
+        return self.frozen_by is not None
+
+    def freeze(self, encoding: Encoding, by: str) -> None:
+        """Set ``encoding`` and keep it: weight calibration no longer recomputes it. ``by`` names the
+        technique that chose it ("adaround", "sequential_mse"), so later techniques follow their rules
+        on every front end."""
         self.encoding = encoding
-        self.frozen = True
+        self.frozen_by = by
         self.mode = "quantize"
 
     def start_calibration(self) -> None:

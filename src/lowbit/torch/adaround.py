@@ -8,7 +8,7 @@ import time
 import torch
 
 from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
-from lowbit.algorithms.adaround_rows import round_on_rows
+from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS, round_on_rows
 from lowbit.algorithms.layer_rows import layer_groups
 from lowbit.algorithms.row_cache import RowCache
 from lowbit.errors import SpecError
@@ -19,13 +19,6 @@ from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
 from lowbit.torch.weight_quantized import WeightQuantized
 
-DEFAULT_ITERATIONS = 1000
-"""Iterations per block or layer: per layer, the smallest count within 2 % of the paper's 10 000 in
-layer output error (bench/bench_adaround_iterations.py); per block, 1000 is 11 % above 10 000 in block
-output error, 2000 no better than 1000, 500 90 % above (same bench, ``--granularity block``). Block-wise
-at 250 or more already beats the paper's 10 000-iteration layer recipe in agreement (bench_ptq.py)."""
-
-
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
@@ -33,9 +26,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
              batch_samples: int = 16) -> AdaroundResult:
     """AdaRound (Nagel et al. 2020) on every weight-quantized Conv1d/Conv2d/Linear of a calibrated
     ``sim``, in place; the chosen roundings are written into the weights (on the grid) and their
-    encodings frozen, so calibration keeps them and export writes them like any other. Each rounded
-    layer is marked ``rounded_by_adaround``: bias correction leaves it alone, since the learned
-    rounding already fits its output mean on quantized inputs.
+    encodings frozen (``frozen_by="adaround"``), so calibration keeps them and export writes them like
+    any other, and bias correction leaves the layers alone (``lowbit.algorithms.bias_correction``).
 
     ``granularity="block"`` (the default) rounds the layers of each graph block together (BRECQ's
     unit, Li et al. 2021: spans of the torch.fx graph between points where one value is live, merged
@@ -125,6 +117,5 @@ def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activatio
         batch_rows, learning_rate, reg_weight, warm_start, generator, f"at layer {name!r}")
     with torch.no_grad():
         layer.weight.copy_(kept)
-        layer.rounded_by_adaround = True
-    quantizer.freeze(quantizer.encoding)
+    quantizer.freeze(quantizer.encoding, by="adaround")
     return run, nearest_mse, kept_mse

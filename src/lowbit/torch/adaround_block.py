@@ -49,13 +49,11 @@ def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantiz
         nearest = [fake_quantize(wrapper.layer.weight, quantizer.encoding)
                    for wrapper, quantizer in zip(wrappers, quantizers)]
         for quantizer in quantizers:
-            quantizer.freeze(quantizer.encoding)
+            quantizer.freeze(quantizer.encoding, by="adaround")
         nearest_mse = _block_mse(module, wrappers, nearest, cache)
         rounded_mse = _block_mse(module, wrappers, rounded, cache)
         if nearest_mse <= rounded_mse:
             _set_weights(wrappers, nearest)
-        for wrapper in wrappers:
-            wrapper.layer.rounded_by_adaround = True
     return run, nearest_mse, min(nearest_mse, rounded_mse)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lowbit.algorithms.bias_correction import (BiasCorrectionResult, InputMean, correct_bias_,
+from lowbit.algorithms.bias_correction import (BiasCorrectionResult, InputMean, correct_bias_, keeps_bias,
                                                expected_output_shift)
 from lowbit.algorithms.bias_correction_analytical import ChannelStatistics
 from lowbit.errors import DataError, NotCalibratedError, SpecError
@@ -65,7 +65,7 @@ def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | Non
 
     wrappers = {name: m for name, m in sim.model.named_modules() if isinstance(m, WeightQuantized)}
     layers = {name: w for name, w in wrappers.items() if isinstance(w.layer, _CONVOLUTIONS + (nn.Linear,))
-              and not getattr(w.layer, "rounded_by_adaround", False)}
+              and not keeps_bias(w.weight_quantizer)}
     means = _derived_input_means(sim.model, layers) if mode == "analytical" else {}
     derived = set(means)
     measure = {name: wrapper for name, wrapper in layers.items() if name not in means}

@@ -56,7 +56,7 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
             rows = lambda: cache.chunks(layer_inputs.device)
             current = output_error(fake_quantize(weight, quantizer.encoding), rows, layer_output)
             search = search_weight_encoding(weight, quantizer.spec, rows, layer_output, num_candidates, loss)
-        quantizer.freeze(search.encoding)
+        quantizer.freeze(search.encoding, by="sequential_mse")
         optimized.append(name)
         before.append(current.mse)
         after.append(search.error.mse)
