@@ -27,9 +27,13 @@ def _marked(quantizer: Quantizer, centred: torch.Tensor) -> torch.Tensor:
 
 def test_skips_only_where_the_activation_is_the_identity_on_the_grid():
     inside, outside = _quantizer(6 / 255, 0), _quantizer(0.05, -100)  # [0, 6] vs [-5, 7.75]
-    activation = nn.ReLU6()
-    assert link_grid_follower(activation, inside) and link_grid_follower(activation, outside)
+    holder = nn.Sequential(nn.ReLU6())
+    original = holder[0]
+    assert link_grid_follower(holder, "0", inside) and link_grid_follower(holder, "0", outside)
+    activation = holder[0]
     assert isinstance(activation, ReLU6) and isinstance(activation, nn.ReLU6)
+    assert type(original) is nn.ReLU6  # replaced by a copy, never re-classed
+    assert not link_grid_follower(nn.Sequential(nn.GELU()), "0", inside)
     with torch.no_grad():
         on_inside = _marked(inside, torch.arange(0.0, 256.0))
         assert activation(on_inside) is on_inside
@@ -84,7 +88,7 @@ def test_fast_no_grad_path_equals_the_plain_emulation():
     with torch.enable_grad():
         assert torch.equal(sim(data[0]).detach(), fast)
     copied = copy.deepcopy(sim.model)  # as the export copies it
-    assert copied.get_submodule("relu").__dict__["_grid_quantizers"][0] is not \
-        sim.model.get_submodule("relu").__dict__["_grid_quantizers"][0]
+    assert copied.get_submodule("relu").grid_quantizers[0] is not sim.model.get_submodule("relu").grid_quantizers[0]
+    assert copied.get_submodule("relu").grid_quantizers[0] is copied.get_submodule("activation_quantizers.relu")
     with torch.no_grad():
         assert torch.equal(copied(data[0]), fast)

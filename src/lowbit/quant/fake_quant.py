@@ -64,17 +64,17 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
 def _fake_quantize_per_tensor_values(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """The values of torch's fused per-tensor kernel (round(x · fl(1/scale)), clamped, times scale),
     bit for bit, with vectorised ops and no gradient mask: for when no gradient is needed."""
-    low = float(encoding.offset.reshape(()))
+    low = _grid_low(encoding, x)
     grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
-    return grid.clamp_(low, low + encoding.spec.levels - 1).mul_(encoding.scale.reshape(()))
+    return grid.clamp_(low, low + (encoding.spec.levels - 1)).mul_(encoding.scale.reshape(()))
 
 
 def fake_quantize_per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
     """The values of :func:`_fake_quantize_per_tensor_values` (float32, per-tensor, no gradient) and
     the centred grid indices c they are c · scale of (float32)."""
-    low = float(encoding.offset.reshape(()))
+    low = _grid_low(encoding, x)
     grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
-    grid.clamp_(low, low + encoding.spec.levels - 1)
+    grid.clamp_(low, low + (encoding.spec.levels - 1))
     return torch.mul(grid, encoding.scale.reshape(())), grid
 
 
@@ -136,3 +136,10 @@ class _PerTensorStraightThrough(torch.autograd.Function):
     def backward(ctx, gradient):
         (inside,) = ctx.saved_tensors
         return gradient * inside, None, None, None, None
+
+
+def _grid_low(encoding: Encoding, x: torch.Tensor) -> float | torch.Tensor:
+    """The lowest centred grid index of a per-tensor encoding: a float (the faster clamp bound), or a
+    tensor while torch.compile traces (reading a float would break its graph)."""
+    low = encoding.offset.reshape(())
+    return low.to(x.dtype) if torch.compiler.is_compiling() else float(low)

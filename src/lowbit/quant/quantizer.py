@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -13,6 +14,19 @@ from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_
 from lowbit.quant.layout import encoding_shape
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
 from lowbit.quant.spec import QuantSpec
+
+
+def fast_path_allowed() -> bool:
+    """Whether grids may be handed from kernel to kernel and integer forms cached: in eager mode, not
+    while exporting, tracing or compiling (those see the plain emulation, which computes the same values)."""
+    return not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _forget_grid(quantizer_ref: weakref.ref, marked: weakref.ref) -> None:
+    """Drop a quantizer's grid record once the tensor it describes is gone."""
+    quantizer = quantizer_ref()
+    if quantizer is not None and quantizer.__dict__.get("_on_grid", (None,))[0] is marked:
+        del quantizer.__dict__["_on_grid"]
 
 
 class Quantizer(nn.Module):
@@ -92,12 +106,11 @@ class Quantizer(nn.Module):
         needs no gradient, forward returns it as is (fake-quantizing it again would not change it).
 
         ``integers``, when given, are the centred grid indices c (as float32) with x = c · scale, kept
-        alongside ``x`` (for as long as ``x`` lives) so that integer kernels reading ``x`` need not
+        by this quantizer for as long as ``x`` lives, so that integer kernels reading ``x`` need not
         recompute round(x / scale), which equals c exactly for such x.
         """
-        object.__setattr__(self, "_on_grid", (weakref.ref(x), x._version))
-        if integers is not None:
-            x._lowbit_grid = (integers, self.scale)
+        marked = weakref.ref(x, functools.partial(_forget_grid, weakref.ref(self)))
+        self._on_grid = (marked, x._version, integers, self.scale)
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
@@ -107,6 +120,8 @@ class Quantizer(nn.Module):
 
     def _is_on_grid(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is the tensor last marked by :meth:`mark_on_grid`, unmodified since."""
+        if not fast_path_allowed():
+            return False
         marked = self.__dict__.get("_on_grid")
         return (marked is not None and marked[0]() is x and x._version == marked[1]
                 and not (torch.is_grad_enabled() and x.requires_grad))
@@ -116,10 +131,11 @@ class Quantizer(nn.Module):
         :meth:`mark_on_grid`, when ``x`` is on this quantizer's grid and ``scale`` is its scale."""
         if self.mode != "quantize" or not self._is_on_grid(x):
             return None
-        stored = getattr(x, "_lowbit_grid", None)
-        if stored is None or stored[1] is not self.scale or not torch.equal(scale.reshape(()), self.scale.reshape(())):
+        _, _, integers, marked_scale = self.__dict__["_on_grid"]
+        if integers is None or marked_scale is not self.scale or not torch.equal(scale.reshape(()),
+                                                                                 self.scale.reshape(())):
             return None
-        return stored[0]
+        return integers
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """What forward returns in ``"quantize"`` mode for an unmarked ``x`` (marks nothing)."""
@@ -133,8 +149,7 @@ class Quantizer(nn.Module):
                 return x
             if (not self.divide and self.spec.axis is None and self.spec.block_size is None
                     and x.dtype == torch.float32
-                    and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
-                    and not torch.jit.is_tracing() and self.scale.dim() == 0):
+                    and not torch.is_grad_enabled() and fast_path_allowed() and self.scale.dim() == 0):
                 output, integers = fake_quantize_per_tensor_grid(x, self.encoding)
                 self.mark_on_grid(output, integers)
                 return output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.quantizer import Quantizer, fast_path_allowed
 
 
 class _SkipsOnGrid:
@@ -17,16 +17,16 @@ class _SkipsOnGrid:
     Exact wherever the module is called: the check covers every tensor on the grid, signed zero included.
     """
 
+    grid_quantizers: tuple = ()
+
     def link_grid_quantizer(self, quantizer: Quantizer) -> None:
-        """Skip on tensors on ``quantizer``'s grid (held by reference) when that is exact."""
-        linked = self.__dict__.get("_grid_quantizers", ())
-        if not any(q is quantizer for q in linked):
-            object.__setattr__(self, "_grid_quantizers", linked + (quantizer,))
+        """Skip on tensors on ``quantizer``'s grid (held by reference, not as a submodule) when that is exact."""
+        if not any(q is quantizer for q in self.grid_quantizers):
+            self.grid_quantizers = self.grid_quantizers + (quantizer,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        linked = self.__dict__.get("_grid_quantizers", ())
-        if linked and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export() \
-                and not torch.jit.is_tracing():
+        linked = self.grid_quantizers
+        if linked and not torch.is_grad_enabled() and fast_path_allowed():
             for quantizer in linked:
                 if quantizer.mode == "quantize" and quantizer._is_on_grid(x) and self._identity_on_grid(quantizer):
                     return x
@@ -41,8 +41,7 @@ class _SkipsOnGrid:
             if entry[0] is quantizer and entry[1] == key:
                 return entry[2]
         entry = (quantizer, key, self._check_identity(quantizer), (quantizer.scale, quantizer.offset))
-        object.__setattr__(self, "_grid_identity_cache",
-                           tuple(e for e in cache if e[0] is not quantizer) + (entry,))
+        self._grid_identity_cache = tuple(e for e in cache if e[0] is not quantizer) + (entry,)
         return entry[2]
 
     def _check_identity(self, quantizer: Quantizer) -> bool:
@@ -72,19 +71,30 @@ class Hardtanh(_SkipsOnGrid, nn.Hardtanh):
     """nn.Hardtanh that skips itself on grids it cannot change (see :class:`_SkipsOnGrid`)."""
 
 
-SKIPPING = {nn.ReLU: ReLU, nn.ReLU6: ReLU6, nn.Hardtanh: Hardtanh}
-"""Activation module types (exact types) → their skipping subclasses."""
+def skipping_copy(activation: nn.Module) -> nn.Module | None:
+    """A new skipping module computing what ``activation`` (an exact nn.ReLU, nn.ReLU6 or nn.Hardtanh)
+    computes, or None for another type."""
+    kind = type(activation)
+    if kind is nn.ReLU:
+        copy = ReLU(activation.inplace)
+    elif kind is nn.ReLU6:
+        copy = ReLU6(activation.inplace)
+    elif kind is nn.Hardtanh:
+        copy = Hardtanh(activation.min_val, activation.max_val, activation.inplace)
+    else:
+        return None
+    return copy.train(activation.training)
 
 
-def link_grid_follower(activation: nn.Module, quantizer: Quantizer) -> bool:
-    """Make ``activation`` (an exact nn.ReLU, nn.ReLU6 or nn.Hardtanh, or one already made so) skip
-    itself on ``quantizer``'s grid when that is exact; False when it is of another type."""
-    if isinstance(activation, _SkipsOnGrid):
-        activation.link_grid_quantizer(quantizer)
-        return True
-    skipping = SKIPPING.get(type(activation))
-    if skipping is None:
-        return False
-    activation.__class__ = skipping
+def link_grid_follower(gm: nn.Module, path: str, quantizer: Quantizer) -> bool:
+    """Let the activation at ``path`` of the sim's graph module ``gm`` skip itself on ``quantizer``'s grid
+    when that is exact: a plain ReLU, ReLU6 or Hardtanh is replaced there by its skipping copy (the
+    graph and the module path stay as they are). False when the module is of another type."""
+    activation = gm.get_submodule(path)
+    if not isinstance(activation, _SkipsOnGrid):
+        activation = skipping_copy(activation)
+        if activation is None:
+            return False
+        gm.set_submodule(path, activation)
     activation.link_grid_quantizer(quantizer)
     return True

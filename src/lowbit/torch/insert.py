@@ -210,8 +210,8 @@ def _reader_quantizer(gm: fx.GraphModule, node) -> tuple[Quantizer | None, bool]
 
 def _link_grid_followers(gm: fx.GraphModule) -> None:
     """Let each Relu/Clip module fused between a weight-quantized layer and its output quantizer skip
-    itself on that quantizer's grid when it is the identity there (the module's class becomes a
-    subclass of its own; the graph is unchanged)."""
+    itself on that quantizer's grid when it is the identity there (the module is replaced by a copy of
+    a skipping subclass; the graph is unchanged)."""
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
             continue
@@ -231,4 +231,4 @@ def _link_grid_followers(gm: fx.GraphModule) -> None:
             chain = []
         for follower in chain:
             if follower.op == "call_module":
-                link_grid_follower(gm.get_submodule(follower.target), quantizer)
+                link_grid_follower(gm, follower.target, quantizer)

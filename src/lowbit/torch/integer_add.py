@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.quantizer import Quantizer, fast_path_allowed
 from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid, stored_zero_point
 
 
@@ -20,7 +20,7 @@ class IntegerAdd(nn.Module):
     def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer,
                  through_relu: bool = False):
         super().__init__()
-        object.__setattr__(self, "quantizers", (a_quantizer, b_quantizer, output_quantizer))
+        self.quantizers = (a_quantizer, b_quantizer, output_quantizer)  # by reference, not submodules
         self.through_relu = through_relu
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ class IntegerAdd(nn.Module):
         encodings = tuple(q.encoding for q in self.quantizers)
         if not emulable_add(*encodings) or (self.through_relu and not _starts_at_zero(encodings[2])):
             return a + b
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and fast_path_allowed():
             a_quantizer, b_quantizer, output_quantizer = self.quantizers
             exact, integers = requantized_add_grid(
                 a, b, *encodings, a_integers=a_quantizer.grid_integers(a, a_quantizer.scale),
@@ -38,6 +38,8 @@ class IntegerAdd(nn.Module):
             return exact
         total = a + b
         exact = requantized_add(a.detach(), b.detach(), *encodings)
+        if not torch.is_grad_enabled():
+            return exact
         return total + (exact - total).detach()
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.int32_bias import int32_bias
-from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.quantizer import Quantizer, fast_path_allowed
 from lowbit.torch import pair_saturation
 from lowbit.torch.layer_wrapper import LayerWrapper
 from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable,
@@ -61,20 +61,30 @@ class WeightQuantized(LayerWrapper):
         super().__init__(layer)
         self.weight_quantizer = weight_quantizer
         self.int16_pairs = False
-        self.link_input_quantizer(None)
-        self.link_output_quantizer(None)
+        self.links = (None, True, None)  # input quantizer, input direct, output quantizer: by reference
         self._forward = next((f for cls, f in _FORWARDS.items()
                               if isinstance(layer, cls) and type(layer).forward is cls.forward), None)
 
     def link_input_quantizer(self, quantizer: Quantizer | None, direct: bool = True) -> None:
         """Remember (without owning it as a submodule) the quantizer of this layer's input; ``direct``:
         no op that stays in the ONNX export (Flatten, Reshape …) lies between them."""
-        object.__setattr__(self, "input_quantizer", quantizer)
-        object.__setattr__(self, "input_direct", direct)
+        self.links = (quantizer, direct, self.links[2])
 
     def link_output_quantizer(self, quantizer: Quantizer | None) -> None:
         """Remember the quantizer that ends this layer's fused group (layer → activation → quantizer)."""
-        object.__setattr__(self, "output_quantizer", quantizer)
+        self.links = (self.links[0], self.links[1], quantizer)
+
+    @property
+    def input_quantizer(self) -> Quantizer | None:
+        return self.links[0]
+
+    @property
+    def input_direct(self) -> bool:
+        return self.links[1]
+
+    @property
+    def output_quantizer(self) -> Quantizer | None:
+        return self.links[2]
 
     def forward(self, x, *args, **kwargs):
         if self._forward is None or args or kwargs:
@@ -139,17 +149,18 @@ class WeightQuantized(LayerWrapper):
         linked = (self.input_quantizer, self.output_quantizer)
         return (isinstance(self.weight_quantizer, Quantizer) and self.weight_quantizer.mode == "quantize"
                 and all(q is None or isinstance(q, Quantizer) for q in linked)
-                and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing())
+                and fast_path_allowed())
 
     def _frozen(self):
         """The no-gradient form of the layer (integer form, or quantized weight, bias and saturating
         pairs), cached until the weight, the bias or a linked quantizer's mode or encoding changes."""
-        key = self._state_key()
+        tensors, state = self._state_tensors(), self._state()
         cached = self.__dict__.get("_frozen_cache")
-        if cached is None or cached[0] != key:
+        if (cached is None or cached[2] != state or len(cached[0]) != len(tensors)
+                or any(a is not b for a, b in zip(cached[0], tensors))):
             with torch.no_grad():
-                cached = (key, self._freeze(), self._state_tensors())
-            object.__setattr__(self, "_frozen_cache", cached)
+                cached = (tensors, self._freeze(), state)
+            self._frozen_cache = cached
         return cached[1]
 
     def _freeze(self):
@@ -161,16 +172,16 @@ class WeightQuantized(LayerWrapper):
         return weight, self._bias(), self._linear_pairs(weight)
 
     def _state_tensors(self) -> tuple:
-        """The tensors the frozen form depends on (held so that their ids stay unique)."""
+        """The tensors the frozen form depends on (compared by identity, then by version and storage)."""
         quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
         buffers = tuple(t for q in quantizers if q is not None for t in (q.scale, q.offset))
         return (self.layer.weight, getattr(self.layer, "bias", None)) + buffers
 
-    def _state_key(self) -> tuple:
-        """Identity, version and storage of every state tensor, plus the quantizers' modes and specs."""
-        tensors = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in self._state_tensors())
+    def _state(self) -> tuple:
+        """Version and storage of every state tensor, the quantizers' modes and specs, the pair setting."""
+        tensors = tuple(None if t is None else (t._version, t.data_ptr()) for t in self._state_tensors())
         quantizers = (self.input_quantizer, self.weight_quantizer, self.output_quantizer)
-        return (tensors + tuple(None if q is None else (id(q), q.mode, q.spec, q.divide) for q in quantizers)
+        return (tensors + tuple(None if q is None else (q.mode, q.spec, q.divide) for q in quantizers)
                 + (self.int16_pairs,))
 
     def integer_kernel_in_float(self) -> bool:
