@@ -43,6 +43,8 @@ def run_demo(out_dir, calibration_images: int = 64, quick: bool = False) -> dict
         "labelled_images": len(labels),
         "evaluation_images": len(evaluation),
         "calibration_seconds": sim.calibration_seconds,
+        "runtime": sim.runtime.name,
+        "weight_bits": sorted({q.spec.bits for k, q in sim.quantizers().items() if sim.point(k).role == "weight"}),
         "accuracy": {k: float((v[:len(labels)] == labels).float().mean()) for k, v in top1.items()},
         "agreement_with_fp32": {k: float((top1[k] == top1["fp32"]).float().mean()) for k in ("sim", "onnxruntime")},
         "sim_vs_onnxruntime": {"top1_agreement": fidelity.top1_agreement, "max_error_lsb": fidelity.max_error_lsb},
@@ -101,7 +103,8 @@ def _table(results: dict, fidelity) -> str:
         f"| top-1 agreement with FP32 ({results['evaluation_images']} images) |",
         "|---|---|---|",
         f"| FP32 (torch) | {acc['fp32']:.0%} | - |",
-        f"| int8 sim (cpu-int8: W7A8, depthwise W8) | {acc['sim']:.0%} | {agree['sim']:.1%} |",
+        f"| int8 sim (cpu-int8 for {results['runtime']}: weights of "
+        f"{'/'.join(map(str, results['weight_bits']))} bits) | {acc['sim']:.0%} | {agree['sim']:.1%} |",
         f"| onnxruntime int8 (QDQ) | {acc['onnxruntime']:.0%} | {agree['onnxruntime']:.1%} |",
         "",
         f"sim vs onnxruntime: {fidelity.row()}",

@@ -21,8 +21,8 @@ def _sqnr(reference, output):
 
 @pytest.fixture(scope="module")
 def onnx_analysis(planted, tmp_path_factory):
-    """The planted model exported to ONNX, quantized with 7-bit weights (the cpu-int8 preset: no int16
-    saturation in onnxruntime on any x86 CPU) and analysed."""
+    """The planted model exported to ONNX, quantized with the cpu-int8 preset (7-bit weights where
+    onnxruntime's int16 pairs could saturate, 8-bit where its sums are exact) and analysed."""
     model, data = planted
     folder = tmp_path_factory.mktemp("onnx_analysis")
     path = folder / "small.onnx"

@@ -50,8 +50,10 @@ def _quantized(gm, node) -> bool:
 # --------------------------------------------------------------------------- MobileNetV2, BN folded
 
 @pytest.fixture(scope="module")
-def mobilenet_plan_sim(fresh_mobilenet_sim):
-    return fresh_mobilenet_sim
+def mobilenet_plan_sim(folded_mobilenet, calibration_batches):
+    """An uncalibrated cpu-int8 sim of the BN-folded MobileNetV2 predicting x86 without VNNI (7-bit weights)."""
+    model, _ = folded_mobilenet
+    return lowbit.QuantSim(model, calibration_batches[0][:1], target="cpu-int8", runtime="onnxruntime-cpu-avx2")
 
 
 def _convs(gm):

@@ -49,7 +49,8 @@ class OnnxQuantSim(PlannedQuantizers):
                             f"{self.runtime.name} kernels; it cannot predict {resolve_kernels(runtime).name} "
                             f"(the PyTorch front end can: QuantSim(..., runtime=...))")
         self.model = load_model(model)
-        self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
+        self.target = load_target(target).for_runtime(self.runtime.name).with_overrides(param_bits, act_bits,
+                                                                                         per_channel)
         self.scheme = scheme
         self.threads = threads
         self.inputs = GraphInputs(self.model)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from lowbit.errors import TargetError
+from lowbit.kernels import KERNELS
 
 Check = Callable[[object, str], None]
 
@@ -191,7 +192,8 @@ _check_target = _object(
         "model_output": _object({"is_output_quantized": _boolean}),
         "supergroup_pass_list": _list(_string),
         "version": _string_or_number,
-        "lowbit": _object({"description": _one_line}),
+        "lowbit": _object({"description": _one_line,
+                           "runtime_param_bits": _object({name: _integer for name in KERNELS}, item="runtime")}),
     },
     required=("defaults", "params", "op_type", "supergroups", "model_input", "model_output"),
     item="section",

@@ -65,6 +65,13 @@ class Target:
         """One line from the config's ``lowbit.description``; empty if it has none."""
         return self._config.get("lowbit", {}).get("description", "")
 
+    def for_runtime(self, runtime: str) -> "Target":
+        """This target as it applies to ``runtime`` (a name of ``lowbit.kernels.KERNELS``): the preset's
+        ``lowbit.runtime_param_bits`` entry for it, if any, replaces the weight bitwidths (cpu-int8: 8-bit
+        weights where the runtime's int32 sums are exact, 7-bit where int16 pairs saturate)."""
+        bits = self._config.get("lowbit", {}).get("runtime_param_bits", {}).get(runtime)
+        return self if bits is None else self.with_overrides(param_bits=bits)
+
     def op(self, op_type: str) -> OpRule:
         """The rule for ONNX op type ``op_type``: its op_type entry over the defaults."""
         if op_type not in self._op_rules:

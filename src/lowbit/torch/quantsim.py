@@ -45,7 +45,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
         check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
-        self.target = load_target(target).with_overrides(param_bits, act_bits, per_channel)
+        self.target = load_target(target).for_runtime(kernels.name).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
         args, kwargs = as_call(example_input)
         if not tensors_of(args, kwargs):
