@@ -26,6 +26,7 @@ from lowbit.progress import progress
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
 from lowbit.qdq.split import SplitGraph, split_exported_graph
 from lowbit.quant.apply_encodings import apply_encodings_file
+from lowbit.quant.encoding import Encoding
 from lowbit.quant.encodings_file import read_encodings
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.quant.quantizer import Quantizer
@@ -195,10 +196,30 @@ class OnnxQuantSim(PlannedQuantizers):
         return self._split
 
     def load_encodings(self, path) -> "OnnxQuantSim":
-        """Set every encoding from an AIMET encodings file (keys: this graph's tensor names)."""
-        apply_encodings_file(self._quantizers, {key: key for key in self._quantizers}, read_encodings(path), path)
+        """Set every encoding from an AIMET encodings file (keys: the tensor names ``export`` writes)."""
+        apply_encodings_file(self._quantizers, self._exported_names(), read_encodings(path), path)
         self._split = self._session = None
         return self
+
+    def _exported_names(self) -> dict[str, str]:
+        """Quantizer key → the tensor name its encoding has in the exported files (a quantized model
+        output and an op input are renamed there), read from an export with stand-in encodings where
+        the sim has none yet."""
+        if self.is_calibrated:
+            return self.split().tensor_names
+        missing = [key for key, quantizer in self._quantizers.items() if quantizer.encoding is None]
+        initializers = {t.name: t for t in self.model.graph.initializer}
+        for key in missing:
+            spec = self._quantizers[key].spec
+            channels = () if spec.axis is None else (initializers[self.point(key).module].dims[spec.axis],)
+            self._quantizers[key].encoding = Encoding.from_range(spec, -torch.ones(channels), torch.ones(channels))
+        try:
+            return split_exported_graph(tagged_model(self.model, self.points, self._quantizers),
+                                        self._quantizers, {}).tensor_names
+        finally:
+            for key in missing:
+                self._quantizers[key].scale = torch.empty(0)
+                self._quantizers[key].offset = torch.empty(0, dtype=torch.int64)
 
     def export(self, out_dir, name: str = "model", verify=None) -> ExportPaths:
         """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths. With

@@ -115,7 +115,7 @@ def _measured_input_means(sim, layers: dict, data, transform, num_batches) -> tu
 
     handles = [layers[name].register_forward_pre_hook(recorder(mean)) for name, mean in means.items()]
     try:
-        batches = sim.run_on(data, transform, num_batches, "bias correction")
+        batches = sim.stream(data, transform, num_batches, "bias correction")
     finally:
         for handle in handles:
             handle.remove()

@@ -102,7 +102,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
         for quantizer in activations.values():
             quantizer.start_calibration()
         try:
-            self.run_on(data, transform, num_batches, "calibrate")
+            self.stream(data, transform, num_batches, "calibrate")
             for key, quantizer in activations.items():
                 if quantizer.estimator.batches == 0:
                     raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration "
@@ -115,16 +115,27 @@ class QuantSim(PlannedQuantizers, nn.Module):
         self.calibration_seconds = time.perf_counter() - start
         return self
 
-    def run_on(self, data, transform=None, num_batches: int | None = None, description: str = "run") -> int:
+    def run_on(self, data, transform=None, num_batches: int | None = None) -> list:
+        """The simulated outputs of every batch of ``data`` (no gradients), as the model returns them;
+        as ``OnnxQuantSim.run_on`` gives its outputs."""
+        outputs = []
+        self.stream(data, transform, num_batches, "run", outputs.append)
+        return outputs
+
+    def stream(self, data, transform=None, num_batches: int | None = None, description: str = "run",
+               consume=None) -> int:
         """Run the sim (no gradients) on every checked batch of ``data``, image batches in channels-last
-        memory (same values, faster convolutions); returns the batch count."""
+        memory (same values, faster convolutions), handing each output to ``consume``; returns the
+        batch count."""
         device = self._device()
         count = 0
         with torch.no_grad():
             calls = checked_calls(data, transform, num_batches)
             for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
                 args, kwargs = channels_last_call(*move_call(args, kwargs, device))
-                self.model(*args, **kwargs)
+                output = self.model(*args, **kwargs)
+                if consume is not None:
+                    consume(output)
                 count += 1
         return count
 
