@@ -20,6 +20,7 @@ from lowbit.fidelity import verify_export
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.onnx.load import load_model
 from lowbit.graph.placement import carries_input, plan, returned_values
+from lowbit.graph.view import GraphView
 from lowbit.onnx.graph_view import GraphFacts, float_op_types
 from lowbit.onnx.qdq_insert import tagged_model
 from lowbit.progress import progress
@@ -194,6 +195,10 @@ class OnnxQuantSim(PlannedQuantizers):
                                                self._quantizers, {})
             self._split_off, self._session = off, None
         return self._split
+
+    def graph_view(self) -> GraphView:
+        """The model's graph as ``lowbit.graph`` sees it."""
+        return GraphFacts(self.model).view()
 
     def load_encodings(self, path) -> "OnnxQuantSim":
         """Set every encoding from an AIMET encodings file (keys: the tensor names ``export`` writes)."""

@@ -15,6 +15,7 @@ from lowbit.errors import InputError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
 from lowbit.graph.placement import plan, returned_values
+from lowbit.graph.view import GraphView
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.range_estimators import make_weight_estimator
 from lowbit.target import load_target
@@ -69,8 +70,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
             view = fx_view(graph_module, dtypes)
             self.points = plan(view, self.target)
             self._quantizers = insert_quantizers(graph_module, self.points, scheme, returned_values(view))
-            self.model = graph_module
+            self.model, self._graph_view = graph_module, view
         else:
+            self._graph_view = None
             self.model, self.points, self._quantizers = wrap_leaf_modules(copied, self.target, scheme)
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
@@ -164,6 +166,11 @@ class QuantSim(PlannedQuantizers, nn.Module):
         from lowbit.torch.export import export_sim
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
+
+    def graph_view(self) -> GraphView | None:
+        """The model's graph as ``lowbit.graph`` sees it (before quantizers went in); None when torch.fx
+        could not trace it (leaf modules only)."""
+        return self._graph_view
 
     def load_encodings(self, path) -> "QuantSim":
         """Set the encodings from an AIMET encodings file (format 1.0.0 or 0.6.1); returns the sim."""
