@@ -73,8 +73,8 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
     ``float score − allowed_drop`` with as few techniques as possible; ``eval_fn(model_or_sim) -> float``
     (higher is better; it gets the float model, then sims), default top-1 agreement with the float
     model on ``data``. Writes the export and ``autoquant.html`` under ``out_dir``."""
-    import lowbit
     from lowbit.analysis.report import write_autoquant_report
+    from lowbit.api import adaround, quantize
     is_onnx = is_onnx_model(model)
     if not is_onnx and not isinstance(model, torch.nn.Module):
         raise SpecError(f"autoquant takes a torch nn.Module or an ONNX model (path or ModelProto), "
@@ -95,10 +95,10 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
                                                               candidates, batches, float_score))
 
     def build(scheme, techniques=()):
-        sim = lowbit.quantize(model, batches, example_input=example_input, scheme=scheme,
-                              techniques=[t for t in techniques if t != "adaround"], **options)
+        sim = quantize(model, batches, example_input=example_input, scheme=scheme,
+                       techniques=[t for t in techniques if t != "adaround"], **options)
         if "adaround" in techniques:
-            lowbit.adaround(sim, batches, num_iterations=adaround_iterations)
+            adaround(sim, batches, num_iterations=adaround_iterations)
             sim.calibrate(batches)
         return sim
 

@@ -70,20 +70,19 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if metric not in METRICS:
         raise SpecError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     from lowbit.analysis.report import write_analysis_report
-    from lowbit.frontend import is_onnx_model
-    from lowbit.onnx import OnnxQuantSim
-    from lowbit.torch.quantsim import QuantSim
+    from lowbit.api import quantize
+    from lowbit.frontend import front_end
     start = time.perf_counter()
-    is_onnx = isinstance(model_or_sim, OnnxQuantSim) or is_onnx_model(model_or_sim)
+    steps = front_end(model_or_sim)
+    is_onnx = steps.name == "onnx"
     calls = prepared_calls(data, transform, num_batches, is_onnx)
-    if isinstance(model_or_sim, (QuantSim, OnnxQuantSim)):
+    if isinstance(model_or_sim, steps.sim_type):
         sim = model_or_sim
         if not sim.is_calibrated:
             raise NotCalibratedError("analyze needs a calibrated sim: call sim.calibrate(data) first")
     elif isinstance(model_or_sim, torch.nn.Module) or is_onnx:
-        import lowbit
         options = quantize_options if is_onnx else {"example_input": example_input, **quantize_options}
-        sim = lowbit.quantize(model_or_sim, [batch_of(c) for c in calls], **options)
+        sim = quantize(model_or_sim, [batch_of(c) for c in calls], **options)
     else:
         raise SpecError(f"analyze takes a QuantSim, an nn.Module or an ONNX model, not {type(model_or_sim).__name__}")
     if not calls:
