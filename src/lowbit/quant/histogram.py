@@ -62,6 +62,23 @@ class StreamingHistogram:
         self._add(rows, weight)
         self.updates += 1
 
+    def merge(self, other: "StreamingHistogram") -> None:
+        """Add ``other``'s counts (same bins), both re-binned onto the range covering the two."""
+        if other.counts is None:
+            return
+        if self.counts is None:
+            self.lo, self.hi, self.counts = other.lo.clone(), other.hi.clone(), other.counts.clone()
+        else:
+            lo, hi = torch.minimum(self.lo, other.lo), torch.maximum(self.hi, other.hi)
+            if not (torch.equal(lo, self.lo) and torch.equal(hi, self.hi)):
+                self._rebin(lo, hi)
+            incoming = StreamingHistogram(self.bins)
+            incoming.lo, incoming.hi, incoming.counts = other.lo, other.hi, other.counts
+            if not (torch.equal(lo, other.lo) and torch.equal(hi, other.hi)):
+                incoming._rebin(lo, hi)
+            self.counts = self.counts + incoming.counts
+        self.updates += other.updates
+
     def _sample(self, rows: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The values to count (all of them, or a block sample of long rows) and the weight of each."""
         n = rows.shape[1]

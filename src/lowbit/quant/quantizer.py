@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 
 import torch
 from torch import nn
 
-from lowbit.errors import NotCalibratedError
+from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_quantize_per_tensor_grid
 from lowbit.quant.layout import encoding_shape
@@ -61,6 +62,60 @@ class Quantizer(nn.Module):
         self.spec = encoding.spec
         self.scale = encoding.scale.detach().to(device, torch.float32).clone()
         self.offset = encoding.offset.detach().to(device, torch.int64).clone()
+        if self.learning:
+            self.learn_ranges()
+
+    @property
+    def learning(self) -> bool:
+        """Whether scale (and, asymmetric, zero point) are trained: see :meth:`learn_ranges`."""
+        return "learned_scale" in self._parameters
+
+    def learn_ranges(self, enabled: bool = True) -> "Quantizer":
+        """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values.
+
+        ``learned_scale`` (and, for asymmetric specs, ``learned_zero_point``) become ``nn.Parameter`` s
+        starting at the current encoding, with LSQ's gradients (Esser et al. 2020; the zero point as in
+        LSQ+), scaled by 1/sqrt(values per scale · largest grid index), through torch's fused learnable
+        fake-quantization kernels. The encoding follows them on every forward (zero point rounded), so
+        what the sim emulates and exports is what was trained; without gradients the sim computes on
+        that encoding exactly as before."""
+        for name in ("learned_scale", "learned_zero_point"):
+            self._parameters.pop(name, None)
+        if not enabled:
+            return self
+        if self.encoding is None:
+            raise NotCalibratedError("learn_ranges needs an encoding to start from: calibrate the sim first")
+        if self.spec.block_size is not None:
+            raise SpecError("learned ranges need per-tensor or per-channel encodings, not blockwise ones")
+        self.learned_scale = nn.Parameter(self.scale.detach().clone())
+        if not self.spec.symmetric:
+            self.learned_zero_point = nn.Parameter((-self.offset).detach().to(torch.float32).clone())
+        return self
+
+    def _follow_learned(self) -> None:
+        """Copy the learned values into the encoding where they changed (zero point rounded, clamped)."""
+        with torch.no_grad():
+            scale = self.learned_scale.detach().clamp(min=1e-12)
+            if not torch.equal(scale, self.scale):
+                self.scale.copy_(scale)
+            if "learned_zero_point" in self._parameters:
+                offset = -self.learned_zero_point.detach().round().clamp(0, self.spec.levels - 1).to(torch.int64)
+                if not torch.equal(offset, self.offset):
+                    self.offset.copy_(offset)
+
+    def _learnable_fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake quantization with gradients to ``x``, the scale and the zero point (LSQ / LSQ+)."""
+        top = self.spec.levels - 1
+        zero_point = self.__dict__["_parameters"].get("learned_zero_point")
+        if zero_point is None:
+            zero_point = (-self.offset).to(torch.float32)
+        channels = 1 if self.spec.axis is None else self.scale.numel()
+        factor = 1.0 / math.sqrt(x.numel() / channels * top)
+        if self.spec.axis is None:
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.learned_scale.reshape(1), zero_point.reshape(1), 0, top, factor)
+        return torch._fake_quantize_learnable_per_channel_affine(
+            x, self.learned_scale.reshape(-1), zero_point.reshape(-1), self.spec.axis % x.dim(), 0, top, factor)
 
     @property
     def frozen(self) -> bool:
@@ -145,6 +200,10 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quantize":
+            if self.learning:
+                self._follow_learned()
+                if torch.is_grad_enabled():
+                    return self._learnable_fake_quantize(x)
             if self._is_on_grid(x):
                 return x
             if (not self.divide and self.spec.axis is None and self.spec.block_size is None

@@ -36,6 +36,19 @@ class RangeEstimator:
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def merge(self, other: "RangeEstimator") -> None:
+        """Take in what ``other`` (same scheme and spec) observed, as if this estimator had seen it too:
+        how statistics from several processes combine."""
+        if type(other) is not type(self) or other.spec != self.spec:
+            raise SpecError(f"cannot merge a {type(other).__name__} for {other.spec} into a "
+                            f"{type(self).__name__} for {self.spec}")
+        if other.batches:
+            self._merge(other)
+        self.batches += other.batches
+
+    def _merge(self, other) -> None:
+        raise NotImplementedError
+
     def _require_data(self) -> None:
         if self.batches == 0:
             raise NotCalibratedError("no batch reached this quantizer during calibration")
@@ -62,6 +75,9 @@ class MinMaxEstimator(RangeEstimator):
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
+    def _merge(self, other) -> None:
+        self._widen(other.lo, other.hi)
+
     def range(self):
         self._require_data()
         return self.lo, self.hi
@@ -87,6 +103,11 @@ class MeanMinMaxEstimator(RangeEstimator):
         self.hi_sum = hi.sum(1) if self.hi_sum is None else self.hi_sum + hi.sum(1)
         self.samples += lo.shape[1]
         self.batches += 1
+
+    def _merge(self, other) -> None:
+        self.lo_sum = other.lo_sum.clone() if self.lo_sum is None else self.lo_sum + other.lo_sum
+        self.hi_sum = other.hi_sum.clone() if self.hi_sum is None else self.hi_sum + other.hi_sum
+        self.samples += other.samples
 
     def _per_sample_aminmax(self, x):
         """[rows, samples] minima and maxima; the whole batch is one sample where its first dimension
@@ -117,6 +138,9 @@ class HistogramEstimator(RangeEstimator):
 
     def update(self, rows):
         self.histogram.update(rows)
+
+    def _merge(self, other) -> None:
+        self.histogram.merge(other.histogram)
 
 
 class PercentileEstimator(HistogramEstimator):
@@ -189,6 +213,9 @@ class WeightSqnrEstimator(RangeEstimator):
     def update(self, rows):
         rows = rows.to(torch.float32)
         self.values = rows if self.values is None else torch.cat([self.values, rows], dim=1)
+
+    def _merge(self, other) -> None:
+        self.update(other.values)
 
     def range(self):
         self._require_data()
