@@ -1,13 +1,37 @@
 """Which front end a model or sim belongs to, chosen here and nowhere else: an ``nn.Module`` or a
 ``QuantSim`` goes to ``lowbit.torch``, an ONNX file path, ``onnx.ModelProto`` or ``OnnxQuantSim`` to
-``lowbit.onnx``. Each front end is an object with the same steps (``lowbit.torch.front_end``,
+``lowbit.onnx``. Each front end is a :class:`FrontEnd` of the same steps (``lowbit.torch.front_end``,
 ``lowbit.onnx.front_end``); a third one plugs in here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """The steps ``lowbit.quantize`` and the technique verbs take on one kind of model.
+
+    ``prepare(model, example_input)`` a working copy; ``fold_batchnorm(model, example_input)`` and
+    ``equalize(model, example_input, absorb_high_bias=True)`` (model, result line or groups);
+    ``sim(model, example_input, **options)`` a sim of ``sim_type``; ``sequential_mse``, ``adaround``,
+    ``correct_bias`` (sim, data, **options) in place. ``needs_example``: the model is traced with an
+    example input."""
+
+    name: str
+    needs_example: bool
+    sim_type: type
+    prepare: Callable
+    fold_batchnorm: Callable
+    equalize: Callable
+    sim: Callable
+    sequential_mse: Callable
+    adaround: Callable
+    correct_bias: Callable
 
 
 def is_onnx_model(model) -> bool:
@@ -15,10 +39,10 @@ def is_onnx_model(model) -> bool:
     return isinstance(model, onnx.ModelProto) or (isinstance(model, (str, Path)) and str(model).endswith(".onnx"))
 
 
-def front_end(model_or_sim):
-    """The front end (``TorchFrontEnd`` or ``OnnxFrontEnd``) for a model or for a sim it built."""
-    from lowbit.onnx.front_end import OnnxFrontEnd
-    from lowbit.torch.front_end import TorchFrontEnd
-    if is_onnx_model(model_or_sim) or isinstance(model_or_sim, OnnxFrontEnd.sim_type):
-        return OnnxFrontEnd
-    return TorchFrontEnd
+def front_end(model_or_sim) -> FrontEnd:
+    """The front end for a model or for a sim it built."""
+    from lowbit.onnx.front_end import ONNX_FRONT_END
+    from lowbit.torch.front_end import TORCH_FRONT_END
+    if is_onnx_model(model_or_sim) or isinstance(model_or_sim, ONNX_FRONT_END.sim_type):
+        return ONNX_FRONT_END
+    return TORCH_FRONT_END
