@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.data import move_call
-
 HISTOGRAM_BINS = 64
 SAMPLES = 8
 """Samples of the first batch whose activations are kept (float and quantized) for histograms and MSE."""
@@ -30,11 +28,9 @@ def weight_ranges(sim, groups) -> dict[str, tuple[list[float], list[float]]]:
     """Per layer with a weight: each output channel's (min, max), on the quantizer's channel axis."""
     ranges = {}
     for group in groups:
-        if not group.weights:
-            continue
-        point = sim.point(group.weights[0])
-        weight = sim.model.get_submodule(point.module).layer.weight.detach().float().cpu()
-        ranges[group.name] = channel_ranges(weight, point.spec)
+        if group.weights:
+            point = sim.point(group.weights[0])
+            ranges[group.name] = channel_ranges(sim.weight(point.key).detach().float().cpu(), point.spec)
     return ranges
 
 
@@ -48,16 +44,10 @@ def channel_ranges(weight: torch.Tensor, spec) -> tuple[list[float], list[float]
 def activation_views(sim, call, groups) -> dict[str, ActivationView]:
     """Per layer with an activation quantizer, the view of its last one on ``call``'s first samples."""
     keys = {group.activations[-1]: group.name for group in groups if group.activations}
+    floats, quantized = sim.quantizer_values(*first_samples(call, SAMPLES), keys)
     quantizers = sim.quantizers()
-    args, kwargs = move_call(*first_samples(call, SAMPLES), sim._device())
-    floats = _capture(sim, quantizers, keys, args, kwargs, quantized=False)
-    quantized = _capture(sim, quantizers, keys, args, kwargs, quantized=True)
-    views = {}
-    for key, name in keys.items():
-        if key not in floats or key not in quantized:
-            continue
-        views[name] = activation_view(key, floats[key], quantized[key], quantizers[key].encoding)
-    return views
+    return {name: activation_view(key, floats[key], quantized[key], quantizers[key].encoding)
+            for key, name in keys.items() if key in floats and key in quantized}
 
 
 def activation_view(key: str, values: torch.Tensor, quantized: torch.Tensor, encoding) -> ActivationView:
@@ -71,28 +61,6 @@ def activation_view(key: str, values: torch.Tensor, quantized: torch.Tensor, enc
     edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1)
     mse = float((quantized.flatten().double() - values.double()).square().mean())
     return ActivationView(key, [int(c) for c in counts.tolist()], edges.tolist(), clip, mse)
-
-
-def _capture(sim, quantizers, keys, args, kwargs, quantized: bool) -> dict[str, torch.Tensor]:
-    """Float inputs (``quantized=False``: every quantizer off) or quantized outputs of the named quantizers."""
-    captured, hooks = {}, []
-    saved = {key: quantizer.mode for key, quantizer in quantizers.items()}
-    for key in keys:
-        def hook(module, inputs, output, key=key):
-            captured[key] = (output if quantized else inputs[0]).detach().float().cpu().flatten()
-        hooks.append(quantizers[key].register_forward_hook(hook))
-    try:
-        if not quantized:
-            for quantizer in quantizers.values():
-                quantizer.mode = "off"
-        with torch.no_grad():
-            sim.model(*args, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for key, quantizer in quantizers.items():
-            quantizer.mode = saved[key]
-    return captured
 
 
 def first_samples(call, samples: int):

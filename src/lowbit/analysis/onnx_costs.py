@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from lowbit.analysis.bitwidths import LayerCost
 from lowbit.analysis.observe import first_samples
-from lowbit.analysis.onnx_views import graph_values
+from lowbit.onnx.graph_values import graph_values
 
 
 def onnx_layer_costs(sim, groups, call) -> dict:

@@ -16,7 +16,6 @@ import torch
 from lowbit.analysis.forked_runs import forked_outputs, layer_configurations
 from lowbit.analysis.layers import LayerGroup, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
-from lowbit.analysis.onnx_views import onnx_activation_views, onnx_weight_ranges
 from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
 from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError, SpecError
@@ -102,8 +101,8 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     else:
         layers = [_layer_figures(sim, group, every, score)
                   for group in progress(groups, "analyze", len(groups), unit="layer")]
-    views = (onnx_activation_views if is_onnx else activation_views)(sim, calls[0], groups)
-    ranges = (onnx_weight_ranges if is_onnx else weight_ranges)(sim, groups)
+    views = activation_views(sim, calls[0], groups)
+    ranges = weight_ranges(sim, groups)
     for layer, group in zip(layers, groups):
         layer.weight_ranges = ranges.get(group.name)
         layer.activation = views.get(group.name)

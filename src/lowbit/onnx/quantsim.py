@@ -196,6 +196,16 @@ class OnnxQuantSim(PlannedQuantizers):
             self._split_off, self._session = off, None
         return self._split
 
+    def weight(self, key: str) -> torch.Tensor:
+        """The float weight quantizer ``key`` quantizes, as the initializer stores it."""
+        stored = next(t for t in self.model.graph.initializer if t.name == self.point(key).module)
+        return torch.from_numpy(numpy_helper.to_array(stored).astype(np.float32))
+
+    def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
+        """Per quantizer key, on one call: the float graph's value at its tensor and the sim's quantized one."""
+        from lowbit.onnx.graph_values import quantizer_values
+        return quantizer_values(self, args, kwargs, keys)
+
     def graph_view(self) -> GraphView:
         """The model's graph as ``lowbit.graph`` sees it."""
         return GraphFacts(self.model).view()

@@ -167,6 +167,15 @@ class QuantSim(PlannedQuantizers, nn.Module):
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
 
+    def weight(self, key: str) -> torch.Tensor:
+        """The float weight quantizer ``key`` quantizes."""
+        return self.model.get_submodule(self.point(key).module).layer.weight
+
+    def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
+        """Per quantizer key, on one call: its input in the float model and its output in the sim."""
+        from lowbit.torch.quantizer_values import quantizer_values
+        return quantizer_values(self, args, kwargs, keys)
+
     def graph_view(self) -> GraphView | None:
         """The model's graph as ``lowbit.graph`` sees it (before quantizers went in); None when torch.fx
         could not trace it (leaf modules only)."""
