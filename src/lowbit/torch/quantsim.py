@@ -81,7 +81,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
     @property
     def runtime(self) -> Kernels:
         """The runtime kernels this sim predicts (default: this machine's onnxruntime); assign a name
-        of :data:`lowbit.kernels.KERNELS` to predict another CPU kind."""
+        of :data:`lowbit.kernels.KERNELS` to predict another CPU kind. The target's runtime-dependent
+        choices (cpu-int8's weight bits) are made when the sim is built, from ``QuantSim(runtime=...)``."""
         return self._kernels
 
     @runtime.setter
