@@ -11,7 +11,6 @@ import torch
 import lowbit
 from lowbit.analysis.bitwidths import layer_costs
 from lowbit.analysis.layers import layer_groups
-from lowbit.analysis.onnx_costs import onnx_layer_costs
 from lowbit.runtime import session
 
 
@@ -31,7 +30,7 @@ def test_onnx_layer_costs_equal_the_torch_front_ends(onnx_mixed, planted):
     """A second method: the torch front end measures MACs with hooks on the modules; conv1 also by hand."""
     sim, _ = onnx_mixed
     model, data = planted
-    onnx_costs = onnx_layer_costs(sim, layer_groups(sim), ((data[0],), {}))
+    onnx_costs = layer_costs(sim, layer_groups(sim), ((data[0],), {}))
     torch_sim = lowbit.quantize(model, data, example_input=data[0][:1])
     torch_costs = layer_costs(torch_sim, layer_groups(torch_sim), ((data[0],), {}))
     assert onnx_costs["/conv1/Conv"].macs == 12 * 12 * 8 * (3 * 3 * 3)

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from lowbit.analysis.layers import LayerGroup
-from lowbit.data import move_call
+from lowbit.analysis.observe import first_samples
 from lowbit.quant.encoding import Encoding
-from lowbit.torch.weight_quantized import WeightQuantized
 
 
 class BitwidthSetter:
@@ -84,43 +81,6 @@ class LayerCost:
 
 
 def layer_costs(sim, groups: list[LayerGroup], call) -> dict[str, LayerCost]:
-    """Costs per group, measured by running one sample of ``call`` through the sim."""
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = []
-    modules = dict(sim.model.named_modules())
-    for group in groups:
-        if group.weights:
-            module = modules[sim.point(group.weights[0]).module]
-            if isinstance(module, WeightQuantized):
-                hooks.append(module.register_forward_hook(
-                    lambda m, inputs, output, name=group.name: sizes.__setitem__(name, _macs(m.layer, output))))
-    quantizers = sim.quantizers()
-    outputs: dict[str, int] = {}
-    for group in groups:
-        for key in group.activations[-1:]:
-            hooks.append(quantizers[key].register_forward_hook(
-                lambda m, inputs, output, name=group.name: outputs.__setitem__(name, output[:1].numel())))
-    args, kwargs = call
-    cut = lambda v: v[:1] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v
-    args, kwargs = move_call(tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}, sim._device())
-    try:
-        with torch.no_grad():
-            sim.model(*args, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    costs = {}
-    for group in groups:
-        macs, weights = sizes.get(group.name, (0, 0))
-        costs[group.name] = LayerCost(macs, weights, outputs.get(group.name, 0))
-    return costs
-
-
-def _macs(layer, output: torch.Tensor) -> tuple[int, int]:
-    """(MACs for one sample, weight count): each output element costs one MAC per weight it reads."""
-    weight = layer.weight
-    per_output = weight[0].numel() if not isinstance(layer, torch.nn.Embedding) else 0
-    if isinstance(layer, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
-        per_output = weight.shape[0] // layer.groups * weight[0, 0].numel()
-    samples = output.shape[0] if output.dim() > 1 else 1
-    return output.numel() // samples * per_output, weight.numel()
+    """Costs per group, measured by running ``call``'s first sample through the sim."""
+    measured = sim.layer_costs(groups, *first_samples(call, 1))
+    return {name: LayerCost(*figures) for name, figures in measured.items()}

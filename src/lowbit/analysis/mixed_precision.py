@@ -14,7 +14,6 @@ import onnx
 
 from lowbit.analysis.bitwidths import BitwidthSetter, layer_costs
 from lowbit.analysis.layers import layer_groups
-from lowbit.analysis.onnx_costs import onnx_layer_costs
 from lowbit.analysis.sensitivity import batch_of, enabled_only, make_scorer, prepared_calls
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.progress import progress
@@ -74,7 +73,7 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
     if not calls:
         raise DataError("mixed_precision needs at least one batch of data")
     groups = layer_groups(sim)
-    costs = (onnx_layer_costs if is_onnx else layer_costs)(sim, groups, calls[0])
+    costs = layer_costs(sim, groups, calls[0])
     score, metric_name, _ = make_scorer(sim, calls, eval_fn, metric)
     with enabled_only(sim, set()):
         float_score = score()

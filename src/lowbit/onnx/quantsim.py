@@ -201,6 +201,11 @@ class OnnxQuantSim(PlannedQuantizers):
         stored = next(t for t in self.model.graph.initializer if t.name == self.point(key).module)
         return torch.from_numpy(numpy_helper.to_array(stored).astype(np.float32))
 
+    def layer_costs(self, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
+        """(MACs, weights, output elements) of each layer group (``lowbit.analysis.layers``) on one sample."""
+        from lowbit.onnx.layer_costs import layer_costs
+        return layer_costs(self, groups, args, kwargs)
+
     def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
         """Per quantizer key, on one call: the float graph's value at its tensor and the sim's quantized one."""
         from lowbit.onnx.graph_values import quantizer_values

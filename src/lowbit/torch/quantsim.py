@@ -172,6 +172,11 @@ class QuantSim(PlannedQuantizers, nn.Module):
         """The float weight quantizer ``key`` quantizes."""
         return self.model.get_submodule(self.point(key).module).layer.weight
 
+    def layer_costs(self, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
+        """(MACs, weights, output elements) of each layer group (``lowbit.analysis.layers``) on one sample."""
+        from lowbit.torch.layer_costs import layer_costs
+        return layer_costs(self, groups, args, kwargs)
+
     def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
         """Per quantizer key, on one call: its input in the float model and its output in the sim."""
         from lowbit.torch.quantizer_values import quantizer_values

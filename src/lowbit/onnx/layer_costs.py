@@ -1,5 +1,5 @@
-"""What each layer group of an ONNX sim costs, measured like the torch front end's: one sample run
-through the float graph in onnxruntime gives every layer's output size; MACs follow from the weights."""
+"""What each layer of an OnnxQuantSim costs: one sample run through the float graph in onnxruntime gives
+every layer's output size; MACs follow from the weights."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ import math
 
 from onnx import numpy_helper
 
-from lowbit.analysis.bitwidths import LayerCost
-from lowbit.analysis.observe import first_samples
 from lowbit.onnx.graph_values import graph_values
 
 
-def onnx_layer_costs(sim, groups, call) -> dict:
-    """Costs per group (a LayerCost each), from the float graph run on ``call``'s first sample."""
+def layer_costs(sim, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
+    """(MACs, weights, output elements) per layer group, from the float graph run on one sample."""
     nodes = {node.name: node for node in sim.model.graph.node}
     initializers = {t.name: t for t in sim.model.graph.initializer}
     read = {group.name: sim.point(group.activations[-1]).tensor for group in groups if group.activations}
     produced = {group.name: nodes[group.name].output[0] for group in groups if group.weights}
     names = sorted(set(read.values()) | set(produced.values()))
-    values = graph_values(sim.model, names, sim.inputs.feeds(*first_samples(call, 1)), sim.threads)
+    values = graph_values(sim.model, names, sim.inputs.feeds(args, kwargs), sim.threads)
     costs = {}
     for group in groups:
         outputs = values[read[group.name]].numel() if group.name in read else 0
@@ -29,7 +27,7 @@ def onnx_layer_costs(sim, groups, call) -> dict:
             node = nodes[group.name]
             macs = values[produced[group.name]].numel() * _macs_per_output(node, weight.shape)
             weights = weight.size
-        costs[group.name] = LayerCost(macs, weights, outputs)
+        costs[group.name] = (macs, weights, outputs)
     return costs
 
 
