@@ -76,3 +76,15 @@ def batch_count(data, num_batches: int | None) -> int | None:
     except TypeError:
         return num_batches
     return total if num_batches is None else min(total, num_batches)
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The first tensor of a model output (a tensor, a tuple/list, a dict, or an object with fields)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else (
+        output if isinstance(output, (tuple, list)) else vars(output).values())
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value
+    raise TypeError(f"the model returned no float tensor ({type(output).__name__})")

@@ -116,8 +116,7 @@ def test_bad_input(planted):
 @pytest.mark.slow
 @pytest.mark.parametrize("metric,net", [("sqnr", "planted"), ("agreement", "planted"), ("sqnr", "tiny_resnet")])
 def test_forked_runs_give_the_figures_of_whole_runs(planted, metric, net):
-    from lowbit.analysis.forked_runs import forked_outputs
-    from lowbit.analysis.layers import layer_groups
+    from lowbit.analysis.layers import layer_configurations, layer_groups
     from lowbit.analysis.sensitivity import _layer_figures, enabled_only, make_scorer
     from lowbit.analysis.sensitivity import METRICS
     model, data = planted
@@ -128,7 +127,7 @@ def test_forked_runs_give_the_figures_of_whole_runs(planted, metric, net):
     calls = [((x,), {}) for x in data]
     groups = layer_groups(sim)
     score, _, reference = make_scorer(sim, calls, None, metric)
-    forked = forked_outputs(sim, calls, groups, enabled_only)
+    forked = sim.forked_outputs(calls, groups, {g.name: layer_configurations(g) for g in groups}, enabled_only)
     function = METRICS[metric][1]
     for group in groups:
         whole = _layer_figures(sim, group, set(sim.quantizers()), score)

@@ -18,7 +18,8 @@ import onnx
 import torch
 
 from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
-from lowbit.analysis.scores import first_tensor, top1_agreement
+from lowbit.analysis.scores import top1_agreement
+from lowbit.data import first_tensor
 from lowbit.analysis.sensitivity import batch_of, prepared_calls, sim_outputs
 from lowbit.atomic import atomic_write_text
 from lowbit.errors import DataError, SpecError

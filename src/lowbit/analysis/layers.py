@@ -57,3 +57,13 @@ def _owner(view, weighted: set[str], value: str) -> str | None:
             return None
         op = view.producer(reads[0])
     return None if op is None else op.module or op.name
+
+
+def layer_configurations(group: LayerGroup) -> list[tuple[str, set[str], str]]:
+    """(configuration, quantizers enabled, run it shares its start with) for one layer group: only this
+    layer, all but it, and for layers with both, weights only and activations only."""
+    configurations = [("only", set(group.keys), "float"), ("all_but", set(group.keys), "quantized")]
+    if group.weights and group.activations:
+        configurations += [("weight_only", set(group.weights), "float"),
+                           ("activation_only", set(group.activations), "float")]
+    return configurations

@@ -7,18 +7,6 @@ import math
 import torch
 
 
-def first_tensor(output) -> torch.Tensor:
-    """The first tensor of a model output (a tensor, a tuple/list, a dict, or an object with fields)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = output.values() if isinstance(output, dict) else (
-        output if isinstance(output, (tuple, list)) else vars(output).values())
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value
-    raise TypeError(f"the model returned no float tensor ({type(output).__name__})")
-
-
 def sqnr_db(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
     """10·log10(Σ reference² / Σ (outputs − reference)²) over every batch; inf when they are equal."""
     signal = sum(float(r.double().square().sum()) for r in reference)

@@ -13,11 +13,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from lowbit.analysis.forked_runs import forked_outputs, layer_configurations
-from lowbit.analysis.layers import LayerGroup, layer_groups
+from lowbit.analysis.layers import LayerGroup, layer_configurations, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
-from lowbit.analysis.scores import first_tensor, mean_kl, sqnr_db, top1_agreement
-from lowbit.data import channels_last_call, checked_calls, move_call
+from lowbit.analysis.scores import mean_kl, sqnr_db, top1_agreement
+from lowbit.data import channels_last_call, checked_calls, first_tensor, move_call
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.onnx.feeds import as_tensors
 from lowbit.progress import progress
@@ -93,7 +92,8 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     with enabled_only(sim, set()):
         float_score = score()
     quantized_score = score()
-    forked = forked_outputs(sim, calls, groups, enabled_only) if reference is not None and not is_onnx else None
+    plans = {group.name: layer_configurations(group) for group in groups}
+    forked = sim.forked_outputs(calls, groups, plans, enabled_only) if reference is not None else None
     if forked is not None:
         function = METRICS[metric_key][1]
         layers = [_figures_from(group, {c: function(reference, forked[(group.name, c)])

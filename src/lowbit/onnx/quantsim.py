@@ -206,6 +206,10 @@ class OnnxQuantSim(PlannedQuantizers):
         from lowbit.onnx.layer_costs import layer_costs
         return layer_costs(self, groups, args, kwargs)
 
+    def forked_outputs(self, calls, groups, plans, enabled_only) -> dict | None:
+        """None: every configuration of an ONNX sim runs the whole graph in onnxruntime."""
+        return None
+
     def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
         """Per quantizer key, on one call: the float graph's value at its tensor and the sim's quantized one."""
         from lowbit.onnx.graph_values import quantizer_values

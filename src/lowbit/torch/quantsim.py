@@ -177,6 +177,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         from lowbit.torch.layer_costs import layer_costs
         return layer_costs(self, groups, args, kwargs)
 
+    def forked_outputs(self, calls, groups, plans, enabled_only) -> dict | None:
+        """Each layer group's configurations run from shared starts (``lowbit.torch.forked_runs``), or None
+        where every configuration must run the whole model."""
+        from lowbit.torch.forked_runs import forked_outputs
+        return forked_outputs(self, calls, groups, plans, enabled_only)
+
     def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
         """Per quantizer key, on one call: its input in the float model and its output in the sim."""
         from lowbit.torch.quantizer_values import quantizer_values

@@ -1,33 +1,24 @@
-"""Each layer's configurations scored without re-running the model's start. Per batch, one run with
-every quantizer off and one with every quantizer on advance node by node to the layer's first node;
-each configuration continues from a copy of the run whose prefix it shares (only this layer / weights
-only / activations only: the float run; all but this layer: the quantized run), so every node before
-the layer runs once per batch instead of once per configuration."""
+"""Per-layer configurations of a QuantSim scored without re-running the model's start. Per batch, one
+run with every quantizer off and one with every quantizer on advance node by node to the layer's first
+node; each configuration continues from a copy of the run whose prefix it shares (the float run or the
+quantized run), so every node before the layer runs once per batch instead of once per configuration."""
 
 from __future__ import annotations
 
 import torch
 from torch import fx
 
-from lowbit.analysis.scores import first_tensor
-from lowbit.data import move_call
+from lowbit.data import first_tensor, move_call
 from lowbit.progress import progress
 from lowbit.torch.graph_cursor import GraphCursor
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
-def layer_configurations(group) -> list[tuple[str, set[str], str]]:
-    """(configuration, quantizers enabled, run it shares its start with) for one layer group."""
-    configurations = [("only", set(group.keys), "float"), ("all_but", set(group.keys), "quantized")]
-    if group.weights and group.activations:
-        configurations += [("weight_only", set(group.weights), "float"),
-                           ("activation_only", set(group.activations), "float")]
-    return configurations
-
-
-def forked_outputs(sim, calls, groups, enabled_only) -> dict[tuple[str, str], list[torch.Tensor]] | None:
-    """Outputs per (layer, configuration) and batch; None when the sim is no fx graph or some quantizer
+def forked_outputs(sim, calls, groups, plans, enabled_only) -> dict[tuple[str, str], list[torch.Tensor]] | None:
+    """First float output per (layer, configuration) and batch; ``plans[group.name]`` lists (configuration,
+    quantizers enabled, "float" or "quantized": the run it shares its start with), ``enabled_only(sim,
+    keys)`` a context in which only those quantize. None when the sim is no fx graph or some quantizer
     is not called from a node of its own (then every configuration must run the whole model)."""
     graph_module = sim.model
     if not isinstance(graph_module, fx.GraphModule):
@@ -47,7 +38,7 @@ def forked_outputs(sim, calls, groups, enabled_only) -> dict[tuple[str, str], li
             for cursor, enabled in runs.values():
                 with enabled_only(sim, enabled):
                     cursor.run_to(starts[group.name])
-            for configuration, keys, shared in layer_configurations(group):
+            for configuration, keys, shared in plans[group.name]:
                 branch = runs[shared][0].fork()
                 with enabled_only(sim, every - keys if configuration == "all_but" else keys):
                     value = branch.finish()
