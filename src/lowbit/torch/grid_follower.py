@@ -33,16 +33,16 @@ class _SkipsOnGrid:
         return super().forward(x)
 
     def _identity_on_grid(self, quantizer: Quantizer) -> bool:
-        key = (id(quantizer.scale), quantizer.scale._version, id(quantizer.offset), quantizer.offset._version,
-               quantizer.spec, self.training, self.extra_repr())
-        # (quantizer, key, answer, the key's tensors, held so that their ids stay unique)
+        state = (quantizer.scale._version, quantizer.offset._version, quantizer.spec, self.training, self.extra_repr())
+        # (quantizer, its scale and offset tensors, their state, answer): tensors compared by identity
         cache = self.__dict__.get("_grid_identity_cache", ())
         for entry in cache:
-            if entry[0] is quantizer and entry[1] == key:
-                return entry[2]
-        entry = (quantizer, key, self._check_identity(quantizer), (quantizer.scale, quantizer.offset))
+            if (entry[0] is quantizer and entry[1][0] is quantizer.scale and entry[1][1] is quantizer.offset
+                    and entry[2] == state):
+                return entry[3]
+        entry = (quantizer, (quantizer.scale, quantizer.offset), state, self._check_identity(quantizer))
         self._grid_identity_cache = tuple(e for e in cache if e[0] is not quantizer) + (entry,)
-        return entry[2]
+        return entry[3]
 
     def _check_identity(self, quantizer: Quantizer) -> bool:
         encoding = quantizer.encoding
