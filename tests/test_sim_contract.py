@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.errors import DataError, NotCalibratedError
+from lowbit.errors import DataError, InputError, NotCalibratedError
 from lowbit.onnx.quantsim import OnnxQuantSim
 
 
@@ -56,10 +56,19 @@ def test_summary_export_and_encodings_mean_the_same(sims, tmp_path):
 def test_both_refuse_the_same_bad_calls(tmp_path):
     model = _network()
     path = tmp_path / "net.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
     for sim in (lowbit.QuantSim(model, torch.randn(1, 3, 8, 8)), OnnxQuantSim(path)):
         with pytest.raises(DataError):
             sim.calibrate([])
+        with pytest.raises(DataError, match="batch 0 holds no tensor"):
+            sim.calibrate(["not a tensor"])
+        with pytest.raises(InputError):  # 9×9 images: the model's Linear cannot take them
+            sim.calibrate([torch.randn(2, 3, 9, 9)])
+        with pytest.raises(NotCalibratedError):
+            sim.run_on([torch.randn(2, 3, 8, 8)])
+        with pytest.raises(NotCalibratedError):
+            sim(torch.randn(2, 3, 8, 8))
         with pytest.raises(NotCalibratedError):
             sim.export(tmp_path / "never", name="net")
 

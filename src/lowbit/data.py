@@ -49,7 +49,8 @@ def channels_last_call(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 
 def checked_calls(data: Iterable, transform: Callable | None = None, num_batches: int | None = None):
-    """Yield (args, kwargs) for each batch; DataError for empty data or non-finite values."""
+    """Yield (args, kwargs) for each batch; DataError for empty data, a batch without a tensor or
+    non-finite values."""
     if num_batches is not None and num_batches < 1:
         raise DataError(f"num_batches must be at least 1, got {num_batches}")
     if isinstance(data, torch.Tensor):
@@ -60,6 +61,9 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
         if transform is not None:
             item = transform(item)
         args, kwargs = as_call(item)
+        if not tensors_of(args, kwargs):
+            raise DataError(f"batch {index} holds no tensor (got {type(item).__name__}): give tensors, or tuples "
+                            f"or dicts of them (numpy arrays: torch.from_numpy)")
         for tensor in tensors_of(args, kwargs):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise DataError(f"calibration batch {index} contains NaN or Inf values")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
-from lowbit.errors import InputError, NotCalibratedError, first_line
+from lowbit.errors import InputError, LowbitError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
 from lowbit.graph.placement import plan, returned_values
@@ -93,6 +93,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
                 module.int16_pairs = self._kernels.int16_pairs
 
     def forward(self, *args, **kwargs):
+        self._require_encodings()
         if len(args) == 1 and not kwargs and isinstance(args[0], dict):
             return self.model(**args[0])
         return self.model(*args, **kwargs)
@@ -121,9 +122,15 @@ class QuantSim(PlannedQuantizers, nn.Module):
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list:
         """The simulated outputs of every batch of ``data`` (no gradients), as the model returns them;
         as ``OnnxQuantSim.run_on`` gives its outputs."""
+        self._require_encodings()
         outputs = []
         self.stream(data, transform, num_batches, "run", outputs.append)
         return outputs
+
+    def _require_encodings(self) -> None:
+        """NotCalibratedError where a quantizer has no encoding and is not being calibrated."""
+        if any(q.encoding is None and q.mode != "calibrate" for q in self._quantizers.values()):
+            raise NotCalibratedError("the sim has quantizers without encodings: call sim.calibrate(data) first")
 
     def stream(self, data, transform=None, num_batches: int | None = None, description: str = "run",
                consume=None) -> int:
@@ -136,7 +143,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
             calls = checked_calls(data, transform, num_batches)
             for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
                 args, kwargs = channels_last_call(*move_call(args, kwargs, device))
-                output = self.model(*args, **kwargs)
+                try:
+                    output = self.model(*args, **kwargs)
+                except LowbitError:
+                    raise
+                except Exception as error:
+                    raise InputError(f"batch {count} does not fit the model: {first_line(error)}") from error
                 if consume is not None:
                     consume(output)
                 count += 1
