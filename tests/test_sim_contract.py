@@ -63,6 +63,9 @@ def test_both_refuse_the_same_bad_calls(tmp_path):
             sim.calibrate([])
         with pytest.raises(DataError, match="batch 0 holds no tensor"):
             sim.calibrate(["not a tensor"])
+        if isinstance(sim, lowbit.QuantSim):
+            with pytest.raises(InputError, match="torch.from_numpy"):
+                sim.calibrate([np.zeros((2, 3, 8, 8), np.float32)])
         with pytest.raises(InputError):  # 9×9 images: the model's Linear cannot take them
             sim.calibrate([torch.randn(2, 3, 9, 9)])
         with pytest.raises(NotCalibratedError):

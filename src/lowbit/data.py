@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from lowbit.errors import DataError
@@ -61,9 +62,9 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
         if transform is not None:
             item = transform(item)
         args, kwargs = as_call(item)
-        if not tensors_of(args, kwargs):
-            raise DataError(f"batch {index} holds no tensor (got {type(item).__name__}): give tensors, or tuples "
-                            f"or dicts of them (numpy arrays: torch.from_numpy)")
+        if not any(isinstance(v, (torch.Tensor, np.ndarray)) for v in [*args, *kwargs.values()]):
+            raise DataError(f"batch {index} holds no tensor (got {type(item).__name__}): give tensors or arrays, "
+                            f"or tuples or dicts of them")
         for tensor in tensors_of(args, kwargs):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise DataError(f"calibration batch {index} contains NaN or Inf values")

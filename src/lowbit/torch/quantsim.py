@@ -142,6 +142,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
         with torch.no_grad():
             calls = checked_calls(data, transform, num_batches)
             for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
+                if not tensors_of(args, kwargs):
+                    raise InputError(f"batch {count} holds no torch tensor: a PyTorch sim takes tensors "
+                                     f"(numpy arrays: torch.from_numpy)")
                 args, kwargs = channels_last_call(*move_call(args, kwargs, device))
                 try:
                     output = self.model(*args, **kwargs)
