@@ -51,9 +51,11 @@ class Quantizer(nn.Module):
 
     @property
     def encoding(self) -> Encoding | None:
-        """The current encoding, or None before calibration."""
+        """The current encoding, or None before calibration (while learning: the learned values)."""
         if self.scale.numel() == 0:
             return None
+        if self.learning:
+            self._follow_learned()
         return Encoding(self.spec, self.scale, self.offset)
 
     @encoding.setter
@@ -79,6 +81,8 @@ class Quantizer(nn.Module):
         fake-quantization kernels. The encoding follows them on every forward (zero point rounded), so
         what the sim emulates and exports is what was trained; without gradients the sim computes on
         that encoding exactly as before."""
+        if self.learning:
+            self._follow_learned()
         for name in ("learned_scale", "learned_zero_point"):
             self._parameters.pop(name, None)
         if not enabled:

@@ -145,10 +145,12 @@ class WeightQuantized(LayerWrapper):
         return output + correction * (source.scale.reshape(()) * self.weight_quantizer.scale).detach()
 
     def _cacheable(self) -> bool:
-        """Whether the weight quantizer fake-quantizes, the linked ones are Quantizers and no graph is traced."""
+        """Whether the weight quantizer fake-quantizes, the linked ones are Quantizers that learn nothing
+        (a learned range changes with every step) and no graph is traced."""
         linked = (self.input_quantizer, self.output_quantizer)
         return (isinstance(self.weight_quantizer, Quantizer) and self.weight_quantizer.mode == "quantize"
-                and all(q is None or isinstance(q, Quantizer) for q in linked)
+                and not self.weight_quantizer.learning
+                and all(q is None or (isinstance(q, Quantizer) and not q.learning) for q in linked)
                 and fast_path_allowed())
 
     def _frozen(self):
