@@ -110,7 +110,7 @@ class Quantizer(nn.Module):
     def _learnable_fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Fake quantization with gradients to ``x``, the scale and the zero point (LSQ / LSQ+)."""
         top = self.spec.levels - 1
-        zero_point = self.__dict__["_parameters"].get("learned_zero_point")
+        zero_point = self._parameters.get("learned_zero_point")
         if zero_point is None:
             zero_point = (-self.offset).to(torch.float32)
         channels = 1 if self.spec.axis is None else self.scale.numel()
