@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.torch.adaround import _identity, _round_layer  # noqa: E402
-from lowbit.torch.adaround_block import round_block  # noqa: E402
+from lowbit.algorithms.block_rounding import round_block  # noqa: E402
 from lowbit.torch.graph_blocks import block_module  # noqa: E402
 from lowbit.torch.layer_activation import following_activation  # noqa: E402
 from lowbit.torch.layer_inputs import layer_inputs_for  # noqa: E402

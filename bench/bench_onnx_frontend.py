@@ -4,8 +4,8 @@ The ONNX model is MobileNetV2 exported with every BatchNormalization kept (as Pa
 converters write it: the ONNX front end folds them). Per front end and setting: top-1 agreement with
 FP32 and mean KL of the exported QDQ model run in onnxruntime (256 calibration / 512 evaluation
 images, as bench_ptq), wall time, and for the ONNX front end calibration throughput over FP32
-onnxruntime inference throughput on the same batches (goal ≥ 0.7). Both front ends run AdaRound
-layer by layer here (the ONNX front end's only granularity so far).
+onnxruntime inference throughput on the same batches (goal ≥ 0.7). AdaRound rows name the granularity
+both front ends use (``-layer``; ``-block``, the default).
 
     .venv/bin/python bench/bench_onnx_frontend.py                          # every setting
     .venv/bin/python bench/bench_onnx_frontend.py --rows w8a8-minmax,w8a8-equalize-bias-correction
@@ -34,7 +34,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
-import lowbit.frontend  # noqa: E402
 from lowbit.runtime import session  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
@@ -45,6 +44,7 @@ SETTINGS = {
     "w8a8-cpu-int8-mean-minmax": (7, "mean_minmax", (), "cpu-int8"),
     "w8a8-equalize-bias-correction": (8, "minmax", ("equalize", "bias_correction"), "default"),
     "w4a8-sequential-mse-adaround-layer": (4, "minmax", ("sequential_mse", "adaround"), "default"),
+    "w4a8-sequential-mse-adaround-block": (4, "minmax", ("sequential_mse", "adaround"), "default"),
 }
 """Setting → (weight bits, activation scheme, techniques, target preset); cpu-int8's 7-bit weights
 cannot saturate onnxruntime's int16 pair sums on CPUs without VNNI."""
@@ -66,26 +66,30 @@ def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
             "mean_kl": float((log_p.exp() * (log_p - log_q)).sum(1).mean())}
 
 
-def quantize(source, calib, bits: int, scheme: str, techniques: tuple[str, ...], target: str):
-    """``lowbit.quantize`` with AdaRound layer by layer on either front end."""
-    if "adaround" not in techniques or lowbit.frontend.is_onnx_model(source):
+def quantize(source, calib, bits: int, scheme: str, techniques: tuple[str, ...], target: str, granularity: str):
+    """``lowbit.quantize`` with AdaRound at ``granularity`` on either front end."""
+    if "adaround" not in techniques:
         return lowbit.quantize(source, calib, target=target, param_bits=bits, scheme=scheme, techniques=techniques)
     sim = lowbit.quantize(source, calib, target=target, param_bits=bits, scheme=scheme,
                           techniques=[t for t in techniques if t != "adaround"])
-    result = lowbit.adaround(sim, calib, granularity="layer")
+    result = lowbit.adaround(sim, calib, granularity=granularity)
     sim.calibrate(calib)
     sim.technique_results += (str(result),)
     return sim
 
 
-def noise_range(model, calib, evals, fp32, setting, seeds: int, out: Path) -> dict:
+def _granularity(name: str) -> str:
+    return "layer" if name.endswith("-layer") else "block"
+
+
+def noise_range(model, calib, evals, fp32, name: str, seeds: int, out: Path) -> dict:
     """Agreement and KL ranges of the torch front end calibrated on ``calib`` times (1 + NOISE · N(0, 1)),
     one seed per run."""
     runs = []
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         noisy = [b * (1 + NOISE * torch.randn(b.shape, generator=generator)) for b in calib]
-        paths = quantize(model, noisy, *setting).export(out / str(seed), "mobilenet_v2")
+        paths = quantize(model, noisy, *SETTINGS[name], _granularity(name)).export(out / str(seed), "mobilenet_v2")
         runs.append(figures(onnx_outputs(paths.qdq_onnx, evals), fp32))
     agreements, kls = [r["top1_agreement"] for r in runs], [r["mean_kl"] for r in runs]
     return {"relative_noise": NOISE, "seeds": seeds, "top1_agreement_range": [min(agreements), max(agreements)],
@@ -141,7 +145,8 @@ def main() -> None:
             bits, scheme, techniques, target = SETTINGS[name]
             for front_end, source in (("pytorch", model), ("onnx", str(onnx_path))):
                 start = time.perf_counter()
-                sim = quantize(source, calib, bits, scheme, techniques, target)
+                sim = quantize(source, calib, bits, scheme, techniques, target,
+                               _granularity(name))
                 seconds = time.perf_counter() - start
                 paths = sim.export(Path(tmp) / f"{front_end}-{name}", "mobilenet_v2")
                 result = {**figures(onnx_outputs(paths.qdq_onnx, evals), fp32), "quantize_seconds": seconds,
@@ -154,7 +159,7 @@ def main() -> None:
                       f"{' | '.join(sim.technique_results)}", flush=True)
             if args.noise_seeds:
                 results[f"pytorch-noise-{name}{suffix}"] = noise_range(
-                    model, calib, evals, fp32, SETTINGS[name], args.noise_seeds, Path(tmp) / f"noise-{name}")
+                    model, calib, evals, fp32, name, args.noise_seeds, Path(tmp) / f"noise-{name}")
     rows = [table_row(key, r) for key, r in results.items()]
     _common.print_table(["front end", "setting", "top-1 agreement (QDQ in onnxruntime)", "mean KL",
                          "quantize s", "calibration / FP32 throughput (goal ≥ 0.7)"], rows)

@@ -59,7 +59,7 @@ def main() -> None:
         folded = lowbit.fold_batchnorm(model, calibration[0][:1])
     if "equalize" in techniques:
         with steps("equalize"):
-            lowbit.equalize(model, calibration[0][:1])
+            model, _ = lowbit.equalize(model, calibration[0][:1])
     with steps("sim creation"):
         sim = lowbit.QuantSim(model, calibration[0][:1], target=load(target), scheme=scheme)
     with steps("calibration"):

@@ -53,12 +53,9 @@ def quantize(model, data, example_input=None, target="default", param_bits: int 
 
 
 def equalize(model, example_input=None, absorb_high_bias: bool = True):
-    """Cross-layer equalization: a PyTorch model in place (returns the equalized groups; see
-    ``lowbit.torch.equalize.equalize``), or an ONNX model (path or ModelProto) into a copy (returns the
-    equalized copy, BatchNorms folded, and the groups)."""
-    steps = front_end(model)
-    equalized, groups = steps.equalize(model, example_input, absorb_high_bias=absorb_high_bias)
-    return (equalized, groups) if steps.name == "onnx" else groups
+    """Cross-layer equalization into a copy (BatchNorm folded); returns (equalized model, groups). A PyTorch
+    model needs ``example_input`` to trace; an ONNX model (path or ModelProto) needs none."""
+    return front_end(model).equalize(model, example_input, absorb_high_bias=absorb_high_bias)
 
 
 def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None, transform=None):

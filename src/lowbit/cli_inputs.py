@@ -17,10 +17,8 @@ from lowbit.torch.module_graph import as_module_graph, is_aten_graph
 
 
 def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
-    """A model from a `module:factory` spec, a TorchScript file, or a torch.export `.pt2` file.
-
-    Files become fx graphs (TorchScript is converted with ``example_input``), which lowbit can trace.
-    """
+    """A model from a `module:factory` spec, a TorchScript file, or a torch.export `.pt2` file; files become fx graphs
+    (TorchScript is converted with ``example_input``), which lowbit can trace."""
     path = Path(spec)
     if path.suffix == ".pt2":
         program = _read_file(path, lambda p: torch.export.load(str(p)))
@@ -51,12 +49,8 @@ def _static_batch(program) -> int | None:
 
 
 def _fit_batch(model: nn.Module, batch: int | None, example: torch.Tensor, path: Path) -> nn.Module:
-    """The .pt2 model, made to accept the data's batches when it was exported with a static batch.
-
-    torch.export guards the exported batch size. When the data's batches differ from it and the graph's
-    results do not depend on the batch size (checked on ``example``: the batch at once and one sample
-    alone against runs at the exported batch size), the guard is dropped with a note; otherwise a
-    DataError names the fix."""
+    """The .pt2 model, made to accept the data's batches: its static batch guard is dropped (with a note) where runs on
+    ``example`` show its results do not depend on the batch size; otherwise a DataError names the fix."""
     if batch is None or not isinstance(example, torch.Tensor) or example.dim() == 0 or len(example) == batch:
         return model
     unguarded = _without_guards(model)

@@ -15,9 +15,8 @@ from lowbit.runtime import run, session
 
 @dataclass(frozen=True)
 class OutputFidelity:
-    """One model output: argmax agreement per sample (top-1 for an (N, classes) output; None where a
-    sample has one value) and the largest error, absolute and in that output's LSBs (NaN when the output
-    is not quantized)."""
+    """One model output: per-sample argmax agreement (None where a sample has one value) and the largest error, absolute
+    and in that output's LSBs (NaN when the output is not quantized)."""
 
     name: str
     samples: int

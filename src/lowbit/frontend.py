@@ -16,11 +16,8 @@ import onnx
 class FrontEnd:
     """The steps ``lowbit.quantize`` and the technique verbs take on one kind of model.
 
-    ``prepare(model, example_input)`` a working copy; ``fold_batchnorm(model, example_input)`` and
-    ``equalize(model, example_input, absorb_high_bias=True)`` (model, result line or groups);
-    ``sim(model, example_input, **options)`` a sim of ``sim_type``; ``sequential_mse``, ``adaround``,
-    ``correct_bias`` (sim, data, **options) in place. ``needs_example``: the model is traced with an
-    example input."""
+    ``prepare`` gives a working copy, which ``fold_batchnorm`` may change (it returns the model and a line);
+    ``equalize`` returns an equalized copy and the groups; the techniques change a sim in place."""
 
     name: str
     needs_example: bool

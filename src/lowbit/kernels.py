@@ -1,9 +1,5 @@
-"""Which runtime's integer kernels a sim predicts: a setting of each sim, never global state.
-
-onnxruntime's u8×s8 kernels on x86 CPUs without VNNI add adjacent products in saturating int16
-(see :mod:`lowbit.torch.pair_saturation`); with VNNI or AMX, and off x86, the int32 sums are exact.
-A sim predicts one of them; by default the one of the CPU it runs on.
-"""
+"""Which runtime's integer kernels a sim predicts (per sim, by default this CPU's): onnxruntime's u8×s8 kernels on x86
+without VNNI add product pairs in saturating int16; with VNNI or AMX, and off x86, the int32 sums are exact."""
 
 from __future__ import annotations
 

@@ -41,9 +41,8 @@ class Speed:
 
 
 def measure_speed(float_path, qdq_path, batch, runs: int = 20) -> Speed:
-    """Latency of the first sample of ``batch`` (tensors or arrays; single, tuple or dict; the whole
-    batch when its arrays differ in first-axis size) through both files in onnxruntime (all graph
-    optimisations, default threads), median of ``runs`` after warm-up."""
+    """Median latency over ``runs`` (after warm-up) of ``batch``'s first sample (the whole batch when its arrays differ
+    in first-axis size) through both files in onnxruntime, all graph optimisations, default threads."""
     sample = _first_sample(batch)
     with tempfile.TemporaryDirectory() as folder:
         optimised = Path(folder) / "optimised.onnx"

@@ -16,7 +16,10 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import NotCalibratedError, SpecError
+from lowbit.graph.blocks import graph_blocks
 from lowbit.onnx import OnnxQuantSim
+from lowbit.onnx.block_run import OnnxBlock
+from lowbit.onnx.graph_view import GraphFacts
 from lowbit.quant.fake_quant import fake_quantize
 from lowbit.quant.encodings_file import read_encodings
 from lowbit.runtime import session
@@ -51,7 +54,7 @@ def test_adaround_weights_are_on_the_grid_and_beat_nearest_rounding_on_the_full_
     sim = OnnxQuantSim(small_onnx, param_bits=4).calibrate(data)
     weight = initializer(sim, "0.weight")
     encoding = sim.quantizers()["0.weight"].encoding
-    result = lowbit.adaround(sim, data, num_iterations=300)
+    result = lowbit.adaround(sim, data, num_iterations=300, granularity="layer")
     assert [r.names[0] for r in result.layers] == ["/0/Conv", "/2/Conv", "/4/Conv", "/8/Gemm"] and not result.skipped
     assert all(r.rounded_mse <= r.nearest_mse for r in result.layers) and result.mean_error_change < 0
     rounded = initializer(sim, "0.weight")
@@ -74,7 +77,7 @@ def test_adaround_on_a_gemm_stored_without_trans_b_keeps_its_per_channel_axis(ge
     encoding = sim.quantizers()["w1"].encoding
     assert encoding.spec.axis == 1
     result = lowbit.adaround(sim, data, num_iterations=200)
-    assert len(result.layers) == 3 and result.mean_error_change <= 0
+    assert sum(len(r.names) for r in result.layers) == 3 and result.mean_error_change <= 0
     rounded = initializer(sim, "w1")
     torch.testing.assert_close(fake_quantize(rounded, encoding), rounded)
 
@@ -94,11 +97,46 @@ def test_sequential_mse_chooses_what_the_torch_front_end_chooses(small_onnx, dat
         assert same.float().mean() >= 0.9, name
 
 
-def test_techniques_need_a_calibrated_sim_and_block_rounding_is_refused(small_onnx, data):
+def test_techniques_need_a_calibrated_sim_and_a_known_granularity(small_onnx, data):
     with pytest.raises(NotCalibratedError, match="calibrate"):
         lowbit.adaround(OnnxQuantSim(small_onnx), data)
-    with pytest.raises(SpecError, match="not available for ONNX models yet"):
-        lowbit.adaround(OnnxQuantSim(small_onnx).calibrate(data), data, granularity="block")
+    with pytest.raises(SpecError, match="granularity must be 'layer' or 'block', not 'blocks'"):
+        lowbit.adaround(OnnxQuantSim(small_onnx).calibrate(data), data, granularity="blocks")
+
+
+def _whole_net_block(sim: OnnxQuantSim) -> OnnxBlock:
+    facts = GraphFacts(sim.model)
+    layers = {node.name for node in facts.graph.node if node.op_type in ("Conv", "Gemm")}
+    [block] = graph_blocks(facts.view(), lambda op: op.name if op.name in layers else None, 4)
+    nodes = {node.name: node for node in facts.graph.node}
+    return OnnxBlock(block, block.layers, [nodes[name] for name in block.ops], facts.initializers, sim)
+
+
+def test_a_block_run_in_torch_computes_what_onnxruntime_computes_from_the_qdq_graph(small_onnx, data):
+    sim = OnnxQuantSim(small_onnx, param_bits=4).calibrate(data)
+    block = _whole_net_block(sim)
+    assert block.block.input == "x" and len(block.wrappers()) == 4
+    with torch.no_grad():
+        in_torch = block(data[1]).numpy()
+    np.testing.assert_allclose(in_torch, sim(data[1].numpy())[0], rtol=0, atol=1.01 * sim.output_lsb())
+
+
+def test_block_rounding_reports_the_whole_sims_error_and_beats_nearest(small_onnx, data):
+    """One block from the model input to its output: its nearest-rounding MSE is the sim's output error
+    against the float model, both measured by onnxruntime."""
+    sim = OnnxQuantSim(small_onnx, param_bits=4).calibrate(data)
+    float_run = session(small_onnx.SerializeToString())
+    errors = lambda: np.mean([(sim(b.numpy())[0] - float_run.run(None, {"x": b.numpy()})[0]) ** 2 for b in data])
+    before = errors()
+    result = lowbit.adaround(sim, data, num_iterations=200, block_layers=4, batch_samples=8)
+    [unit] = result.layers
+    assert unit.names == ("/0/Conv", "/2/Conv", "/4/Conv", "/8/Gemm")
+    np.testing.assert_allclose(unit.nearest_mse, before, rtol=0.02)
+    assert unit.rounded_mse < unit.nearest_mse and errors() < before
+    assert all(sim.quantizers()[key].frozen_by == "adaround" for key in ("0.weight", "2.weight", "4.weight", "8.weight"))
+    for key in ("0.weight", "8.weight"):
+        rounded = initializer(sim, key)
+        torch.testing.assert_close(fake_quantize(rounded, sim.quantizers()[key].encoding), rounded)
 
 
 @pytest.mark.slow

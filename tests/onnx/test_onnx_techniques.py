@@ -42,9 +42,7 @@ def test_equalized_gemm_chain_has_equal_ranges_and_the_same_outputs(gemm_chain, 
 
 @pytest.fixture(scope="module")
 def torch_equalized(mobilenet, calibration_batches):
-    model = copy.deepcopy(mobilenet)
-    groups = lowbit.equalize(model, calibration_batches[0][:1])
-    return model, groups
+    return lowbit.equalize(mobilenet, calibration_batches[0][:1])
 
 
 @pytest.fixture(scope="module")

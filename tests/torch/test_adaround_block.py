@@ -10,7 +10,7 @@ from torch import fx, nn
 
 import lowbit
 from lowbit.errors import OptimizationError, SpecError
-from lowbit.torch.graph_blocks import block_module, graph_blocks
+from lowbit.torch.graph_blocks import block_module, fx_blocks
 
 WEIGHT_LOW, WEIGHT_HIGH = -8, 7  # grid indices of a 4-bit signed symmetric weight
 
@@ -39,16 +39,19 @@ LAYERS = {"stem", "a", "b", "c", "head"}
 ])
 def test_graph_blocks_cut_where_one_value_is_live(max_layers, expected):
     graph_module = fx.symbolic_trace(_Residual().eval())
-    blocks = graph_blocks(graph_module, LAYERS, max_layers)
+    blocks = fx_blocks(graph_module, LAYERS, max_layers)
     assert [block.layers for block in blocks] == expected
-    assert all(earlier.stop <= later.start for earlier, later in zip(blocks, blocks[1:]))
+    order = [node.name for node in graph_module.graph.nodes]
+    spans = [order[order.index(b.ops[0]):order.index(b.ops[-1]) + 1] for b in blocks]
+    assert [name for span in spans for name in span] == [name for b in blocks for name in b.ops]  # contiguous
+    assert all(earlier.output == later.input for earlier, later in zip(blocks, blocks[1:]))
 
 
 def test_block_module_runs_the_span_on_its_input():
     torch.manual_seed(0)
     model = _Residual().eval()
     graph_module = fx.symbolic_trace(model)
-    residual = next(b for b in graph_blocks(graph_module, LAYERS, 1) if b.layers == ("a", "b"))
+    residual = next(b for b in fx_blocks(graph_module, LAYERS, 1) if b.layers == ("a", "b"))
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():
         by_hand = torch.relu(model.b(torch.relu(model.a(x))) + x)

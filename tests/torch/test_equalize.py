@@ -36,7 +36,9 @@ def test_pair_follows_the_closed_form():
         expected = model(x)
     r1 = model[0].weight.detach().abs().amax(dim=(1, 2, 3))
     r2 = model[2].weight.detach().abs().amax(dim=(0, 2, 3))
-    groups = lowbit.equalize(model, x[:1])
+    original = model
+    model, groups = lowbit.equalize(original, x[:1])
+    torch.testing.assert_close(original[0].weight.detach().abs().amax(dim=(1, 2, 3)), r1, rtol=0, atol=0)  # untouched
     assert [g.layers for g in groups] == [("0", "2")]
     assert groups[0].relu6_replaced == () and groups[0].high_bias_absorbed == ()  # no BN: nothing to absorb
     new_r1 = model[0].weight.detach().abs().amax(dim=(1, 2, 3))
@@ -65,7 +67,7 @@ def test_depthwise_triplet_converges_and_replaces_relu6():
     x = torch.randn(2, 4, 8, 8, generator=gen)
     reference = copy.deepcopy(model)
     reference[1] = nn.ReLU()
-    groups = lowbit.equalize(model, x[:1])
+    model, groups = lowbit.equalize(model, x[:1])
     assert [(g.layers, g.relu6_replaced) for g in groups] == [(("0", "2", "4"), ("1",))]
     assert isinstance(model[1], nn.ReLU) and not isinstance(model[1], nn.ReLU6)
     r1 = model[0].weight.abs().amax(dim=(1, 2, 3))
@@ -86,7 +88,7 @@ def test_high_bias_absorption_moves_bias_through_relu_exactly_when_activations_s
     x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(x)
-    groups = lowbit.equalize(model, x[:1])
+    model, groups = lowbit.equalize(model, x[:1])
     assert groups[0].high_bias_absorbed == ("0",)
     with torch.no_grad():
         assert _relative_error(model(x), expected) <= 1e-5
@@ -115,8 +117,7 @@ def labelled():
 @pytest.mark.slow
 def test_mobilenet_scaling_is_exact_and_improves_depthwise_sqnr(mobilenet, labelled):
     images, _ = labelled
-    model = copy.deepcopy(mobilenet)
-    groups = lowbit.equalize(model, images[:1], absorb_high_bias=False)
+    model, groups = lowbit.equalize(mobilenet, images[:1], absorb_high_bias=False)
     reference = copy.deepcopy(mobilenet)
     lowbit.fold_batchnorm(reference, images[:1])
     replaced = [name for g in groups for name in g.relu6_replaced]
@@ -135,8 +136,7 @@ def test_mobilenet_scaling_is_exact_and_improves_depthwise_sqnr(mobilenet, label
 @pytest.mark.slow
 def test_mobilenet_top1_survives_relu6_replacement_and_bias_absorption(mobilenet, labelled):
     images, labels = labelled
-    model = copy.deepcopy(mobilenet)
-    groups = lowbit.equalize(model, images[:1])
+    model, groups = lowbit.equalize(mobilenet, images[:1])
     assert any(g.high_bias_absorbed for g in groups)
     with torch.no_grad():
         fp32 = float((mobilenet(images).argmax(1) == labels).float().mean())
@@ -150,12 +150,12 @@ def test_folded_statistics_follow_the_scaling_of_mid_chain_layers(mobilenet, lab
     recorded BN statistics must scale by the output factor measured on data."""
     images = labelled[0][:2]
     name = "features.2.conv.1.0"
-    folded, equalized = copy.deepcopy(mobilenet), copy.deepcopy(mobilenet)
+    folded = copy.deepcopy(mobilenet)
     lowbit.fold_batchnorm(folded, images[:1])
     for module_name, module in list(folded.named_modules()):
         if isinstance(module, nn.ReLU6):  # as equalize does between equalized layers
             folded.set_submodule(module_name, nn.ReLU())
-    lowbit.equalize(equalized, images[:1], absorb_high_bias=False)
+    equalized, _ = lowbit.equalize(mobilenet, images[:1], absorb_high_bias=False)
     outputs = {}
     for key, model in (("folded", folded), ("equalized", equalized)):
         layer = model.get_submodule(name)

@@ -1,13 +1,5 @@
-"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through Weight
-Equalization and Bias Correction", §4.2), on tensors: the expected output shift that weight
-quantization causes, from the weight error and the mean of the layer's input.
-
-Layout: a layer's weight is ``[out_channels, in_channels_per_group, *kernel]`` (Conv1d/2d/3d,
-Linear). For ``y = W x + b`` the quantized layer computes ``W_q x + b``, whose expected output differs
-by ``Δ = E[(W_q − W) x] = (W_q − W) E[x]``; for a convolution, with ``E[x]`` constant over space, that
-is the weight error summed over kernel positions times the per-channel input mean (exact away from
-zero padding). Subtracting ``Δ`` from the bias removes the shift.
-"""
+"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+Correction", §4.2), on tensors: subtract from the bias the output shift Δ = (W_q − W) E[x] of weight quantization."""
 
 from __future__ import annotations
 
@@ -18,11 +10,8 @@ import torch
 
 @dataclass(frozen=True)
 class BiasCorrectionResult:
-    """What ``correct_bias`` changed: the corrected layers (module or node names), those of
-    them whose input mean came from BatchNorm statistics (analytical mode), the weight-quantized
-    layers it skipped (types it cannot handle, layers no batch reached or AdaRound rounded, or in
-    analytical mode without data layers whose input statistics are unknown), the mean |Δ| over every
-    corrected output channel, how many batches it ran, and the mode."""
+    """What ``correct_bias`` changed: corrected layers (``from_statistics``: input mean from BatchNorm statistics),
+    skipped weight-quantized layers, the mean |Δ| over corrected output channels, batches run, and the mode."""
 
     corrected: tuple[str, ...]
     skipped: tuple[str, ...]
@@ -62,9 +51,8 @@ class InputMean:
 
 
 def expected_output_shift(weight_error: torch.Tensor, input_mean: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """``Δ_o = Σ_{c,k} E[o, c, k] · E[x_c]`` where ``E = W_q − W`` (``[out, in/groups, *kernel]``) and
-    ``input_mean`` is ``[in]``; with ``groups > 1`` output channel ``o`` only sees the inputs of its
-    group (depthwise: ``groups == in == out``). Returns ``[out]`` in ``weight_error``'s dtype."""
+    """``Δ_o = Σ_{c,k} E[o, c, k] · E[x_c]`` for weight error ``E = W_q − W`` (``[out, in/groups, *kernel]``) and
+    ``input_mean`` ``[in]``, channel ``o`` seeing only its group. Returns ``[out]`` in ``weight_error``'s dtype."""
     out_channels, per_group = weight_error.shape[:2]
     if out_channels % groups or input_mean.numel() != per_group * groups:
         raise ValueError(f"weight error {tuple(weight_error.shape)} with {groups} groups does not match "

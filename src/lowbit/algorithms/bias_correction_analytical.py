@@ -1,14 +1,5 @@
-"""Data-free input means for bias correction (Nagel et al. 2019, §4.2): a channel that is normal,
-N(μ, σ²) — a folded BatchNorm's output, N(β, γ²) — has a known mean after identity, ReLU or ReLU6.
-
-For ``X ~ N(μ, σ²)`` and ``a = (low − μ)/σ``, ``b = (high − μ)/σ``, with Φ and φ the standard normal
-CDF and density:
-
-    E[clamp(X, low, high)] = low·Φ(a) + high·(1 − Φ(b)) + μ·(Φ(b) − Φ(a)) + σ·(φ(a) − φ(b))
-
-(the clamped tails sit at ``low`` and ``high``; the middle is a truncated normal's partial mean).
-ReLU is ``low = 0, high = ∞``: ``μ(1 − Φ(−μ/σ)) + σφ(−μ/σ)``; ReLU6 is ``low = 0, high = 6``.
-"""
+"""Data-free input means for bias correction (Nagel et al. 2019, §4.2): a normal channel N(μ, σ²) (a folded BatchNorm's
+output, N(β, γ²)) has a closed-form mean E[clamp(X, low, high)] after identity, ReLU or ReLU6."""
 
 from __future__ import annotations
 

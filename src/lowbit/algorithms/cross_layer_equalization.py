@@ -1,16 +1,5 @@
-"""Cross-layer equalization and high-bias absorption (Nagel et al. 2019, "Data-Free Quantization
-Through Weight Equalization and Bias Correction", §4.1 and §4.2.2), on weight tensors.
-
-Layout: a layer's weight is ``[out_channels, in_channels_per_group, *kernel]`` (Conv1d/2d/3d,
-Linear). A *depthwise* layer (groups == in == out channels) has weight ``[C, 1, *kernel]``: its
-channel ``i`` is both input and output channel ``i``. Every function is vectorised over channels.
-
-For two consecutive layers whose connecting activation is positive-homogeneous
-(``f(s x) = s f(x)`` for ``s > 0``: identity, ReLU, LeakyReLU), dividing output channel ``i`` of
-layer 1 (weight row and bias) by ``s_i`` and multiplying input channel ``i`` of layer 2 by ``s_i``
-leaves the function unchanged. With ``r1_i = max|W1[i]|`` and ``r2_i = max|W2[:, i]|`` the paper's
-choice ``s_i = sqrt(r1_i r2_i) / r2_i`` makes both ranges ``sqrt(r1_i r2_i)``.
-"""
+"""Cross-layer equalization and high-bias absorption (Nagel et al. 2019, "Data-Free Quantization Through Weight
+Equalization and Bias Correction", §4.1 and §4.2.2), vectorised over channels of weight tensors."""
 
 from __future__ import annotations
 
@@ -21,9 +10,8 @@ import torch
 
 @dataclass(frozen=True)
 class EqualizedGroup:
-    """One chain of layers equalized together: ``layers`` (in data-flow order: a Conv→Conv pair, a
-    Conv→depthwise→Conv triplet, or a longer chain), the ReLU6 modules (or Clip nodes) between them
-    replaced by ReLU, the layers whose high bias moved into their successor, and the sweeps taken."""
+    """One chain of layers equalized together: ``layers`` in data-flow order, the ReLU6 modules (or Clip nodes) replaced
+    by ReLU, the layers whose high bias moved into their successor, and the sweeps taken."""
 
     layers: tuple[str, ...]
     relu6_replaced: tuple[str, ...]
@@ -83,11 +71,8 @@ def equalize_pair_(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
 def equalize_chain_(weights: list[torch.Tensor], biases: list[torch.Tensor | None],
                     depthwise: list[bool], max_sweeps: int = 100,
                     tolerance: float = 1e-6) -> tuple[list[torch.Tensor], int]:
-    """Equalize a chain of layers ``L0 → L1 → ... → Ln`` in place: sweep the pairs
-    (L0, L1), (L1, L2), ... until every scale of a sweep is within ``tolerance`` of 1 (a pair
-    converges in one sweep; a Conv → depthwise → Conv triplet in a few). ``depthwise[k]`` says layer
-    ``k`` is depthwise. Returns, per layer but the last, the factor each output channel was
-    multiplied by in total (product of ``1/s``), and the number of sweeps."""
+    """Equalize a chain ``L0 → ... → Ln`` in place, sweeping its pairs until every scale is within ``tolerance`` of 1.
+    Returns, per layer but the last, each output channel's total factor (product of ``1/s``), and the sweeps taken."""
     if len(weights) < 2:
         raise ValueError("a chain needs at least two layers")
     factors = [torch.ones(w.shape[0], dtype=torch.float64, device=w.device) for w in weights[:-1]]
@@ -112,9 +97,8 @@ def absorbable_shift(beta: torch.Tensor, gamma: torch.Tensor, num_sigmas: float 
 @torch.no_grad()
 def absorb_high_bias_(b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, shift: torch.Tensor,
                       depthwise: bool = False) -> None:
-    """In place: ``b1 -= c``, ``b2 += W2 c`` (the constant input ``c`` pushed through layer 2, whose
-    padding must be zero-free: no padding, or 1x1 / Linear). Exact when layer 1's pre-activation is
-    ≥ c everywhere, since then ``relu(x - c) + c = relu(x)``."""
+    """In place: ``b1 -= c``, ``b2 += W2 c``; layer 2 must not pad (no padding, or 1x1 / Linear).
+    Exact when layer 1's pre-activation is ≥ c everywhere, since then ``relu(x - c) + c = relu(x)``."""
     shift = shift.to(b1.dtype)
     b1.sub_(shift)
     if depthwise:

@@ -1,6 +1,5 @@
-"""A Conv1d/Conv2d/Linear layer as a matrix product on rows: each row is the input patch of one
-output position, so per-layer optimisations (AdaRound, sequential MSE) work on sampled positions
-instead of whole feature maps."""
+"""A Conv1d/Conv2d/Linear layer as a matrix product on rows, each the input patch of one output position, so
+per-layer optimisations (AdaRound, sequential MSE) work on sampled positions instead of whole feature maps."""
 
 from __future__ import annotations
 

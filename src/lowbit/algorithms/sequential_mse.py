@@ -1,13 +1,5 @@
-"""Sequential MSE (AIMET's recipe), on tensors: for one layer, grid-search the weight range that
-minimises the error of the layer's output on rows of quantized inputs against float targets.
-
-Candidates shrink the weight's own range: ``[c · min, c · max]`` for ``c = 1, (N−1)/N, …, 1/N``
-(AIMET's grid; with N = 20, c runs from 1 down to 0.05), per channel for per-channel specs;
-``Encoding.from_range`` makes each symmetric where the spec is, so a signed symmetric candidate is
-``[−c · max|W|, c · max|W|]``. Output channel ``o`` depends on weight row ``o`` only, so with
-per-channel encodings (axis 0) every channel picks its own best candidate; a per-tensor encoding picks
-the candidate with the lowest mean over channels. Ties go to the wider range.
-"""
+"""Sequential MSE (AIMET's recipe), on tensors: per layer, grid-search the weight range minimising the output error on
+quantized-input rows; candidates ``[c · min, c · max]``, ``c = 1, (N−1)/N, …, 1/N`` (per channel if the spec is)."""
 
 from __future__ import annotations
 
@@ -62,9 +54,8 @@ class OutputError:
 
 @dataclass(frozen=True)
 class SequentialMSEResult:
-    """What ``sequential_mse`` chose: the optimised layers (module or node names, in call
-    order) with their output MSE on the sampled rows before (the sim's encodings) and after, the
-    skipped layers with the reason, and the seconds it took."""
+    """What ``sequential_mse`` chose: the optimised layers (call order) with their output MSE on the sampled rows before
+    (the sim's encodings) and after, the skipped layers with the reason, and the seconds it took."""
 
     optimized: tuple[str, ...]
     mse_before: tuple[float, ...]

@@ -1,9 +1,5 @@
-"""``lowbit.autoquant``: stage after stage (min-max ranges; other range schemes; CLE + bias correction;
-sequential MSE + AdaRound; mixed precision), stopping at the first stage whose score meets
-``float score − allowed_drop``. Each finished stage is recorded in a cache file, so a run that was
-interrupted continues where it stopped: recorded stages are not run again unless their sim is needed.
-Mixed precision starts from the best range scheme's sim: bias correction, sequential MSE and AdaRound fit
-biases, ranges and rounding to one bitwidth, and would be wrong (or frozen) at another."""
+"""``lowbit.autoquant``: stage after stage until one meets ``float score − allowed_drop``; stages are cached, so an
+interrupted run resumes. Mixed precision starts from the best range scheme's sim (later stages fit one bitwidth)."""
 
 from __future__ import annotations
 

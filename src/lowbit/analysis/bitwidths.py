@@ -1,6 +1,5 @@
-"""Changing a calibrated sim's bitwidths per layer, and what each choice costs: BOPs (multiply-
-accumulates × weight bits × activation bits) and weight bytes. Ranges come from one calibration per
-candidate bitwidth pair, so scoring a configuration needs no new calibration."""
+"""Per-layer bitwidths of a calibrated sim and their cost: BOPs (MACs × weight bits × activation bits) and weight
+bytes; ranges come from one calibration per candidate, so scoring a configuration needs no new calibration."""
 
 from __future__ import annotations
 
@@ -12,10 +11,8 @@ from lowbit.quant.encoding import Encoding
 
 
 class BitwidthSetter:
-    """Sets (weight bits, activation bits) per layer group of ``sim``. Without :meth:`calibrate_at`, a
-    quantizer keeps the range it was calibrated to, put on the new grid; after it, a layer's weights use
-    the ranges calibrated at its choice and its activations those of the most precise candidate with the
-    same activation bits (the all-W4A8 model's activations are far from what a mostly 8-bit one sees)."""
+    """Sets (weight bits, activation bits) per layer group of ``sim``; after :meth:`calibrate_at`, weights use ranges
+    calibrated at the layer's choice, activations those of the most precise candidate with the same activation bits."""
 
     def __init__(self, sim):
         self.sim = sim

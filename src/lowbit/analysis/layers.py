@@ -1,7 +1,5 @@
-"""A sim's quantizers grouped per layer: a weighted layer's weight quantizer with the activation
-quantizers its output reaches through weight-free elementwise ops (ReLU, clip, BatchNorm); every
-other activation quantizer (model input, residual add, pooling) is a layer of its own. Written once
-over the sim's graph view, for both front ends."""
+"""A sim's quantizers grouped per layer: a weight quantizer with the activation quantizers its output reaches through
+weight-free elementwise ops (ReLU, clip, BatchNorm); every other activation quantizer is a layer of its own."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""``lowbit.mixed_precision``: per-layer bitwidths. The sim is calibrated once per candidate (each
-layer then uses the ranges of its own choice); phase 1 scores every layer at every candidate with
-the others at the most precise one; phase 2 lowers, one step at a time, the layer whose next candidate
-loses least score per BOP saved, scoring the whole model each step. The steps trace the accuracy–cost
-curve; the sim ends at the cheapest point whose score meets ``float score − allowed_drop``."""
+"""``lowbit.mixed_precision``: per-layer bitwidths. Phase 1 scores each layer at each candidate; phase 2 lowers, step
+by step, the layer losing least score per BOP saved, to the cheapest point meeting ``float score − allowed_drop``."""
 
 from __future__ import annotations
 

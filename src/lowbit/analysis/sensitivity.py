@@ -1,6 +1,5 @@
-"""``lowbit.analyze``: per layer, the score with only that layer quantized and with all but that layer
-quantized (weights and activations, and each alone), its quantized output's MSE against float, its
-per-channel weight ranges and its activation histogram with the clipping range; then the HTML report."""
+"""``lowbit.analyze``: per layer, the score with only it and with all but it quantized, its output MSE against float,
+its per-channel weight ranges and its activation histogram with the clipping range; then the HTML report."""
 
 from __future__ import annotations
 

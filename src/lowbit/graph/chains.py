@@ -30,9 +30,8 @@ class Chain:
 
 
 def equalization_chains(view: GraphView) -> list[Chain]:
-    """Maximal chains of Conv (ungrouped or depthwise) and Gemm layers whose weight no other op reads,
-    each feeding only the next through Relu, LeakyRelu, Identity, Dropout, Clip(0, ∞) or Clip(0, 6)
-    (to be replaced by Relu), with matching channels."""
+    """Maximal chains of Conv (ungrouped or depthwise) and Gemm layers with unshared weights and matching channels, each
+    feeding only the next through Relu, LeakyRelu, Identity, Dropout or Clip(0, ∞ or 6), which becomes a Relu."""
     readers: dict[str, int] = {}
     for op in view.ops:
         if op.weight is not None:

@@ -46,9 +46,8 @@ def fused_values(view: GraphView, target: Target) -> set[str]:
 
 
 def plan(view: GraphView, target: Target) -> list[QuantPoint]:
-    """Quantizers for every value the target quantizes, in graph order: model inputs, then per op its
-    inputs (where its rule quantizes them and their producer gave them no quantizer), its weight, its
-    outputs; model outputs as the target says."""
+    """Quantizers for every value the target quantizes, in graph order: model inputs, then per op its inputs not yet
+    quantized (where its rule says), its weight and its outputs; model outputs as the target says."""
     fused = fused_values(view, target)
     points: list[QuantPoint] = []
     quantized: set[str] = set()

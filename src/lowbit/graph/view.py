@@ -21,14 +21,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class Op:
-    """One op. ``type`` is the ONNX op type (None: an op computing no tensor, such as ``x.size()``);
-    ``opaque`` marks a torch module or function outside the ONNX vocabulary, computed as one call.
-    ``inputs`` are the values it reads as activations, by position ("" where the position holds
-    something else: an ONNX constant, a torch non-tensor); ``also_reads`` are values read elsewhere
-    (ONNX subgraphs). ``weight`` names its weight quantizer's key, ``weight_owner`` the module path
-    (torch) or initializer (ONNX) holding it, ``weight_axis`` its output-channel axis. ``layer`` is set
-    where the front end can rescale the op's weight and bias; ``clip`` holds the bounds of a Clip the
-    front end can turn into a Relu; ``module`` is a torch op's module path."""
+    """One op: ``type`` its ONNX op type (None: computes no tensor), ``inputs`` the activations it reads by position
+    ("" for other operands); ``layer`` and ``clip`` mark rewrites the front end can make (rescale, Clip→Relu)."""
 
     name: str
     type: str | None

@@ -12,10 +12,13 @@ import torch
 
 from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
 from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS, round_on_rows
+from lowbit.algorithms.block_rounding import round_block
 from lowbit.algorithms.layer_rows import rows_forward
 from lowbit.algorithms.sequential_mse import (SequentialMSEResult, check_options, output_error,
                                               search_weight_encoding)
 from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.graph.blocks import graph_blocks, rounding_units
+from lowbit.onnx.block_run import OnnxBlock, runs_in_torch
 from lowbit.onnx.layer_rows import LayerRows, following_activation, rows_unsupported
 from lowbit.onnx.layers import WeightedLayer, weighted_layer
 from lowbit.onnx.graph_view import GraphFacts
@@ -26,37 +29,56 @@ from lowbit.quant.fake_quant import fake_quantize
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
-             seed: int = 0, granularity: str = "layer") -> AdaroundResult:
-    """AdaRound (Nagel et al. 2020) on every weight-quantized Conv (1-D/2-D), Gemm and MatMul (2-D
-    weight) of a calibrated
-    ONNX ``sim``, layer by layer (``lowbit.adaround``'s ``granularity="layer"``: the same rows, loss
-    after the Relu/Clip fused into the layer, optimiser, early stop and nearest-rounding fallback).
-    The chosen weights (on the grid) replace the initializers and their encodings are frozen, so
-    ``sim.calibrate`` keeps them and export writes them. Other layers are skipped and named;
-    ``granularity`` other than "layer" (block rounding) is refused for now."""
-    if num_iterations < 1 or batch_rows < 1 or max_rows < 1:
-        raise SpecError("num_iterations, batch_rows and max_rows must be at least 1")
-    if granularity != "layer":
-        raise SpecError(f"adaround granularity {granularity!r} is not available for ONNX models yet; use 'layer'")
+             seed: int = 0, granularity: str = "block", block_layers: int = 3,
+             batch_samples: int = 16) -> AdaroundResult:
+    """AdaRound on a calibrated ONNX ``sim`` with ``lowbit.adaround``'s options and units: graph blocks run in torch
+    (``lowbit.onnx.block_run``), other Conv/Gemm/MatMul layers one by one; rounded weights replace the initializers."""
+    if num_iterations < 1 or batch_rows < 1 or max_rows < 1 or batch_samples < 1 or block_layers < 1:
+        raise SpecError("num_iterations, batch_rows, max_rows, batch_samples and block_layers must be at least 1")
+    if granularity not in ("layer", "block"):
+        raise SpecError(f"adaround granularity must be 'layer' or 'block', not {granularity!r}")
     start = time.perf_counter()
     rows, layers, skipped = _prepare(sim, data, transform, num_batches)
     generator = torch.Generator().manual_seed(seed)
     facts = GraphFacts(sim.model)
+    by_name = {layer.name: (layer, quantizer) for layer, quantizer in layers}
+    nodes = {node.name: node for node in facts.graph.node}
+    blocks = _blocks(facts, nodes, set(by_name), block_layers) if granularity == "block" else None
+    units = rounding_units(blocks, list(by_name), block_layers)
     rounded = []
-    for layer, quantizer in progress(layers, "adaround", len(layers), unit="layer"):
-        layer_start = time.perf_counter()
-        encoding = _in_layout(quantizer.encoding, layer)
-        with rows.collect(layer, max_rows, memory_limit, generator, "adaround inputs") as cache:
-            kept, run, nearest_mse, kept_mse = round_on_rows(
-                layer.weight.float(), None if layer.inner_bias is None else layer.inner_bias.float(), layer.groups, encoding,
-                cache, following_activation(facts, layer), num_iterations, batch_rows, learning_rate, reg_weight,
-                warm_start, generator, f"at layer {layer.name!r}")
-        layer.weight = kept.to(torch.float64)
-        layer.write(facts.graph, facts)
-        quantizer.freeze(quantizer.encoding, by="adaround")
+    for names, block in progress(units, "adaround", len(units), unit=granularity):
+        unit_start = time.perf_counter()
+        if block is None:
+            layer, quantizer = by_name[names[0]]
+            encoding = _in_layout(quantizer.encoding, layer)
+            with rows.collect(layer, max_rows, memory_limit, generator, "adaround inputs") as cache:
+                kept, run, nearest_mse, kept_mse = round_on_rows(
+                    layer.weight.float(), None if layer.inner_bias is None else layer.inner_bias.float(), layer.groups,
+                    encoding, cache, following_activation(facts, layer), num_iterations, batch_rows, learning_rate,
+                    reg_weight, warm_start, generator, f"at layer {layer.name!r}")
+            quantizer.freeze(quantizer.encoding, by="adaround")
+            kept = [kept]
+        else:
+            module = OnnxBlock(block, names, [nodes[name] for name in block.ops], facts.initializers, sim)
+            with rows.collect_block(block, memory_limit, "adaround inputs") as cache:
+                run, nearest_mse, kept_mse = round_block("+".join(names), module, module.wrappers(), cache,
+                                                         num_iterations, batch_samples, learning_rate, reg_weight,
+                                                         warm_start, generator)
+            kept = [slot.layer.weight.detach() for slot in module.wrappers()]
+            kept = [w.T if by_name[name][0].transposed else w for name, w in zip(names, kept)]
+        for name, weight in zip(names, kept):
+            layer = by_name[name][0]
+            layer.weight = weight.to(torch.float64).contiguous()
+            layer.write(facts.graph, facts)
         sim.weights_changed()
-        rounded.append(LayerRounding((layer.name,), run, time.perf_counter() - layer_start, nearest_mse, kept_mse))
+        rounded.append(LayerRounding(names, run, time.perf_counter() - unit_start, nearest_mse, kept_mse))
     return AdaroundResult(tuple(rounded), skipped, time.perf_counter() - start)
+
+
+def _blocks(facts: GraphFacts, nodes: dict, names: set[str], block_layers: int) -> list:
+    """The graph blocks calling the layers ``names`` whose nodes all run in torch."""
+    blocks = graph_blocks(facts.view(), lambda op: op.name if op.name in names else None, block_layers)
+    return [block for block in blocks if runs_in_torch([nodes[name] for name in block.ops], facts.initializers)]
 
 
 def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_batches: int | None = None,

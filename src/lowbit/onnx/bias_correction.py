@@ -1,6 +1,5 @@
-"""Empirical bias correction of an OnnxQuantSim: each layer's input mean measured in onnxruntime on
-the simulated (QDQ) graph, reduced inside the graph, and the math in
-``lowbit.algorithms.bias_correction`` turning it into the bias update."""
+"""Empirical bias correction of an OnnxQuantSim: each layer's input mean is measured in onnxruntime on the QDQ graph,
+reduced inside it; ``lowbit.algorithms.bias_correction`` turns it into the bias update."""
 
 from __future__ import annotations
 
@@ -21,15 +20,8 @@ _SUM, _SHAPE = "_lowbit_channel_sum", "_lowbit_input_shape"
 
 
 def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> BiasCorrectionResult:
-    """Empirical bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized
-    Conv, Gemm and MatMul nodes: ``bias −= (W_q − W) E[x]``, as ``lowbit.correct_bias`` does for PyTorch
-    (a MatMul's bias is the constant of the Add that alone reads its output).
-
-    E[x] per input channel is the mean of the layer's input in the simulated graph (every quantizer
-    active) over one pass over ``data``, taken inside onnxruntime (ReduceMean), before any correction.
-    Other weight-quantized layers (ConvTranspose, Gather, a MatMul without such an Add, a shared
-    weight, a layer AdaRound rounded) are skipped and named. NotCalibratedError on an uncalibrated sim; DataError on empty data.
-    """
+    """Empirical bias correction in place on ``sim``'s weight-quantized Conv, Gemm, MatMul: ``bias −= (W_q − W) E[x]``
+    with E[x] from the fully simulated graph before any correction; layers it cannot correct are skipped and named."""
     if not sim.is_calibrated:
         raise NotCalibratedError("bias correction needs a calibrated sim: call sim.calibrate(data) first")
     facts = GraphFacts(sim.model)
@@ -68,9 +60,8 @@ def weight_as_stored(layer: WeightedLayer) -> torch.Tensor:
 
 
 def _input_means(sim, layers: list[WeightedLayer], feeds: list[dict]) -> dict[str, torch.Tensor]:
-    """Per layer, E[x] per input channel (axis 1 of a Conv's input, the last axis of a Gemm's or
-    MatMul's) of its input in the QDQ graph, over every position of every batch: the graph returns
-    each layer's per-channel sums (ReduceSum, on a ``[-1, channels]`` view past a Conv) and shape."""
+    """Per layer, E[x] per input channel of its input in the QDQ graph over every position of every batch, from the
+    per-channel sums (ReduceSum) and shape the graph returns."""
     model = sim.split().qdq_model
     qdq_nodes = {node.name: node for node in model.graph.node}
     probe = type(model)()

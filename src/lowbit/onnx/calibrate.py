@@ -1,11 +1,5 @@
-"""Observe intermediate tensors of an ONNX graph in onnxruntime. Tensors whose estimators need only
-each sample's extremes (min-max schemes, per tensor) are reduced inside the graph, so onnxruntime
-returns two numbers per sample; the others are exposed as outputs, in as few passes over the data as
-a memory budget allows.
-
-The reductions are chosen to keep onnxruntime's blocked (NCHWc) layout: a 4-D maximum is taken by
-GlobalMaxPool, which runs in that layout, where ReduceMax would first reorder the tensor; a tensor
-that cannot be negative gets no minimum at all, since every encoding's range includes zero anyway."""
+"""Observe intermediate tensors of an ONNX graph in onnxruntime: per-sample extremes are reduced in the graph (keeping
+the NCHWc layout), other tensors become outputs, in as few passes as a memory budget allows."""
 
 from __future__ import annotations
 

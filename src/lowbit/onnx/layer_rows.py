@@ -13,6 +13,7 @@ from torch import nn
 
 from lowbit.algorithms.layer_rows import sample_rows
 from lowbit.algorithms.row_cache import RowCache
+from lowbit.graph.blocks import Block
 from lowbit.onnx.attributes import attribute, clip_bounds
 from lowbit.onnx.layers import WeightedLayer
 from lowbit.onnx.graph_view import GraphFacts
@@ -38,18 +39,17 @@ def rows_unsupported(layer: WeightedLayer) -> str | None:
     return None
 
 
-def padded(layer: WeightedLayer, x: torch.Tensor) -> torch.Tensor:
-    """``x`` zero-padded as the Conv node pads it (explicit ``pads``, or ``auto_pad`` SAME_UPPER /
-    SAME_LOWER from the input size); Gemm and MatMul inputs unchanged."""
-    if layer.node.op_type != "Conv":
+def padded(node: onnx.NodeProto, kernel: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """``x`` zero-padded as the Conv ``node`` pads it (``pads``, or ``auto_pad`` SAME_UPPER / SAME_LOWER from the
+    input size); Gemm and MatMul inputs unchanged."""
+    if node.op_type != "Conv":
         return x
-    kernel = layer.weight.shape[2:]
     rank = len(kernel)
-    auto_pad = attribute(layer.node, "auto_pad", b"NOTSET")
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        strides = attribute(layer.node, "strides", [1] * rank)
-        dilations = attribute(layer.node, "dilations", [1] * rank)
+        strides = attribute(node, "strides", [1] * rank)
+        dilations = attribute(node, "dilations", [1] * rank)
         begins, ends = [], []
         for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -59,7 +59,7 @@ def padded(layer: WeightedLayer, x: torch.Tensor) -> torch.Tensor:
     elif auto_pad == "VALID":
         return x
     else:
-        pads = attribute(layer.node, "pads", [0] * 2 * rank)
+        pads = attribute(node, "pads", [0] * 2 * rank)
         begins, ends = pads[:rank], pads[rank:]
     flat = [p for axis in reversed(range(rank)) for p in (begins[axis], ends[axis])]
     return F.pad(x, flat) if any(flat) else x
@@ -104,7 +104,7 @@ class LayerRows:
         torch_layer = row_layer(layer)
         cache = None
         for feed in progress(self.feeds, f"{description} {layer.name}", len(self.feeds)):
-            x = padded(layer, torch.from_numpy(quantized.run(None, feed)[0]))
+            x = padded(layer.node, tuple(layer.weight.shape[2:]), torch.from_numpy(quantized.run(None, feed)[0]))
             y = torch.from_numpy(reference.run(None, feed)[0])
             if cache is None:
                 channel_axis = 1 if layer.node.op_type == "Conv" else -1
@@ -114,6 +114,22 @@ class LayerRows:
                 cache = RowCache(per_batch * len(self.feeds), tuple(probe.shape[1:]), (layer.weight.shape[0],),
                                  memory_limit)
             cache.append(*sample_rows(torch_layer, x, y, per_batch, generator))
+        return cache
+
+
+    def collect_block(self, block: Block, memory_limit: int, description: str) -> RowCache:
+        """Every sample's block input as the sim computes it (its quantizers not yet applied) and float output."""
+        graph_inputs = {value.name for value in self.sim.model.graph.input}
+        quantized = None if block.input in graph_inputs else _exposing(self.sim.split().qdq_model, block.input,
+                                                                        self.sim.threads)
+        reference = _exposing(self.reference, block.output, self.sim.threads)
+        cache = None
+        for feed in progress(self.feeds, f"{description} {block.layers[0]}…", len(self.feeds)):
+            x = torch.from_numpy(feed[block.input] if quantized is None else quantized.run(None, feed)[0])
+            y = torch.from_numpy(reference.run(None, feed)[0])
+            if cache is None:
+                cache = RowCache(x.shape[0] * len(self.feeds), tuple(x.shape[1:]), tuple(y.shape[1:]), memory_limit)
+            cache.append(x, y)
         return cache
 
 

@@ -1,6 +1,5 @@
-"""Conv, Gemm and MatMul nodes seen as the techniques see a layer: a weight ``[out, in/groups, *kernel]``
-and a bias ``[out]`` as torch tensors, read from and written back to the graph's initializers (a
-MatMul's bias is the constant operand of an Add that alone reads its output, where there is one)."""
+"""Conv, Gemm and MatMul nodes as the techniques see a layer: weight ``[out, in/groups, *kernel]`` and bias ``[out]``
+as torch tensors, read from and written back to the initializers (a MatMul's bias: the constant of its sole Add)."""
 
 from __future__ import annotations
 
@@ -17,9 +16,8 @@ from lowbit.onnx.graph_view import GraphFacts
 
 @dataclass
 class WeightedLayer:
-    """One Conv, Gemm or MatMul whose weight is an initializer only it reads; ``weight`` and ``bias``
-    are float64 copies in the techniques' layout (a Gemm without transB and a MatMul store their
-    weight transposed); ``bias_reader`` is the node reading the bias (the layer, or a MatMul's Add)."""
+    """A Conv, Gemm or MatMul with an unshared initializer weight; ``weight`` and ``bias`` are float64 copies in the
+    techniques' layout (transposed from a MatMul's or a Gemm's without transB); ``bias_reader`` reads the bias."""
 
     node: onnx.NodeProto
     weight: torch.Tensor
@@ -90,9 +88,8 @@ class WeightedLayer:
 
 
 def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | None:
-    """``node`` as a WeightedLayer, or None: not a Conv, Gemm or MatMul, a weight that is no
-    initializer or is shared (MatMul: not 2-D), a Gemm with transA, alpha ≠ 1, or a bias it scales or
-    broadcasts."""
+    """``node`` as a WeightedLayer, or None: not a Conv, Gemm or MatMul, a shared or non-initializer weight (MatMul: not
+    2-D), or a Gemm with transA, alpha ≠ 1, or a bias it scales or broadcasts."""
     if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in facts.initializers:
         return None
     if len(facts.consumers[node.input[1]]) != 1:

@@ -226,9 +226,8 @@ class OnnxQuantSim(PlannedQuantizers):
         return self
 
     def _exported_names(self) -> dict[str, str]:
-        """Quantizer key → the tensor name its encoding has in the exported files (a quantized model
-        output and an op input are renamed there), read from an export with stand-in encodings where
-        the sim has none yet."""
+        """Quantizer key → its encoding's tensor name in the exported files (quantized model outputs and op inputs are
+        renamed), read from an export with stand-in encodings where the sim has none yet."""
         if self.is_calibrated:
             return self.split().tensor_names
         missing = [key for key, quantizer in self._quantizers.items() if quantizer.encoding is None]

@@ -19,10 +19,7 @@ def sqnr_range(histogram: StreamingHistogram, spec: QuantSpec):
 
 def sqnr_range_of_values(values: torch.Tensor, spec: QuantSpec):
     """Per-row (min, max) whose grid has the lowest squared error on the [rows, n] ``values`` themselves.
-
-    The exact counterpart of :func:`sqnr_range` for tensors known in full (weights): the same
-    candidates, each scored on every value rather than on bin centres.
-    """
+    Exact counterpart of :func:`sqnr_range` for tensors known in full (weights): candidates scored on every value."""
     values = values.detach().to(torch.float32)
     lo, hi = row_aminmax(values)
     return _search_on(values, torch.ones_like(values), lo, hi, spec, _squared_error, candidate_ranges)
@@ -30,9 +27,7 @@ def sqnr_range_of_values(values: torch.Tensor, spec: QuantSpec):
 
 def entropy_range(histogram: StreamingHistogram, spec: QuantSpec):
     """Per-row (min, max) whose quantized histogram is closest in KL divergence to the original.
-
-    Candidates clip at a threshold t: [max(min, −t), min(max, t)], as TensorRT and onnxruntime do.
-    """
+    Candidates clip at a threshold t: [max(min, −t), min(max, t)], as TensorRT and onnxruntime do."""
     return _search(histogram, spec, _kl_divergence, threshold_ranges)
 
 
@@ -63,10 +58,8 @@ def _search(histogram, spec, cost, candidates):
 
 
 def _search_on(centers, counts, lo, hi, spec, cost, candidates):
-    """Evaluate ``cost`` of [rows, n] ``centers`` weighted by ``counts`` for every candidate range of
-    (``lo``, ``hi``) and keep the cheapest, in row chunks to bound memory. Returns the candidate
-    ranges themselves: ``Encoding.from_range`` rebuilds exactly the grid that was scored (a grid's
-    own min/max would not: signed symmetric grids reach one step further below zero)."""
+    """Keep the candidate range of (``lo``, ``hi``) with the lowest ``cost`` on ``centers`` weighted by ``counts``.
+    Returns the candidate ranges, not the grids' min/max: ``Encoding.from_range`` must rebuild the scored grid."""
     cand_lo, cand_hi = candidates(lo, hi, spec)
     rows, per_row = cand_lo.shape[0], cand_lo.shape[1] * centers.shape[1]
     chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // per_row)
@@ -101,16 +94,8 @@ def _xlogx(x):
 
 
 def _kl_divergence(centers, counts, encoding):
-    """KL(P ‖ Q) per candidate, [rows, K], as TensorRT defines it.
-
-    P: the bins whose centre lies inside the candidate, plus the clipped mass (bins whose centre
-    lies outside) added to its edge bins; Q: the in-range counts (without the clipped mass) merged
-    per grid level and spread over non-empty bins.
-
-    Computed per grid level (KL's sum over the bins of a level has a closed form), so only the
-    level of each bin is a [rows, K, bins] tensor. Candidates spanning fewer bins than grid levels
-    are excluded: their KL is trivially zero.
-    """
+    """KL(P ‖ Q) per candidate, [rows, K], as TensorRT defines it (clipped mass added to P's edge bins).
+    Computed per grid level in closed form; candidates spanning fewer bins than levels are excluded (KL trivially 0)."""
     bins = centers.shape[1]
     counts = counts.to(torch.float64)
     first = torch.searchsorted(centers, encoding.min.contiguous()).clamp(max=bins - 1)
@@ -140,10 +125,7 @@ def _prefix_sums(values):
 
 def _level_sums(centers, counts, encoding, below, above, first, last, nonzero):
     """[rows, K, levels] in-range mass and number of non-empty bins per grid level.
-
-    Bins below (above) the candidate all round to the lowest (highest) level, so their sums are
-    taken back out of it.
-    """
+    Bins below (above) the candidate round to the lowest (highest) level, so their sums are taken back out of it."""
     rows, candidates = encoding.scale.shape
     levels = encoding.spec.levels
     group = _grid_index(centers, encoding).long()

@@ -14,10 +14,7 @@ _TINY_SCALE = 1e-8
 @dataclass(frozen=True)
 class Encoding:
     """real ≈ (q + offset) · scale with q in [0, 2**bits − 1]; tensors hold one value per channel/block.
-
-    Build it with :meth:`from_range`; ``offset`` is AIMET's (non-positive) offset, so the ONNX/torch
-    zero point is ``-offset`` on the unsigned grid.
-    """
+    Build it with :meth:`from_range`; ``offset`` is AIMET's (≤ 0): the ONNX/torch zero point is ``-offset``."""
 
     spec: QuantSpec
     scale: torch.Tensor

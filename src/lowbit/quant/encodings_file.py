@@ -1,9 +1,5 @@
 """AIMET encodings files: written in format 1.0.0; read in 1.0.0 and AIMET 1.x's 0.6.1.
-
-Neither format stores the channel axis: read encodings carry axis 0 as a placeholder and the caller
-(QuantSim) rebuilds the spec with the model's axis. Per-channel and per-block scales and offsets are
-read flat and 1-D (per-block: channels × blocks, row-major); per-tensor ones are 0-d.
-"""
+Neither format stores the channel axis (read encodings carry axis 0); per-channel/per-block values read flat, 1-D."""
 
 from __future__ import annotations
 

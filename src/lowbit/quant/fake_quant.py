@@ -10,9 +10,7 @@ from lowbit.quant.layout import as_rows, broadcastable
 
 def quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """Integer grid index q in [0, 2**bits − 1] (int64) nearest to each value of ``x``.
-
-    Multiplies by 1/scale, as torch's fused fake-quant kernels do, so ties round the same way.
-    """
+    Multiplies by 1/scale, as torch's fused fake-quant kernels do, so ties round the same way."""
     spec = encoding.spec
     if spec.block_size is not None:
         rows = as_rows(x, spec)
@@ -39,9 +37,7 @@ def dequantize(q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
 
 def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """dequantize(quantize(x)) with straight-through gradients inside the range, zero outside.
-
-    Per-tensor and per-channel use torch's fused fake-quant kernels.
-    """
+    Per-tensor and per-channel use torch's fused fake-quant kernels."""
     spec = encoding.spec
     qmax = spec.levels - 1
     if spec.block_size is not None:
@@ -119,10 +115,8 @@ def _composable(encoding: Encoding) -> bool:
 
 
 class _PerTensorStraightThrough(torch.autograd.Function):
-    """Per-tensor fake quantization with the straight-through gradient (1 where the grid index lies in
-    [low, high], 0 outside), from vectorised ops: the values of torch's fused kernel (or, ``divide``,
-    of dividing by the scale); torch's kernel runs one element at a time, slower forward and backward on
-    activation-sized tensors."""
+    """Per-tensor fake quantization, straight-through gradient 1 where the grid index lies in [low, high], 0 outside.
+    Vectorised: torch's fused kernel's values (``divide``: dividing by the scale), faster than its serial kernel."""
 
     @staticmethod
     def forward(ctx, x, scale, low, high, divide):

@@ -30,15 +30,8 @@ def row_aminmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class StreamingHistogram:
-    """One histogram of ``bins`` bins per row, range widened (and counts re-binned) as data grows.
-
-    The range (``lo``, ``hi``) is the exact minimum and maximum of every value seen. Batches with
-    more than ``max_counted`` values per row are counted on a systematic sample of about
-    ``max_counted`` of them (contiguous blocks, every k-th, at an offset that changes with each batch),
-    weighted by k so that the counts still add up to the number of values: binning costs ~6 ns a
-    value on a CPU (several times a convolution's cost per output) and a million values per batch
-    already pin the shape of a histogram far more finely than the clipping searches need.
-    """
+    """One histogram of ``bins`` bins per row over the exact min/max seen (``lo``, ``hi``), widened as data grows.
+    Rows over ``max_counted`` values a batch are counted on a systematic sample, weighted so counts sum to the total."""
 
     def __init__(self, bins: int = 2048, max_counted: int = _MAX_COUNTED_PER_ROW):
         self.bins = bins

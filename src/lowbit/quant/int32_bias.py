@@ -1,7 +1,5 @@
-"""The int32 grid a quantized layer's bias is stored on: scale input_scale · weight_scale per output
-channel, widened for a channel whose bias would not fit in int32 there (16-bit weights and activations
-give scales near 1e-9, so a bias of 3 already overflows; onnxruntime's quantizer widens the weight
-scale instead, which costs weight precision)."""
+"""The int32 grid a quantized layer's bias is stored on: scale input_scale · weight_scale per output channel,
+widened where a bias would overflow int32 (onnxruntime widens the weight scale instead, costing precision)."""
 
 from __future__ import annotations
 
@@ -11,9 +9,8 @@ INT32_MIN, INT32_MAX = -2.0**31, 2.0**31 - 1
 
 
 def int32_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor, widen: bool):
-    """(integers as float, scale per channel) of ``bias`` on its int32 grid; with ``widen``, a channel
-    whose |bias| / (input_scale · weight_scale) exceeds int32 gets the scale |bias| / 2**30. Only for
-    layers wider than 8 bits: onnxruntime's 8-bit integer kernels read the bias on the product grid."""
+    """(integers as float, scale per channel) of ``bias`` on its int32 grid; ``widen``: scale |bias|/2**30 on overflow.
+    Only for layers wider than 8 bits: onnxruntime's 8-bit integer kernels read the bias on the product grid."""
     scale = (input_scale.reshape(()) * weight_scale).to(torch.float32).expand(bias.shape)
     if widen:
         scale = torch.where(bias.abs() / scale > INT32_MAX, (bias.abs() / 2.0**30).to(torch.float32), scale)

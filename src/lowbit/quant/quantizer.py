@@ -32,11 +32,8 @@ def _forget_grid(quantizer_ref: weakref.ref, marked: weakref.ref) -> None:
 
 class Quantizer(nn.Module):
     """Holds a spec and (once calibrated) an encoding; ``mode`` decides what forward does.
-
-    Modes: ``"calibrate"`` observes and passes values through unchanged, ``"quantize"``
-    fake-quantizes, ``"off"`` passes through. ``divide=True`` rounds x / scale (as runtimes quantize
-    float tensors) instead of torch's x · (1 / scale); lowbit uses it where float values enter.
-    """
+    Modes: ``"calibrate"`` observes and passes values through, ``"quantize"`` fake-quantizes, ``"off"`` passes through.
+    ``divide=True`` rounds x / scale (as runtimes quantize float tensors) instead of torch's x · (1 / scale)."""
 
     def __init__(self, spec: QuantSpec, scheme: str = "minmax", divide: bool = False):
         super().__init__()
@@ -74,13 +71,9 @@ class Quantizer(nn.Module):
 
     def learn_ranges(self, enabled: bool = True) -> "Quantizer":
         """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values.
-
-        ``learned_scale`` (and, for asymmetric specs, ``learned_zero_point``) become ``nn.Parameter`` s
-        starting at the current encoding, with LSQ's gradients (Esser et al. 2020; the zero point as in
-        LSQ+), scaled by 1/sqrt(values per scale · largest grid index), through torch's fused learnable
-        fake-quantization kernels. The encoding follows them on every forward (zero point rounded), so
-        what the sim emulates and exports is what was trained; without gradients the sim computes on
-        that encoding exactly as before."""
+        ``learned_scale`` (asymmetric specs: also ``learned_zero_point``) train with LSQ/LSQ+ gradients (Esser et al.
+        2020), scaled by 1/sqrt(values per scale · largest grid index); the encoding follows them on every forward
+        (zero point rounded), so what the sim emulates and exports is what was trained."""
         if self.learning:
             self._follow_learned()
         for name in ("learned_scale", "learned_zero_point"):
@@ -127,9 +120,8 @@ class Quantizer(nn.Module):
         return self.frozen_by is not None
 
     def freeze(self, encoding: Encoding, by: str) -> None:
-        """Set ``encoding`` and keep it: weight calibration no longer recomputes it. ``by`` names the
-        technique that chose it ("adaround", "sequential_mse"), so later techniques follow their rules
-        on every front end."""
+        """Set ``encoding`` and keep it: weight calibration no longer recomputes it.
+        ``by`` names the technique that chose it ("adaround", "sequential_mse"); later techniques follow their rules."""
         self.encoding = encoding
         self.frozen_by = by
         self.mode = "quantize"
@@ -161,13 +153,8 @@ class Quantizer(nn.Module):
         return self.encoding
 
     def mark_on_grid(self, x: torch.Tensor, integers: torch.Tensor | None = None) -> None:
-        """Note that ``x`` was just computed on this quantizer's grid: while it stays unmodified and
-        needs no gradient, forward returns it as is (fake-quantizing it again would not change it).
-
-        ``integers``, when given, are the centred grid indices c (as float32) with x = c · scale, kept
-        by this quantizer for as long as ``x`` lives, so that integer kernels reading ``x`` need not
-        recompute round(x / scale), which equals c exactly for such x.
-        """
+        """Note ``x`` was just computed on this grid: while unmodified and without gradient, forward returns it as is.
+        ``integers`` (centred grid indices c, x = c · scale) live as long as ``x``, so kernels skip round(x / scale)."""
         marked = weakref.ref(x, functools.partial(_forget_grid, weakref.ref(self)))
         self._on_grid = (marked, x._version, integers, self.scale)
 

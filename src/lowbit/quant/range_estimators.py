@@ -15,9 +15,7 @@ SCHEMES = ("minmax", "mean_minmax", "percentile", "sqnr", "entropy")
 
 class RangeEstimator:
     """Streams [rows, n] views of a tensor; ``range()`` gives per-row (min, max).
-
-    Estimators with ``takes_extremes`` can instead be fed each sample's minima and maxima
-    (``observe_extremes``), which a runtime computes without handing the whole tensor over."""
+    With ``takes_extremes`` it can instead be fed each sample's minima and maxima (``observe_extremes``)."""
 
     takes_extremes = False
 
@@ -200,10 +198,8 @@ def make_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
 
 
 class WeightSqnrEstimator(RangeEstimator):
-    """``sqnr`` for a tensor observed once and in full (a weight): the clipping range with the lowest
-    squared error, scored on the values themselves where that is no dearer than a histogram (symmetric
-    grids, whose 24 candidates are cheap to score, or rows no longer than ``bins``), else on a
-    ``bins``-bin histogram of them, as :class:`SqnrEstimator` does."""
+    """``sqnr`` for a weight (observed once, in full): the clipping range with the lowest squared error, scored on the
+    values where no dearer (symmetric grids, rows ≤ ``bins``), else on a ``bins``-bin histogram."""
 
     def __init__(self, spec: QuantSpec, bins: int = 512):
         super().__init__(spec)
@@ -228,13 +224,7 @@ class WeightSqnrEstimator(RangeEstimator):
 
 def make_weight_estimator(scheme: str, spec: QuantSpec) -> RangeEstimator:
     """The range estimator for a weight (observed once, in full) calibrated with ``scheme``.
-
-    ``minmax``, ``mean_minmax`` and ``percentile``/``entropy`` give the weight's min and max: weights have no outliers
-    from data to clip, the percentile and KL criteria are statistics of activation distributions, and
-    this is what TensorRT, onnxruntime's calibrators and NNCF do with weights. ``sqnr`` keeps its
-    MSE-optimal search (it pays off at low bit widths), scored exactly on the weight values
-    (:class:`WeightSqnrEstimator`).
-    """
+    Only ``sqnr`` searches (exactly, on the values); the others give min/max, as TensorRT, onnxruntime and NNCF do."""
     if scheme not in SCHEMES:
         raise SpecError(f"unknown calibration scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     return WeightSqnrEstimator(spec) if scheme == "sqnr" else MinMaxEstimator(spec)

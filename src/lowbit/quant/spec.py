@@ -9,12 +9,8 @@ from lowbit.errors import SpecError
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Bitwidth, symmetry and granularity of one quantizer.
-
-    ``axis`` selects per-channel quantization along that axis; ``block_size`` with ``axis``
-    splits each channel's other dimension (the last one) into blocks of that many elements.
-    ``signed=False`` with ``symmetric=True`` is unsigned-symmetric (for non-negative tensors).
-    """
+    """Bitwidth, symmetry and granularity of one quantizer; ``axis`` makes it per-channel along that axis.
+    ``block_size`` (with ``axis``) splits the last dimension into blocks; ``signed=False`` + ``symmetric``: unsigned."""
 
     bits: int = 8
     symmetric: bool = False

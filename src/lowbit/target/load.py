@@ -21,9 +21,7 @@ def preset_names() -> list[str]:
 
 def load_target(spec: str | os.PathLike | Mapping | Target) -> Target:
     """Load a target from a preset name, a JSON file path, a config dict, or return a Target as is.
-
-    A string is a preset name unless it contains a path separator or ends in ".json".
-    """
+    A string is a preset name unless it contains a path separator or ends in ".json"."""
     if isinstance(spec, Target):
         return spec
     if isinstance(spec, Mapping):

@@ -16,9 +16,8 @@ WEIGHT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}
 
 @dataclass(frozen=True)
 class QuantPoint:
-    """One quantizer: ``role`` is "input", "output" or "weight"; ``node`` the graph node (torch) or
-    tensor (ONNX) it follows (for an op input, the consuming node); ``module`` the module path
-    (torch) or initializer name (ONNX) for weights; ``argument`` the input an op-input quantizer reads."""
+    """One quantizer: ``role`` "input", "output" or "weight"; ``node`` the graph node (torch) or tensor (ONNX) it
+    follows (op input: the consumer); ``module`` the weight's module or initializer; ``argument`` the input read."""
 
     key: str
     role: str

@@ -30,9 +30,7 @@ class ParamRule:
 @dataclass(frozen=True)
 class OpRule:
     """Everything a target says about one op type, with defaults already applied.
-
-    ``default_param`` is the rule for parameter kinds that ``params`` does not name.
-    """
+    ``default_param`` is the rule for parameter kinds that ``params`` does not name."""
 
     input_quantized: bool
     output_quantized: bool

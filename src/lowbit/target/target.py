@@ -32,18 +32,15 @@ PASSTHROUGH_OPS = frozenset(
         "SpaceToDepth",
     }
 )
-"""Op types that never get a quantizer of their own: every output value is one of the input's values
-(a subset or rearrangement; Pad's zero is always on the grid), so the input's encoding is exact for
-the output. Gather is not one: gathering rows of an embedding table is a weighted op."""
+"""Op types that never get a quantizer of their own: every output value is one of the input's values, so the input's
+encoding is exact for the output (Pad's zero is on the grid). Not Gather: an embedding lookup is a weighted op."""
 
 _FALLBACK_KERNEL = {"activation": {"bitwidth": 8, "dtype": "int"}, "param": {"bitwidth": 8, "dtype": "int"}}
 
 
 class Target:
     """A validated target config with its per-op-type rules resolved on demand.
-
-    Two targets are equal when their configs are, whatever their names.
-    """
+    Two targets are equal when their configs are, whatever their names."""
 
     __slots__ = ("_canonical", "_config", "_name", "_op_rules")
 
@@ -67,8 +64,7 @@ class Target:
 
     def for_runtime(self, runtime: str) -> "Target":
         """This target as it applies to ``runtime`` (a name of ``lowbit.kernels.KERNELS``): the preset's
-        ``lowbit.runtime_param_bits`` entry for it, if any, replaces the weight bitwidths (cpu-int8: 8-bit
-        weights where the runtime's int32 sums are exact, 7-bit where int16 pairs saturate)."""
+        ``lowbit.runtime_param_bits`` entry for it, if any, replaces the weight bitwidths."""
         bits = self._config.get("lowbit", {}).get("runtime_param_bits", {}).get(runtime)
         return self if bits is None else self.with_overrides(param_bits=bits)
 
@@ -79,9 +75,8 @@ class Target:
         return self._op_rules[op_type]
 
     def weight_rule(self, op_type: str, depthwise: bool) -> OpRule:
-        """The rule for a layer's weights: a depthwise Conv's comes from the lowbit op type
-        ``DepthwiseConv`` where the config has one (x86 CPUs run depthwise int8 convolutions in a kernel
-        whose int16 sums cannot saturate, so they can take wider weights); else the op's own rule."""
+        """The rule for a layer's weights: a depthwise Conv's is op type ``DepthwiseConv``'s where the config has one
+        (x86 depthwise int8 kernels' int16 sums cannot saturate, so they can take wider weights); else the op's own."""
         if depthwise and op_type == "Conv" and DEPTHWISE_CONV in self._config["op_type"]:
             return self.op(DEPTHWISE_CONV)
         return self.op(op_type)
@@ -166,9 +161,7 @@ class Target:
 
     def to_json(self, include_lowbit: bool = True) -> dict:
         """The config as an AIMET-format dict with "True"/"False" booleans (loads back equal).
-
-        AIMET rejects unknown top-level keys: pass ``include_lowbit=False`` to write a file for AIMET.
-        """
+        AIMET rejects unknown top-level keys: pass ``include_lowbit=False`` to write a file for AIMET."""
         config = copy.deepcopy(self._config)
         if not include_lowbit:
             config.pop("lowbit", None)

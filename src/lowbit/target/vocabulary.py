@@ -9,6 +9,5 @@ QUANTIZED_OP_TYPES = frozenset({
     "Add", "Sub", "Mul", "Div", "Min", "Max", "Mean", "Sum", "Where",
     "Concat", "ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool", "Resize", "Upsample",
 })
-"""Op types given quantizers per the target (pass-through ops such as Reshape or MaxPool carry their
-input's encoding instead; see ``lowbit.target.PASSTHROUGH_OPS``). "Silu" is torch's SiLU, one op there
-(ONNX writes it as Sigmoid then Mul)."""
+"""Op types given quantizers per the target (pass-through ops such as Reshape carry their input's encoding: see
+``lowbit.target.PASSTHROUGH_OPS``). "Silu" is torch's SiLU, one op there (ONNX writes it as Sigmoid then Mul)."""

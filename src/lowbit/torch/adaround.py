@@ -12,8 +12,9 @@ from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS, round_on_rows
 from lowbit.algorithms.layer_rows import layer_groups
 from lowbit.algorithms.row_cache import RowCache
 from lowbit.errors import SpecError
+from lowbit.graph.blocks import rounding_units
 from lowbit.progress import progress
-from lowbit.torch.adaround_block import round_block
+from lowbit.algorithms.block_rounding import round_block
 from lowbit.torch.graph_blocks import block_module
 from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
@@ -59,7 +60,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         reason = weight_skip_reason(sim.model.get_submodule(name))
         if reason is not None:
             skipped[name] = reason
-    units = _units(inputs, [name for name in order if name not in skipped], granularity, block_layers)
+    blocks = inputs.blocks(block_layers) if granularity == "block" else None
+    units = rounding_units(blocks, [name for name in order if name not in skipped], block_layers)
     generator = torch.Generator().manual_seed(seed)
     layers = []
     for names, block in progress(units, "adaround", len(units), unit=granularity):
@@ -80,25 +82,6 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         layers.append(LayerRounding(names, iterations, time.perf_counter() - unit_start, nearest_mse,
                                     rounded_mse))
     return AdaroundResult(tuple(layers), skipped, time.perf_counter() - start)
-
-
-def _units(inputs, names: list[str], granularity: str, block_layers: int) -> list[tuple[tuple[str, ...], object]]:
-    """What to round together, in call order: (layer names, graph block or None for a single layer).
-    Block granularity falls back to single layers without a torch.fx graph and for spans calling more
-    than ``block_layers`` layers."""
-    blocks = inputs.blocks(block_layers) if granularity == "block" else None
-    if blocks is None:
-        return [((name,), None) for name in names]
-    wanted = set(names)
-    units, covered = [], set()
-    for block in blocks:
-        kept = tuple(name for name in block.layers if name in wanted)
-        if kept and len(block.layers) <= block_layers:
-            units.append((kept, block))
-            covered.update(kept)
-    position = {name: index for index, name in enumerate(names)}
-    units += [((name,), None) for name in names if name not in covered]
-    return sorted(units, key=lambda unit: position[unit[0][0]])
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:

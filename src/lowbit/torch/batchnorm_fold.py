@@ -24,10 +24,8 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass(frozen=True)
 class FoldedBatchNorm:
-    """The output statistics of a layer that absorbed the BatchNorm after it: per output channel
-    N(``mean``, ``std``²) (the BN's β and |γ|) while the layer's weight rows had norms ``weight_norm``
-    and its bias was ``bias``. Later per-channel rescaling (cross-layer equalization) and bias shifts
-    (high-bias absorption) are followed from the layer's current weight and bias."""
+    """Output statistics N(``mean``, ``std``²) per channel of a layer that absorbed the BatchNorm after it; later
+    rescaling and bias shifts of the layer are followed from its current weight and bias."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -49,21 +47,10 @@ class FoldedBatchNorm:
 
 
 def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
-    """Fold every BatchNorm into the adjacent Conv/ConvTranspose/Linear, in place; each folded
-    BatchNorm becomes Identity. Returns (layer, bn) pairs.
-
-    - **BN after the layer** (the layer's output feeds only the BN; a Linear's output must be 2-D):
-      exact. Subclasses count (a "same"-padding conv that pads in its own forward); one whose class
-      overrides forward is folded only if the folded copy reproduces bn(layer(x)) on the example input
-      to 1e-5 relative (a weight-standardizing conv is not). The layer keeps the BN's output statistics
-      as ``layer.folded_batchnorm`` (a :class:`FoldedBatchNorm`; analytical bias correction reads it).
-    - **BN before the layer** (the BN's output feeds only the layer, and the BN was not folded into
-      the layer before it): folded where exact — a Linear on 2-D input, or a Conv1d/2d/3d computed as
-      torch computes it, without padding (padded zeros would miss the BN's shift). ConvTranspose,
-      padded convs and convs with a forward of their own keep their BN.
-
-    Folds before a layer are applied first, so a layer can take a BN on each side.
-    """
+    """Fold every BatchNorm into the adjacent Conv/ConvTranspose/Linear in place, replacing it by Identity.
+    A BN after a layer is folded exactly (a layer with its own forward only if checked on ``example_input``); a BN
+    before one only where exact (Linear, unpadded Conv1d/2d/3d). The layer keeps ``layer.folded_batchnorm``.
+    Returns (layer, bn) name pairs."""
     args, kwargs = as_call(example_input)
     gm = _trace_keeping_layers(model, args, kwargs)
     run = _ExampleRun(gm)
@@ -228,10 +215,8 @@ def fold_into(layer: nn.Module, batchnorm: nn.Module) -> None:
 
 @torch.no_grad()
 def fold_preceding_into(layer: nn.Module, batchnorm: nn.Module) -> None:
-    """Scale ``layer``'s input channels (each group's, for grouped convolutions) and shift its bias so
-    it computes layer(batchnorm(x)) = layer(factor·x + shift): W' = W·factor, b' = b + Σ W·shift.
-    Exact for a Linear and an unpadded convolution. Output statistics recorded on ``layer`` stay as
-    they were."""
+    """Fold ``batchnorm`` into the following ``layer``'s input channels and bias: W' = W·factor, b' = b + Σ W·shift.
+    Exact for a Linear and an unpadded convolution; output statistics recorded on ``layer`` stay as they were."""
     factor = _factor(batchnorm)
     shift = _beta(batchnorm) - batchnorm.running_mean * factor
     recorded = getattr(layer, "folded_batchnorm", None)

@@ -1,6 +1,5 @@
-"""Bias correction of a QuantSim's layers: each layer's input mean, measured by forward pre-hooks or
-derived from folded BatchNorm statistics along the sim's graph, and the math in
-``lowbit.algorithms.bias_correction`` turns it into the bias update."""
+"""Bias correction of a QuantSim's layers: input means measured by hooks or derived from folded BatchNorm
+statistics, turned into bias updates by ``lowbit.algorithms.bias_correction``."""
 
 from __future__ import annotations
 
@@ -33,29 +32,10 @@ _ADD_FUNCTIONS = (operator.add, torch.add)
 
 def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None,
                  transform=None) -> BiasCorrectionResult:
-    """Bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized
-    Conv1d/2d/3d and Linear layers (the user's model is untouched: the sim holds a copy).
-
-    Weight quantization shifts a layer's expected output by ``Δ = (W_q − W) E[x]`` (convolutions:
-    weight error summed over the kernel; grouped/depthwise convolutions: each output channel over its
-    group's inputs; exact but for zero padding), and ``bias −= Δ`` removes it (a zero bias is created
-    where the layer had none). All layers use input means taken before any correction.
-
-    ``mode="empirical"``: E[x] per channel is the mean of the layer's (simulated) input over one pass
-    over ``data`` with every quantizer active.
-
-    ``mode="analytical"`` (data-free): where a layer's input comes, through Identity, Dropout and
-    activation quantizers, from a layer with a folded BatchNorm (``lowbit.fold_batchnorm`` records
-    its statistics), each channel is taken as N(β, γ²) and E[x] is β, or the mean of that normal after
-    ReLU, ReLU6 or Hardtanh; means also pass through adaptive average pooling, flatten and additions
-    of known means. Other layers (the model's input, after an unknown op) use ``data`` when given and
-    are skipped otherwise.
-
-    ConvTranspose and Embedding layers are skipped and named in the result, as are layers no batch
-    reached and layers AdaRound rounded (it fits their output mean already; correcting them again
-    undoes that). Raises ``NotCalibratedError`` on a sim that was never calibrated and ``DataError``
-    on empty or non-finite data, or none in empirical mode.
-    """
+    """Bias correction (Nagel et al. 2019, §4.2), in place on ``sim``'s weight-quantized Conv and Linear layers:
+    ``bias −= (W_q − W) E[x]``, E[x] measured on ``data`` ("empirical") or derived from folded BatchNorm statistics
+    ("analytical", data-free; ``data`` covers the rest when given). ConvTranspose, Embedding and AdaRounded layers
+    are skipped and named in the result; raises ``NotCalibratedError`` on an uncalibrated sim."""
     if mode not in _MODES:
         raise SpecError(f"unknown bias correction mode {mode!r}; choose one of {', '.join(_MODES)}")
     if data is None and mode == "empirical":

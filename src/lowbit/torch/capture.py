@@ -78,9 +78,8 @@ def trace_for(purpose: str, model: nn.Module, example_input) -> fx.GraphModule:
 
 
 def with_layer_modules(model: nn.Module, example_input) -> nn.Module:
-    """``model`` itself, or, when it calls convolution/linear/matmul functions on its own parameters
-    (a conv subclass that pads in its ``forward``), its trace with those calls as modules, so BatchNorm
-    folds into them. A model torch.fx cannot trace is returned as it is."""
+    """``model``, or its trace with convolution/linear/matmul calls on its own parameters as modules so BatchNorm
+    folds into them; a model torch.fx cannot trace is returned as it is."""
     args, kwargs = as_call(example_input)
     try:
         gm = trace(model, args, kwargs)
@@ -90,9 +89,8 @@ def with_layer_modules(model: nn.Module, example_input) -> nn.Module:
 
 
 def script_as_graph(script: torch.jit.ScriptModule, example_input) -> fx.GraphModule:
-    """A TorchScript module as an fx graph in eval mode (converted by running ``example_input``: one
-    tensor, a tuple, or a dict by argument name), its convolutions, linear layers and batch norms as
-    modules; GraphCaptureError when torch cannot convert it."""
+    """A TorchScript module as an eval-mode fx graph (converted by running ``example_input``), its convolutions,
+    linear layers and batch norms as modules; GraphCaptureError when torch cannot convert it."""
     from torch._export.converter import TS2EPConverter
 
     args, kwargs = as_call(example_input)
@@ -156,9 +154,8 @@ class _CallRecorder(nn.Module):
 
 
 def with_scripts_as_graphs(model: nn.Module, example_input) -> nn.Module:
-    """``model`` (in place) with each outermost TorchScript submodule converted to a graph from the
-    arguments it gets on ``example_input``, so torch.fx traces into it; a whole ScriptModule is converted
-    itself. Scripts the example never calls stay as they are."""
+    """``model`` (in place) with each outermost TorchScript submodule the example calls converted to an fx graph,
+    so torch.fx traces into it; a whole ScriptModule is converted itself."""
     if isinstance(model, torch.jit.ScriptModule):
         return script_as_graph(model, example_input)
     scripts = [(name, child) for name, child in model.named_modules()

@@ -39,10 +39,7 @@ def export_sim(sim, out_dir, name: str = "model") -> ExportPaths:
 
 def exported_onnx(sim) -> onnx.ModelProto:
     """The sim traced to ONNX with every quantizer written as tagged QuantizeLinear/DequantizeLinear.
-
-    Biases stay float here: the QDQ step rounds them to int32 exactly as the simulation does.
-    Flatten(axis=1) is written as Reshape, which onnxruntime fuses across (see ``flatten_as_reshape``).
-    """
+    Biases stay float (the QDQ step rounds them to int32 as the simulation does); Flatten(axis=1) becomes Reshape."""
     memo: dict = {}
     module = copy.deepcopy(sim.model, memo).cpu().eval()
     keys = {id(memo[id(q)]): key for key, q in sim.quantizers().items()}
@@ -92,10 +89,8 @@ class KeywordCall(nn.Module):
 
 
 def _dynamic_axes(module: nn.Module, names: list[str], args: tuple, outputs: list[str]) -> dict:
-    """The batch axis of every input and output, and every other axis the model runs at another size
-    on, with the output axes that follow it: a fully convolutional model keeps its spatial axes, a
-    token model its sequence axis. Probed on one sample, doubling axis k of every input whose axis k
-    has one size (token ids and their mask together)."""
+    """The batch axis of every input and output, plus each other axis the model runs at another size on (probed
+    on one sample by doubling it), with the output axes that follow it."""
     axes = {name: {0: "batch"} for name in names + outputs}
     sample = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
     base = _output_shapes(module, sample)

@@ -1,7 +1,5 @@
-"""Per-layer configurations of a QuantSim scored without re-running the model's start. Per batch, one
-run with every quantizer off and one with every quantizer on advance node by node to the layer's first
-node; each configuration continues from a copy of the run whose prefix it shares (the float run or the
-quantized run), so every node before the layer runs once per batch instead of once per configuration."""
+"""Per-layer QuantSim configurations scored without re-running the model's start: each continues from a copy
+of a float or quantized run paused at the layer's first node, so that prefix runs once per batch."""
 
 from __future__ import annotations
 
@@ -17,9 +15,7 @@ from lowbit.torch.weight_quantized import WeightQuantized
 
 def forked_outputs(sim, calls, groups, plans, enabled_only) -> dict[tuple[str, str], list[torch.Tensor]] | None:
     """First float output per (layer, configuration) and batch; ``plans[group.name]`` lists (configuration,
-    quantizers enabled, "float" or "quantized": the run it shares its start with), ``enabled_only(sim,
-    keys)`` a context in which only those quantize. None when the sim is no fx graph or some quantizer
-    is not called from a node of its own (then every configuration must run the whole model)."""
+    enabled quantizers, "float"/"quantized"). None when the sim is no fx graph or a quantizer has no node of its own."""
     graph_module = sim.model
     if not isinstance(graph_module, fx.GraphModule):
         return None

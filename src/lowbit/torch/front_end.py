@@ -30,10 +30,11 @@ def _fold_batchnorm(model, example_input) -> tuple:
 
 
 def _equalize(model, example_input, absorb_high_bias: bool = True) -> tuple:
-    """``model`` equalized in place (BatchNorm folded first), and the groups."""
+    """An equalized copy of ``model`` (BatchNorm folded first), and the groups; ``model`` is untouched."""
     if example_input is None:
         raise SpecError("equalize needs example_input for a PyTorch model (to trace its graph)")
-    return model, equalize(model, example_input, absorb_high_bias=absorb_high_bias)
+    equalized = copy.deepcopy(model)
+    return equalized, equalize(equalized, example_input, absorb_high_bias=absorb_high_bias)
 
 
 TORCH_FRONT_END = FrontEnd(

@@ -11,9 +11,8 @@ from torch.utils._pytree import tree_map
 
 
 class GraphCursor:
-    """A paused run of ``graph_module`` on one call: ``run_to(i)`` executes the nodes before index i
-    not yet run (with the modules' weights as they are then), ``arguments()`` gives what the next node
-    will read, ``step()`` runs it and returns its value."""
+    """A paused run of ``graph_module`` on one call: ``run_to(i)`` runs the pending nodes before index i,
+    ``arguments()`` gives the next node's inputs, ``step()`` runs it and returns its value."""
 
     def __init__(self, graph_module: fx.GraphModule, args: tuple, kwargs: dict):
         self.nodes = list(graph_module.graph.nodes)

@@ -9,13 +9,8 @@ from lowbit.quant.quantizer import Quantizer, fast_path_allowed
 
 
 class _SkipsOnGrid:
-    """Mixin for an element-wise activation module: on a tensor that was computed on the grid of one
-    of its linked quantizers (an integer kernel's output, no gradient), forward returns that tensor
-    itself when the activation is the identity on every value of that grid (checked exhaustively, once
-    per encoding), which saves a full pass, and lets the quantizer that follows recognise the tensor.
-
-    Exact wherever the module is called: the check covers every tensor on the grid, signed zero included.
-    """
+    """Mixin for an element-wise activation: returns its input itself when it lies on a linked quantizer's grid
+    and the activation is the identity on every value of that grid (checked exhaustively once per encoding)."""
 
     grid_quantizers: tuple = ()
 
@@ -87,9 +82,8 @@ def skipping_copy(activation: nn.Module) -> nn.Module | None:
 
 
 def link_grid_follower(gm: nn.Module, path: str, quantizer: Quantizer) -> bool:
-    """Let the activation at ``path`` of the sim's graph module ``gm`` skip itself on ``quantizer``'s grid
-    when that is exact: a plain ReLU, ReLU6 or Hardtanh is replaced there by its skipping copy (the
-    graph and the module path stay as they are). False when the module is of another type."""
+    """Let the activation at ``path`` in ``gm`` skip itself on ``quantizer``'s grid when exact, replacing a plain
+    ReLU, ReLU6 or Hardtanh by its skipping copy. False when the module is of another type."""
     activation = gm.get_submodule(path)
     if not isinstance(activation, _SkipsOnGrid):
         activation = skipping_copy(activation)

@@ -83,8 +83,7 @@ _FUSED_FOLLOWERS = frozenset({"Identity", "Dropout", "Relu", "Clip"})
 _FUSED_ACROSS = frozenset({"Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
                            "Pad", "Slice"})
 """Pass-through ops onnxruntime (1.32, CPU) looks through when fusing DequantizeLinear into an integer
-Conv/Gemm/MatMul, as measured; GlobalMaxPool, Expand and DepthToSpace leave the layer float. Flatten
-does too, so the export writes a Flatten from dimension 1 on as Reshape (:func:`_fused_across`)."""
+Conv/Gemm/MatMul, as measured; Flatten is not: the export writes Flatten from dim 1 as Reshape (`_fused_across`)."""
 
 
 def _fused_across(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -123,9 +122,8 @@ def _link_output_quantizers(gm: fx.GraphModule) -> None:
 
 
 def _emulate_integer_adds(gm: fx.GraphModule) -> None:
-    """Replace each Add of two quantized tensors (through ops onnxruntime fuses across) whose only
-    reader is a quantizer (directly or through a Relu, which onnxruntime drops before a quantizer whose
-    grid starts at zero) by IntegerAdd."""
+    """Replace by IntegerAdd each Add of two quantized tensors whose only reader is a quantizer (directly or
+    through a Relu, which onnxruntime drops before a quantizer whose grid starts at zero)."""
     gm.add_module(INTEGER_ADDS, nn.ModuleDict())
     holder = gm.get_submodule(INTEGER_ADDS)
     for node in list(gm.graph.nodes):
@@ -209,9 +207,8 @@ def _reader_quantizer(gm: fx.GraphModule, node) -> tuple[Quantizer | None, bool]
 
 
 def _link_grid_followers(gm: fx.GraphModule) -> None:
-    """Let each Relu/Clip module fused between a weight-quantized layer and its output quantizer skip
-    itself on that quantizer's grid when it is the identity there (the module is replaced by a copy of
-    a skipping subclass; the graph is unchanged)."""
+    """Let each Relu/Clip module between a weight-quantized layer and its output quantizer skip itself on that
+    quantizer's grid when it is the identity there (replaced by a skipping copy; the graph is unchanged)."""
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
             continue

@@ -10,12 +10,8 @@ from lowbit.torch.integer_emulation import emulable_add, requantized_add, requan
 
 
 class IntegerAdd(nn.Module):
-    """a + b; when both inputs and the output are quantized, the result is QLinearAdd's (straight-
-    through gradients to the float sum). Exports as a plain Add. Holds its quantizers by reference.
-
-    ``through_relu``: a Relu stands between the Add and the output quantizer; onnxruntime drops it and
-    fuses the Add only when the output grid starts at zero (stored zero point at the type's minimum).
-    """
+    """a + b, QLinearAdd's result when both inputs and the output are quantized (straight-through gradients);
+    exports as Add. ``through_relu``: fused only if the output grid starts at zero (onnxruntime drops the Relu)."""
 
     def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer,
                  through_relu: bool = False):

@@ -1,10 +1,5 @@
-"""Convolutions computed as onnxruntime's integer kernels compute them, so the sim predicts them exactly.
-
-onnxruntime fuses DequantizeLinear → Conv → (Relu/Clip) → QuantizeLinear into QLinearConv: an exact
-int32 accumulation of (x − zx)(w − zw) plus the int32 bias, multiplied once by the float32
-requantization scale sx·sw/sy, rounded half to even, shifted by zy and saturated. Float convolution
-of dequantized values rounds differently in rare cases, and deep nets amplify every such flip.
-"""
+"""Convolutions computed as onnxruntime's integer kernels (QLinearConv) compute them, so the sim predicts them
+exactly: int32 accumulation, one float32 requantization multiply, rounding half to even, saturation."""
 
 from __future__ import annotations
 
@@ -32,9 +27,8 @@ def emulable(input_encoding: Encoding | None, weight_encoding: Encoding | None,
 
 @dataclass(frozen=True)
 class ConvRequantization:
-    """What QLinearConv needs besides its input: integer weights and bias, the per-channel
-    requantization multiplier, the centred output range [low, high], the scales and, where the CPU's
-    kernels saturate int16 pair sums, the correction that maps input integers to the sum's change."""
+    """What QLinearConv needs besides its input: integer weights and bias, per-channel requantization multiplier,
+    centred output range [low, high], scales and, where CPU kernels saturate int16 pair sums, their correction."""
 
     input_scale: torch.Tensor
     weights: torch.Tensor
@@ -72,11 +66,8 @@ def requantize(convolve, x: torch.Tensor, integer_form: ConvRequantization) -> t
 
 def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
                     integers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`requantize`'s result and the centred output grid indices c it is c · output_scale of.
-
-    ``integers``, when given, must be round(x / input_scale) (the centred input grid indices, which a
-    previous integer kernel produced); they are used instead of recomputing them from ``x``.
-    """
+    """:func:`requantize`'s result and the centred output grid indices c it is c · output_scale of; ``integers``,
+    if given, must be round(x / input_scale) and are used instead of recomputing them."""
     if integers is None:
         integers = torch.div(x, integer_form.input_scale).round_()
     accumulator = convolve(integers, integer_form.weights, integer_form.bias)
@@ -89,10 +80,8 @@ def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
 
 def requantized_conv(convolve, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      input_encoding: Encoding, weight_encoding: Encoding, output_encoding: Encoding) -> torch.Tensor:
-    """Output of ``convolve(x, weight, bias)`` on the output grid, computed in integers like QLinearConv.
-
-    ``x`` must already lie on the input grid; the result lies on the output grid (dequantized).
-    """
+    """``convolve(x, weight, bias)`` computed in integers like QLinearConv; ``x`` must lie on the input grid,
+    the result lies (dequantized) on the output grid."""
     return requantize(convolve, x, conv_requantization(weight, bias, input_encoding, weight_encoding,
                                                        output_encoding))
 
@@ -108,13 +97,8 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> tor
 
 def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
                     output_encoding: Encoding) -> torch.Tensor:
-    """a + b on the output grid as onnxruntime's x86 QLinearAdd kernel computes it, on the stored
-    integers A, B (uint8, or int8 for signed-symmetric grids) with float32 ratios ra = sa/sc, rb = sb/sc:
-    fixed = zc − fma(ra, za, rb·zb), C = round(fma(ra, A, fma(rb, B, fixed))), saturated.
-
-    A float32 fused multiply-add is a float64 multiply-add rounded once to float32 (the product of
-    two float32 values is exact in float64).
-    """
+    """a + b on the output grid as onnxruntime's x86 QLinearAdd computes it on the stored integers, with float32
+    ratios sa/sc, sb/sc and fused multiply-adds (a float64 multiply-add rounded once to float32)."""
     return requantized_add_grid(a, b, a_encoding, b_encoding, output_encoding)[0]
 
 

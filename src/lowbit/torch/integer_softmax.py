@@ -1,13 +1,5 @@
-"""A softmax between two 8-bit quantizers, computed as onnxruntime's QLinearSoftmax computes it.
-
-onnxruntime fuses DequantizeLinear → Softmax → QuantizeLinear into com.microsoft QLinearSoftmax: each
-input step k (relative to the row's largest, k − k_max) looks up a float32 exponential from a table
-built in double precision, shifted by a constant that keeps the row's sum finite; the row's sum is
-added up one element after the other in float32; the output is round(e · ⌊1 / y_scale⌋ / sum) + y_zp,
-clamped to the output type. That last quotient matches onnxruntime 1.32's results when computed in
-double (in float32, e · ⌊1 / y_scale⌋ can overflow where onnxruntime's does not). The ⌊1 / y_scale⌋ is
-where it parts from exact softmax: outputs near the top of the grid come out one step low.
-"""
+"""A softmax between two 8-bit quantizers, computed as onnxruntime's QLinearSoftmax computes it (table
+exponentials, float32 row sums, ⌊1 / y_scale⌋ scaling: outputs near the top of the grid come out one step low)."""
 
 from __future__ import annotations
 
@@ -64,9 +56,8 @@ def emulable_softmax(input_encoding: Encoding | None, output_encoding: Encoding 
 
 
 class IntegerSoftmax(nn.Module):
-    """softmax(x, dim); between two quantizers in quantize mode the result is QLinearSoftmax's
-    (straight-through gradients to the float softmax). Exports as a plain Softmax. Holds its
-    quantizers by reference."""
+    """softmax(x, dim); between two quantizers in quantize mode the result is QLinearSoftmax's (straight-through
+    gradients to the float softmax). Exports as a plain Softmax."""
 
     def __init__(self, input_quantizer: Quantizer, output_quantizer: Quantizer, dim: int):
         super().__init__()

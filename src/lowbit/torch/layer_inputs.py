@@ -13,7 +13,8 @@ from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.errors import DataError, NotCalibratedError
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
-from lowbit.torch.graph_blocks import GraphBlock, graph_blocks
+from lowbit.graph.blocks import Block
+from lowbit.torch.graph_blocks import block_nodes, fx_blocks
 from lowbit.torch.graph_cursor import GraphCursor
 from lowbit.algorithms.layer_rows import rows_unsupported, sample_rows
 from lowbit.algorithms.row_cache import RowCache
@@ -46,15 +47,8 @@ def weight_skip_reason(wrapper: WeightQuantized) -> str | None:
 
 
 class LayerInputs:
-    """The sim (quantized, with every earlier layer's final weights) and a float reference copy taken
-    at construction (every quantizer off), run on the same materialised ``calls``.
-
-    On a torch.fx graph where each layer is called once, both runs pause at the layer asked for and
-    resume there for the next one (:class:`GraphCursor`), so every node runs once per batch in all
-    instead of once per later layer; layers must then be collected in call order (going back restarts
-    the runs). Otherwise each collection re-runs the model from its input and stops at the layer.
-    Image batches run in channels-last memory (see :func:`lowbit.data.channels_last`).
-    """
+    """The sim and a float reference copy (every quantizer off) run on the same ``calls``; on an fx graph both
+    pause at each layer and resume there (:class:`GraphCursor`), so layers must be collected in call order."""
 
     def __init__(self, sim, calls: list[tuple[tuple, dict]]):
         self.sim = sim
@@ -105,16 +99,16 @@ class LayerInputs:
             cache.append(inputs, outputs)
         return cache
 
-    def collect_block(self, block: GraphBlock, memory_limit: int, description: str) -> RowCache:
+    def collect_block(self, block: Block, memory_limit: int, description: str) -> RowCache:
         """Every sample's quantized input of ``block`` (the sim paused at its start) and float output
         (the reference run past it); needs a torch.fx graph (see :meth:`blocks`)."""
         cache = None
-        output_index = list(self.sim.model.graph.nodes).index(block.output)
+        input_node, start, output_index = block_nodes(self.sim.model, block)
         for batch in progress(range(len(self.calls)), f"{description} {block.layers[0]}…", len(self.calls)):
-            quantized, reference = self._cursor_pair(batch, block.start)
-            quantized.run_to(block.start)
+            quantized, reference = self._cursor_pair(batch, start)
+            quantized.run_to(start)
             reference.run_to(output_index)
-            quantized_input, float_output = quantized.value(block.input).detach(), reference.step().detach()
+            quantized_input, float_output = quantized.value(input_node).detach(), reference.step().detach()
             if cache is None:
                 samples = quantized_input.shape[0] * len(self.calls)
                 cache = RowCache(samples, tuple(quantized_input.shape[1:]), tuple(float_output.shape[1:]),
@@ -122,12 +116,12 @@ class LayerInputs:
             cache.append(quantized_input, float_output)
         return cache
 
-    def blocks(self, max_layers: int) -> list[GraphBlock] | None:
-        """The sim's graph blocks of at most ``max_layers`` weight layers (see :func:`graph_blocks`), or
-        None when the sim has no torch.fx graph calling each layer once."""
+    def blocks(self, max_layers: int) -> list[Block] | None:
+        """The sim's graph blocks of at most ``max_layers`` weight layers, or None when the sim has no torch.fx
+        graph calling each layer once."""
         if self._node_index is None:
             return None
-        return graph_blocks(self.sim.model, set(self._node_index), max_layers)
+        return fx_blocks(self.sim.model, set(self._node_index), max_layers)
 
     def _resume(self, name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``batch``'s quantized input and float output of layer ``name``, from the paused runs."""

@@ -1,13 +1,5 @@
-"""Turn functional weighted calls in fx graphs back into module form.
-
-A GraphModule from ``torch.export.load(...).module()`` or from converting TorchScript computes
-convolutions, linear layers and batch norms as aten calls on ``get_attr`` parameters; a symbolic trace
-of a model written with ``F.conv2d``/``F.linear``/``x @ self.weight`` (a ``Conv2d`` subclass that pads
-in its own ``forward``, say) calls those functions on ``get_attr`` parameters. lowbit places weight
-quantizers, folds BatchNorm and emulates integer kernels on modules, so ``as_module_graph`` rewrites
-those calls into ``call_module`` nodes on new ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*``/
-``nn.Embedding`` modules holding the same tensors, named after the parameters' own paths.
-"""
+"""Turn functional weighted calls in fx graphs (torch.export, converted TorchScript, ``F.conv2d`` in a forward)
+back into ``call_module`` nodes on new modules holding the same tensors, so lowbit can quantize and fold them."""
 
 from __future__ import annotations
 
@@ -114,9 +106,8 @@ class _Rewriter:
         return self.tensors.get(arg.target)
 
     def path_for(self, weight_node: fx.Node, consumed: list[fx.Node], key: tuple, fallback: str) -> str | None:
-        """Module path for a new module: the path of the module already made for the same weights
-        (shared weights); else the weight's parent path when it holds nothing else the graph reads, else a
-        child of it named after the layer's kind (a weight held by the model itself names the module)."""
+        """Module path for a new module: the one already made for the same weights, else the weight's parent path
+        if it holds nothing else the graph reads, else a child of it named after the layer's kind."""
         self.moved.update(n.target for n in consumed if isinstance(n, fx.Node) and n.op == "get_attr")
         existing = next((path for path, made in self.created.items() if made == key), None)
         if existing is not None:

@@ -14,13 +14,7 @@ _TORCH_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}
 
 class _QuantizeDequantize(torch.autograd.Function):
     """forward: quantize-dequantize (torch's fused kernels); symbolic: Q/DQ nodes tagged with the quantizer's key.
-
-    Arguments are plain Python values (the TorchScript tracer accepts no other objects). uint16 zero
-    points are written as int32 constants (the exporter has no uint16) and retyped after export;
-    A 16-bit weight (``weight``: the input is a parameter) is written as a standard 8-bit pair carrying its
-    real type and zero points in an attribute: nothing infers a contrib op's output shape, and a Conv's
-    export needs its weight's; :func:`lowbit.qdq.split.widen_weight_pairs` makes it 16-bit again.
-    """
+    A 16-bit ``weight`` exports as an 8-bit pair tagged with its real type, for ``widen_weight_pairs`` to restore."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, axis, type_name, low, high, key, weight):

@@ -1,12 +1,5 @@
-"""onnxruntime's u8×s8 kernels on x86 CPUs without VNNI add adjacent products in saturating int16.
-
-MLAS multiplies unsigned input bytes (the stored uint8 value; int8 inputs shifted by 128) with
-signed weight bytes and adds each pair along the reduction axis (vpmaddubsw) with int16 saturation
-before the int32 accumulation. The reduction axis is ordered as im2col in channels-last order
-(kernel tap, then input channel); depthwise convolutions use another kernel and never saturate.
-The sim reproduces this by adding clamp(s) − s to the exact accumulation for the few weight pairs
-that can saturate at all: same-sign pairs with |w0| + |w1| ≥ 129, since inputs are at most 255.
-"""
+"""onnxruntime's u8×s8 kernels on x86 CPUs without VNNI add adjacent products in saturating int16; the sim
+adds clamp(s) − s for the few weight pairs that can saturate (same sign, |w0| + |w1| ≥ 129; not depthwise)."""
 
 from __future__ import annotations
 
@@ -103,11 +96,8 @@ def linear_correction(pairs: SaturatingPairs, integers: torch.Tensor) -> torch.T
 
 
 def conv_correction(layer: nn.modules.conv._ConvNd, pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:
-    """clamp(s) − s summed per output channel and position, for centred input grid indices (N, C, …).
-
-    Pair sums are convolutions with two-tap kernels (padding holds the zero point, as QLinearConv
-    pads with it): dense over all input channels when a group's patch is short (the first layer's
-    3 × 3 × 3, say), else grouped over the two channels each pair reads."""
+    """clamp(s) − s summed per output channel and position, for centred input grid indices (N, C, …);
+    padding holds the zero point, as QLinearConv pads with it."""
     raw = integers + pairs.zero_point
     if layer.padding_mode == "zeros":
         raw = F.pad(raw, layer._reversed_padding_repeated_twice, value=pairs.zero_point)

@@ -32,11 +32,8 @@ from lowbit.torch.weight_quantized import WeightQuantized
 
 
 class QuantSim(PlannedQuantizers, nn.Module):
-    """Simulates the model as the target runs it; ``calibrate(data)`` then call it like the model.
-
-    The user's model is copied, never modified. Graphs are captured with torch.fx; models fx
-    cannot trace fall back to quantizing leaf modules (``capture_mode`` says which, and why).
-    """
+    """Simulates the model as the target runs it, on a copy; ``calibrate(data)`` then call it like the model.
+    Models torch.fx cannot trace fall back to quantizing leaf modules (``capture_mode`` says which, and why)."""
 
     def __init__(self, model: nn.Module, example_input, target="default", param_bits: int | None = None,
                  act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
@@ -158,13 +155,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return count
 
     def calibrate_weights(self) -> None:
-        """Weight encodings from the current weight values (no data needed).
-
-        Weights are known in full, so they skip the streaming estimators: ``minmax``, ``percentile``
-        and ``entropy`` give each channel's min and max, ``sqnr`` searches the lowest-MSE clipping on
-        the weight values themselves (see :func:`lowbit.quant.range_estimators.make_weight_estimator`).
-        Encodings frozen by :meth:`Quantizer.freeze` (AdaRound, sequential MSE) are kept.
-        """
+        """Weight encodings from the current weight values (no data needed): each channel's min and max, or for
+        ``sqnr`` the lowest-MSE clipping of the weights. Encodings frozen by :meth:`Quantizer.freeze` (AdaRound,
+        sequential MSE) are kept."""
         for key, quantizer in self._quantizers.items():
             point = self.point(key)
             if point.role != "weight" or getattr(quantizer, "frozen", False):

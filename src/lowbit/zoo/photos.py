@@ -1,9 +1,5 @@
-"""Real photographs shipped inside installed wheels: labelled ImageNet photos and calibration photos.
-
-Evaluation photos come from foolbox's `data` folder (labelled) and from scikit-learn's and matplotlib's
-sample photos (unlabelled), calibration photos from scikit-image's `data` folder; the sets are different
-files from different packages, so they never overlap.
-"""
+"""Real photographs shipped inside installed wheels: labelled (foolbox) and unlabelled (scikit-learn, matplotlib)
+evaluation photos, and calibration photos (scikit-image); the sets never overlap."""
 
 import math
 import re

@@ -1,6 +1,5 @@
-"""Block-wise AdaRound (the reconstruction unit of Li et al. 2021, BRECQ): learn the rounding of every
-weight layer of a graph block at once, so that the block's output — with its activation quantizers
-active — matches the float model's, on the block's quantized input."""
+"""Block-wise AdaRound (Li et al. 2021, BRECQ), for every front end: learn the rounding of a block's layers
+at once so its output, activation quantizers active, matches the float model's on its quantized input."""
 
 from __future__ import annotations
 
@@ -9,23 +8,20 @@ import math
 import torch
 
 from lowbit.data import channels_last
-from lowbit.quant.fake_quant import fake_quantize
 from lowbit.algorithms.row_cache import RowCache
 from lowbit.algorithms.soft_rounding import SoftRounding, learn_rounding
-from lowbit.torch.weight_quantized import WeightQuantized
+from lowbit.quant.fake_quant import fake_quantize
 
 POSITIONS_PER_ITERATION = 16 * 28 * 28
 """Output positions (samples × spatial size) one iteration needs at most: blocks on large feature maps
 take fewer samples per iteration (never fewer than 2) instead of costing many times more per step."""
 
 
-def round_block(name: str, module: torch.nn.Module, wrappers: list[WeightQuantized], cache: RowCache, iterations: int,
+def round_block(name: str, module: torch.nn.Module, wrappers: list, cache: RowCache, iterations: int,
                 batch_samples: int, learning_rate: float, reg_weight: float, warm_start: float,
                 generator: torch.Generator) -> tuple[int, float, float]:
-    """Learn the rounding of ``wrappers`` (the weight layers ``module`` runs) on the cached (input,
-    float output) samples, ``batch_samples`` per iteration (fewer on large maps, see
-    ``POSITIONS_PER_ITERATION``); keep it, or nearest rounding where that reconstructs the block's output
-    better, and freeze the encodings. Returns (iterations run, nearest MSE, kept MSE)."""
+    """Learn the rounding of ``wrappers`` (the layers ``module`` runs: ``.layer.weight``, ``.weight_quantizer``) on the
+    cached samples; keep it or nearest, whichever fits better, frozen. Returns (iterations, nearest MSE, kept MSE)."""
     quantizers = [wrapper.weight_quantizer for wrapper in wrappers]
     softs = [SoftRounding(wrapper.layer.weight, quantizer.encoding) for wrapper, quantizer in zip(wrappers, quantizers)]
     positions = math.prod(cache.targets.shape[2:])
@@ -63,12 +59,12 @@ def _error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return squared.sum(dim=1).mean() if squared.dim() > 1 else squared.mean()
 
 
-def _set_weights(wrappers: list[WeightQuantized], weights: list[torch.Tensor]) -> None:
+def _set_weights(wrappers: list, weights: list[torch.Tensor]) -> None:
     for wrapper, weight in zip(wrappers, weights):
         wrapper.layer.weight.copy_(weight)
 
 
-def _block_mse(module: torch.nn.Module, wrappers: list[WeightQuantized], weights: list[torch.Tensor],
+def _block_mse(module: torch.nn.Module, wrappers: list, weights: list[torch.Tensor],
                cache: RowCache, chunk: int = 32) -> float:
     """Mean squared error of the block's output (as the sim computes it) with ``weights`` written in."""
     _set_weights(wrappers, weights)
