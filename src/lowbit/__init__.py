@@ -6,7 +6,10 @@ from lowbit.errors import LowbitError
 from lowbit.target import load_target, preset_names
 from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.quantsim import QuantSim
+from lowbit.training.batchnorm import reestimate_batchnorm
+from lowbit.training.qat import qat
 
 __all__ = ["QuantSim", "quantize", "load_encodings", "fold_batchnorm", "equalize", "correct_bias",
-           "adaround", "sequential_mse", "analyze", "mixed_precision", "autoquant", "load_target", "preset_names", "LowbitError"]
+           "adaround", "sequential_mse", "qat", "reestimate_batchnorm", "analyze", "mixed_precision", "autoquant",
+           "load_target", "preset_names", "LowbitError"]
 __version__ = "0.1.0"

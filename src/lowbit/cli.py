@@ -17,6 +17,37 @@ def cli() -> None:
     """Quantize PyTorch models and export int8 ONNX for onnxruntime."""
 
 
+_TARGET_OPTIONS = (
+    click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file."),
+    click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's]."),
+    click.option("--activations", "act_bits", type=int, default=None,
+                 help="Activation bitwidth [default: the target's]."),
+)
+_scheme_option = click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]),
+                              default="minmax", show_default=True, help="How activation ranges are chosen.")
+
+
+def _target_options(command):
+    """Add the --target, --weights and --activations options every quantizing command takes, in that order."""
+    for option in reversed(_TARGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_fn: str | None = None):
+    """Check --target, then (model, batches, eval function): ONNX files stay paths, other models are loaded."""
+    import lowbit
+    from lowbit.cli_data import read_data
+    from lowbit.cli_inputs import import_attribute, load_model
+    from lowbit.frontend import is_onnx_model
+
+    lowbit.load_target(target)
+    batches = read_data(data_path, batch_size, model, shape)
+    function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
+    net = model if is_onnx_model(model) else load_model(model, batches[0])
+    return net, batches, function
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
@@ -25,13 +56,8 @@ def cli() -> None:
                    "of arrays keyed by input name (models with several inputs; 0-d arrays go to every batch).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for NAME.onnx, NAME.encodings and NAME.qdq.onnx.")
-@click.option("--target", default="default", show_default=True,
-              help="Target preset name or a target JSON file.")
-@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
-@click.option("--activations", "act_bits", type=int, default=None,
-              help="Activation bitwidth [default: the target's].")
-@click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]), default="minmax",
-              show_default=True, help="How activation ranges are chosen.")
+@_target_options
+@_scheme_option
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per calibration batch.")
 @click.option("--num-batches", type=int, default=None, help="Calibrate on at most this many batches.")
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
@@ -54,16 +80,10 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     a torch.export file ending in `.pt2` (torch.export.save), or an ONNX file ending in `.onnx`.
     """
     import lowbit
-    from lowbit.cli_data import parse_shape, read_data
-    from lowbit.cli_inputs import load_model
-    from lowbit.frontend import is_onnx_model
+    from lowbit.cli_data import parse_shape
     from lowbit.speed import measure_speed
 
-    shape = parse_shape(input_shape)
-    lowbit.load_target(target)
-    onnx_model = is_onnx_model(model)
-    batches = read_data(data_path, batch_size, model, shape)
-    net = model if onnx_model else load_model(model, batches[0])
+    net, batches, _ = _load(model, data_path, target, batch_size, parse_shape(input_shape))
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
                           runtime=runtime)
@@ -97,12 +117,8 @@ def _summary_table(sim, paths, speed) -> str:
               help="Image folder, .npy, .npz or .pt data (as for quantize).")
 @click.option("--out", "out_dir", default="lowbit-report", show_default=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder for analysis.html.")
-@click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
-@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
-@click.option("--activations", "act_bits", type=int, default=None,
-              help="Activation bitwidth [default: the target's].")
-@click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]),
-              default="minmax", show_default=True, help="How activation ranges are chosen.")
+@_target_options
+@_scheme_option
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch.")
 @click.option("--num-batches", type=int, default=None, help="Use at most this many batches.")
 @click.option("--eval-fn", default=None,
@@ -115,16 +131,9 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
     import torch
 
     import lowbit
-    from lowbit.cli_data import read_data
-    from lowbit.cli_inputs import import_attribute, load_model
     from lowbit.fidelity import output_arrays
-    from lowbit.frontend import is_onnx_model
 
-    onnx_model = is_onnx_model(model)
-    lowbit.load_target(target)
-    batches = read_data(data_path, batch_size, model)
-    function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
-    net = model if onnx_model else load_model(model, batches[0])
+    net, batches, function = _load(model, data_path, target, batch_size, eval_fn=eval_fn)
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches)
     with torch.no_grad():
@@ -140,10 +149,7 @@ def analyze(model, data_path, out_dir, target, param_bits, act_bits, scheme, bat
               help="Image folder, .npy, .npz or .pt data (as for quantize).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the exported files, autoquant.html and the resumable cache.")
-@click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file.")
-@click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's].")
-@click.option("--activations", "act_bits", type=int, default=None,
-              help="Activation bitwidth [default: the target's].")
+@_target_options
 @click.option("--target-drop", default="1%", show_default=True,
               help="Allowed drop of the score below the float model's: a percentage (1%) or a number (0.01).")
 @click.option("--adaround-iterations", type=int, default=1000, show_default=True, help="AdaRound iterations.")
@@ -157,16 +163,9 @@ def autoquant(model, data_path, out_dir, target, param_bits, act_bits, target_dr
     it takes to stay within --target-drop of the float score; an interrupted run started again with the
     same arguments continues from its cache."""
     import lowbit
-    from lowbit.cli_data import read_data
-    from lowbit.cli_inputs import import_attribute, load_model
-    from lowbit.frontend import is_onnx_model
 
     drop = _parse_drop(target_drop)
-    lowbit.load_target(target)
-    onnx_model = is_onnx_model(model)
-    batches = read_data(data_path, batch_size, model)
-    function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
-    net = model if onnx_model else load_model(model, batches[0])
+    net, batches, function = _load(model, data_path, target, batch_size, eval_fn=eval_fn)
     result = lowbit.autoquant(net, batches, eval_fn=function, allowed_drop=drop, target=target,
                               param_bits=param_bits, act_bits=act_bits, out_dir=out_dir,
                               adaround_iterations=adaround_iterations)
@@ -190,12 +189,12 @@ def _parse_drop(text: str) -> float:
     return value
 
 
-def _analysis_table(result, rows: int = 10) -> str:
+def _analysis_table(result) -> str:
     """Markdown table of the most sensitive layers, then the scores and the report's path."""
     lines = ["| layer | op | only this layer | all but this layer | weights only | activations only |",
              "|---|---|---|---|---|---|"]
     cell = lambda v: "" if v is None else f"{v:.4g}"
-    for layer in result.layers[:rows]:
+    for layer in result.layers[:10]:
         lines.append(f"| {layer.name} | {layer.op_type} | {cell(layer.only)} | {cell(layer.all_but)} | "
                      f"{cell(layer.weight_only)} | {cell(layer.activation_only)} |")
     lines += ["", f"{result.metric}: float {result.float_score:.4g}, quantized {result.quantized_score:.4g}; "

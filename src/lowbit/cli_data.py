@@ -41,14 +41,13 @@ def read_data(path, batch_size: int, model: str, shape: tuple[int, ...] | None =
         samples = _read_images(path, _image_size(model, shape))
     elif not path.exists():
         raise DataError(f"data path '{path}' not found")
-    elif path.suffix == ".npy":
-        samples = _read_file(path, lambda p: torch.from_numpy(np.load(p, allow_pickle=False)))
-    elif path.suffix == ".npz":
-        samples = _read_file(path, _read_npz)
-    elif path.suffix in {".pt", ".pth"}:
-        samples = _read_file(path, lambda p: torch.load(p, weights_only=True))
-    else:
+    elif path.suffix not in _READERS:
         raise DataError(f"data '{path}' is not an image folder, a .npy, .npz or .pt file")
+    else:
+        try:
+            samples = _READERS[path.suffix](path)
+        except Exception as error:
+            raise DataError(f"cannot read data file '{path}': {first_line(error)}") from None
     if isinstance(samples, dict):
         if shape is not None:
             raise InputError("--input-shape describes a single input; data keyed by input name carries its shapes")
@@ -60,15 +59,14 @@ def read_data(path, batch_size: int, model: str, shape: tuple[int, ...] | None =
 
 
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of a .npz file by name, as tensors."""
     with np.load(path, allow_pickle=False) as archive:
         return {name: torch.from_numpy(archive[name]) for name in archive.files}
 
 
-def _read_file(path: Path, reader):
-    try:
-        return reader(path)
-    except Exception as error:
-        raise DataError(f"cannot read data file '{path}': {first_line(error)}") from None
+_READERS = {".npy": lambda path: torch.from_numpy(np.load(path, allow_pickle=False)), ".npz": _read_npz,
+            ".pt": lambda path: torch.load(path, weights_only=True)}
+_READERS[".pth"] = _READERS[".pt"]
 
 
 def _checked_array(value, path: Path, name: str | None = None) -> torch.Tensor:

@@ -22,18 +22,14 @@ def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
     path = Path(spec)
     if path.suffix == ".pt2":
         program = _read_file(path, lambda p: torch.export.load(str(p)))
-        model = _module_form(inference_form(_read_file(path, lambda p: program.module())))
+        model = inference_form(_read_file(path, lambda p: program.module()))
+        # convolutions, linear layers and batch norms as modules: lowbit quantizes, folds and emulates them
+        model = as_module_graph(model) if is_aten_graph(model) else model
         return _fit_batch(model, _static_batch(program), example_input, path)
     if path.exists() or ":" not in spec:
         script = _read_file(path, lambda p: torch.jit.load(str(p), map_location="cpu"))
         return script_as_graph(script, example_input)
     return _load_factory(spec)
-
-
-def _module_form(model: nn.Module) -> nn.Module:
-    """An aten-level graph with its convolutions, linear layers and batch norms as modules, so lowbit
-    quantizes their weights, folds BatchNorm and emulates the integer kernels."""
-    return as_module_graph(model) if is_aten_graph(model) else model
 
 
 def _static_batch(program) -> int | None:

@@ -22,8 +22,7 @@ def as_call(item) -> tuple[tuple, dict]:
 
 def tensors_of(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """Every tensor passed in a call."""
-    values = list(args) + list(kwargs.values())
-    return [v for v in values if isinstance(v, torch.Tensor)]
+    return [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
 
 
 def _map_call(function, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 
 import click
@@ -15,6 +13,7 @@ from lowbit.atomic import atomic_write_text
 from lowbit.fidelity import measure_fidelity
 from lowbit.progress import progress
 from lowbit.runtime import session
+from lowbit.speed import median_ms
 from lowbit.zoo import augmented, calibration_photos, labelled_photos, photos_to_batch, pretrained_mobilenet_v2
 
 BATCH = 16
@@ -72,27 +71,15 @@ def _onnx_top1(path, batches) -> torch.Tensor:
 
 
 def _latencies(fp32_path, int8_path, images: torch.Tensor, runs: int) -> dict:
-    """Median onnxruntime latency (ms, 2 threads) of both files at batch 1 and 32."""
+    """Median onnxruntime latency (ms, 2 threads; one warm-up run per five) of both files at batch 1 and 32."""
     result = {}
     for label, path in (("fp32", fp32_path), ("int8", int8_path)):
         runtime = session(path, threads=2)
         name = runtime.get_inputs()[0].name
         for batch in (1, 32):
             feed = {name: images[:batch].numpy()}
-            result[f"{label}_batch{batch}"] = _median_ms(lambda: runtime.run(None, feed), runs)
+            result[f"{label}_batch{batch}"] = median_ms(lambda: runtime.run(None, feed), runs, max(1, runs // 5))
     return result
-
-
-def _median_ms(call, runs: int) -> float:
-    """Median wall time of ``call`` in milliseconds, after one untimed warm-up call per five runs."""
-    for _ in range(max(1, runs // 5)):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _table(results: dict, fidelity) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from lowbit.data import checked_calls
+from lowbit.data import checked_calls, move_call
 from lowbit.errors import ExportError, LowbitError, first_line
 from lowbit.progress import progress
 from lowbit.runtime import run, session
@@ -126,8 +126,8 @@ def measure_fidelity(sim, qdq_path, data, transform=None, num_batches: int | Non
     with torch.no_grad():
         for args, kwargs in progress(checked_calls(data, transform, num_batches), "fidelity"):
             item = kwargs if kwargs else args
-            simulated = sim(*[_to(a, device) for a in args], **{k: _to(v, device) for k, v in kwargs.items()})
-            for tally, value, executed in zip(tallies, output_arrays(simulated), run(runtime, item)):
+            args, kwargs = move_call(args, kwargs, device)
+            for tally, value, executed in zip(tallies, output_arrays(sim(*args, **kwargs)), run(runtime, item)):
                 tally.add(value, executed)
     lsbs = output_lsbs(sim)
     lsbs += [float("nan")] * (len(names) - len(lsbs))
@@ -147,9 +147,8 @@ def verify_export(sim, paths, data, transform=None, num_batches: int | None = No
     except Exception as error:
         for path in paths:
             path.unlink(missing_ok=True)
-        reason = first_line(error)
         raise ExportError(f"onnxruntime cannot run the written {paths.qdq_onnx.name} (files removed): "
-                          f"{reason}") from None
+                          f"{first_line(error)}") from None
     divergence = ""
     if any(o.max_error_lsb > 1.0001 for o in fidelity.outputs):
         first = next(iter(checked_calls(data, transform, 1)))
@@ -162,7 +161,3 @@ def output_arrays(result) -> list[np.ndarray]:
     leaves = torch.utils._pytree.tree_leaves(result)
     return [leaf.detach().float().cpu().numpy() if isinstance(leaf, torch.Tensor) else np.asarray(leaf)
             for leaf in leaves if isinstance(leaf, (torch.Tensor, np.ndarray))]
-
-
-def _to(value, device):
-    return value.to(device) if isinstance(value, torch.Tensor) else value

@@ -80,13 +80,19 @@ def _first_sample(batch):
 
 
 def _median_ms(runtime: ort.InferenceSession, sample, runs: int) -> float:
+    """Median latency (ms) of ``runtime`` on ``sample`` over ``runs``, after three warm-up runs."""
     values = feeds(runtime, sample)
-    for _ in range(3):
-        runtime.run(None, values)
+    return median_ms(lambda: runtime.run(None, values), runs, warmups=3)
+
+
+def median_ms(call, runs: int, warmups: int) -> float:
+    """Median wall time of ``call()`` in milliseconds over ``runs`` calls, after ``warmups`` untimed ones."""
+    for _ in range(warmups):
+        call()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        runtime.run(None, values)
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
 

@@ -99,6 +99,13 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
             sim.calibrate(batches)
         return sim
 
+    def mixed():
+        """Mixed precision on a copy of the sim of the best stage that fits nothing to one bitwidth."""
+        sim = copy.deepcopy(_sim_of(_best([s for s in stages if s.name in BITWIDTH_FREE]), sims, builders))
+        chosen = mixed_precision(sim, batches, eval_fn=score, candidates=candidates, allowed_drop=allowed_drop,
+                                 out_dir=out).chosen
+        return sim, (f"mean weight bits {chosen.mean_weight_bits:.2f}" if chosen else "no configuration met the target")
+
     builders = {
         "minmax": lambda: (build("minmax"), "scheme minmax"),
         "range schemes": lambda: _best_scheme(build, score),
@@ -106,23 +113,19 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
                                                f"scheme {best_scheme}"),
         "sequential mse + adaround": lambda: (build(best_scheme, ("sequential_mse", "adaround")),
                                               f"scheme {best_scheme}, {adaround_iterations} iterations"),
+        "mixed precision": mixed,
     }
     stages: list[Stage] = []
     sims: dict[str, object] = {}
     best_scheme = "minmax"
     for name in STAGES:
-        recorded = cache.get(name)
+        recorded = cache.stages.get(name)
         if recorded is not None:
             stage = Stage(name, recorded["score"], 0.0, recorded["detail"], cached=True)
         else:
             start = time.perf_counter()
-            if name == "mixed precision":
-                sim, detail = _mixed(_mixed_base(stages, sims, builders), batches, eval_fn, score, float_score,
-                                     allowed_drop, candidates, out)
-            else:
-                sim, detail = builders[name]()
-            sims[name] = sim
-            stage = Stage(name, float(score(sim)), time.perf_counter() - start, detail)
+            sims[name], detail = builders[name]()
+            stage = Stage(name, float(score(sims[name])), time.perf_counter() - start, detail)
             cache.put(name, stage)
         stages.append(stage)
         if name == "range schemes" and stage.score > stages[0].score:
@@ -130,9 +133,6 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
         if stage.score >= goal:
             break
     best = _best(stages)
-    if best.name == "mixed precision" and best.name not in sims:  # taken from the cache: run it again
-        sims[best.name] = _mixed(_mixed_base(stages, sims, builders), batches, eval_fn, score,
-                                 float_score, allowed_drop, candidates, out)[0]
     sim = _sim_of(best, sims, builders)
     result = AutoQuantResult(sim, best.score, float_score, goal, best.score >= goal, stages)
     result.export_paths = sim.export(out, name="model")
@@ -152,29 +152,10 @@ def _sim_of(stage: Stage, sims: dict, builders: dict):
     return sims[stage.name]
 
 
-def _mixed_base(stages: list[Stage], sims: dict, builders: dict):
-    """The sim mixed precision starts from: the best of the stages that fit nothing to one bitwidth."""
-    return _sim_of(_best([s for s in stages if s.name in BITWIDTH_FREE]), sims, builders)
-
-
 def _best_scheme(build, score):
     """The best of the non-min-max range schemes, as (sim, "scheme NAME")."""
-    best = None
-    for scheme in SCHEMES:
-        sim = build(scheme)
-        value = float(score(sim))
-        if best is None or value > best[0]:
-            best = (value, sim, scheme)
-    return best[1], f"scheme {best[2]}"
-
-
-def _mixed(sim, batches, eval_fn, score, float_score, allowed_drop, candidates, out):
-    sim = copy.deepcopy(sim)
-    result = mixed_precision(sim, batches, eval_fn=eval_fn if eval_fn is not None else score,
-                             candidates=candidates, allowed_drop=allowed_drop, out_dir=out)
-    chosen = result.chosen
-    detail = (f"mean weight bits {chosen.mean_weight_bits:.2f}" if chosen else "no configuration met the target")
-    return sim, detail
+    sim, scheme = max(((build(scheme), scheme) for scheme in SCHEMES), key=lambda built: float(score(built[0])))
+    return sim, f"scheme {scheme}"
 
 
 def _agreement_with(model, calls):
@@ -184,11 +165,8 @@ def _agreement_with(model, calls):
             return _float_onnx_outputs(net, calls)
         if isinstance(net, OnnxQuantSim):
             return sim_outputs(net, calls)
-        result = []
         with torch.no_grad():
-            for args, kwargs in calls:
-                result.append(first_tensor(net(*args, **kwargs)).float().cpu())
-        return result
+            return [first_tensor(net(*args, **kwargs)).float().cpu() for args, kwargs in calls]
     reference = outputs(model)
     if top1_agreement(reference, reference) is None:
         raise SpecError("autoquant without eval_fn needs a model returning 2-D class scores; pass eval_fn")
@@ -228,9 +206,6 @@ class _Cache:
         except (FileNotFoundError, json.JSONDecodeError):
             document = {}
         self.stages = document.get("stages", {}) if document.get("fingerprint") == fingerprint else {}
-
-    def get(self, name: str) -> dict | None:
-        return self.stages.get(name)
 
     def put(self, name: str, stage: Stage) -> None:
         self.stages[name] = {"score": stage.score, "seconds": stage.seconds, "detail": stage.detail}

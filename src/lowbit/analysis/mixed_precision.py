@@ -105,9 +105,8 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
             setter.apply(group, options[group.name][0])
         evaluated = [top]
         steps = sum(len(o) - 1 for o in options.values())
-        bar = progress(range(steps), "mixed precision: phase 2", steps, unit="step")
-        for _ in bar:
-            step = _cheapest_loss(config, options, phase1, costs, top.score)
+        for _ in progress(range(steps), "mixed precision: phase 2", steps, unit="step"):
+            step = _cheapest_loss(config, options, phase1, costs)
             if step is None:
                 break
             config = {**config, step[0]: step[1]}
@@ -141,7 +140,7 @@ def pareto_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
     return front
 
 
-def _cheapest_loss(config, options, phase1, costs, top_score):
+def _cheapest_loss(config, options, phase1, costs):
     """(layer, bits) of the next lower-cost candidate losing the least phase-1 score per BOP saved."""
     best, best_rate = None, None
     for name, bits in config.items():
@@ -150,8 +149,7 @@ def _cheapest_loss(config, options, phase1, costs, top_score):
             saving = current_cost - costs[name].bops(candidate)
             if saving <= 0:
                 continue
-            loss = max(phase1[name][bits] - phase1[name][candidate], 0.0)
-            rate = loss / saving
+            rate = max(phase1[name][bits] - phase1[name][candidate], 0.0) / saving
             if best_rate is None or rate < best_rate:
                 best, best_rate = (name, candidate), rate
     return best
@@ -164,7 +162,7 @@ def _frozen_bits(group, quantizers) -> int | None:
     return frozen[0].encoding.spec.bits if frozen else None
 
 
-def _options(group, candidates, frozen_bits: int | None = None) -> list[tuple[int, int]]:
+def _options(group, candidates, frozen_bits: int | None) -> list[tuple[int, int]]:
     """The group's candidates, most precise first; layers without weights vary activation bits only, and
     layers with frozen weights keep their weight bits."""
     if frozen_bits is not None:

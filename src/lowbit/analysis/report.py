@@ -38,23 +38,20 @@ def write_analysis_report(result, out_dir: Path) -> Path:
     hists = [histogram(l.activation.counts, l.activation.edges, l.activation.clip, f"{l.name} output")
              for l in plotted if l.activation is not None]
     header = ["layer", "op", "only", "all but", "weights only", "activations only", "output MSE", "quantizers"]
-    rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in (
-        l.name, l.op_type, l.only, l.all_but, l.weight_only, l.activation_only, l.output_mse,
-        len(l.quantizers))) + "</tr>" for l in layers)
+    rows = [[l.name, l.op_type, l.only, l.all_but, l.weight_only, l.activation_only, l.output_mse, len(l.quantizers)]
+            for l in layers]
     extra = "".join(f"<li>{escape(k)}: {_cell(v)}</li>" for k, v in result.extra.items() if v is not None)
-    html = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lowbit analysis</title>"
-            f"<style>{STYLE}</style></head><body><h1>lowbit analysis</h1>"
-            f"<ul><li>metric: {escape(result.metric)} (higher is better)</li>"
-            f"<li>float model: {_cell(result.float_score)}</li><li>quantized model: {_cell(result.quantized_score)}</li>"
+    body = (f"<ul><li>metric: {escape(result.metric)} (higher is better)</li>"
+            f"<li>float model: {_cell(result.float_score)}</li>"
+            f"<li>quantized model: {_cell(result.quantized_score)}</li>"
             f"{extra}<li>{len(layers)} layers, {result.seconds:.1f} s</li></ul>"
             f"<h2>Sensitivity</h2><figure>{bars}</figure><figure>{split}</figure>"
             f"<h2>Weight ranges per output channel ({len(ranges)} most sensitive layers with weights)</h2>"
             f"<div class=\"plots\">{''.join(f'<figure>{r}</figure>' for r in ranges)}</div>"
             f"<h2>Activation histograms and clipping ranges ({len(hists)} most sensitive layers)</h2>"
             f"<div class=\"plots\">{''.join(f'<figure>{h}</figure>' for h in hists)}</div>"
-            f"<h2>All layers</h2><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{rows}</table>"
-            f"</body></html>")
-    return atomic_write_text(out_dir / "analysis.html", html)
+            f"<h2>All layers</h2>" + _table(header, rows))
+    return atomic_write_text(out_dir / "analysis.html", _page("lowbit analysis", body))
 
 
 def _page(title: str, body: str) -> str:
@@ -80,7 +77,7 @@ def write_mixed_precision_report(result, out_dir: Path) -> Path:
     chosen = result.chosen.bitwidths if result.chosen else {}
     layers = [[name, f"W{bits[0]}A{bits[1]}", *[scores.get(c) for c in sorted(scores, key=lambda b: -b[0] * b[1])]]
               for name, scores in result.phase1.items() for bits in [chosen.get(name, ("", ""))]]
-    steps = [[f"{100 * p.cost / full:.1f}%", p.weight_bytes / 1024, p.mean_weight_bits, p.score] for p in result.evaluated]
+    steps = [[f"{relative(p)[0]:.1f}%", p.weight_bytes / 1024, p.mean_weight_bits, p.score] for p in result.evaluated]
     summary = (f"<ul><li>metric: {escape(result.metric)} (higher is better); float {_cell(result.float_score)}; "
                f"target {_cell(result.target)}</li><li>{escape(str(result))}</li></ul>")
     body = (summary + f"<figure>{plot}</figure><h2>Chosen bitwidths and phase-1 scores (this layer at each "

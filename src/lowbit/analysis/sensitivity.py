@@ -85,8 +85,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if not calls:
         raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
-    metric_key = metric
-    score, metric, reference = make_scorer(sim, calls, eval_fn, metric)
+    score, metric_name, reference = make_scorer(sim, calls, eval_fn, metric)
     every = set(sim.quantizers())
     with enabled_only(sim, set()):
         float_score = score()
@@ -94,9 +93,9 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     plans = {group.name: layer_configurations(group) for group in groups}
     forked = sim.forked_outputs(calls, groups, plans, enabled_only) if reference is not None else None
     if forked is not None:
-        function = METRICS[metric_key][1]
+        function = METRICS[metric][1]
         layers = [_figures_from(group, {c: function(reference, forked[(group.name, c)])
-                                        for c, _, _ in layer_configurations(group)}) for group in groups]
+                                        for c, _, _ in plans[group.name]}) for group in groups]
     else:
         layers = [_layer_figures(sim, group, every, score)
                   for group in progress(groups, "analyze", len(groups), unit="layer")]
@@ -111,8 +110,8 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     if reference is not None:
         outputs = sim_outputs(sim, calls)
         extra = {"kl": mean_kl(reference, outputs), "top1_agreement": top1_agreement(reference, outputs)}
-    result = AnalysisResult(metric, float_score, quantized_score, layers, 0.0, extra=extra)
-    result.seconds = time.perf_counter() - start
+    result = AnalysisResult(metric_name, float_score, quantized_score, layers, time.perf_counter() - start,
+                            extra=extra)
     result.report_path = write_analysis_report(result, Path(out_dir))
     return result
 

@@ -16,6 +16,14 @@ def _finite(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
+def _opening(width: float, height: float, title: str, x: int, small: bool = False) -> list[str]:
+    """The <svg> tag and its bold title at ``x``: 14 px, or ``small``: 12 px showing the title's last 48 characters."""
+    y, size, shown = (14, 12, title[-48:]) if small else (18, 14, title)
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+            f'aria-label="{escape(title)}">',
+            f'<text x="{x}" y="{y}" font-size="{size}" font-weight="bold">{escape(shown)}</text>']
+
+
 def horizontal_bars(labels: list[str], series: dict[str, list[float | None]], title: str, axis_label: str) -> str:
     """Grouped horizontal bars, one row per label, one bar per series (inf or None bars are not drawn)."""
     finite = _finite([v for values in series.values() for v in values]) or [0.0]
@@ -26,9 +34,7 @@ def horizontal_bars(labels: list[str], series: dict[str, list[float | None]], ti
     top = 40
     height = top + row * len(labels) + 60
     scale = lambda v: left + (v - lo) / (hi - lo) * width
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{height}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    parts = _opening(left + width + 30, height, title, left)
     for index, (name, colour) in enumerate(zip(series, COLOURS)):
         x = left + index * 170
         parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{colour}"/>'
@@ -62,9 +68,7 @@ def histogram(counts: list[int], edges: list[float], clip: tuple[float, float], 
     scale = lambda v: left + (v - lo) / (hi - lo) * width
     peak = math.log10(max(max(counts), 1) + 1)
     step = width / len(counts)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{top + plot + 40}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title[-48:])}</text>']
+    parts = _opening(left + width + 20, top + plot + 40, title, left, small=True)
     for i, count in enumerate(counts):
         h = math.log10(count + 1) / peak * plot
         parts.append(f'<rect x="{left + i * step:.1f}" y="{top + plot - h:.1f}" width="{max(step - 0.5, 0.5):.1f}" '
@@ -89,9 +93,7 @@ def channel_ranges(mins: list[float], maxs: list[float], title: str) -> str:
     hi = hi if hi > lo else lo + 1.0
     y = lambda v: top + (hi - v) / (hi - lo) * plot
     step = width / len(mins)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{top + plot + 40}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title[-48:])}</text>']
+    parts = _opening(left + width + 20, top + plot + 40, title, left, small=True)
     for i, (a, b) in enumerate(zip(mins, maxs)):
         parts.append(f'<rect x="{left + i * step:.1f}" y="{y(b):.1f}" width="{max(step - 0.3, 0.4):.1f}" '
                      f'height="{max(y(a) - y(b), 0.5):.1f}" fill="{COLOURS[1]}"/>')
@@ -116,13 +118,11 @@ def pareto_plot(points: list[tuple[float, float]], front: list[tuple[float, floa
     y_hi, y_lo = (y_hi, y_lo) if y_hi > y_lo else (y_lo + 1.0, y_lo - 1.0)
     fx = lambda v: left + (v - x_lo) / (x_hi - x_lo) * width
     fy = lambda v: top + (y_hi - min(max(v, y_lo), y_hi)) / (y_hi - y_lo) * plot
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{top + plot + 50}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{left}" y1="{top + plot}" x2="{left + width}" y2="{top + plot}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{fy(target):.1f}" x2="{left + width}" y2="{fy(target):.1f}" stroke="#d62728" '
-             f'stroke-dasharray="6 4"><title>target {_number(target)}</title></line>']
+    parts = _opening(left + width + 30, top + plot + 50, title, left)
+    parts += [f'<line x1="{left}" y1="{top + plot}" x2="{left + width}" y2="{top + plot}" stroke="#333"/>',
+              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot}" stroke="#333"/>',
+              f'<line x1="{left}" y1="{fy(target):.1f}" x2="{left + width}" y2="{fy(target):.1f}" stroke="#d62728" '
+              f'stroke-dasharray="6 4"><title>target {_number(target)}</title></line>']
     for x, y in points:
         if math.isfinite(y):
             parts.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" fill="#999">'

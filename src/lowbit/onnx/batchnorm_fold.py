@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.onnx.attributes import attribute, set_attributes
-from lowbit.onnx.graph_view import GraphFacts
+from lowbit.onnx.graph_view import GraphFacts, weight_axis
 from lowbit.qdq.graph_index import remove_unused
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -81,20 +81,13 @@ def _affine(facts: GraphFacts, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
 
 def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto, scale, shift) -> None:
     """Scale the layer's weight along its output channels and give it the folded bias."""
-    weight = numpy_helper.to_array(facts.initializers[layer.input[1]]).astype(np.float64)
-    bias_index = 2
-    if layer.op_type == "Conv":
-        axis = 0
-    elif layer.op_type == "ConvTranspose":
-        axis = 1
-    elif layer.op_type == "Gemm":
-        axis = 0 if attribute(layer, "transB", 0) else 1
+    stored = numpy_helper.to_array(facts.initializers[layer.input[1]])
+    weight, dtype = stored.astype(np.float64), stored.dtype
+    if layer.op_type == "Gemm":
         weight = weight * attribute(layer, "alpha", 1.0)
-    else:
-        axis = 1
+    axis = weight_axis(layer, facts.initializers[layer.input[1]])  # MatMul: 1 (a 2-D weight, see _foldable)
     old_bias = _old_bias(facts, layer, len(shift))
     shape = [-1 if i == axis else 1 for i in range(weight.ndim)]
-    dtype = numpy_helper.to_array(facts.initializers[layer.input[1]]).dtype
     weight_name, bias_name = f"{layer.input[1]}_bn_folded", f"{layer.name or layer.output[0]}_bn_folded_bias"
     graph.initializer.extend([numpy_helper.from_array((weight * scale.reshape(shape)).astype(dtype), weight_name),
                               numpy_helper.from_array((old_bias * scale + shift).astype(dtype), bias_name)])
@@ -103,8 +96,8 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
         layer.op_type = "Gemm"
     if layer.op_type == "Gemm":
         set_attributes(layer, alpha=1.0, beta=1.0)
-    if len(layer.input) > bias_index:
-        layer.input[bias_index] = bias_name
+    if len(layer.input) > 2:
+        layer.input[2] = bias_name
     else:
         layer.input.append(bias_name)
 

@@ -42,7 +42,7 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}
     shifts = []
     for layer in layers:
-        stored = weight_as_stored(layer)
+        stored = layer.weight.T if layer.transposed else layer.weight  # the initializer's layout
         quantized = fake_quantize(stored.float(), weights[layer.name].encoding).to(torch.float64)
         error = quantized.T if layer.transposed else quantized
         shift = expected_output_shift(error - layer.weight, means[layer.name], layer.groups)
@@ -52,11 +52,6 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
     sim.weights_changed()
     mean_shift = float(torch.cat(shifts).mean()) if shifts else 0.0
     return BiasCorrectionResult(tuple(layer.name for layer in layers), tuple(skipped), mean_shift, len(feeds))
-
-
-def weight_as_stored(layer: WeightedLayer) -> torch.Tensor:
-    """The layer's weight in the initializer's layout (a Gemm without transB, a MatMul: ``[in, out]``)."""
-    return layer.weight.T if layer.transposed else layer.weight
 
 
 def _input_means(sim, layers: list[WeightedLayer], feeds: list[dict]) -> dict[str, torch.Tensor]:
@@ -73,11 +68,10 @@ def _input_means(sim, layers: list[WeightedLayer], feeds: list[dict]) -> dict[st
         if layer.node.op_type == "Conv":
             axes = [0, *range(2, layer.weight.dim())]
         else:
-            shape = probe.graph.initializer.add()
-            shape.CopyFrom(numpy_helper.from_array(np.array([-1, layer.in_channels], dtype=np.int64),
-                                                   layer.name + _SUM + "_rows"))
-            probe.graph.node.append(helper.make_node("Reshape", [tensor, shape.name], [shape.name + "_view"]))
-            tensor, axes = shape.name + "_view", [0]
+            shape = layer.name + _SUM + "_rows"
+            probe.graph.initializer.append(numpy_helper.from_array(np.array([-1, layer.in_channels], np.int64), shape))
+            probe.graph.node.append(helper.make_node("Reshape", [tensor, shape], [shape + "_view"]))
+            tensor, axes = shape + "_view", [0]
         add_reduction(probe, "ReduceSum", tensor, axes, layer.name + _SUM)
         probe.graph.node.append(helper.make_node("Shape", [tensor], [layer.name + _SHAPE]))
         probe.graph.output.append(helper.make_empty_tensor_value_info(layer.name + _SHAPE))

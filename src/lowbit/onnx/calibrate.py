@@ -3,6 +3,8 @@ the NCHWc layout), other tensors become outputs, in as few passes as a memory bu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import torch
@@ -106,7 +108,7 @@ def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str],
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    known = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    known = {v.name: v for v in _values(model)}
     del graph.output[:]
     graph.output.extend(known[n] if n in known else helper.make_empty_tensor_value_info(n) for n in exposed)
     for name in reduced:
@@ -159,12 +161,9 @@ def _bytes_per_sample(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of one sample of each tensor with a known shape (the first dimension taken as batch)."""
     sizes = {}
     for value in _values(model):
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                for d in value.type.tensor_type.shape.dim]
-        count = 1
-        for dim in dims[1:]:
-            count *= dim
-        itemsize = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize \
-            if value.type.tensor_type.elem_type else 4
+        tensor_type = value.type.tensor_type
+        count = math.prod(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                          for d in tensor_type.shape.dim[1:])
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize if tensor_type.elem_type else 4
         sizes[value.name] = count * itemsize
     return sizes

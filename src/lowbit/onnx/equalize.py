@@ -33,8 +33,10 @@ def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, lis
     for found in equalization_chains(facts.view({k: v for k, v in layers.items() if v is not None})):
         chain, links = [layers[op.name] for op in found.layers], found.links
         relu6 = [nodes[op.name] for link in links for op in link.relu6]
-        for clip in relu6:
-            _to_relu(clip)
+        for clip in relu6:  # each becomes a Relu (same name, input and output)
+            clip.op_type = "Relu"
+            del clip.input[1:]
+            del clip.attribute[:]
         biases = [layer.ensure_bias() for layer in chain]
         moments = [statistics.get(layer.node.output[0]) for layer in chain]
         factors, sweeps = equalize_chain_([layer.weight for layer in chain], biases,
@@ -55,11 +57,3 @@ def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, lis
         groups.append(EqualizedGroup(tuple(layer.name for layer in chain), replaced, tuple(absorbed), sweeps))
     remove_unused(result.graph)
     return result, groups
-
-
-def _to_relu(node: onnx.NodeProto) -> None:
-    """Turn a Clip node into a Relu (same name, input and output)."""
-    node.op_type = "Relu"
-    del node.input[1:]
-    del node.attribute[:]
-

@@ -33,8 +33,9 @@ class GraphInputs:
 
     def feeds(self, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
         """The call's tensors by input name (positional in graph order), checked and cast."""
-        values = dict(zip(self.names, [a for a in args if isinstance(a, torch.Tensor)]))
-        if len([a for a in args if isinstance(a, torch.Tensor)]) > len(self.names):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        values = dict(zip(self.names, tensors))
+        if len(tensors) > len(self.names):
             raise InputError(f"the batch has {len(args)} tensors but the model has {len(self.names)} inputs "
                              f"({', '.join(self.names)})")
         unknown = [k for k in kwargs if k not in self.names]

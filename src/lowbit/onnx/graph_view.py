@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
 
 from lowbit.graph.placement import CARRIES_INPUT
 from lowbit.graph.view import GraphView, Layer, Op
 from lowbit.onnx.attributes import attribute, clip_bounds
-from lowbit.qdq.graph_index import node_reads
+from lowbit.qdq.graph_index import GraphIndex, node_reads
 from lowbit.target.vocabulary import QUANTIZED_OP_TYPES
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0}
@@ -32,22 +34,16 @@ def weight_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int | None:
     return {"Conv": 0, "ConvTranspose": 1}[node.op_type]
 
 
-class GraphFacts:
+class GraphFacts(GraphIndex):
     """Per-tensor facts of a graph: element type, producer, consumers, and which tensors are constants
     (initializers and what is computed from them or from shapes alone)."""
 
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
-        self.graph = graph
-        self.initializers = {t.name: t for t in graph.initializer}
+        super().__init__(graph)
         self.elem_type = {v.name: v.type.tensor_type.elem_type
                           for v in [*graph.input, *graph.value_info, *graph.output]}
         self.elem_type.update({t.name: t.data_type for t in graph.initializer})
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node_reads(node):
-                self.consumers.setdefault(name, []).append(node)
         self.graph_inputs = [i.name for i in graph.input if i.name not in self.initializers]
         self.graph_outputs = [o.name for o in graph.output]
         self.static = set(self.initializers)
@@ -95,11 +91,7 @@ class GraphFacts:
 def float_op_types(model: onnx.ModelProto) -> dict[str, int]:
     """Op types left in float (see ``lowbit.target.vocabulary``), with how many nodes of each."""
     facts = GraphFacts(model)
-    counts: dict[str, int] = {}
-    for node in facts.graph.node:
-        if facts.runs_in_float(node):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    return dict(Counter(node.op_type for node in facts.graph.node if facts.runs_in_float(node)))
 
 
 def _is_depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:

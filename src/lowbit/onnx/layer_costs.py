@@ -7,6 +7,7 @@ import math
 
 from onnx import numpy_helper
 
+from lowbit.onnx.attributes import attribute
 from lowbit.onnx.graph_values import graph_values
 
 
@@ -34,10 +35,9 @@ def layer_costs(sim, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
 def _macs_per_output(node, shape) -> int:
     """Multiply-accumulates per output element: the weights one output element reads."""
     if node.op_type == "ConvTranspose":
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return shape[0] // groups * math.prod(shape[2:])
+        return shape[0] // attribute(node, "group", 1) * math.prod(shape[2:])
     if node.op_type == "Conv":
         return math.prod(shape[1:])
-    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+    if node.op_type == "Gemm" and attribute(node, "transB", 0):
         return shape[1]
     return shape[-2] if node.op_type in ("Gemm", "MatMul") and len(shape) >= 2 else 0

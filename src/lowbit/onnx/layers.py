@@ -50,11 +50,10 @@ class WeightedLayer:
         """Whether the layer adds no padding (a constant input shift maps to a constant output shift)."""
         if self.node.op_type != "Conv":
             return True
-        auto_pad = attribute(self.node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        if auto_pad == "NOTSET":
+        auto_pad = attribute(self.node, "auto_pad", b"NOTSET")  # a string attribute's value is bytes
+        if auto_pad == b"NOTSET":
             return not any(attribute(self.node, "pads", []))
-        return auto_pad == "VALID" or all(k == 1 for k in self.weight.shape[2:])
+        return auto_pad == b"VALID" or all(k == 1 for k in self.weight.shape[2:])
 
     def ensure_bias(self) -> torch.Tensor | None:
         """The bias, created as zeros where a Conv or Gemm has none (a MatMul without Add: None)."""
@@ -69,15 +68,16 @@ class WeightedLayer:
         facts.initializers[name].CopyFrom(numpy_helper.from_array(weight.numpy().astype(self.dtype), name))
         if self.bias is None:
             return
+        bias = self.bias.numpy().astype(self.dtype)
         reader = self.bias_reader or self.node
         position = 2 if reader is self.node else next(i for i, n in enumerate(reader.input)
                                                       if n in facts.initializers)
         current = reader.input[position] if len(reader.input) > position else ""
         if current and len(facts.consumers[current]) == 1:
-            facts.initializers[current].CopyFrom(numpy_helper.from_array(self.bias.numpy().astype(self.dtype), current))
+            facts.initializers[current].CopyFrom(numpy_helper.from_array(bias, current))
             return
         bias_name = f"{self.name}_lowbit_bias"
-        graph.initializer.append(numpy_helper.from_array(self.bias.numpy().astype(self.dtype), bias_name))
+        graph.initializer.append(numpy_helper.from_array(bias, bias_name))
         facts.initializers[bias_name] = graph.initializer[-1]
         facts.consumers[bias_name] = [reader]
         if current:

@@ -61,7 +61,7 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated ({first_line(e)})") from None
     if not proto.graph.node:
         raise ModelLoadError(f"'{path}' is not an ONNX model or is truncated (no graph nodes)")
-    for tensor in _external_tensors(proto):
+    for tensor in [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]:
         location = next(e.value for e in tensor.external_data if e.key == "location")
         if not (path.parent / location).is_file():
             raise ModelLoadError(f"external data file '{location}' of tensor '{tensor.name}' not found "
@@ -71,11 +71,6 @@ def _read(path: Path) -> onnx.ModelProto:
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read the external data of '{path}': {first_line(e)}") from None
     return proto
-
-
-def _external_tensors(proto: onnx.ModelProto):
-    """Initializers whose values live in a separate file."""
-    return [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _check_opset(proto: onnx.ModelProto) -> None:
@@ -99,11 +94,10 @@ def _with_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     if default_opset(proto) >= QDQ_OPSET:
         return proto
     try:
-        converted = onnx.version_converter.convert_version(proto, QDQ_OPSET)
+        return onnx.version_converter.convert_version(proto, QDQ_OPSET)
     except Exception as e:
         raise ModelLoadError(f"cannot raise this opset-{default_opset(proto)} model to opset {QDQ_OPSET}, which "
                              f"per-channel QuantizeLinear/DequantizeLinear need: {first_line(e)}") from None
-    return converted
 
 
 def name_nodes(proto: onnx.ModelProto) -> None:

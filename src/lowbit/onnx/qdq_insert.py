@@ -14,8 +14,6 @@ from lowbit.qdq.storage import onnx_storage
 from lowbit.quant.quantizer import Quantizer
 from lowbit.target.points import QuantPoint
 
-_NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
-
 
 def tagged_model(model: onnx.ModelProto, points: list[QuantPoint], quantizers: dict[str, Quantizer]) -> onnx.ModelProto:
     """A copy of ``model`` with a tagged Q → DQ pair per quantizer; graph outputs keep their names."""
@@ -77,7 +75,7 @@ def _qdq_nodes(source: str, key: str, quantizer: Quantizer, rank: int):
     encoding = quantizer.require_encoding(key).to("cpu")
     type_name, zero_point = onnx_storage(encoding)
     scale = encoding.scale.reshape(-1).numpy().astype(np.float32)
-    zero = zero_point.reshape(-1).numpy().astype(_NUMPY_TYPES[type_name])
+    zero = zero_point.reshape(-1).numpy().astype(type_name)
     attributes = {}
     if encoding.spec.axis is None:
         scale, zero = scale.reshape(()), zero.reshape(())

@@ -20,20 +20,16 @@ def node_reads(node: onnx.NodeProto) -> list[str]:
 
 
 class GraphIndex:
-    """Producers, consumers, initializers and Constant values of one ONNX graph (rebuilt on demand)."""
+    """Producers, consumers, initializers and Constant values of one ONNX graph."""
 
     def __init__(self, graph: onnx.GraphProto):
         self.graph = graph
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self.producer = {out: node for node in self.graph.node for out in node.output}
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.producer = {out: node for node in graph.node for out in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
+        for node in graph.node:
             for name in node_reads(node):
                 self.consumers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in self.graph.output}
 
     def constant(self, name: str) -> np.ndarray | None:
         """Value of an initializer or Constant-node output, else None."""

@@ -36,9 +36,7 @@ def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict
     index = GraphIndex(model.graph)
     activation, params, names, pairs = {}, {}, {}, []
     for node in model.graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        key = strip_attribute(node, QUANTIZER_KEY_ATTRIBUTE)
+        key = strip_attribute(node, QUANTIZER_KEY_ATTRIBUTE) if node.op_type == "QuantizeLinear" else None
         if key is None:
             continue
         source = node.input[0]

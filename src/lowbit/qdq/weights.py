@@ -13,24 +13,15 @@ from lowbit.target import PASSTHROUGH_OPS
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize, quantize
 from lowbit.quant.int32_bias import int32_bias
-
-_NUMPY_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
+from lowbit.quant.layout import broadcastable
 
 
 def stored_integers(weight: np.ndarray, encoding: Encoding, type_name: str) -> np.ndarray:
     """The integers an ONNX DequantizeLinear with ``encoding``'s zero point reads back as the sim's values."""
     grid = quantize(torch.from_numpy(weight.copy()), encoding)
     if type_name.startswith("int"):
-        grid = grid + _broadcast(encoding.offset, grid, encoding)
-    return grid.numpy().astype(_NUMPY_TYPES[type_name])
-
-
-def _broadcast(values: torch.Tensor, like: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-    if encoding.spec.axis is None:
-        return values
-    shape = [1] * like.dim()
-    shape[encoding.spec.axis % like.dim()] = -1
-    return values.reshape(shape)
+        grid = grid + broadcastable(encoding.offset, grid, encoding.spec)
+    return grid.numpy().astype(type_name)
 
 
 def quantize_weights(graph: onnx.GraphProto, params: dict[str, Encoding]) -> None:

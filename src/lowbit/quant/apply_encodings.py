@@ -13,7 +13,7 @@ def apply_encodings_file(quantizers: dict, names: dict[str, str], document: Enco
     """Give every quantizer (by key) the encoding the file holds for its tensor ``names[key]``;
     EncodingsFileError, naming ``source``, for names that do not match or per-channel counts that differ."""
     known = set(names.values())
-    unknown = [n for n in list(document.activation) + list(document.params) if n not in known]
+    unknown = [n for n in [*document.activation, *document.params] if n not in known]
     if unknown:
         raise EncodingsFileError(f"encodings file {source}: {len(unknown)} names are not in the model "
                                  f"(first: {unknown[0]!r})")

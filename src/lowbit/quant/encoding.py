@@ -43,9 +43,7 @@ class Encoding:
     @classmethod
     def from_scale_offset(cls, spec: QuantSpec, scale, offset) -> "Encoding":
         """Encoding with the given scale and (AIMET) offset, as read from a file."""
-        scale = torch.as_tensor(scale, dtype=torch.float32)
-        offset = torch.as_tensor(offset, dtype=torch.int64)
-        return cls(spec, scale, offset)
+        return cls(spec, torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(offset, dtype=torch.int64))
 
     @property
     def min(self) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lowbit.errors import SpecError
@@ -36,14 +38,11 @@ def encoding_shape(x_shape: torch.Size, spec: QuantSpec) -> tuple[int, ...]:
     """Shape of the scale/offset tensors for a tensor of ``x_shape``: (), (C,) or (C, blocks)."""
     if spec.axis is None:
         return ()
-    channels = x_shape[spec.axis % len(x_shape)]
+    axis = spec.axis % len(x_shape)
     if spec.block_size is None:
-        return (channels,)
-    per_channel = 1
-    for i, size in enumerate(x_shape):
-        if i != spec.axis % len(x_shape):
-            per_channel *= size
-    return (channels, per_channel // spec.block_size)
+        return (x_shape[axis],)
+    per_channel = math.prod(size for i, size in enumerate(x_shape) if i != axis)
+    return (x_shape[axis], per_channel // spec.block_size)
 
 
 def broadcastable(values: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

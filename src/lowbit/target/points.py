@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from lowbit.errors import SpecError
@@ -85,7 +86,4 @@ class PlannedQuantizers:
 
     def quantizer_counts(self) -> dict[str, int]:
         """Number of quantizers by role (input, output, weight)."""
-        roles: dict[str, int] = {}
-        for point in self.points:
-            roles[point.role] = roles.get(point.role, 0) + 1
-        return roles
+        return dict(Counter(point.role for point in self.points))

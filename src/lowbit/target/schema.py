@@ -31,10 +31,6 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _where(path: str) -> str:
-    return path or "the top level"
-
-
 def _kind(value: object) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
@@ -92,7 +88,7 @@ def _object(
 
     def check(value: object, path: str) -> None:
         if not isinstance(value, dict):
-            raise _Invalid(f"{_where(path)} must be an object, got {_kind(value)}")
+            raise _Invalid(f"{path or 'the top level'} must be an object, got {_kind(value)}")
         for key in required:
             if key not in value:
                 raise _Invalid(f"missing required {item} {_join(path, key)}")

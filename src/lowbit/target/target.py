@@ -135,11 +135,10 @@ class Target:
         config = self.to_json()
         defaults = config["defaults"]
         changes = []
-        if param_bits is not None:
-            config["op_type"].pop(DEPTHWISE_CONV, None)
         if param_bits is not None or act_bits is not None:
             kernels = defaults.setdefault("supported_kernels", [copy.deepcopy(_FALLBACK_KERNEL)])
             if param_bits is not None:
+                config["op_type"].pop(DEPTHWISE_CONV, None)
                 kernels[0]["param"] = {"bitwidth": param_bits, "dtype": "int"}
                 changes.append(f"param_bits={param_bits}")
             if act_bits is not None:

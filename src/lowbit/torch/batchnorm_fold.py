@@ -4,7 +4,6 @@ or the one they feed where that is exact."""
 from __future__ import annotations
 
 import copy
-import inspect
 from collections import Counter
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from torch import fx, nn
 from lowbit.algorithms.bias_correction import expected_output_shift
 from lowbit.data import as_call
 from lowbit.errors import GraphCaptureError, InputError, first_line
-from lowbit.torch.capture import placeholder_values
+from lowbit.torch.capture import left_out_defaults, placeholder_values
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -85,12 +84,10 @@ class _LayerTracer(fx.Tracer):
 
 
 def _trace_keeping_layers(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
-    signature = inspect.signature(model.forward)
-    bound = signature.bind_partial(*args, **kwargs)
-    concrete = {name: parameter.default for name, parameter in signature.parameters.items()
-                if name not in bound.arguments and parameter.default is not inspect.Parameter.empty}
+    """``model`` traced with :class:`_LayerTracer`; GraphCaptureError when torch.fx cannot trace it."""
+    concrete = left_out_defaults(model, args, kwargs)
     try:
-        return fx.GraphModule(model, _LayerTracer().trace(model, concrete_args=concrete or None))
+        return fx.GraphModule(model, _LayerTracer().trace(model, concrete_args=concrete))
     except Exception as error:
         raise GraphCaptureError(f"fold_batchnorm needs a torch.fx-traceable model: {error}") from None
 
@@ -155,8 +152,14 @@ def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: _Ex
 def _folds_before(layer: nn.Module, input_rank: int) -> bool:
     if isinstance(layer, nn.Linear):
         return input_rank == 2 and not _own_forward(layer)
-    if not isinstance(layer, _CONVOLUTIONS) or _own_forward(layer):
-        return False
+    return isinstance(layer, _CONVOLUTIONS) and not _own_forward(layer) and unpadded(layer)
+
+
+def unpadded(layer: nn.Module) -> bool:
+    """Whether ``layer`` (a Linear or convolution) adds no padding, so a constant input shift maps to a constant
+    output shift."""
+    if isinstance(layer, nn.Linear):
+        return True
     if isinstance(layer.padding, str):
         return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
     return all(p == 0 for p in layer.padding)
@@ -164,9 +167,8 @@ def _folds_before(layer: nn.Module, input_rank: int) -> bool:
 
 def _factor(batchnorm: nn.Module) -> torch.Tensor:
     """The per-channel scale of batchnorm (eval mode): batchnorm(x) = factor·(x − running_mean) + β."""
-    if batchnorm.affine:
-        return batchnorm.weight / torch.sqrt(batchnorm.running_var + batchnorm.eps)
-    return 1.0 / torch.sqrt(batchnorm.running_var + batchnorm.eps)
+    scale = batchnorm.weight if batchnorm.affine else 1.0
+    return scale / torch.sqrt(batchnorm.running_var + batchnorm.eps)
 
 
 def _beta(batchnorm: nn.Module) -> torch.Tensor:
@@ -184,8 +186,7 @@ def _row_norms(layer: nn.Module) -> torch.Tensor:
     """The L2 norm of the weights of each output channel."""
     weight = layer.weight.detach()
     if isinstance(layer, _TRANSPOSED):
-        groups = layer.groups
-        weight = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1).transpose(1, 2)
+        weight = weight.reshape(layer.groups, weight.shape[0] // layer.groups, weight.shape[1], -1).transpose(1, 2)
     return weight.reshape(_bias(layer).shape[0], -1).norm(dim=1)
 
 

@@ -18,6 +18,7 @@ from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.batchnorm_fold import FoldedBatchNorm
 from lowbit.torch.integer_add import IntegerAdd
+from lowbit.torch.module_graph import node_arg
 from lowbit.torch.weight_quantized import WeightQuantized
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -167,13 +168,9 @@ def _statistics_of(gm: fx.GraphModule, node: fx.Node, known: dict) -> _Known | N
         return first
     if target in _AVERAGE_FUNCTIONS:
         return _Known(first.statistics.mean_only(), first.flat)
-    if target in (torch.flatten, "flatten") and _argument(node, 1, "start_dim", 0) == 1:
+    if target in (torch.flatten, "flatten") and node_arg(node, 1, "start_dim", 0) == 1:
         return _Known(first.statistics, True)
     return None
-
-
-def _argument(node: fx.Node, index: int, name: str, default):
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 def _clamped(known: _Known, low: float, high: float = math.inf) -> _Known | None:

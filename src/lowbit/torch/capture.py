@@ -16,22 +16,22 @@ from lowbit.torch.module_graph import as_module_graph, has_functional_layers
 def trace(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     """Symbolically trace ``model`` called as ``model(*args, **kwargs)``; arguments left out of
     the call keep their defaults as constants. Raises whatever torch.fx raises."""
+    return fx.symbolic_trace(model, concrete_args=left_out_defaults(model, args, kwargs))
+
+
+def left_out_defaults(model: nn.Module, args: tuple, kwargs: dict) -> dict | None:
+    """The defaults of ``model.forward``'s arguments the call leaves out (None when there are none)."""
     signature = inspect.signature(model.forward)
     bound = signature.bind_partial(*args, **kwargs)
-    concrete = {name: parameter.default for name, parameter in signature.parameters.items()
-                if name not in bound.arguments and parameter.default is not inspect.Parameter.empty}
-    return fx.symbolic_trace(model, concrete_args=concrete or None)
+    return {name: parameter.default for name, parameter in signature.parameters.items()
+            if name not in bound.arguments and parameter.default is not inspect.Parameter.empty} or None
 
 
 def placeholder_values(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict) -> list:
     """The example call as one positional value per placeholder of ``gm``."""
     bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
     bound.apply_defaults()
-    values = []
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            values.append(bound.arguments.get(node.target.lstrip("*")))
-    return values
+    return [bound.arguments.get(node.target.lstrip("*")) for node in gm.graph.nodes if node.op == "placeholder"]
 
 
 class _DtypeRecorder(fx.Interpreter):

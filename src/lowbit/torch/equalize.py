@@ -9,7 +9,7 @@ from torch import nn
 from lowbit.algorithms.cross_layer_equalization import (EqualizedGroup, absorb_high_bias_, absorbable_shift,
                                                         equalize_chain_)
 from lowbit.graph.chains import equalization_chains
-from lowbit.torch.batchnorm_fold import FoldedBatchNorm, fold_batchnorm
+from lowbit.torch.batchnorm_fold import FoldedBatchNorm, fold_batchnorm, unpadded
 from lowbit.torch.capture import trace_for
 from lowbit.torch.graph_view import fx_view
 from lowbit.torch.pair_saturation import is_depthwise
@@ -67,7 +67,7 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
                 for k, link in enumerate(links):
                     nxt = layers[k + 1]
                     statistics = getattr(layers[k], "folded_batchnorm", None)
-                    if not link.relu or statistics is None or not _zero_free(nxt):
+                    if not link.relu or statistics is None or not unpadded(nxt):
                         continue
                     mean, std = statistics.moments(layers[k])
                     shift = absorbable_shift(mean.to(nxt.weight.dtype), std.to(nxt.weight.dtype))
@@ -77,12 +77,3 @@ def equalize(model: nn.Module, example_input, absorb_high_bias: bool = True) -> 
                         absorbed.append(chain[k])
         groups.append(EqualizedGroup(tuple(chain), relu6, tuple(absorbed), sweeps))
     return groups
-
-
-def _zero_free(layer: nn.Module) -> bool:
-    """Whether ``layer`` adds no padding (so a constant input shift maps to a constant output shift)."""
-    if isinstance(layer, nn.Linear):
-        return True
-    if isinstance(layer.padding, str):
-        return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
-    return all(p == 0 for p in layer.padding)

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from lowbit.data import as_call
+from lowbit.data import as_call, move_call
 from lowbit.errors import ExportError, first_line
 from lowbit.qdq.flatten_as_reshape import flatten_as_reshape
 from lowbit.qdq.files import ExportPaths, quantizer_args, require_encodings, write_export
@@ -48,24 +48,21 @@ def exported_onnx(sim) -> onnx.ModelProto:
             child.link_input_quantizer(None)
         if isinstance(child, Quantizer):
             module.set_submodule(path, ExportQuantizer(keys[id(child)], child.encoding))
-    args, kwargs = as_call(sim.example_input)
-    args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
-    kwargs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    if kwargs:
-        module, args, kwargs = KeywordCall(module, list(kwargs)), tuple(kwargs.values()), {}
-    names = module.names if isinstance(module, KeywordCall) else _input_names(module, args, kwargs)
-    outputs = _output_names(module, args, kwargs)
+    args, kwargs = move_call(*as_call(sim.example_input), "cpu")
+    if kwargs:  # the exporter's calling form: positional tensors
+        module, args = KeywordCall(module, list(kwargs)), tuple(kwargs.values())
+    names = module.names if isinstance(module, KeywordCall) else _input_names(module, args)
+    outputs = _output_names(module, args)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, buffer, kwargs=kwargs or None, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,
                               input_names=names, output_names=outputs,
                               dynamic_axes=_dynamic_axes(module, names, args, outputs),
                               do_constant_folding=True)
     except Exception as error:
-        reason = first_line(error)
-        raise ExportError(f"ONNX export failed: {reason}") from None
+        raise ExportError(f"ONNX export failed: {first_line(error)}") from None
     exported = onnx.load_from_string(buffer.getvalue())
     flatten_as_reshape(exported.graph)
     if isinstance(module, KeywordCall):
@@ -96,7 +93,7 @@ def _dynamic_axes(module: nn.Module, names: list[str], args: tuple, outputs: lis
     base = _output_shapes(module, sample)
     if base is None:
         return axes
-    named = list(zip(names, _tensor_positions(args)))
+    named = list(zip(names, [index for index, value in enumerate(args) if isinstance(value, torch.Tensor)]))
     groups = sorted({(axis, sample[position].shape[axis]) for _, position in named
                      for axis in range(1, sample[position].dim())})
     for axis, size in groups:
@@ -118,10 +115,6 @@ def _dynamic_axes(module: nn.Module, names: list[str], args: tuple, outputs: lis
     return axes
 
 
-def _tensor_positions(args: tuple) -> list[int]:
-    return [index for index, value in enumerate(args) if isinstance(value, torch.Tensor)]
-
-
 def _output_shapes(module: nn.Module, args: list) -> list[tuple] | None:
     """The shapes of the model's output tensors on ``args``, or None when it does not run on them."""
     try:
@@ -132,34 +125,31 @@ def _output_shapes(module: nn.Module, args: list) -> list[tuple] | None:
     return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
-def _input_names(module, args: tuple, kwargs: dict) -> list[str]:
+def _input_names(module, args: tuple) -> list[str]:
     """ONNX input names: the forward's parameter names for the tensors actually passed."""
-    parameters = [p for p in inspect.signature(module.forward).parameters]
-    names = [parameters[i] for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-    names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
-    return names
+    parameters = list(inspect.signature(module.forward).parameters)
+    return [parameters[i] for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
 
-def _output_names(module, args: tuple, kwargs: dict) -> list[str]:
+def _output_names(module, args: tuple) -> list[str]:
     """``output`` for a single tensor output, ``output_0`` ... for several."""
     with torch.no_grad():
-        result = module(*args, **kwargs)
+        result = module(*args)
     count = len(torch.utils._pytree.tree_leaves(result))
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 def parameter_renames(model) -> dict[str, str]:
-    """Exported parameter names → the user's names, dropping wrapper segments (``a.layer.weight`` → ``a.weight``)."""
+    """Exported parameter names → the user's names, dropping wrapper segments
+    (``a.layer.weight`` → ``a.weight``)."""
     wrappers = {path for path, child in model.named_modules() if isinstance(child, WRAPPERS)}
     renames = {}
     for name, _ in list(model.named_parameters()) + list(model.named_buffers()):
         kept, prefix = [], []
         for part in name.split("."):
-            if part == "layer" and ".".join(prefix) in wrappers:
-                prefix.append(part)
-                continue
+            if not (part == "layer" and ".".join(prefix) in wrappers):
+                kept.append(part)
             prefix.append(part)
-            kept.append(part)
         if len(kept) != len(prefix):
             renames[name] = ".".join(kept)
     return renames

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import fx, nn
 
@@ -37,17 +39,14 @@ def fx_view(gm: fx.GraphModule, dtypes: dict[str, torch.dtype] | None = None) ->
     else:
         tensors = set(dtypes)
         float_values = {name for name, dtype in dtypes.items() if dtype is not None and dtype.is_floating_point}
-    calls = {}
-    for node in nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(node.target for node in nodes if node.op == "call_module")
     ops = [_op(gm, node, tensors, calls) for node in nodes if node.op in _CALLS]
     output = next(n for n in nodes if n.op == "output")
     return GraphView(ops, [n.name for n in nodes if n.op == "placeholder"],
                      [n.name for n in output.all_input_nodes], float_values)
 
 
-def _op(gm: fx.GraphModule, node: fx.Node, tensors: set[str], calls: dict[str, int]) -> Op:
+def _op(gm: fx.GraphModule, node: fx.Node, tensors: set[str], calls: Counter) -> Op:
     op_type = node_op_type(gm, node)
     inputs = tuple(a.name if a.name in tensors else "" for a in node.all_input_nodes)
     fields = {"opaque": op_type is not None and op_type not in _VOCABULARY}

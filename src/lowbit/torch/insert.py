@@ -12,6 +12,7 @@ from lowbit.torch.grid_follower import link_grid_follower
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.integer_softmax import IntegerSoftmax
 from lowbit.torch.graph_view import node_op_type
+from lowbit.torch.module_graph import node_arg
 from lowbit.torch.weight_quantized import WeightQuantized
 
 ACTIVATION_QUANTIZERS = "activation_quantizers"
@@ -54,14 +55,19 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str,
     _link_output_quantizers(gm)
     _emulate_integer_adds(gm)
     _emulate_integer_softmaxes(gm)
-    _link_grid_followers(gm)
     return quantizers
+
+
+def _called_module(gm: fx.GraphModule, node) -> nn.Module | None:
+    """The module ``node`` calls, or None when it is not a call_module node."""
+    return gm.get_submodule(node.target) if isinstance(node, fx.Node) and node.op == "call_module" else None
 
 
 def _link_bias_sources(gm: fx.GraphModule) -> None:
     """Give each weight-quantized layer the quantizer of its input, looking through pass-through ops."""
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
+        layer = _called_module(gm, node)
+        if not isinstance(layer, WeightQuantized):
             continue
         source = node.args[0] if node.args else None
         # pass-through ops include modules (the Identity left by a folded BatchNorm, Dropout):
@@ -69,14 +75,13 @@ def _link_bias_sources(gm: fx.GraphModule) -> None:
         # fuses DequantizeLinear into the layer's integer kernel across some of them only
         direct = True
         while (isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node)
-               and not (source.op == "call_module" and isinstance(gm.get_submodule(source.target), Quantizer))
+               and not isinstance(_called_module(gm, source), Quantizer)
                and node_op_type(gm, source) in PASSTHROUGH_OPS):
             direct = direct and _fused_across(gm, source)
             source = source.args[0]
-        if isinstance(source, fx.Node) and source.op == "call_module":
-            found = gm.get_submodule(source.target)
-            if isinstance(found, Quantizer):
-                gm.get_submodule(node.target).link_input_quantizer(found, direct=direct)
+        found = _called_module(gm, source)
+        if isinstance(found, Quantizer):
+            layer.link_input_quantizer(found, direct=direct)
 
 
 _FUSED_FOLLOWERS = frozenset({"Identity", "Dropout", "Relu", "Clip"})
@@ -100,25 +105,30 @@ def _flatten_dims(gm: fx.GraphModule, node: fx.Node) -> tuple:
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         return module.start_dim, module.end_dim
-    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-    return start, end
+    return node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1)
 
 
 def _link_output_quantizers(gm: fx.GraphModule) -> None:
-    """Give each weight-quantized layer the quantizer ending its fused group (through Identity,
-    Dropout, Relu, Clip with a single reader each), as onnxruntime fuses them into one kernel."""
+    """Give each weight-quantized layer the quantizer ending its fused group (through Identity, Dropout, Relu,
+    Clip with a single reader each), as onnxruntime fuses them into one kernel; each Relu/Clip module between
+    skips itself on that quantizer's grid when it is the identity there (replaced by a skipping copy)."""
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
+        layer = _called_module(gm, node)
+        if not isinstance(layer, WeightQuantized):
             continue
-        current = node
+        chain, current = [], node
         while len(current.users) == 1:
             (current,) = current.users
-            if current.op == "call_module" and isinstance(gm.get_submodule(current.target), Quantizer):
-                gm.get_submodule(node.target).link_output_quantizer(gm.get_submodule(current.target))
+            quantizer = _called_module(gm, current)
+            if isinstance(quantizer, Quantizer):
+                layer.link_output_quantizer(quantizer)
+                for follower in chain:
+                    if follower.op == "call_module":
+                        link_grid_follower(gm, follower.target, quantizer)
                 break
             if node_op_type(gm, current) not in _FUSED_FOLLOWERS:
                 break
+            chain.append(current)
 
 
 def _emulate_integer_adds(gm: fx.GraphModule) -> None:
@@ -152,7 +162,7 @@ def _emulate_integer_softmaxes(gm: fx.GraphModule) -> None:
         if dim is None or len(node.users) != 1 or not isinstance(node.args[0], fx.Node):
             continue
         source, reader = node.args[0], next(iter(node.users))
-        quantizers = [gm.get_submodule(n.target) if n.op == "call_module" else None for n in (source, reader)]
+        quantizers = [_called_module(gm, n) for n in (source, reader)]
         if not all(isinstance(q, Quantizer) for q in quantizers):
             continue
         holder[node.name] = IntegerSoftmax(quantizers[0], quantizers[1], dim)
@@ -171,7 +181,7 @@ def _softmax_dim(gm: fx.GraphModule, node: fx.Node) -> int | None:
     if node.op == "call_module":
         dim = getattr(gm.get_submodule(node.target), "dim", None)
     else:  # torch.softmax(x, dim), F.softmax(x, dim, _stacklevel, dtype), aten._softmax(x, dim, half_to_float)
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dim = node_arg(node, 1, "dim")
         if node.kwargs.get("dtype") is not None or (len(node.args) > 2 and node.args[2] is True):
             return None
     return dim if isinstance(dim, int) else None
@@ -180,7 +190,7 @@ def _softmax_dim(gm: fx.GraphModule, node: fx.Node) -> int | None:
 def source_quantizer(gm: fx.GraphModule, node) -> Quantizer | None:
     """The quantizer whose grid ``node`` carries, looking back through ops onnxruntime fuses across."""
     while isinstance(node, fx.Node):
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        module = _called_module(gm, node)
         if isinstance(module, Quantizer):
             return module
         if not _fused_across(gm, node):
@@ -194,7 +204,7 @@ def _reader_quantizer(gm: fx.GraphModule, node) -> tuple[Quantizer | None, bool]
     the only reader of the one before; returns (quantizer or None, whether a Relu was crossed)."""
     crossed_relu = False
     while isinstance(node, fx.Node):
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        module = _called_module(gm, node)
         if isinstance(module, Quantizer):
             return module, crossed_relu
         kind = node_op_type(gm, node)
@@ -204,28 +214,3 @@ def _reader_quantizer(gm: fx.GraphModule, node) -> tuple[Quantizer | None, bool]
             return None, False
         node = next(iter(node.users)) if len(node.users) == 1 else None
     return None, False
-
-
-def _link_grid_followers(gm: fx.GraphModule) -> None:
-    """Let each Relu/Clip module between a weight-quantized layer and its output quantizer skip itself on that
-    quantizer's grid when it is the identity there (replaced by a skipping copy; the graph is unchanged)."""
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), WeightQuantized):
-            continue
-        quantizer = gm.get_submodule(node.target).output_quantizer
-        if quantizer is None:
-            continue
-        chain, current = [], node
-        while len(current.users) == 1:
-            (current,) = current.users
-            if current.op == "call_module" and gm.get_submodule(current.target) is quantizer:
-                break
-            if node_op_type(gm, current) not in _FUSED_FOLLOWERS:
-                chain = []
-                break
-            chain.append(current)
-        else:
-            chain = []
-        for follower in chain:
-            if follower.op == "call_module":
-                link_grid_follower(gm, follower.target, quantizer)

@@ -33,11 +33,7 @@ def layer_costs(sim, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
     finally:
         for hook in hooks:
             hook.remove()
-    costs = {}
-    for group in groups:
-        macs, weights = sizes.get(group.name, (0, 0))
-        costs[group.name] = (macs, weights, outputs.get(group.name, 0))
-    return costs
+    return {group.name: (*sizes.get(group.name, (0, 0)), outputs.get(group.name, 0)) for group in groups}
 
 
 def _macs(layer, output: torch.Tensor) -> tuple[int, int]:

@@ -37,24 +37,26 @@ class InputQuantized(LayerWrapper):
         return self.layer(x, *args, **kwargs)
 
 
-def _followed_in_group(names: list[str], types: list[str], index: int, target: Target) -> bool:
+def _followed_in_group(types: list[str], index: int, target: Target) -> bool:
     """Whether sibling ``index`` starts or continues a supergroup with the next sibling."""
-    for group in target.supergroups:
-        for start in range(len(group) - 1):
-            if types[index] == group[start] and index + 1 < len(types) and types[index + 1] == group[start + 1]:
-                return True
-    return False
+    pair = tuple(types[index:index + 2])
+    return any(pair in zip(group, group[1:]) for group in target.supergroups)
 
 
 def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
     """Wrap every quantizable leaf of ``model`` in place; returns (model, points, quantizers)."""
     points, quantizers = [], {}
-    leaves = [(name, module) for name, module in model.named_modules()
-              if name and not list(module.children())]
-    parents = {}
+
+    def add(point: QuantPoint) -> Quantizer:
+        """Record ``point`` and return the new quantizer made for it."""
+        points.append(point)
+        quantizers[point.key] = Quantizer(point.spec, scheme)
+        return quantizers[point.key]
+
+    leaves = [(name, module) for name, module in model.named_modules() if name and not list(module.children())]
+    siblings = {}
     for name, _ in leaves:
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
-        parents.setdefault(parent, []).append(name)
+        siblings.setdefault(name.rpartition(".")[0], []).append(name)
     types = {name: module_op_type(module) for name, module in leaves}
     for name, module in leaves:
         op_type = types[name]
@@ -64,28 +66,20 @@ def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
         wrapped = module
         spec = weight_spec(rule, op_type) if op_type in WEIGHTED_OP_TYPES else None
         if spec is not None:
-            quantizer = Quantizer(spec, scheme)
-            points.append(QuantPoint(f"{name}.weight", "weight", name, op_type, spec, module=name))
-            quantizers[f"{name}.weight"] = quantizer
-            wrapped = WeightQuantized(wrapped, quantizer)
+            weight_point = QuantPoint(f"{name}.weight", "weight", name, op_type, spec, module=name)
+            wrapped = WeightQuantized(wrapped, add(weight_point))
         if rule.input_quantized and rule.activation.dtype == "int":
-            key = name.replace(".", "_") + "_input0"
-            quantizer = Quantizer(activation_spec(rule, target), scheme)
-            points.append(QuantPoint(key, "input", name, op_type, activation_spec(rule, target), argument="input"))
-            quantizers[key] = quantizer
+            quantizer = add(QuantPoint(name.replace(".", "_") + "_input0", "input", name, op_type,
+                                       activation_spec(rule, target), argument="input"))
             if isinstance(wrapped, WeightQuantized):
                 wrapped.link_input_quantizer(quantizer)
             wrapped = InputQuantized(wrapped, quantizer)
-        siblings = parents[name.rsplit(".", 1)[0] if "." in name else ""]
-        position = siblings.index(name)
-        fused = _followed_in_group(siblings, [types[s] for s in siblings], position, target)
+        group = siblings[name.rpartition(".")[0]]
+        fused = _followed_in_group([types[s] for s in group], group.index(name), target)
         if rule.output_quantized and not fused and rule.activation.dtype == "int":
-            key = name.replace(".", "_")
-            quantizer = Quantizer(activation_spec(rule, target), scheme)
-            points.append(QuantPoint(key, "output", name, op_type, activation_spec(rule, target),
-                                     constraints=rule.encoding_constraints))
-            quantizers[key] = quantizer
-            wrapped = OutputQuantized(wrapped, quantizer)
+            output_point = QuantPoint(name.replace(".", "_"), "output", name, op_type, activation_spec(rule, target),
+                                      constraints=rule.encoding_constraints)
+            wrapped = OutputQuantized(wrapped, add(output_point))
         if wrapped is not module:
             model.set_submodule(name, wrapped)
     return model, points, quantizers

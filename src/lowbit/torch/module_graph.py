@@ -81,7 +81,7 @@ class _Rewriter:
         """Whether ``node`` calls a convolution, linear or matmul function on a parameter of ``gm``."""
         target = node.target
         if target in _CONV or target in _CONV_TRANSPOSE or target in _LINEAR:
-            return self.tensor(_arg(node, 1, "weight")) is not None
+            return self.tensor(node_arg(node, 1, "weight")) is not None
         if target in _MATMUL:
             return len(node.args) == 2 and self._matmul_weight(node) is not None
         return False
@@ -147,8 +147,10 @@ class _Rewriter:
                 return False
         return True
 
-    def install(self, node: fx.Node, path: str, module: nn.Module, key: tuple, inputs: tuple,
+    def install(self, node: fx.Node, anchor: fx.Node, consumed: list, module: nn.Module, key: tuple, inputs: tuple,
                 replace: fx.Node | None = None) -> None:
+        """Put ``module`` at ``path_for``'s path and call it on ``inputs`` in place of ``node`` (or ``replace``)."""
+        path = self.path_for(anchor, consumed, key, node.name)
         if path not in self.created:
             holder_path, _, name = path.rpartition(".")
             holder = self.gm.get_submodule(holder_path) if holder_path else self.gm
@@ -172,38 +174,36 @@ class _Rewriter:
         elif target in _CONV_TRANSPOSE:
             self.conv(node, _CONV_TRANSPOSE[target], transposed=True)
         elif target is aten.convolution.default:
-            weight = self.tensor(_arg(node, 1, "weight"))
+            weight = self.tensor(node_arg(node, 1, "weight"))
             if weight is not None:
-                self.conv(node, weight.dim() - 2, transposed=bool(_arg(node, 6, "transposed", False)))
+                self.conv(node, weight.dim() - 2, transposed=bool(node_arg(node, 6, "transposed", False)))
         elif target in _LINEAR:
             self.linear(node)
         elif target in _MATMUL:
             self.matmul(node)
         elif target is aten.batch_norm.default:
-            if not _arg(node, 5, "training", False):
+            if not node_arg(node, 5, "training", False):
                 self.batchnorm(node, eps_index=7, replace=None)
         elif target is aten._native_batch_norm_legit_no_training.default:
-            getters = list(node.users)
-            if (len(getters) == 1 and getters[0].op == "call_function"
-                    and getters[0].target.__name__ == "getitem" and getters[0].args[1] == 0):
-                self.batchnorm(node, eps_index=6, replace=getters[0])
+            getter = _sole_first_item(node)
+            if getter is not None:
+                self.batchnorm(node, eps_index=6, replace=getter)
         elif target is aten.embedding.default:
             self.embedding(node)
         elif target is aten.addmm.default:
             self.addmm(node)
         elif target is aten.max_pool2d_with_indices.default:
-            getters = list(node.users)
-            if (len(getters) == 1 and getters[0].op == "call_function"
-                    and getters[0].target.__name__ == "getitem" and getters[0].args[1] == 0):
+            getter = _sole_first_item(node)
+            if getter is not None:
                 with self.gm.graph.inserting_before(node):
                     pool = self.gm.graph.call_function(aten.max_pool2d.default, node.args, node.kwargs)
-                pool.meta = dict(getters[0].meta)
-                getters[0].replace_all_uses_with(pool)
-                self.gm.graph.erase_node(getters[0])
+                pool.meta = dict(getter.meta)
+                getter.replace_all_uses_with(pool)
+                self.gm.graph.erase_node(getter)
                 self.gm.graph.erase_node(node)
 
     def conv(self, node: fx.Node, dims: int, transposed: bool) -> None:
-        x, weight_node, bias_node = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        x, weight_node, bias_node = node.args[0], node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
         weight, bias = self.tensor(weight_node), self.tensor(bias_node)
         if weight is None or (bias_node is not None and bias is None) or dims not in _CONV_CLASSES:
             return
@@ -213,12 +213,12 @@ class _Rewriter:
             stride, padding, dilation = node.args[3], node.args[4], node.args[5]
             output_padding, groups = node.args[7], node.args[8]
         elif transposed:  # conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
-            stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
-            output_padding, groups = _arg(node, 5, "output_padding", 0), _arg(node, 6, "groups", 1)
-            dilation = _arg(node, 7, "dilation", 1)
+            stride, padding = node_arg(node, 3, "stride", 1), node_arg(node, 4, "padding", 0)
+            output_padding, groups = node_arg(node, 5, "output_padding", 0), node_arg(node, 6, "groups", 1)
+            dilation = node_arg(node, 7, "dilation", 1)
         else:  # convNd(input, weight, bias, stride, padding, dilation, groups)
-            stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
-            dilation, groups, output_padding = _arg(node, 5, "dilation", 1), _arg(node, 6, "groups", 1), 0
+            stride, padding = node_arg(node, 3, "stride", 1), node_arg(node, 4, "padding", 0)
+            dilation, groups, output_padding = node_arg(node, 5, "dilation", 1), node_arg(node, 6, "groups", 1), 0
         stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
         padding = padding if isinstance(padding, str) else _tuple(padding, dims)
         output_padding = _tuple(output_padding, dims)
@@ -234,25 +234,18 @@ class _Rewriter:
                 return
             module = _CONV_CLASSES[dims](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
                                          stride, padding, dilation, groups, bias is not None, device="meta")
-        module.weight = _parameter(weight)
-        if bias is not None:
-            module.bias = _parameter(bias)
         kind = "ConvTranspose" if transposed else "Conv"
         key = (kind, dims, id(weight), id(bias), stride, padding, dilation, groups, output_padding)
-        path = self.path_for(weight_node, [weight_node, bias_node], key, f"{node.name}")
-        self.install(node, path, module, key, (x,))
+        self.install(node, weight_node, [weight_node, bias_node], _holding(module, weight, bias), key, (x,))
 
     def linear(self, node: fx.Node) -> None:
-        x, weight_node, bias_node = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        x, weight_node, bias_node = node.args[0], node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
         weight, bias = self.tensor(weight_node), self.tensor(bias_node)
         if weight is None or weight.dim() != 2 or (bias_node is not None and bias is None):
             return
         module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-        module.weight = _parameter(weight)
-        if bias is not None:
-            module.bias = _parameter(bias)
         key = ("Linear", id(weight), id(bias))
-        self.install(node, self.path_for(weight_node, [weight_node, bias_node], key, node.name), module, key, (x,))
+        self.install(node, weight_node, [weight_node, bias_node], _holding(module, weight, bias), key, (x,))
 
     def _matmul_weight(self, node: fx.Node) -> torch.Tensor | None:
         """The 2-D parameter ``x @ weight`` multiplies by, or None."""
@@ -271,8 +264,7 @@ class _Rewriter:
         module = nn.Linear(weight.shape[0], weight.shape[1], bias=False, device="meta")
         module.weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
         key = ("Linear", id(weight), "transposed")
-        self.install(node, self.path_for(node.args[1], [node.args[1]], key, node.name), module, key,
-                     (node.args[0],))
+        self.install(node, node.args[1], [node.args[1]], module, key, (node.args[0],))
 
     def addmm(self, node: fx.Node) -> None:
         """``addmm(bias, x, t(weight))`` (linear after decomposition) as an nn.Linear."""
@@ -288,14 +280,13 @@ class _Rewriter:
         if weight is None or weight.dim() != 2 or bias is None or bias.shape != (weight.shape[0],):
             return
         module = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
-        module.weight, module.bias = _parameter(weight), _parameter(bias)
         key = ("Linear", id(weight), id(bias))
-        self.install(node, self.path_for(weight_node, [weight_node, bias_node], key, node.name), module, key, (x,))
+        self.install(node, weight_node, [weight_node, bias_node], _holding(module, weight, bias), key, (x,))
         self.gm.graph.erase_node(transposed)
 
     def batchnorm(self, node: fx.Node, eps_index: int, replace: fx.Node | None) -> None:
         x = node.args[0]
-        nodes = [_arg(node, i, name) for i, name in
+        nodes = [node_arg(node, i, name) for i, name in
                  enumerate(("weight", "bias", "running_mean", "running_var"), start=1)]
         tensors = [self.tensor(n) for n in nodes]
         weight, bias, mean, var = tensors
@@ -303,39 +294,36 @@ class _Rewriter:
             return
         if (weight is None) != (bias is None):
             return
-        eps = node.args[eps_index] if len(node.args) > eps_index else node.kwargs.get("eps", 1e-5)
+        eps = node_arg(node, eps_index, "eps", 1e-5)
         if not isinstance(eps, (int, float)):
             return
-        rank = _rank(x)
-        module = _BATCHNORM_CLASSES.get(rank, nn.BatchNorm2d)(mean.shape[0], eps=float(eps),
-                                                              affine=weight is not None, device="meta")
+        module = _BATCHNORM_CLASSES.get(_rank(x), nn.BatchNorm2d)(mean.shape[0], eps=float(eps),
+                                                                  affine=weight is not None, device="meta")
         if weight is not None:
-            module.weight, module.bias = _parameter(weight), _parameter(bias)
+            _holding(module, weight, bias)
         module.running_mean, module.running_var = mean, var
         module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
         module.eval()
         anchor = nodes[0] if nodes[0] is not None else nodes[2]
         key = ("BatchNorm", tuple(id(t) for t in tensors), float(eps))
-        path = self.path_for(anchor, [n for n in nodes if n is not None], key, node.name)
-        self.install(node, path, module, key, (x,), replace=replace)
+        self.install(node, anchor, [n for n in nodes if n is not None], module, key, (x,), replace=replace)
 
     def embedding(self, node: fx.Node) -> None:
         weight_node, indices = node.args[0], node.args[1]
         weight = self.tensor(weight_node)
-        padding_idx = _arg(node, 2, "padding_idx", -1)
-        if weight is None or weight.dim() != 2 or _arg(node, 4, "sparse", False) or not isinstance(padding_idx, int):
+        padding_idx = node_arg(node, 2, "padding_idx", -1)
+        if (weight is None or weight.dim() != 2 or node_arg(node, 4, "sparse", False)
+                or not isinstance(padding_idx, int)):
             return
         module = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=None if padding_idx < 0 else padding_idx,
                               device="meta")
-        module.weight = _parameter(weight)
         key = ("Embedding", id(weight), padding_idx)
-        self.install(node, self.path_for(weight_node, [weight_node], key, node.name), module, key, (indices,))
+        self.install(node, weight_node, [weight_node], _holding(module, weight), key, (indices,))
 
 
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+def node_arg(node: fx.Node, index: int, name: str, default=None):
+    """Argument ``index`` of a call node, or its keyword ``name``, else ``default``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 def _tuple(value, dims: int) -> tuple:
@@ -359,7 +347,20 @@ def _attribute(gm: nn.Module, target: str):
     return value
 
 
-def _parameter(tensor: torch.Tensor) -> nn.Parameter:
-    if isinstance(tensor, nn.Parameter):
-        return tensor
-    return nn.Parameter(tensor.detach(), requires_grad=False)
+def _holding(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+    """``module`` with ``weight`` (and ``bias`` unless None) as its parameters, a plain tensor as a frozen one."""
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, name, tensor)
+        elif tensor is not None:
+            setattr(module, name, nn.Parameter(tensor.detach(), requires_grad=False))
+    return module
+
+
+def _sole_first_item(node: fx.Node) -> fx.Node | None:
+    """The ``getitem(node, 0)`` node when it is ``node``'s only user, else None."""
+    getters = list(node.users)
+    if (len(getters) == 1 and getters[0].op == "call_function"
+            and getters[0].target.__name__ == "getitem" and getters[0].args[1] == 0):
+        return getters[0]
+    return None

@@ -74,6 +74,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
         self.runtime = kernels
+        self.eval()  # as the model it copies: sim.train() for quantization-aware training
 
     @property
     def runtime(self) -> Kernels:
@@ -114,6 +115,14 @@ class QuantSim(PlannedQuantizers, nn.Module):
                 quantizer.mode = "quantize" if quantizer.encoding is not None else "off"
             raise
         self.calibration_seconds = time.perf_counter() - start
+        return self
+
+    def learn_ranges(self, enabled: bool = True) -> "QuantSim":
+        """Make every active quantizer's scale and zero point trainable (they join ``sim.parameters()``), or fix
+        them again at their learned values; see :meth:`Quantizer.learn_ranges`."""
+        for quantizer in self._quantizers.values():
+            if quantizer.mode == "quantize":
+                quantizer.learn_ranges(enabled)
         return self
 
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list:

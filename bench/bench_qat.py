@@ -1,0 +1,187 @@
+"""Quantization-aware training on the real MobileNetV2 and EfficientNet-Lite0: agreement with FP32 before
+(calibrated min-max) and after ``lowbit.qat``, the cost of a QAT step against a float training step of the
+same model and batch, peak memory against float training, and the sim↔onnxruntime fidelity after training.
+
+Training data: fresh augmented crops of scikit-image's photos every epoch (distillation: no labels).
+Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq (512 images).
+
+    .venv/bin/python bench/bench_qat.py                                     # every row, default recipe
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --steps 200 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import torch  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit.zoo import augmented, calibration_photos, photos_to_batch  # noqa: E402
+from lowbit.zoo import pretrained_efficientnet_lite0, pretrained_mobilenet_v2  # noqa: E402
+
+MODELS = {"mobilenet_v2": pretrained_mobilenet_v2, "efficientnet_lite0": pretrained_efficientnet_lite0}
+SETTINGS = {"w8a8": ("default", None), "w4a8": ("w4a8", None), "w4a4": ("w4a8", 4)}
+"""Setting → (target preset, activation bits override)."""
+N_LABELLED = 20
+EVALUATION_IMAGES = 512
+
+
+class TrainingCrops:
+    """``batches`` batches of ``batch`` fresh random crops of the calibration photos on every pass."""
+
+    def __init__(self, batches: int, batch: int):
+        self.batches, self.batch, self.passes = batches, batch, 0
+        self.photos = [image for image, _ in calibration_photos()]
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        self.passes += 1
+        for index in range(self.batches):
+            images = augmented(self.photos, self.batch, seed=10_000 * self.passes + index)
+            yield photos_to_batch(images)
+
+
+def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
+    """Top-1 agreement and mean KL(FP32 ‖ quantized)."""
+    log_p, log_q = fp32.log_softmax(1), outputs.log_softmax(1)
+    return {"top1_agreement": float((outputs.argmax(1) == fp32.argmax(1)).float().mean()),
+            "mean_kl": float((log_p.exp() * (log_p - log_q)).sum(1).mean())}
+
+
+def sim_for(model, calib, setting: str):
+    target, act_bits = SETTINGS[setting]
+    return lowbit.quantize(model, calib, target=target, act_bits=act_bits)
+
+
+def step_seconds(model_name: str, setting: str, batch: int, repeats: int = 6) -> dict:
+    """Seconds per training step (forward, backward, Adam) of the float model and of its QAT sim, alternated."""
+    model = MODELS[model_name]().eval()
+    calib = _common.calibration_batches(n_images=2 * batch, batch=batch)
+    sim = sim_for(model, calib, setting).learn_ranges()
+    float_model = MODELS[model_name]().train()
+    images = calib[0]
+    steppers = {}
+    for name, module in (("float", float_model), ("qat", sim)):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-6)
+        module.train()
+
+        def step(module=module, optimizer=optimizer):
+            loss = module(images).logsumexp(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        steppers[name] = step
+    times = _common.alternated_times(steppers, repeats)
+    median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    return {"float_step_seconds": median["float"], "qat_step_seconds": median["qat"],
+            "qat_over_float": median["qat"] / median["float"]}
+
+
+def peak_rss(model_name: str, setting: str, kind: str, batch: int) -> float:
+    """Peak resident memory (MiB) of a child process running three training steps of ``kind``."""
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{model_name},{setting},{kind},{batch}"],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_probe(spec: str) -> None:
+    model_name, setting, kind, batch = spec.split(",")
+    _common.setup_threads()
+    model = MODELS[model_name]().eval()
+    calib = _common.calibration_batches(n_images=int(batch), batch=int(batch))
+    module = sim_for(model, calib, setting).learn_ranges() if kind == "qat" else model
+    module.train()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-6)
+    for _ in range(3):
+        loss = module(calib[0]).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
+    model = MODELS[model_name]().eval()
+    fp32 = fp32s[model_name]
+    calib = _common.calibration_batches(n_images=256)
+    sim = sim_for(model, calib, setting)
+    with torch.no_grad():
+        before = figures(torch.cat([sim(b) for b in evals]), fp32)
+    data = TrainingCrops(args.batches_per_epoch, args.batch)
+    result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr)
+    with torch.no_grad():
+        after = figures(torch.cat([sim(b) for b in evals]), fp32)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = sim.export(tmp, model_name, verify=evals)
+    row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+           "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
+           "fidelity": {"top1_agreement": paths.fidelity.top1_agreement,
+                        "max_error_lsb": paths.fidelity.max_error_lsb},
+           **step_seconds(model_name, setting, args.batch)}
+    row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
+    return row
+
+
+def markdown_row(key: str, r: dict) -> list:
+    rss = r["peak_rss_mib"]
+    return [key, f"{r['steps']} × {r['batch']}", f"{r['before']['top1_agreement']:.1%}",
+            f"{r['after']['top1_agreement']:.1%}", f"{r['before']['mean_kl']:.4f}", f"{r['after']['mean_kl']:.4f}",
+            f"{r['qat_over_float']:.2f}", f"{rss['qat'] / rss['float']:.2f}",
+            f"{r['fidelity']['top1_agreement']:.1%}, {r['fidelity']['max_error_lsb']:.1f} LSB",
+            f"{r['qat_seconds']:.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(f"{m}-{s}" for m in MODELS for s in SETTINGS),
+                        help="comma-separated MODEL-SETTING rows")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches-per-epoch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return
+    rows = [row.rsplit("-", 1) for row in args.rows.split(",")]
+    unknown = [m + "-" + s for m, s in rows if m not in MODELS or s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]}")
+    _common.setup_threads()
+    evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
+    fp32s = {}
+    for model_name in {m for m, _ in rows}:
+        with torch.no_grad():
+            model = MODELS[model_name]().eval()
+            fp32s[model_name] = torch.cat([model(b) for b in evals])
+    path = _common.RESULTS / "bench_qat.json"
+    results = json.loads(path.read_text())["rows"] if path.exists() else {}
+    for model_name, setting in rows:
+        key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g})"
+        start = time.perf_counter()
+        results[key] = run_row(model_name, setting, args, evals, fp32s)
+        print(f"{key}: {results[key]['before']['top1_agreement']:.1%} → {results[key]['after']['top1_agreement']:.1%}"
+              f" | {results[key]['result']} | {time.perf_counter() - start:.0f} s", flush=True)
+        _common.write_results("bench_qat", {"evaluation_images": EVALUATION_IMAGES, "rows": results})
+    print()
+    _common.print_table(["model-setting (recipe)", "steps × batch", "agreement before", "after", "KL before",
+                         "KL after", "QAT step / float step", "peak RSS QAT / float", "sim↔onnxruntime after",
+                         "QAT s"], [markdown_row(k, r) for k, r in results.items()])
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training a sim: quantization-aware training and BatchNorm re-estimation."""

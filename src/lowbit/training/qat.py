@@ -1,0 +1,63 @@
+"""Quantization-aware training of a PyTorch sim: its weights and (by default) its quantizers' ranges learn,
+distilled from the float model, so no labels are needed; the sim is trained in place and exports as usual."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from lowbit.errors import NotCalibratedError, SpecError
+from lowbit.quant.quantizer import Quantizer
+from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
+from lowbit.training.loop import TrainingResult, train
+
+DEFAULT_LR = 1e-5
+"""Adam's learning rate for the weights (fine-tuning a trained model)."""
+RANGE_LR_FACTOR = 100.0
+"""A scale's learning rate is ``lr`` × this × the scale's mean: each step moves it by about 0.1 % at the default."""
+ZERO_POINT_LR_FACTOR = 1e4
+"""A zero point's learning rate (in grid steps) is ``lr`` × this: about 0.1 step per step at the default."""
+
+
+def float_model(sim) -> torch.nn.Module:
+    """A copy of the sim's model with every quantizer off: the float model it simulates (the default teacher)."""
+    model = copy.deepcopy(sim.model)
+    for module in model.modules():
+        if isinstance(module, Quantizer):
+            module.mode = "off"
+    return model.eval().requires_grad_(False)
+
+
+def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None = None, loss=None, teacher=None,
+        eval_data=None, range_learning: bool = True, reestimate_bn: bool = True, transform=None) -> TrainingResult:
+    """Train a calibrated ``QuantSim`` in place for ``steps`` batches (or ``epochs`` passes over ``data``); returns
+    the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
+    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms are re-estimated after."""
+    from lowbit.torch.quantsim import QuantSim
+    if not isinstance(sim, QuantSim):
+        raise SpecError(f"qat trains a PyTorch QuantSim, not a {type(sim).__name__} (an ONNX sim runs in "
+                        f"onnxruntime): quantize the PyTorch model, or load the ONNX file's encodings into one")
+    if not sim.is_calibrated:
+        raise NotCalibratedError("qat starts from calibrated encodings: call sim.calibrate(data) first")
+    lr = DEFAULT_LR if lr is None else lr
+    if lr <= 0 or epochs < 1 or (steps is not None and steps < 1):
+        raise SpecError(f"qat needs lr > 0, epochs >= 1 and steps >= 1 (got lr={lr}, epochs={epochs}, steps={steps})")
+    teacher = float_model(sim) if teacher is None else teacher
+    learning = [q for q in sim.quantizers().values() if q.mode == "quantize"] if range_learning else []
+    for quantizer in learning:
+        quantizer.learn_ranges()
+    ranges = {id(p) for q in learning for p in q.parameters()}
+    groups = [{"params": [p for p in sim.model.parameters() if p.requires_grad and id(p) not in ranges], "lr": lr}]
+    for quantizer in learning:
+        groups.append({"params": [quantizer.learned_scale], "lr": lr * RANGE_LR_FACTOR * float(quantizer.scale.mean())})
+        if "learned_zero_point" in quantizer._parameters:
+            groups.append({"params": [quantizer.learned_zero_point], "lr": lr * ZERO_POINT_LR_FACTOR})
+    try:
+        result = train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform)
+    finally:
+        for quantizer in learning:
+            quantizer.learn_ranges(False)
+    if reestimate_bn and batchnorms(sim.model):
+        reestimate_batchnorm(sim, data, transform=transform)
+    return result

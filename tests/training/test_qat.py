@@ -1,0 +1,119 @@
+"""lowbit.qat: distillation from the float model raises a W4A8 sim's agreement with it, the trained sim
+exports what it computes (onnxruntime agrees), and bad input is one LowbitError line that leaves the sim
+as it was after the last good step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import DataError, NotCalibratedError, OptimizationError, SpecError
+from lowbit.onnx import OnnxQuantSim
+from lowbit.training.qat import float_model
+from lowbit.zoo import tiny_resnet
+
+
+@pytest.fixture(scope="module")
+def setting():
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    generator = torch.Generator().manual_seed(0)
+    data = [torch.randn(16, 3, 32, 32, generator=generator) for _ in range(6)]
+    held_out = [torch.randn(64, 3, 32, 32, generator=generator)]
+    return model, data, held_out
+
+
+def _agreement(sim, model, batches) -> float:
+    with torch.no_grad():
+        return float(torch.cat([(sim(b).argmax(1) == model(b).argmax(1)).float() for b in batches]).mean())
+
+
+def test_qat_raises_agreement_and_the_export_computes_the_trained_sim(setting, tmp_path):
+    model, data, held_out = setting
+    sim = lowbit.quantize(model, data, target="w4a8")
+    before = _agreement(sim, model, held_out)
+    scales = {key: q.encoding.scale.clone() for key, q in sim.quantizers().items()}
+    result = lowbit.qat(sim, data, steps=60, lr=1e-4, eval_data=held_out)
+    losses = result.losses()
+    assert len(losses) == 60 and sum(losses[-10:]) < 0.8 * sum(losses[:10]), losses
+    assert result.scores()[0] == (0, pytest.approx(before)) and result.scores()[-1][0] == 60
+    after = _agreement(sim, model, held_out)
+    assert after > before and result.scores()[-1][1] == pytest.approx(after)
+    moved = [key for key, q in sim.quantizers().items() if not torch.equal(q.encoding.scale, scales[key])]
+    assert len(moved) == len(scales)  # every range learned
+    assert not any(q.learning for q in sim.quantizers().values()) and not sim.training
+    assert str(result).startswith("qat: 60 steps (10 epochs), loss ")
+    paths = sim.export(tmp_path, name="trained", verify=held_out)
+    assert paths.fidelity.top1_agreement == 1.0 and paths.fidelity.max_error_lsb <= 1.0, paths.fidelity.row()
+
+
+def test_fixed_ranges_train_only_the_weights(setting):
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8")
+    scales = {key: q.encoding.scale.clone() for key, q in sim.quantizers().items()}
+    weight = sim.model.get_submodule("conv1").layer.weight.detach().clone()
+    lowbit.qat(sim, data[:2], steps=3, lr=1e-3, range_learning=False)
+    assert all(torch.equal(q.encoding.scale, scales[key]) for key, q in sim.quantizers().items())
+    assert not torch.equal(sim.model.get_submodule("conv1").layer.weight, weight)
+
+
+def test_a_labelled_loss_sees_the_batch_as_given(setting):
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8")
+    labelled = [(images, torch.randint(10, (images.shape[0],))) for images in data[:2]]
+    seen = []
+
+    def cross_entropy(outputs, batch):
+        seen.append(batch)
+        return torch.nn.functional.cross_entropy(outputs, batch[1])
+
+    result = lowbit.qat(sim, labelled, epochs=2, loss=cross_entropy, transform=lambda batch: batch[0])
+    assert result.steps == 4 and [b[1] for b in seen] == [b[1] for b in labelled] * 2
+
+
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_previous_state(setting):
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8")
+    snapshots, calls = [], []
+
+    def loss(outputs, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            snapshots.append(copy.deepcopy(sim.state_dict()))
+            return outputs.sum() * float("nan")
+        return outputs.pow(2).mean()
+
+    with pytest.raises(OptimizationError, match=r"^qat: non-finite loss at step 3; the model keeps step 2's state$"):
+        lowbit.qat(sim, data, steps=5, lr=1e-3, loss=loss)
+    state = sim.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in snapshots[0].items() if "learned_" not in key)
+    assert not sim.training and not any(q.learning for q in sim.quantizers().values())
+
+
+def test_bad_calls_are_one_line(setting, tmp_path):
+    model, data, _ = setting
+    with pytest.raises(NotCalibratedError, match="calibrate"):
+        lowbit.qat(lowbit.QuantSim(model, data[0][:1], target="w4a8"), data)
+    sim = lowbit.quantize(model, data[:1], target="w4a8")
+    with pytest.raises(DataError, match="empty"):
+        lowbit.qat(sim, [], steps=2)
+    with pytest.raises(DataError, match="one-pass iterator"):
+        lowbit.qat(sim, iter(data[:1]), steps=2)
+    with pytest.raises(SpecError, match="lr > 0"):
+        lowbit.qat(sim, data, lr=0)
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(model, (data[0][:1],), str(path), dynamo=False)
+    with pytest.raises(SpecError, match="qat trains a PyTorch QuantSim, not a OnnxQuantSim"):
+        lowbit.qat(OnnxQuantSim(str(path)).calibrate([data[0][:1].numpy()]), data)
+
+
+def test_the_default_teacher_is_the_float_model(setting):
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:1], target="w4a8")
+    teacher = float_model(sim)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(data[0]), model(data[0]), rtol=1e-4, atol=1e-4)  # BN folded: float error
+    assert not any(p.requires_grad for p in teacher.parameters())
