@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit.atomic import atomic_write_bytes
+from lowbit.distributed import barrier, writes_files
 from lowbit.errors import NotCalibratedError
 from lowbit.qdq.split import SplitGraph
 from lowbit.quant.encodings_file import write_encodings
@@ -43,8 +44,11 @@ def quantizer_args(target, scheme: str) -> dict:
 def write_export(split: SplitGraph, out_dir, name: str, args: dict) -> ExportPaths:
     """Write the split graph's three files (each atomically; on failure none this call created remains)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = ExportPaths(out / f"{name}.onnx", out / f"{name}.encodings", out / f"{name}.qdq.onnx")
+    if not writes_files():  # under torchrun, rank 0 writes; the others wait for it
+        barrier()
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
     created = [p for p in paths if not p.exists()]
     try:
         atomic_write_bytes(paths.onnx, split.float_model.SerializeToString())
@@ -54,4 +58,6 @@ def write_export(split: SplitGraph, out_dir, name: str, args: dict) -> ExportPat
         for path in created:
             path.unlink(missing_ok=True)
         raise
+    finally:
+        barrier()
     return paths

@@ -42,6 +42,7 @@ class Quantizer(nn.Module):
         self.divide = divide
         self.mode = "off"
         self.frozen_by: str | None = None
+        self.batched = False
         self.estimator: RangeEstimator | None = None
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("offset", torch.empty(0, dtype=torch.int64))
@@ -62,17 +63,18 @@ class Quantizer(nn.Module):
         self.scale = encoding.scale.detach().to(device, torch.float32).clone()
         self.offset = encoding.offset.detach().to(device, torch.int64).clone()
         if self.learning:
-            self.learn_ranges()
+            self.learn_ranges(batched=self.batched)
 
     @property
     def learning(self) -> bool:
         """Whether scale (and, asymmetric, zero point) are trained: see :meth:`learn_ranges`."""
         return "learned_scale" in self._parameters
 
-    def learn_ranges(self, enabled: bool = True) -> "Quantizer":
+    def learn_ranges(self, enabled: bool = True, batched: bool = False) -> "Quantizer":
         """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values.
         ``learned_scale`` (asymmetric specs: also ``learned_zero_point``) train with LSQ/LSQ+ gradients (Esser et al.
-        2020), scaled by 1/sqrt(values per scale · largest grid index); the encoding follows them on every forward
+        2020), scaled by 1/sqrt(values per scale · largest grid index), values of one sample where ``batched`` (an
+        activation: dim 0 is the batch, so the batch size does not change the gradient); the encoding follows them
         (zero point rounded), so what the sim emulates and exports is what was trained."""
         if self.learning:
             self._follow_learned()
@@ -85,6 +87,7 @@ class Quantizer(nn.Module):
         if self.spec.block_size is not None:
             raise SpecError("learned ranges need per-tensor or per-channel encodings, not blockwise ones")
         self.learned_scale = nn.Parameter(self.scale.detach().clone())
+        self.batched = batched
         if not self.spec.symmetric:
             self.learned_zero_point = nn.Parameter((-self.offset).detach().to(torch.float32).clone())
         return self
@@ -106,8 +109,10 @@ class Quantizer(nn.Module):
         zero_point = self._parameters.get("learned_zero_point")
         if zero_point is None:
             zero_point = (-self.offset).to(torch.float32)
-        channels = 1 if self.spec.axis is None else self.scale.numel()
-        factor = 1.0 / math.sqrt(x.numel() / channels * top)
+        values = x.numel() / (1 if self.spec.axis is None else self.scale.numel())
+        if self.batched and x.dim() > 1:
+            values /= x.shape[0]
+        factor = 1.0 / math.sqrt(values * top)
         if self.spec.axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, self.learned_scale.reshape(1), zero_point.reshape(1), 0, top, factor)

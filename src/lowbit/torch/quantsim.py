@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 import warnings
 from collections import Counter
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
+from lowbit.distributed import check_ranks, pool_estimators, shard
 from lowbit.errors import InputError, LowbitError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
@@ -99,12 +101,15 @@ class QuantSim(PlannedQuantizers, nn.Module):
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
         """Compute every encoding: weights from their values, activations from ``data`` batches."""
         start = time.perf_counter()
+        check_ranks(self.structure(), self._device())
         self.calibrate_weights()
         activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
         for quantizer in activations.values():
             quantizer.start_calibration()
         try:
-            self.stream(data, transform, num_batches, "calibrate")
+            self.stream(shard(data if num_batches is None else itertools.islice(data, num_batches)), transform,
+                        None, "calibrate")
+            pool_estimators(activations)
             for key, quantizer in activations.items():
                 if quantizer.estimator.batches == 0:
                     raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration "
@@ -117,12 +122,17 @@ class QuantSim(PlannedQuantizers, nn.Module):
         self.calibration_seconds = time.perf_counter() - start
         return self
 
+    def structure(self) -> list[str]:
+        """One line per quantizer (key, role, spec) and per parameter (name, shape): what ranks must share."""
+        return ([f"{p.key} {p.role} {p.spec}" for p in self.points]
+                + [f"{name} {tuple(value.shape)}" for name, value in self.model.named_parameters()])
+
     def learn_ranges(self, enabled: bool = True) -> "QuantSim":
         """Make every active quantizer's scale and zero point trainable (they join ``sim.parameters()``), or fix
         them again at their learned values; see :meth:`Quantizer.learn_ranges`."""
-        for quantizer in self._quantizers.values():
+        for key, quantizer in self._quantizers.items():
             if quantizer.mode == "quantize":
-                quantizer.learn_ranges(enabled)
+                quantizer.learn_ranges(enabled, batched=self.point(key).role != "weight")
         return self
 
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list:

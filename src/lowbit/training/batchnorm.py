@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from lowbit.data import channels_last_call, checked_calls, move_call
+from lowbit.distributed import shard, world
 
 
 @dataclass
@@ -57,7 +59,7 @@ def reestimate_batchnorm(model: nn.Module, data, num_batches: int | None = None,
             module.momentum = None  # a cumulative moving average: every batch weighs the same
             module.train()
         with torch.no_grad():
-            for args, kwargs in checked_calls(data, transform, num_batches):
+            for args, kwargs in checked_calls(shard(data), transform, num_batches):
                 args, kwargs = channels_last_call(*move_call(args, kwargs, device))
                 model(*args, **kwargs)
                 batches += 1
@@ -69,4 +71,18 @@ def reestimate_batchnorm(model: nn.Module, data, num_batches: int | None = None,
             module.momentum = momenta[name]
         for name, module in model.named_modules():
             module.training = training[name]
-    return BatchNormStatistics(saved, modules, batches)
+    return BatchNormStatistics(saved, modules, _pooled(modules, batches))
+
+
+def _pooled(modules: dict, batches: int) -> int:
+    """Average every rank's statistics, weighted by its batch count (each batch weighs the same); all batches."""
+    if world()[1] == 1:
+        return batches
+    count = torch.tensor(float(batches), device=next(iter(modules.values())).running_mean.device)
+    dist.all_reduce(count)
+    for module in modules.values():
+        for statistic in (module.running_mean, module.running_var):
+            weighted = statistic * (batches / float(count))
+            dist.all_reduce(weighted)
+            statistic.copy_(weighted)
+    return int(count)

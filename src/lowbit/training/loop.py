@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from lowbit.data import batch_count, channels_last_call, checked_calls, first_tensor, move_call
+from lowbit.distributed import shard, world
 from lowbit.errors import DataError, OptimizationError
 from lowbit.progress import progress
 
@@ -69,6 +71,7 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
           transform=None) -> TrainingResult:
     """Train ``student`` in place: Adam on ``parameter_groups`` (each with its ``lr``), decayed to 0 on a
     cosine; ``loss(outputs, batch)`` or distillation from ``teacher``. OptimizationError at a non-finite loss."""
+    data = shard(data)
     total = steps if steps is not None else _epoch_steps(data, epochs)
     optimizer = torch.optim.Adam(parameter_groups)
     cosine = (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))) if total else (lambda step: 1.0)
@@ -79,12 +82,13 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     start = time.perf_counter()
     if eval_data is not None:
         result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
+    forward = student if world()[1] == 1 else DistributedDataParallel(student)  # gradients averaged over ranks
     student.train()
     try:
         bar = progress(_batches(data, transform, steps, epochs), name, total, unit="step")
         for step, (epoch, batch, args, kwargs) in enumerate(bar, start=1):
             args, kwargs = channels_last_call(*move_call(args, kwargs, device))
-            outputs = student(*args, **kwargs)
+            outputs = forward(*args, **kwargs)
             if loss is None:
                 with torch.no_grad():
                     target = teacher(*args, **kwargs)

@@ -7,6 +7,7 @@ import copy
 
 import torch
 
+from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
@@ -43,10 +44,11 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     lr = DEFAULT_LR if lr is None else lr
     if lr <= 0 or epochs < 1 or (steps is not None and steps < 1):
         raise SpecError(f"qat needs lr > 0, epochs >= 1 and steps >= 1 (got lr={lr}, epochs={epochs}, steps={steps})")
+    check_ranks(sim.structure(), sim._device())
     teacher = float_model(sim) if teacher is None else teacher
     learning = [q for q in sim.quantizers().values() if q.mode == "quantize"] if range_learning else []
-    for quantizer in learning:
-        quantizer.learn_ranges()
+    if range_learning:
+        sim.learn_ranges()
     ranges = {id(p) for q in learning for p in q.parameters()}
     groups = [{"params": [p for p in sim.model.parameters() if p.requires_grad and id(p) not in ranges], "lr": lr}]
     for quantizer in learning:
@@ -56,8 +58,8 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     try:
         result = train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform)
     finally:
-        for quantizer in learning:
-            quantizer.learn_ranges(False)
+        if range_learning:
+            sim.learn_ranges(False)
     if reestimate_bn and batchnorms(sim.model):
         reestimate_batchnorm(sim, data, transform=transform)
     return result
