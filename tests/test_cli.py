@@ -217,3 +217,35 @@ def test_quantize_with_techniques(npy, tmp_path):
     assert [step.split(":")[0] for step in steps] == ["equalize", "calibrate", "sequential mse",
                                                     "bias correction (empirical)"]
     assert steps[0].endswith("(BatchNorm folded)")
+
+
+@pytest.mark.slow
+def test_qat_trains_and_exports(npy, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(["qat", TINY, "--data", npy, "--out", out, "--target", "w4a8", "--steps", 3, "--batch-size", 8,
+                     "--lr", "1e-4"])
+    assert_exported(result, out)
+    assert "| technique | qat: 3 steps (1.5 epochs), loss " in result.output
+
+
+@pytest.mark.slow
+def test_qat_under_torchrun_writes_once(npy, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "lowbit.cli", "qat", TINY, "--data", str(npy), "--out", str(out), "--target", "w4a8",
+                          "--steps", "2", "--batch-size", "4"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("| technique | qat: 2 steps") == 1  # rank 0 reports
+    assert all((out / name).stat().st_size > 0 for name in FILES)
+
+
+def test_qat_of_an_onnx_file_is_one_line(npy, tmp_path, capsys):
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}}, input_names=["input"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["qat", str(path), "--data", str(npy), "--out", str(tmp_path / "out"), "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: qat trains a PyTorch QuantSim, not a OnnxQuantSim")

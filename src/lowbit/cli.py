@@ -1,4 +1,4 @@
-"""The `lowbit` command: `quantize` a model on your data, `analyze` where it loses accuracy,
+"""The `lowbit` command: `quantize` a model on your data, train it with `qat`, `analyze` where it loses accuracy,
 `autoquant` it to an accuracy target, or run the `demo`."""
 
 from __future__ import annotations
@@ -48,16 +48,28 @@ def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_
     return net, batches, function
 
 
+_data_option = click.option(
+    "--data", "data_path", required=True, type=click.Path(path_type=Path),
+    help="Image folder (jpg/png/bmp, for a model whose input is an image: ImageNet preprocessing, printed), a .npy "
+         "array N x ..., a .pt tensor, or a .npz file / .pt dict of arrays keyed by input name (models with several "
+         "inputs; 0-d arrays go to every batch).")
+_out_option = click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+                           help="Folder for NAME.onnx, NAME.encodings and NAME.qdq.onnx.")
+_input_shape_option = click.option(
+    "--input-shape", default=None,
+    help="Model input shape, any rank, e.g. 1,3,224,224 or 1,16000: images are resized to its H x W; array data is "
+         "checked against it.")
+
+
+def _exporting_command(command):
+    """Add MODEL, --data, --out, the target options and --scheme: what every command that exports takes."""
+    for decorator in reversed((click.argument("model"), _data_option, _out_option, _target_options, _scheme_option)):
+        command = decorator(command)
+    return command
+
+
 @cli.command()
-@click.argument("model")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Image folder (jpg/png/bmp, for a model whose input is an image: ImageNet "
-                   "preprocessing, printed), a .npy array N x ..., a .pt tensor, or a .npz file / .pt dict "
-                   "of arrays keyed by input name (models with several inputs; 0-d arrays go to every batch).")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for NAME.onnx, NAME.encodings and NAME.qdq.onnx.")
-@_target_options
-@_scheme_option
+@_exporting_command
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per calibration batch.")
 @click.option("--num-batches", type=int, default=None, help="Calibrate on at most this many batches.")
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
@@ -65,9 +77,7 @@ def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_
               help="Comma-separated post-training techniques, applied in the recommended order: "
                    "equalize (before calibration); sequential_mse, adaround, bias_correction (after; "
                    "adaround and bias_correction exclude each other).")
-@click.option("--input-shape", default=None,
-              help="Model input shape, any rank, e.g. 1,3,224,224 or 1,16000: images are resized to "
-                   "its H x W; array data is checked against it.")
+@_input_shape_option
 @click.option("--runtime", type=click.Choice(["onnxruntime-cpu-avx2", "onnxruntime-cpu-vnni"]), default=None,
               help="Integer kernels the sim predicts: x86 without VNNI (int16 pairs saturate) or with VNNI "
                    "[default: this machine's].")
@@ -89,6 +99,36 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
                           runtime=runtime)
     paths = sim.export(out_dir, name=name, verify=batches[:4])
     click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
+
+
+@cli.command()
+@_exporting_command
+@click.option("--steps", type=int, default=None, help="Training steps, one batch each per process [default: --epochs].")
+@click.option("--epochs", type=int, default=1, show_default=True, help="Passes over --data when --steps is not given.")
+@click.option("--lr", type=float, default=None, help="Adam's learning rate for the weights [default: 1e-5].")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch and process.")
+@click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
+@_input_shape_option
+def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, epochs, lr, batch_size, name,
+        input_shape) -> None:
+    """Quantize MODEL on --data, train it (quantization-aware, distilled from the float model: no labels) and
+    export it to --out. Under `torchrun --nproc_per_node=N` each process takes every N-th batch and rank 0 writes.
+
+    MODEL is a PyTorch model as for `lowbit quantize` (`module:factory`, TorchScript, `.pt2`).
+    """
+    import lowbit
+    from lowbit.cli_data import parse_shape
+    from lowbit.distributed import joined_from_environment, writes_files
+
+    joined_from_environment()
+    net, batches, _ = _load(model, data_path, target, batch_size, parse_shape(input_shape))
+    sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme)
+    result = lowbit.qat(sim, batches, steps=steps, epochs=epochs, lr=lr)
+    sim.technique_results += (str(result),)
+    paths = sim.export(out_dir, name=name, verify=batches[:4])
+    if writes_files():
+        from lowbit.speed import measure_speed
+        click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
 
 
 def _summary_table(sim, paths, speed) -> str:
@@ -228,3 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m lowbit.cli qat ...`
+    main()

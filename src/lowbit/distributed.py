@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,13 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def joined_from_environment() -> None:
+    """Join the process group torchrun describes in the environment (gloo for CPU tensors, nccl for CUDA ones), if
+    any and not joined yet."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
 
 
 class Shard:
@@ -51,7 +59,7 @@ def check_ranks(structure: list[str], device: torch.device) -> None:
     if size == 1:
         return
     backend = dist.get_backend()
-    if (backend == "nccl") != (device.type == "cuda"):
+    if backend in ("gloo", "nccl") and (backend == "nccl") != (device.type == "cuda"):
         raise SpecError(f"the process group's backend is {backend} but the model is on {device.type}: "
                         f"use gloo for CPU and nccl for CUDA")
     digest = hashlib.sha256("\n".join(structure).encode()).hexdigest()
