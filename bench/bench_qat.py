@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -90,7 +89,8 @@ def step_seconds(model_name: str, setting: str, batch: int, repeats: int = 6) ->
 
 
 def peak_rss(model_name: str, setting: str, kind: str, batch: int) -> float:
-    """Peak resident memory (MiB) of a child process running three training steps of ``kind``."""
+    """Peak resident memory (MiB, VmHWM) of a fresh process that loads the model and runs three training steps
+    of ``kind`` ("float", or "qat": the sim built and calibrated on one batch first)."""
     out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{model_name},{setting},{kind},{batch}"],
                          check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -109,7 +109,8 @@ def memory_probe(spec: str) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    status = Path("/proc/self/status").read_text()  # VmHWM: this process's peak; ru_maxrss keeps the parent's
+    print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
 
 
 def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:

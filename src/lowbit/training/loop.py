@@ -82,7 +82,7 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     start = time.perf_counter()
     if eval_data is not None:
         result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
-    forward = student if world()[1] == 1 else DistributedDataParallel(student)  # gradients averaged over ranks
+    forward = student if world()[1] == 1 else DistributedDataParallel(student, find_unused_parameters=True)
     student.train()
     try:
         bar = progress(_batches(data, transform, steps, epochs), name, total, unit="step")
