@@ -117,3 +117,20 @@ def test_the_default_teacher_is_the_float_model(setting):
     with torch.no_grad():
         torch.testing.assert_close(teacher(data[0]), model(data[0]), rtol=1e-4, atol=1e-4)  # BN folded: float error
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_training_forward_choice_leaves_the_sim_exact(setting, exact):
+    """Training steps fake-quantize by default (one convolution per layer) or run the exact integer emulation;
+    afterwards the sim computes the exact emulation again either way."""
+    from lowbit.torch.weight_quantized import WeightQuantized
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8")
+    seen = []
+    layer = next(m for m in sim.model.modules() if isinstance(m, WeightQuantized))
+    hook = layer.register_forward_pre_hook(  # the teacher, a copy of the sim's model, carries the hook too
+        lambda module, args: seen.append(module.exact_training) if module is layer else None)
+    lowbit.qat(sim, data[:2], steps=2, lr=1e-4, exact_forward=exact)
+    hook.remove()
+    assert seen == [exact, exact]
+    assert all(m.exact_training for m in sim.model.modules() if isinstance(m, WeightQuantized))

@@ -10,6 +10,7 @@ import torch
 from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
 from lowbit.training.loop import TrainingResult, train
 
@@ -31,10 +32,12 @@ def float_model(sim) -> torch.nn.Module:
 
 
 def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None = None, loss=None, teacher=None,
-        eval_data=None, range_learning: bool = True, reestimate_bn: bool = True, transform=None) -> TrainingResult:
+        eval_data=None, range_learning: bool = True, reestimate_bn: bool = True, transform=None,
+        exact_forward: bool = False) -> TrainingResult:
     """Train a calibrated ``QuantSim`` in place for ``steps`` batches (or ``epochs`` passes over ``data``); returns
     the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
-    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms are re-estimated after."""
+    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms are re-estimated after.
+    Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact."""
     from lowbit.torch.quantsim import QuantSim
     if not isinstance(sim, QuantSim):
         raise SpecError(f"qat trains a PyTorch QuantSim, not a {type(sim).__name__} (an ONNX sim runs in "
@@ -55,9 +58,14 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
         groups.append({"params": [quantizer.learned_scale], "lr": lr * RANGE_LR_FACTOR * float(quantizer.scale.mean())})
         if "learned_zero_point" in quantizer._parameters:
             groups.append({"params": [quantizer.learned_zero_point], "lr": lr * ZERO_POINT_LR_FACTOR})
+    layers = [m for m in sim.model.modules() if isinstance(m, WeightQuantized)]
+    for layer in layers:
+        layer.exact_training = exact_forward
     try:
         result = train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform)
     finally:
+        for layer in layers:
+            layer.exact_training = True
         if range_learning:
             sim.learn_ranges(False)
     if reestimate_bn and batchnorms(sim.model):
