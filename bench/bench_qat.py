@@ -25,6 +25,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
+from lowbit.torch.weight_quantized import WeightQuantized  # noqa: E402
 from lowbit.zoo import augmented, calibration_photos, photos_to_batch  # noqa: E402
 from lowbit.zoo import pretrained_efficientnet_lite0, pretrained_mobilenet_v2  # noqa: E402
 
@@ -69,6 +70,9 @@ def step_seconds(model_name: str, setting: str, batch: int, repeats: int = 6) ->
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=2 * batch, batch=batch)
     sim = sim_for(model, calib, setting).learn_ranges()
+    for layer in sim.model.modules():
+        if isinstance(layer, WeightQuantized):
+            layer.exact_training = False  # as lowbit.qat trains by default
     float_model = MODELS[model_name]().train()
     images = calib[0]
     steppers = {}
