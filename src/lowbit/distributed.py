@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -28,16 +29,14 @@ def joined_from_environment() -> None:
 
 
 class Shard:
-    """Every N-th batch of ``data`` starting at this rank's (all of it in one process); re-iterable when
-    ``data`` is, with the length of this rank's share where ``data`` has one."""
+    """Every N-th batch of ``data`` starting at this rank's; re-iterable when ``data`` is, with the length of this
+    rank's share where ``data`` has one."""
 
     def __init__(self, data):
         self.data = data
         self.rank, self.size = world()
 
     def __iter__(self):
-        if self.size == 1:
-            return iter(self.data)
         return itertools.islice(self.data, self.rank, None, self.size)
 
     def __len__(self) -> int:
@@ -52,17 +51,17 @@ def shard(data):
     return iter(sharded) if iter(data) is data else sharded
 
 
-def check_ranks(structure: list[str], device: torch.device) -> None:
-    """InputError where ranks hold differently structured sims, SpecError where the process group's backend
-    cannot run on ``device`` (gloo: CPU; nccl: CUDA)."""
-    rank, size = world()
+def check_ranks(structure: Callable[[], list[str]], device: torch.device) -> None:
+    """InputError where ranks hold differently structured sims (``structure()``, asked only under a process group),
+    SpecError where the process group's backend cannot run on ``device`` (gloo: CPU; nccl: CUDA)."""
+    size = world()[1]
     if size == 1:
         return
     backend = dist.get_backend()
     if backend in ("gloo", "nccl") and (backend == "nccl") != (device.type == "cuda"):
         raise SpecError(f"the process group's backend is {backend} but the model is on {device.type}: "
                         f"use gloo for CPU and nccl for CUDA")
-    digest = hashlib.sha256("\n".join(structure).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(structure()).encode()).hexdigest()
     digests: list = [None] * size
     dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
@@ -72,12 +71,11 @@ def check_ranks(structure: list[str], device: torch.device) -> None:
 
 def pool_estimators(quantizers: dict) -> None:
     """Merge every rank's range estimator of each quantizer, in rank order, so all ranks hold the same statistics."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return
-    states = {key: q.estimator for key, q in quantizers.items()}
     gathered: list = [None] * size
-    dist.all_gather_object(gathered, {key: _to_cpu(e) for key, e in states.items()})
+    dist.all_gather_object(gathered, {key: _to_cpu(q.estimator) for key, q in quantizers.items()})
     for key, quantizer in quantizers.items():
         pooled = gathered[0][key]
         for other in gathered[1:]:

@@ -101,7 +101,7 @@ class QuantSim(PlannedQuantizers, nn.Module):
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
         """Compute every encoding: weights from their values, activations from ``data`` batches."""
         start = time.perf_counter()
-        check_ranks(self.structure(), self._device())
+        check_ranks(self.structure, self._device())
         self.calibrate_weights()
         activations = {k: q for k, q in self._quantizers.items() if self.point(k).role != "weight"}
         for quantizer in activations.values():

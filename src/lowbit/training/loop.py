@@ -78,7 +78,7 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     device = next(iter(student.parameters())).device
     result = TrainingResult(name, 0, 0.0, 0.0)
-    evaluate_every = max(1, (total or 0) // 10) if total else None
+    evaluate_every = max(1, total // 10) if total else None
     start = time.perf_counter()
     if eval_data is not None:
         result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
@@ -103,8 +103,7 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
             schedule.step()
             result.history.append({"step": step, "loss": value.item(), "lr": optimizer.param_groups[0]["lr"]})
             result.steps, result.epochs = step, epoch
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{value.item():.4g}", refresh=False)
+            bar.set_postfix(loss=f"{result.history[-1]['loss']:.4g}", refresh=False)
             if eval_data is not None and evaluate_every and step % evaluate_every == 0 and step != total:
                 result.history.append({"step": step, "score": _score(student, teacher, eval_data, transform, device)})
     finally:

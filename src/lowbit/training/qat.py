@@ -47,7 +47,7 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     lr = DEFAULT_LR if lr is None else lr
     if lr <= 0 or epochs < 1 or (steps is not None and steps < 1):
         raise SpecError(f"qat needs lr > 0, epochs >= 1 and steps >= 1 (got lr={lr}, epochs={epochs}, steps={steps})")
-    check_ranks(sim.structure(), sim._device())
+    check_ranks(sim.structure, sim._device())
     teacher = float_model(sim) if teacher is None else teacher
     learning = [q for q in sim.quantizers().values() if q.mode == "quantize"] if range_learning else []
     if range_learning:
