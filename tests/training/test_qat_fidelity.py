@@ -20,18 +20,26 @@ from fidelity_zoo_models import ZOO, build  # noqa: E402
 from test_fidelity_zoo import GOAL, _batches, _compare  # noqa: E402
 
 
+_WITH_BATCHNORM = sorted(name for name in ZOO if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                                     for m in build(name)[0].modules()))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_trained_sim_matches_onnxruntime_on_every_output(name, tmp_path):
+@pytest.mark.parametrize("name,fold", [(name, True) for name in sorted(ZOO)]
+                         + [(name, False) for name in _WITH_BATCHNORM])
+def test_trained_sim_matches_onnxruntime_on_every_output(name, fold, tmp_path):
+    """Also with BatchNorm kept through training (``fold=False``), folded into weights and scales by qat."""
     model, inputs = build(name)
     batches = _batches(inputs)
-    sim = lowbit.quantize(model, batches)
+    sim = lowbit.quantize(model, batches, fold_batchnorm=fold)
     before = {key: q.encoding.scale.clone() for key, q in sim.quantizers().items()}
     weights = [p.detach().clone() for p in sim.model.parameters()]
     result = lowbit.qat(sim, batches, steps=4, lr=1e-3)
     assert result.steps == 4 and all(loss == loss for loss in result.losses())
     assert any(not torch.equal(q.encoding.scale, before[key]) for key, q in sim.quantizers().items())
     assert any(not torch.equal(p, w) for p, w in zip(sim.model.parameters(), weights))
+    if not fold:
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in sim.model.modules())
     paths = sim.export(tmp_path, name=name)
     for optimize in (True, False):
         for index, (_, error_lsb, _) in enumerate(_compare(sim, paths.qdq_onnx, batches, optimize)):

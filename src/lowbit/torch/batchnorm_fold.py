@@ -116,7 +116,7 @@ class _ExampleRun(fx.Interpreter):
                 module.training = training
 
     def run_node(self, node: fx.Node):
-        if _calls(self.module, node, _FOLDABLE) and _own_forward(self.module.get_submodule(node.target)):
+        if _calls(self.module, node, _FOLDABLE) and own_forward(self.module.get_submodule(node.target)):
             self.inputs[node.target] = self.map_nodes_to_values(node.args, node)[0]
         result = super().run_node(node)
         if isinstance(result, torch.Tensor):
@@ -128,7 +128,7 @@ def _calls(gm: fx.GraphModule, node, types) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(gm.get_submodule(node.target), types)
 
 
-def _own_forward(layer: nn.Module) -> bool:
+def own_forward(layer: nn.Module) -> bool:
     """Whether ``layer``'s class overrides how its torch base class computes."""
     base = next(cls for cls in _FOLDABLE if isinstance(layer, cls))
     return any(getattr(type(layer), name, None) is not getattr(base, name, None)
@@ -139,7 +139,7 @@ def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: _Ex
     layer, batchnorm = gm.get_submodule(source.target), gm.get_submodule(bn_node.target)
     if isinstance(layer, nn.Linear) and run.ranks[source.name] != 2:
         return False
-    if not _own_forward(layer):
+    if not own_forward(layer):
         return True
     x = run.inputs[source.target]
     trial = copy.deepcopy(layer)
@@ -151,8 +151,8 @@ def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: _Ex
 
 def _folds_before(layer: nn.Module, input_rank: int) -> bool:
     if isinstance(layer, nn.Linear):
-        return input_rank == 2 and not _own_forward(layer)
-    return isinstance(layer, _CONVOLUTIONS) and not _own_forward(layer) and unpadded(layer)
+        return input_rank == 2 and not own_forward(layer)
+    return isinstance(layer, _CONVOLUTIONS) and not own_forward(layer) and unpadded(layer)
 
 
 def unpadded(layer: nn.Module) -> bool:
@@ -165,7 +165,7 @@ def unpadded(layer: nn.Module) -> bool:
     return all(p == 0 for p in layer.padding)
 
 
-def _factor(batchnorm: nn.Module) -> torch.Tensor:
+def batchnorm_factor(batchnorm: nn.Module) -> torch.Tensor:
     """The per-channel scale of batchnorm (eval mode): batchnorm(x) = factor·(x − running_mean) + β."""
     scale = batchnorm.weight if batchnorm.affine else 1.0
     return scale / torch.sqrt(batchnorm.running_var + batchnorm.eps)
@@ -201,7 +201,7 @@ def _set_bias(layer: nn.Module, bias: torch.Tensor) -> None:
 def fold_into(layer: nn.Module, batchnorm: nn.Module) -> None:
     """Scale ``layer``'s output channels and shift its bias so it computes batchnorm(layer(x)); record
     the BN's output statistics as ``layer.folded_batchnorm``."""
-    factor = _factor(batchnorm)
+    factor = batchnorm_factor(batchnorm)
     weight = layer.weight
     if isinstance(layer, _TRANSPOSED):
         grouped = weight.reshape(layer.groups, weight.shape[0] // layer.groups, weight.shape[1], -1)
@@ -218,7 +218,7 @@ def fold_into(layer: nn.Module, batchnorm: nn.Module) -> None:
 def fold_preceding_into(layer: nn.Module, batchnorm: nn.Module) -> None:
     """Fold ``batchnorm`` into the following ``layer``'s input channels and bias: W' = W·factor, b' = b + Σ W·shift.
     Exact for a Linear and an unpadded convolution; output statistics recorded on ``layer`` stay as they were."""
-    factor = _factor(batchnorm)
+    factor = batchnorm_factor(batchnorm)
     shift = _beta(batchnorm) - batchnorm.running_mean * factor
     recorded = getattr(layer, "folded_batchnorm", None)
     moments = recorded.moments(layer) if recorded is not None else None

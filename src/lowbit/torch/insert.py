@@ -52,7 +52,7 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str,
     gm.graph.lint()
     gm.recompile()
     _link_bias_sources(gm)
-    _link_output_quantizers(gm)
+    link_output_quantizers(gm)
     _emulate_integer_adds(gm)
     _emulate_integer_softmaxes(gm)
     return quantizers
@@ -108,7 +108,7 @@ def _flatten_dims(gm: fx.GraphModule, node: fx.Node) -> tuple:
     return node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1)
 
 
-def _link_output_quantizers(gm: fx.GraphModule) -> None:
+def link_output_quantizers(gm: fx.GraphModule) -> None:
     """Give each weight-quantized layer the quantizer ending its fused group (through Identity, Dropout, Relu,
     Clip with a single reader each), as onnxruntime fuses them into one kernel; each Relu/Clip module between
     skips itself on that quantizer's grid when it is the identity there (replaced by a skipping copy)."""

@@ -135,6 +135,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
                 quantizer.learn_ranges(enabled, batched=self.point(key).role != "weight")
         return self
 
+    def fold_batchnorm(self) -> list[tuple[str, str]]:
+        """Fold each BatchNorm after a convolution (a sim built with ``fold_batchnorm=False``, after training) into
+        its weights, bias and per-channel weight scales, keeping the trained integers; returns (layer, bn) pairs."""
+        from lowbit.training.batchnorm_to_scale import fold_batchnorm_to_scale
+        return fold_batchnorm_to_scale(self)
+
     def run_on(self, data, transform=None, num_batches: int | None = None) -> list:
         """The simulated outputs of every batch of ``data`` (no gradients), as the model returns them;
         as ``OnnxQuantSim.run_on`` gives its outputs."""

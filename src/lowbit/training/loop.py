@@ -68,9 +68,10 @@ def agreement_score(outputs, teacher_outputs) -> float:
 
 def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict], steps: int | None = None,
           epochs: int = 1, loss: Callable | None = None, teacher: torch.nn.Module | None = None, eval_data=None,
-          transform=None) -> TrainingResult:
+          transform=None, finish: Callable | None = None) -> TrainingResult:
     """Train ``student`` in place: Adam on ``parameter_groups`` (each with its ``lr``), decayed to 0 on a
-    cosine; ``loss(outputs, batch)`` or distillation from ``teacher``. OptimizationError at a non-finite loss."""
+    cosine; ``loss(outputs, batch)`` or distillation from ``teacher``; ``finish()`` runs before the last evaluation.
+    OptimizationError at a non-finite loss."""
     data = shard(data)
     total = steps if steps is not None else _epoch_steps(data, epochs)
     optimizer = torch.optim.Adam(parameter_groups)
@@ -108,6 +109,8 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
                 result.history.append({"step": step, "score": _score(student, teacher, eval_data, transform, device)})
     finally:
         student.eval()
+    if finish is not None:
+        finish()
     if eval_data is not None:
         result.history.append({"step": result.steps, "score": _score(student, teacher, eval_data, transform, device)})
     result.seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
+from lowbit.training.batchnorm_to_scale import batchnorm_pairs, fold_batchnorm_to_scale
 from lowbit.training.loop import TrainingResult, train
 
 DEFAULT_LR = 1e-5
@@ -36,7 +37,8 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
         exact_forward: bool = False) -> TrainingResult:
     """Train a calibrated ``QuantSim`` in place for ``steps`` batches (or ``epochs`` passes over ``data``); returns
     the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
-    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms are re-estimated after.
+    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms (a sim built with
+    ``fold_batchnorm=False``) train on batch statistics, are re-estimated, then folded into the weights and scales.
     Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact."""
     from lowbit.torch.quantsim import QuantSim
     if not isinstance(sim, QuantSim):
@@ -48,6 +50,7 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     if lr <= 0 or epochs < 1 or (steps is not None and steps < 1):
         raise SpecError(f"qat needs lr > 0, epochs >= 1 and steps >= 1 (got lr={lr}, epochs={epochs}, steps={steps})")
     check_ranks(sim.structure, sim._device())
+    batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
     learning = [q for q in sim.quantizers().values() if q.mode == "quantize"] if range_learning else []
     if range_learning:
@@ -61,13 +64,21 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     layers = [m for m in sim.model.modules() if isinstance(m, WeightQuantized)]
     for layer in layers:
         layer.exact_training = exact_forward
-    try:
-        result = train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform)
-    finally:
+
+    def restore() -> None:
         for layer in layers:
             layer.exact_training = True
         if range_learning:
             sim.learn_ranges(False)
-    if reestimate_bn and batchnorms(sim.model):
-        reestimate_batchnorm(sim, data, transform=transform)
-    return result
+
+    def settle() -> None:
+        """Exact, fixed encodings again; BatchNorm statistics re-estimated, then folded into the layers."""
+        restore()
+        if reestimate_bn and batchnorms(sim.model):
+            reestimate_batchnorm(sim, data, transform=transform)
+        fold_batchnorm_to_scale(sim)
+
+    try:
+        return train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform, finish=settle)
+    finally:
+        restore()
