@@ -7,6 +7,7 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
 
     .venv/bin/python bench/bench_qat.py                                     # every row, default recipe
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --steps 200 --batch 16
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --start seqmse --keep-batchnorm --no-cost
 """
 
 from __future__ import annotations
@@ -60,16 +61,21 @@ def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
             "mean_kl": float((log_p.exp() * (log_p - log_q)).sum(1).mean())}
 
 
-def sim_for(model, calib, setting: str):
+START_TECHNIQUES = {"minmax": (), "seqmse": ("sequential_mse",)}
+"""--start → the post-training techniques whose encodings QAT starts from."""
+
+
+def sim_for(model, calib, setting: str, start: str = "minmax", keep_batchnorm: bool = False):
     target, act_bits = SETTINGS[setting]
-    return lowbit.quantize(model, calib, target=target, act_bits=act_bits)
+    return lowbit.quantize(model, calib, target=target, act_bits=act_bits, techniques=START_TECHNIQUES[start],
+                           fold_batchnorm=not keep_batchnorm)
 
 
-def step_seconds(model_name: str, setting: str, batch: int, repeats: int = 6) -> dict:
+def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool, repeats: int = 6) -> dict:
     """Seconds per training step (forward, backward, Adam) of the float model and of its QAT sim, alternated."""
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=2 * batch, batch=batch)
-    sim = sim_for(model, calib, setting).learn_ranges()
+    sim = sim_for(model, calib, setting, keep_batchnorm=keep_batchnorm).learn_ranges()
     for layer in sim.model.modules():
         if isinstance(layer, WeightQuantized):
             layer.exact_training = False  # as lowbit.qat trains by default
@@ -121,7 +127,7 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     model = MODELS[model_name]().eval()
     fp32 = fp32s[model_name]
     calib = _common.calibration_batches(n_images=256)
-    sim = sim_for(model, calib, setting)
+    sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm)
     with torch.no_grad():
         before = figures(torch.cat([sim(b) for b in evals]), fp32)
     data = TrainingCrops(args.batches_per_epoch, args.batch)
@@ -131,19 +137,22 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+           "start": args.start, "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
            "fidelity": {"top1_agreement": paths.fidelity.top1_agreement,
-                        "max_error_lsb": paths.fidelity.max_error_lsb},
-           **step_seconds(model_name, setting, args.batch)}
-    row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
+                        "max_error_lsb": paths.fidelity.max_error_lsb}}
+    if not args.no_cost:
+        row.update(step_seconds(model_name, setting, args.batch, args.keep_batchnorm))
+        row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
     return row
 
 
 def markdown_row(key: str, r: dict) -> list:
-    rss = r["peak_rss_mib"]
+    rss = r.get("peak_rss_mib")
     return [key, f"{r['steps']} × {r['batch']}", f"{r['before']['top1_agreement']:.1%}",
             f"{r['after']['top1_agreement']:.1%}", f"{r['before']['mean_kl']:.4f}", f"{r['after']['mean_kl']:.4f}",
-            f"{r['qat_over_float']:.2f}", f"{rss['qat'] / rss['float']:.2f}",
+            f"{r['qat_over_float']:.2f}" if "qat_over_float" in r else "–",
+            f"{rss['qat'] / rss['float']:.2f}" if rss else "–",
             f"{r['fidelity']['top1_agreement']:.1%}, {r['fidelity']['max_error_lsb']:.1f} LSB",
             f"{r['qat_seconds']:.0f}"]
 
@@ -156,6 +165,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches-per-epoch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--start", choices=sorted(START_TECHNIQUES), default="minmax",
+                        help="the encodings QAT starts from: calibrated min-max, or sequential MSE's")
+    parser.add_argument("--keep-batchnorm", action="store_true",
+                        help="train BatchNorm on batch statistics, folded into weights and scales after")
+    parser.add_argument("--no-cost", action="store_true", help="skip the step-cost and memory probes")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -175,7 +189,8 @@ def main() -> None:
     path = _common.RESULTS / "bench_qat.json"
     results = json.loads(path.read_text())["rows"] if path.exists() else {}
     for model_name, setting in rows:
-        key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g})"
+        recipe = f"from {args.start}" + (", BN kept" if args.keep_batchnorm else "")
+        key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
         start = time.perf_counter()
         results[key] = run_row(model_name, setting, args, evals, fp32s)
         print(f"{key}: {results[key]['before']['top1_agreement']:.1%} → {results[key]['after']['top1_agreement']:.1%}"

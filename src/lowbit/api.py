@@ -3,29 +3,23 @@ quantize a model end to end, and each technique on its own."""
 
 from __future__ import annotations
 
-from lowbit.data import as_call
+from lowbit.data import as_call, batch_of
 from lowbit.errors import DataError, SpecError
 from lowbit.frontend import front_end
 
 TECHNIQUES = ("equalize", "sequential_mse", "adaround", "bias_correction")
-"""Techniques ``quantize`` can apply, always in this (the recommended) order: equalize before
-calibration; after it sequential MSE (chooses each weight range), AdaRound (rounds on that grid) —
-both freeze the weight encodings and activations are recalibrated after each — and bias correction
-(not with AdaRound, which already fits each layer's output mean)."""
+"""Techniques ``quantize`` applies, always in this order: equalize before calibration; sequential MSE, then AdaRound
+(both freeze weight encodings; activations are recalibrated after each); bias correction (not with AdaRound)."""
 
 
 def quantize(model, data, example_input=None, target="default", param_bits: int | None = None,
              act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
              transform=None, num_batches: int | None = None, techniques=(), runtime=None,
              fold_batchnorm: bool = True):
-    """Fold BatchNorm (on a copy; skipped where torch.fx cannot trace, or with ``fold_batchnorm=False``:
-    BN then runs as its own op, in float between quantizers), build a sim, calibrate it on ``data`` and
-    apply ``techniques`` (any of ``TECHNIQUES``, run in that order whatever the order given); returns
-    the sim, with one result line per step in ``sim.technique_results``. ``model`` is an ``nn.Module``
-    (a ``QuantSim`` comes back) or an ONNX file path or ``onnx.ModelProto`` (an ``OnnxQuantSim``).
-    ``runtime`` names the integer kernels the sim predicts (see :mod:`lowbit.kernels`; default: this
-    machine's).
-    """
+    """Fold BatchNorm into a copy (where torch.fx traces; ``fold_batchnorm=False`` keeps it in float), build a sim
+    (a ``QuantSim`` for an ``nn.Module``, an ``OnnxQuantSim`` for an ONNX path or ModelProto), calibrate it on ``data``
+    and apply ``techniques`` (of ``TECHNIQUES``, in that order); ``runtime`` names the integer kernels the sim predicts
+    (default: this machine's). Each step's result line is in ``sim.technique_results``."""
     _check_techniques(techniques, fold_batchnorm)
     steps = front_end(model)
     if example_input is None and steps.needs_example:
@@ -59,15 +53,14 @@ def equalize(model, example_input=None, absorb_high_bias: bool = True):
 
 
 def correct_bias(sim, data=None, mode: str = "empirical", num_batches: int | None = None, transform=None):
-    """Bias correction of a sim, in place (empirical, or analytical on a QuantSim; see
-    ``lowbit.torch.bias_correction`` and ``lowbit.onnx.bias_correction``); returns the result. Layers
-    AdaRound rounded are left alone on both front ends."""
+    """Bias correction of a sim, in place (empirical, or analytical on a QuantSim); returns the result. Layers AdaRound
+    rounded are left alone on both front ends."""
     return front_end(sim).correct_bias(sim, data, mode=mode, num_batches=num_batches, transform=transform)
 
 
 def adaround(sim, data, **options):
-    """AdaRound of a sim, in place (a QuantSim by graph block by default, see
-    ``lowbit.torch.adaround.adaround``; an OnnxQuantSim layer by layer, ``lowbit.onnx.adaround``)."""
+    """AdaRound of a sim, in place (a QuantSim by graph block by default, see ``lowbit.torch.adaround.adaround``;
+    an OnnxQuantSim layer by layer, ``lowbit.onnx.adaround``)."""
     return front_end(sim).adaround(sim, data, **options)
 
 
@@ -100,6 +93,4 @@ def _first_batch(data, transform):
         item = next(iter(data))
     except StopIteration:
         raise DataError("calibration data is empty: no batch was produced") from None
-    item = transform(item) if transform is not None else item
-    args, kwargs = as_call(item)
-    return kwargs if kwargs else (args[0] if len(args) == 1 else args)
+    return batch_of(as_call(transform(item) if transform is not None else item))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lowbit.errors import InputError, LowbitError
+from lowbit.errors import InputError, LowbitError, first_line
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,21 +17,22 @@ def cli() -> None:
     """Quantize PyTorch models and export int8 ONNX for onnxruntime."""
 
 
-_TARGET_OPTIONS = (
+def _combined(*decorators):
+    """One decorator applying ``decorators`` as if stacked in the order given."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+_target_options = _combined(
     click.option("--target", default="default", show_default=True, help="Target preset name or a target JSON file."),
     click.option("--weights", "param_bits", type=int, default=None, help="Weight bitwidth [default: the target's]."),
     click.option("--activations", "act_bits", type=int, default=None,
-                 help="Activation bitwidth [default: the target's]."),
-)
+                 help="Activation bitwidth [default: the target's]."))
 _scheme_option = click.option("--scheme", type=click.Choice(["minmax", "mean_minmax", "percentile", "sqnr", "entropy"]),
                               default="minmax", show_default=True, help="How activation ranges are chosen.")
-
-
-def _target_options(command):
-    """Add the --target, --weights and --activations options every quantizing command takes, in that order."""
-    for option in reversed(_TARGET_OPTIONS):
-        command = option(command)
-    return command
 
 
 def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_fn: str | None = None):
@@ -61,11 +62,8 @@ _input_shape_option = click.option(
          "checked against it.")
 
 
-def _exporting_command(command):
-    """Add MODEL, --data, --out, the target options and --scheme: what every command that exports takes."""
-    for decorator in reversed((click.argument("model"), _data_option, _out_option, _target_options, _scheme_option)):
-        command = decorator(command)
-    return command
+_exporting_command = _combined(click.argument("model"), _data_option, _out_option, _target_options, _scheme_option)
+"""MODEL, --data, --out, the target options and --scheme: what every command that exports takes."""
 
 
 @cli.command()
@@ -91,14 +89,13 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     """
     import lowbit
     from lowbit.cli_data import parse_shape
-    from lowbit.speed import measure_speed
 
     net, batches, _ = _load(model, data_path, target, batch_size, parse_shape(input_shape))
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
                           runtime=runtime)
     paths = sim.export(out_dir, name=name, verify=batches[:4])
-    click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
+    click.echo(_summary_table(sim, paths, batches[0]))
 
 
 @cli.command()
@@ -127,13 +124,15 @@ def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, 
     sim.technique_results += (str(result),)
     paths = sim.export(out_dir, name=name, verify=batches[:4])
     if writes_files():
-        from lowbit.speed import measure_speed
-        click.echo(_summary_table(sim, paths, measure_speed(paths.onnx, paths.qdq_onnx, batches[0])))
+        click.echo(_summary_table(sim, paths, batches[0]))
 
 
-def _summary_table(sim, paths, speed) -> str:
+def _summary_table(sim, paths, batch) -> str:
     """Markdown table of what was placed, how long calibration took, the files, their fidelity and
-    onnxruntime's int8 vs FP32 latency."""
+    onnxruntime's int8 vs FP32 latency on ``batch``."""
+    from lowbit.speed import measure_speed
+
+    speed = measure_speed(paths.onnx, paths.qdq_onnx, batch)
     summary = sim.summary()
     roles = ", ".join(f"{role} {count}" for role, count in sorted(summary["quantizers"].items()))
     rows = [("target", summary["target"]), ("runtime predicted", summary["runtime"]), ("quantizers placed", roles),
@@ -141,10 +140,9 @@ def _summary_table(sim, paths, speed) -> str:
             ("calibration time", f"{sim.calibration_seconds:.2f} s")]
     rows += [("technique", line) for line in sim.technique_results]
     rows += [(f"file {p.name}", f"{p} ({p.stat().st_size / 1024:.1f} KiB)") for p in paths]
-    fidelity = paths.fidelity
-    for output in fidelity.outputs:
-        label = "fidelity (sim vs onnxruntime)" + (f", {output.name}" if len(fidelity.outputs) > 1 else "")
-        rows.append((label, output.row()))
+    fidelity, label = paths.fidelity, "fidelity (sim vs onnxruntime)"
+    several = len(fidelity.outputs) > 1
+    rows += [(label + (f", {output.name}" if several else ""), output.row()) for output in fidelity.outputs]
     if fidelity.note:
         rows.append(("fidelity note", fidelity.note))
     rows.append(("onnxruntime latency, one sample", speed.row()))
@@ -259,8 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lowbit", standalone_mode=False)
     except LowbitError as error:
-        message = str(error).strip() or type(error).__name__
-        click.echo(f"error: {message.splitlines()[0]}", err=True)
+        click.echo(f"error: {first_line(error)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

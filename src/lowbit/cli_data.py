@@ -121,9 +121,7 @@ def _image_size(model: str, shape: tuple[int, ...] | None) -> tuple[int, int]:
         wanted = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
         raise DataError(f"model input '{inputs[0].name}' has shape {wanted}, not an image batch (N, 3, H, W): "
                         f"give --data as a .npy, .npz or .pt file")
-    if dims[2] and dims[3]:
-        return dims[2], dims[3]
-    return DEFAULT_IMAGE_SIZE
+    return (dims[2], dims[3]) if dims[2] and dims[3] else DEFAULT_IMAGE_SIZE
 
 
 def _read_images(folder: Path, size: tuple[int, int]) -> torch.Tensor:

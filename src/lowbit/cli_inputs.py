@@ -35,13 +35,10 @@ def load_model(spec: str, example_input: torch.Tensor) -> nn.Module:
 def _static_batch(program) -> int | None:
     """The batch size a torch.export program was exported with, when its first input's is static."""
     names = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            value = node.meta.get("val")
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                return value.shape[0] if isinstance(value.shape[0], int) else None
-            return None
-    return None
+    first = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name in names), None)
+    value = None if first is None else first.meta.get("val")
+    static = isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], int)
+    return value.shape[0] if static else None
 
 
 def _fit_batch(model: nn.Module, batch: int | None, example: torch.Tensor, path: Path) -> nn.Module:

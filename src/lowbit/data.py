@@ -20,19 +20,25 @@ def as_call(item) -> tuple[tuple, dict]:
     return (item,), {}
 
 
+def batch_of(call):
+    """A checked (args, kwargs) call back as the batch a user passes: a dict, a tensor or a tuple."""
+    args, kwargs = call
+    return kwargs if kwargs else (args[0] if len(args) == 1 else args)
+
+
 def tensors_of(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """Every tensor passed in a call."""
     return [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
 
 
-def _map_call(function, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def map_call(function, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The call with ``function`` applied to each of its arguments."""
     return tuple(function(a) for a in args), {k: function(v) for k, v in kwargs.items()}
 
 
 def move_call(args: tuple, kwargs: dict, device) -> tuple[tuple, dict]:
     """The call with its tensors moved to ``device``."""
-    return _map_call(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, args, kwargs)
+    return map_call(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, args, kwargs)
 
 
 def channels_last(value):
@@ -45,7 +51,7 @@ def channels_last(value):
 
 def channels_last_call(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The call with its 4-D float tensors in channels-last memory (see :func:`channels_last`)."""
-    return _map_call(channels_last, args, kwargs)
+    return map_call(channels_last, args, kwargs)
 
 
 def checked_calls(data: Iterable, transform: Callable | None = None, num_batches: int | None = None):

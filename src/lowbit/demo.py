@@ -12,7 +12,7 @@ import lowbit
 from lowbit.atomic import atomic_write_text
 from lowbit.fidelity import measure_fidelity
 from lowbit.progress import progress
-from lowbit.runtime import session
+from lowbit.runtime import feeds, run, session
 from lowbit.speed import median_ms
 from lowbit.zoo import augmented, calibration_photos, labelled_photos, photos_to_batch, pretrained_mobilenet_v2
 
@@ -65,8 +65,7 @@ def _torch_top1(model, batches) -> torch.Tensor:
 def _onnx_top1(path, batches) -> torch.Tensor:
     """Top-1 class of onnxruntime's execution of ``path`` on every image."""
     runtime = session(path)
-    name = runtime.get_inputs()[0].name
-    return torch.cat([torch.from_numpy(runtime.run(None, {name: b.numpy()})[0].argmax(1))
+    return torch.cat([torch.from_numpy(run(runtime, b)[0].argmax(1))
                       for b in progress(batches, "evaluate (onnxruntime)")])
 
 
@@ -75,9 +74,8 @@ def _latencies(fp32_path, int8_path, images: torch.Tensor, runs: int) -> dict:
     result = {}
     for label, path in (("fp32", fp32_path), ("int8", int8_path)):
         runtime = session(path, threads=2)
-        name = runtime.get_inputs()[0].name
         for batch in (1, 32):
-            feed = {name: images[:batch].numpy()}
+            feed = feeds(runtime, images[:batch])
             result[f"{label}_batch{batch}"] = median_ms(lambda: runtime.run(None, feed), runs, max(1, runs // 5))
     return result
 

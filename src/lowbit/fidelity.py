@@ -45,21 +45,10 @@ class Fidelity:
     divergence: str = ""
     """Where sim and runtime first part by more than one step (a quantizer and its tensor), if they do."""
 
-    @property
-    def samples(self) -> int:
-        return self.outputs[0].samples
-
-    @property
-    def top1_agreement(self) -> float | None:
-        return self.outputs[0].top1_agreement
-
-    @property
-    def max_abs_error(self) -> float:
-        return self.outputs[0].max_abs_error
-
-    @property
-    def max_error_lsb(self) -> float:
-        return self.outputs[0].max_error_lsb
+    samples = property(lambda self: self.outputs[0].samples)
+    top1_agreement = property(lambda self: self.outputs[0].top1_agreement)
+    max_abs_error = property(lambda self: self.outputs[0].max_abs_error)
+    max_error_lsb = property(lambda self: self.outputs[0].max_error_lsb)
 
     def row(self) -> str:
         """One line: the only output's summary, or each output's named."""
@@ -91,8 +80,7 @@ def output_lsbs(sim) -> list[float]:
 
 def output_lsb(sim) -> float:
     """Scale of the quantizer on the model's first output; NaN if the output is not quantized."""
-    lsbs = output_lsbs(sim)
-    return lsbs[0] if lsbs else float("nan")
+    return (output_lsbs(sim) or [float("nan")])[0]
 
 
 class _OutputTally:
@@ -137,11 +125,11 @@ def measure_fidelity(sim, qdq_path, data, transform=None, num_batches: int | Non
         for name, t, lsb in zip(names, tallies, lsbs)))
 
 
-def verify_export(sim, paths, data, transform=None, num_batches: int | None = None, note: str = ""):
+def verify_export(sim, paths, data, note: str = ""):
     """``paths`` (an export of ``sim``) with the fidelity of its QDQ file on ``data``; when onnxruntime
     cannot run the file, its three files are removed and ExportError says why."""
     try:
-        fidelity = measure_fidelity(sim, paths.qdq_onnx, data, transform, num_batches)
+        fidelity = measure_fidelity(sim, paths.qdq_onnx, data)
     except LowbitError:
         raise
     except Exception as error:
@@ -151,7 +139,7 @@ def verify_export(sim, paths, data, transform=None, num_batches: int | None = No
                           f"{first_line(error)}") from None
     divergence = ""
     if any(o.max_error_lsb > 1.0001 for o in fidelity.outputs):
-        first = next(iter(checked_calls(data, transform, 1)))
+        first = next(iter(checked_calls(data, num_batches=1)))
         divergence = sim.first_divergence(paths.qdq_onnx, first[1] or first[0]) or ""
     return replace(paths, fidelity=replace(fidelity, note=note, divergence=divergence))
 

@@ -1,7 +1,5 @@
-"""Which front end a model or sim belongs to, chosen here and nowhere else: an ``nn.Module`` or a
-``QuantSim`` goes to ``lowbit.torch``, an ONNX file path, ``onnx.ModelProto`` or ``OnnxQuantSim`` to
-``lowbit.onnx``. Each front end is a :class:`FrontEnd` of the same steps (``lowbit.torch.front_end``,
-``lowbit.onnx.front_end``); a third one plugs in here."""
+"""Which front end a model or sim belongs to, chosen here and nowhere else: ``lowbit.torch`` for an ``nn.Module`` or
+``QuantSim``, ``lowbit.onnx`` for an ONNX file path, ``onnx.ModelProto`` or ``OnnxQuantSim``."""
 
 from __future__ import annotations
 
@@ -14,10 +12,8 @@ import onnx
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """The steps ``lowbit.quantize`` and the technique verbs take on one kind of model.
-
-    ``prepare`` gives a working copy, which ``fold_batchnorm`` may change (it returns the model and a line);
-    ``equalize`` returns an equalized copy and the groups; the techniques change a sim in place."""
+    """The steps ``lowbit.quantize`` and the technique verbs take on one kind of model: ``prepare`` gives a working
+    copy, ``fold_batchnorm`` returns (model, line), ``equalize`` (copy, groups); techniques change a sim in place."""
 
     name: str
     needs_example: bool

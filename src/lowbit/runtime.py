@@ -28,13 +28,9 @@ def feeds(runtime: ort.InferenceSession, item) -> dict[str, np.ndarray]:
     """Model input (tensors or arrays: single, tuple or dict) as onnxruntime feeds, matched by position or name."""
     args, kwargs = as_call(item)
     names = [i.name for i in runtime.get_inputs()]
-    values = {}
-    tensors = [a for a in args if isinstance(a, (torch.Tensor, np.ndarray))]
-    for name, tensor in zip(names, tensors):
-        values[name] = _array(tensor)
-    for name, tensor in kwargs.items():
-        if name in names and isinstance(tensor, (torch.Tensor, np.ndarray)):
-            values[name] = _array(tensor)
+    arrays = (torch.Tensor, np.ndarray)
+    values = {name: _array(a) for name, a in zip(names, [a for a in args if isinstance(a, arrays)])}
+    values.update({name: _array(v) for name, v in kwargs.items() if name in names and isinstance(v, arrays)})
     return values
 
 

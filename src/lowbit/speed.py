@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from lowbit.data import as_call, batch_of, map_call
 from lowbit.runtime import feeds, session
 
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -58,25 +59,18 @@ def float_ops_between_qdq(model: onnx.ModelProto) -> dict[str, int]:
     """Op types (with counts) of an optimised graph's nodes that compute on a DequantizeLinear's output:
     the ones onnxruntime did not turn into integer kernels (data-movement ops excluded)."""
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    counts = Counter(n.op_type for n in model.graph.node
-                     if n.op_type not in _QDQ | _MOVES_DATA and n.domain in ("", "ai.onnx")
-                     and any(i in dequantized for i in n.input))
-    return dict(counts)
+    return dict(Counter(n.op_type for n in model.graph.node
+                        if n.op_type not in _QDQ | _MOVES_DATA and n.domain in ("", "ai.onnx")
+                        and any(i in dequantized for i in n.input)))
 
 
 def _first_sample(batch):
     """``batch`` cut to its first sample when all its arrays share one first-axis size (a state batched
     on another axis keeps the whole batch)."""
-    values = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) \
-        else [batch]
-    if len({v.shape[0] for v in values if getattr(v, "ndim", 0) > 0}) != 1:
+    args, kwargs = as_call(batch)
+    if len({v.shape[0] for v in (*args, *kwargs.values()) if getattr(v, "ndim", 0) > 0}) != 1:
         return batch
-    first = lambda v: v[:1] if getattr(v, "ndim", 0) > 0 else v
-    if isinstance(batch, dict):
-        return {k: first(v) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(first(v) for v in batch)
-    return first(batch)
+    return batch_of(map_call(lambda v: v[:1] if getattr(v, "ndim", 0) > 0 else v, args, kwargs))
 
 
 def _median_ms(runtime: ort.InferenceSession, sample, runs: int) -> float:

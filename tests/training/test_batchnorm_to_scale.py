@@ -75,6 +75,24 @@ def test_folding_keeps_the_trained_integers_and_what_the_sim_computes():
     assert float(moved.max()) <= 2.0001 and float((moved > 0.5).float().mean()) <= 0.15  # rounding ties, the clamped weight
 
 
+def test_folding_leaves_the_weight_quantized_output_unchanged():
+    """With activations in float, the folded sim computes the unfolded one's output to 1e-5 (negative γ included)."""
+    data = _data(2)
+    sim = lowbit.quantize(_model(), data, fold_batchnorm=False)
+    with torch.no_grad():
+        for module in sim.model.modules():
+            if isinstance(module, WeightQuantized):
+                module.layer.weight.mul_(1 - 0.05 * torch.rand_like(module.layer.weight))
+    for key, quantizer in sim.quantizers().items():
+        if sim.point(key).role != "weight":
+            quantizer.mode = "off"
+    with torch.no_grad():
+        before = torch.cat([sim(x) for x in data])
+        assert len(sim.fold_batchnorm()) == 3
+        after = torch.cat([sim(x) for x in data])
+    assert float((after - before).abs().max()) <= 1e-5 * float(before.abs().max())
+
+
 def test_qat_ends_folded_and_onnxruntime_runs_what_it_scored(tmp_path):
     data = _data(6)
     sim = lowbit.quantize(_model(), data, fold_batchnorm=False)

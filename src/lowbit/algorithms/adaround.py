@@ -1,11 +1,7 @@
-"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization"), on
-tensors: the rectified-sigmoid rounding variable, its initialisation, the rounding regulariser with
-its annealed exponent, and the soft / hard quantized weights.
-
-A weight w on a grid of step s is floor(w / s) + h times s, with h in [0, 1]: nearest rounding sets
-h = [frac(w / s) ≥ ½]; AdaRound learns h = clamp(σ(α)(ζ − γ) + γ, 0, 1) per weight to minimise the
-layer's output error, and the regulariser Σ 1 − |2h − 1|^β drives every h to 0 or 1.
-"""
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization") on tensors: a weight
+on a grid of step s is (floor(w / s) + h) · s, h in [0, 1] (nearest rounding: h = [frac(w / s) ≥ ½]); AdaRound learns
+h = clamp(σ(α)(ζ − γ) + γ, 0, 1) per weight to minimise the layer's output error, the annealed regulariser
+Σ 1 − |2h − 1|^β driving every h to 0 or 1."""
 
 from __future__ import annotations
 

@@ -20,10 +20,9 @@ def round_on_rows(weight: torch.Tensor, bias: torch.Tensor | None, groups: int, 
                   cache: RowCache, activation, iterations: int, batch_rows: int, learning_rate: float,
                   reg_weight: float, warm_start: float, generator: torch.Generator,
                   where: str) -> tuple[torch.Tensor, int, float, float]:
-    """Learn the rounding of ``weight`` (``[out, in/groups, *kernel]``) on ``encoding``'s grid so the
-    layer's output after ``activation`` matches the cached float outputs; returns the better of the
-    learned and the nearest rounding (on the grid), the iterations run, and both output MSEs (nearest,
-    kept). ``where`` names the layer in errors."""
+    """Learn the rounding of ``weight`` (``[out, in/groups, *kernel]``) on ``encoding``'s grid so the layer's output
+    after ``activation`` matches the cached float outputs (errors name ``where``); returns the better of the learned
+    and the nearest rounding (on the grid), the iterations run, and both output MSEs (nearest, kept)."""
     soft = SoftRounding(weight, encoding)
 
     def batch_loss() -> torch.Tensor:
@@ -31,25 +30,14 @@ def round_on_rows(weight: torch.Tensor, bias: torch.Tensor | None, groups: int, 
         output = activation(rows_forward(rows, soft(), bias, groups))
         return (output - activation(targets)).pow(2).sum(dim=1).mean()
 
+    def output_mse(candidate: torch.Tensor) -> float:
+        return cache.mean_squared(lambda rows, targets: activation(rows_forward(rows, candidate, bias, groups))
+                                  - activation(targets), weight.device, 4096)
+
     run = learn_rounding([soft], batch_loss, iterations, learning_rate, reg_weight, warm_start, where)
     with torch.no_grad():
         rounded = soft.hard()
         nearest = fake_quantize(weight, encoding)
-        nearest_mse = output_mse(cache, nearest, bias, groups, activation)
-        rounded_mse = output_mse(cache, rounded, bias, groups, activation)
+        nearest_mse, rounded_mse = output_mse(nearest), output_mse(rounded)
     kept = rounded if rounded_mse < nearest_mse else nearest
     return kept, run, nearest_mse, min(rounded_mse, nearest_mse)
-
-
-def output_mse(cache: RowCache, weight: torch.Tensor, bias, groups: int, activation,
-               chunk: int = 4096) -> float:
-    """Mean squared error of the layer's output with ``weight`` against the cached float outputs, both
-    after ``activation``."""
-    total, count = 0.0, 0
-    for first in range(0, cache.count, chunk):
-        rows = cache.inputs[first:first + chunk].to(weight.device)
-        targets = cache.targets[first:first + chunk].to(weight.device)
-        error = activation(rows_forward(rows, weight, bias, groups)) - activation(targets)
-        total += float(error.pow(2).sum())
-        count += targets.numel()
-    return total / max(count, 1)

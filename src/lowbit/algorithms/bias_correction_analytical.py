@@ -35,9 +35,7 @@ class ChannelStatistics:
 
     def clamped(self, low: float = -math.inf, high: float = math.inf) -> ChannelStatistics | None:
         """The statistics of ``clamp(x, low, high)``; None unless the channels are normal."""
-        if self.std is None:
-            return None
-        return ChannelStatistics(clipped_normal_mean(self.mean, self.std, low, high))
+        return None if self.std is None else ChannelStatistics(clipped_normal_mean(self.mean, self.std, low, high))
 
     def mean_only(self) -> ChannelStatistics:
         """These statistics without the normality (after an op that keeps only the mean)."""

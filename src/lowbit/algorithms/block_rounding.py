@@ -35,8 +35,7 @@ def round_block(name: str, module: torch.nn.Module, wrappers: list, cache: RowCa
     try:
         for wrapper, soft in zip(wrappers, softs):
             wrapper.weight_quantizer = soft
-        run = learn_rounding(softs, batch_loss, iterations, learning_rate, reg_weight, warm_start,
-                             f"in block {name!r}")
+        run = learn_rounding(softs, batch_loss, iterations, learning_rate, reg_weight, warm_start, f"in block {name!r}")
     finally:
         for wrapper, quantizer in zip(wrappers, quantizers):
             wrapper.weight_quantizer = quantizer
@@ -68,11 +67,4 @@ def _block_mse(module: torch.nn.Module, wrappers: list, weights: list[torch.Tens
                cache: RowCache, chunk: int = 32) -> float:
     """Mean squared error of the block's output (as the sim computes it) with ``weights`` written in."""
     _set_weights(wrappers, weights)
-    total, count = 0.0, 0
-    device = weights[0].device
-    for first in range(0, cache.count, chunk):
-        inputs = channels_last(cache.inputs[first:first + chunk].to(device))
-        targets = cache.targets[first:first + chunk].to(device)
-        total += float((module(inputs) - targets).pow(2).sum())
-        count += targets.numel()
-    return total / max(count, 1)
+    return cache.mean_squared(lambda inputs, targets: module(channels_last(inputs)) - targets, weights[0].device, chunk)

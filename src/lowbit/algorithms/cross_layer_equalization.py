@@ -26,10 +26,7 @@ def output_channel_ranges(weight: torch.Tensor) -> torch.Tensor:
 
 def input_channel_ranges(weight: torch.Tensor, depthwise: bool = False) -> torch.Tensor:
     """max |W[:, i]| per input channel ``i``; for a depthwise weight, max |W[i]|."""
-    if depthwise:
-        return output_channel_ranges(weight)
-    w = weight.detach().abs()
-    return w.transpose(0, 1).reshape(w.shape[1], -1).amax(dim=1)
+    return output_channel_ranges(weight if depthwise else weight.transpose(0, 1))
 
 
 def equalization_scales(range_1: torch.Tensor, range_2: torch.Tensor) -> torch.Tensor:
@@ -59,15 +56,6 @@ def scale_pair_(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, sca
 
 
 @torch.no_grad()
-def equalize_pair_(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                   depthwise: bool = False) -> torch.Tensor:
-    """Equalize two consecutive layers in place (closed form); returns the scales ``s``."""
-    scales = equalization_scales(output_channel_ranges(w1), input_channel_ranges(w2, depthwise))
-    scale_pair_(w1, b1, w2, scales, depthwise)
-    return scales
-
-
-@torch.no_grad()
 def equalize_chain_(weights: list[torch.Tensor], biases: list[torch.Tensor | None],
                     depthwise: list[bool], max_sweeps: int = 100,
                     tolerance: float = 1e-6) -> tuple[list[torch.Tensor], int]:
@@ -80,7 +68,9 @@ def equalize_chain_(weights: list[torch.Tensor], biases: list[torch.Tensor | Non
     for sweeps in range(1, max_sweeps + 1):
         worst = 0.0
         for k in range(len(weights) - 1):
-            scales = equalize_pair_(weights[k], biases[k], weights[k + 1], depthwise[k + 1])
+            scales = equalization_scales(output_channel_ranges(weights[k]),
+                                         input_channel_ranges(weights[k + 1], depthwise[k + 1]))
+            scale_pair_(weights[k], biases[k], weights[k + 1], scales, depthwise[k + 1])
             factors[k] /= scales.to(torch.float64)
             worst = max(worst, float((scales - 1).abs().max()))
         if worst <= tolerance:

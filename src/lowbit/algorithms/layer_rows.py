@@ -15,9 +15,7 @@ def rows_unsupported(layer: nn.Module) -> str | None:
     if not isinstance(layer, ROW_LAYERS):
         return f"{type(layer).__name__} is not a Conv1d, Conv2d or Linear"
     base = next(cls for cls in ROW_LAYERS if isinstance(layer, cls))
-    if type(layer).forward is not base.forward:
-        return f"{type(layer).__name__} overrides forward"
-    return None
+    return f"{type(layer).__name__} overrides forward" if type(layer).forward is not base.forward else None
 
 
 def layer_groups(layer: nn.Module) -> int:
@@ -55,17 +53,13 @@ def rows_forward(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def _choose(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    if total <= count:
-        return torch.arange(total)
-    return torch.randperm(total, generator=generator)[:count]
+    return torch.arange(total) if total <= count else torch.randperm(total, generator=generator)[:count]
 
 
 def _padded_2d(layer: nn.Module, x: torch.Tensor):
     """``x`` padded as the layer pads it, and the layer's 2-D stride, dilation and kernel size."""
     two_d = lambda values, fill: tuple(values) if len(values) == 2 else (fill,) + tuple(values)
-    kernel = two_d(layer.kernel_size, 1)
-    dilation = two_d(layer.dilation, 1)
-    stride = two_d(layer.stride, 1)
+    kernel, dilation, stride = (two_d(values, 1) for values in (layer.kernel_size, layer.dilation, layer.stride))
     if layer.padding == "valid":
         pads = [(0, 0), (0, 0)]
     elif layer.padding == "same":
@@ -74,8 +68,5 @@ def _padded_2d(layer: nn.Module, x: torch.Tensor):
     else:
         pads = [(p, p) for p in two_d(layer.padding, 0)]
     flat = [pads[1][0], pads[1][1], pads[0][0], pads[0][1]]
-    if layer.padding_mode == "zeros":
-        padded = F.pad(x, flat)
-    else:
-        padded = F.pad(x, flat, mode=layer.padding_mode)
-    return padded, stride, dilation, kernel
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    return F.pad(x, flat, mode=mode), stride, dilation, kernel

@@ -12,14 +12,12 @@ import torch
 
 
 class RowCache:
-    """Holds up to ``rows`` rows of inputs of ``input_shape`` and targets of ``target_shape`` (float32;
-    a row is a layer's input patch, or a whole sample for a block); filled by :meth:`append`, read by
-    :meth:`sample` and :meth:`all`. Use as a context manager."""
+    """Up to ``rows`` rows (float32 inputs of ``input_shape``, targets of ``target_shape``: a layer's input patch and
+    output, or a whole sample for a block) filled by :meth:`append`. Use as a context manager."""
 
     def __init__(self, rows: int, input_shape: tuple[int, ...], target_shape: tuple[int, ...], memory_limit: int):
         input_size, target_size = math.prod(input_shape), math.prod(target_shape)
-        row_bytes = 4 * (input_size + target_size)
-        self.on_disk = rows * row_bytes > memory_limit
+        self.on_disk = rows * 4 * (input_size + target_size) > memory_limit
         self._path = None
         if self.on_disk:
             handle, self._path = tempfile.mkstemp(prefix="lowbit-rows-", suffix=".bin")
@@ -58,6 +56,15 @@ class RowCache:
         for first in range(0, self.count, size):
             last = min(first + size, self.count)
             yield self.inputs[first:last].to(device), self.targets[first:last].to(device)
+
+    def mean_squared(self, error, device, chunk: int) -> float:
+        """Mean of ``error(inputs, targets)``² over every stored row, taken ``chunk`` rows at a time on ``device``."""
+        total, count = 0.0, 0
+        for first in range(0, self.count, chunk):
+            targets = self.targets[first:first + chunk].to(device)
+            total += float(error(self.inputs[first:first + chunk].to(device), targets).pow(2).sum())
+            count += targets.numel()
+        return total / max(count, 1)
 
     def close(self) -> None:
         """Release the rows and delete the file, if any."""

@@ -83,7 +83,6 @@ class WeightSearch:
     error: OutputError
 
 
-@torch.no_grad()
 def check_options(loss: str, num_candidates, max_rows) -> None:
     """SpecError for an unknown ``loss`` or a ``num_candidates`` / ``max_rows`` that is not a positive integer."""
     if loss not in LOSSES:
@@ -102,8 +101,7 @@ def output_error(quantized_weight: torch.Tensor, rows: Rows, layer_output: Layer
     return error
 
 
-def candidate_ranges(weight: torch.Tensor, spec: QuantSpec,
-                     num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_ranges(weight: torch.Tensor, spec: QuantSpec, num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(minima, maxima) of the candidates, ``[num_candidates]`` (per-tensor) or ``[num_candidates,
     channels]`` (per-channel): the weight's range times ``c = 1, (N−1)/N, …, 1/N``."""
     channels = as_rows(weight.detach().float(), spec)

@@ -52,9 +52,8 @@ class SoftRounding(nn.Module):
 
 def learn_rounding(softs: list[SoftRounding], batch_loss, iterations: int, learning_rate: float,
                    reg_weight: float, warm_start: float, where: str) -> int:
-    """Adam on the ``softs``' α: each step adds the annealed regulariser to ``batch_loss()`` (the
-    reconstruction error on a fresh batch), stopping early once every variable is decided; returns the
-    iterations run. A non-finite loss raises ``OptimizationError`` naming ``where``."""
+    """Adam on the ``softs``' α, each step on ``batch_loss()`` (a fresh batch) plus the annealed regulariser, until
+    all are decided; returns the iterations run. A non-finite loss raises ``OptimizationError`` naming ``where``."""
     alphas = [soft.alpha for soft in softs]
     optimizer = torch.optim.Adam(alphas, lr=learning_rate)
     run = 0

@@ -15,10 +15,10 @@ import torch
 
 from lowbit.analysis.mixed_precision import DEFAULT_CANDIDATES, mixed_precision
 from lowbit.analysis.scores import top1_agreement
-from lowbit.data import first_tensor
-from lowbit.analysis.sensitivity import batch_of, prepared_calls, sim_outputs
+from lowbit.analysis.sensitivity import prepared_calls, sim_outputs
 from lowbit.atomic import atomic_write_text
-from lowbit.errors import DataError, SpecError
+from lowbit.data import as_call, batch_of, first_tensor, tensors_of
+from lowbit.errors import SpecError
 from lowbit.frontend import is_onnx_model
 from lowbit.onnx.calibrate import run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs
@@ -77,8 +77,6 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
         raise SpecError(f"autoquant takes a torch nn.Module or an ONNX model (path or ModelProto), "
                         f"not {type(model).__name__}")
     calls = prepared_calls(data, transform, num_batches, is_onnx)
-    if not calls:
-        raise DataError("autoquant needs at least one batch of data")
     batches = [batch_of(call) for call in calls]
     example_input = batches[0] if example_input is None else example_input
     model = load_model(model) if is_onnx else copy.deepcopy(model).eval()
@@ -190,8 +188,7 @@ def _fingerprint(options, allowed_drop, iterations, candidates, batches, float_s
     digest = hashlib.sha256(json.dumps([options, allowed_drop, iterations, [list(c) for c in candidates],
                                         round(float_score, 9)], default=str).encode())
     for batch in batches:
-        for tensor in (batch.values() if isinstance(batch, dict) else
-                       batch if isinstance(batch, (tuple, list)) else [batch]):
+        for tensor in tensors_of(*as_call(batch)):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

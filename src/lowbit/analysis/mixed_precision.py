@@ -11,8 +11,9 @@ import onnx
 
 from lowbit.analysis.bitwidths import BitwidthSetter, layer_costs
 from lowbit.analysis.layers import layer_groups
-from lowbit.analysis.sensitivity import batch_of, enabled_only, make_scorer, prepared_calls
-from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.analysis.sensitivity import enabled_only, make_scorer, prepared_calls
+from lowbit.data import batch_of
+from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.progress import progress
 
 DEFAULT_CANDIDATES = ((8, 8), (4, 8), (8, 16), (16, 16))
@@ -67,17 +68,14 @@ def mixed_precision(sim, data, eval_fn=None, candidates=DEFAULT_CANDIDATES, allo
     candidates = _checked(candidates)
     is_onnx = isinstance(sim.model, onnx.ModelProto)
     calls = prepared_calls(data, transform, num_batches, is_onnx)
-    if not calls:
-        raise DataError("mixed_precision needs at least one batch of data")
     groups = layer_groups(sim)
     costs = layer_costs(sim, groups, calls[0])
     score, metric_name, _ = make_scorer(sim, calls, eval_fn, metric)
     with enabled_only(sim, set()):
         float_score = score()
     target = float_score - allowed_drop
-    quantizers = sim.quantizers()
-    options = {g.name: _options(g, candidates, _frozen_bits(g, quantizers)) for g in groups}
     setter = BitwidthSetter(sim)
+    options = {g.name: _options(g, candidates, setter.quantizers) for g in groups}
     config = {g.name: options[g.name][0] for g in groups}
     by_name = {g.name: g for g in groups}
 
@@ -155,18 +153,12 @@ def _cheapest_loss(config, options, phase1, costs):
     return best
 
 
-def _frozen_bits(group, quantizers) -> int | None:
-    """The weight bits of a group whose weight encodings are frozen (AdaRound or sequential MSE chose them
-    for those bits; the bitwidth setter leaves them alone), else None."""
+def _options(group, candidates, quantizers) -> list[tuple[int, int]]:
+    """The group's candidates, most precise first; layers without weights vary activation bits only, and layers
+    with frozen weight encodings (AdaRound, sequential MSE; the bitwidth setter leaves them) keep their weight bits."""
     frozen = [quantizers[key] for key in group.weights if quantizers[key].frozen]
-    return frozen[0].encoding.spec.bits if frozen else None
-
-
-def _options(group, candidates, frozen_bits: int | None) -> list[tuple[int, int]]:
-    """The group's candidates, most precise first; layers without weights vary activation bits only, and
-    layers with frozen weights keep their weight bits."""
-    if frozen_bits is not None:
-        candidates = sorted({(frozen_bits, a) for _, a in candidates})
+    if frozen:
+        candidates = sorted({(frozen[0].encoding.spec.bits, a) for _, a in candidates})
     elif not group.weights:
         candidates = sorted({(max(c[0] for c in candidates), a) for _, a in candidates})
     if not group.activations:

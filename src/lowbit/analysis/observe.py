@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.data import map_call
+
 HISTOGRAM_BINS = 64
 SAMPLES = 8
 """Samples of the first batch whose activations are kept (float and quantized) for histograms and MSE."""
@@ -65,6 +67,4 @@ def activation_view(key: str, values: torch.Tensor, quantized: torch.Tensor, enc
 
 def first_samples(call, samples: int):
     """``call`` with every tensor of two or more dimensions cut to its first ``samples`` rows."""
-    cut = lambda value: value[:samples] if isinstance(value, torch.Tensor) and value.dim() >= 2 else value
-    args, kwargs = call
-    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+    return map_call(lambda v: v[:samples] if isinstance(v, torch.Tensor) and v.dim() >= 2 else v, *call)

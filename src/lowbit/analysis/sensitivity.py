@@ -15,11 +15,10 @@ import torch
 from lowbit.analysis.layers import LayerGroup, layer_configurations, layer_groups
 from lowbit.analysis.observe import ActivationView, activation_views, weight_ranges
 from lowbit.analysis.scores import mean_kl, sqnr_db, top1_agreement
-from lowbit.data import channels_last_call, checked_calls, first_tensor, move_call
-from lowbit.errors import DataError, NotCalibratedError, SpecError
+from lowbit.data import batch_of, channels_last_call, checked_calls, first_tensor, move_call
+from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.onnx.feeds import as_tensors
 from lowbit.progress import progress
-
 
 METRICS = {"sqnr": ("output SQNR (dB)", sqnr_db), "agreement": ("top-1 agreement with float", top1_agreement)}
 
@@ -82,8 +81,6 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
         sim = quantize(model_or_sim, [batch_of(c) for c in calls], **options)
     else:
         raise SpecError(f"analyze takes a QuantSim, an nn.Module or an ONNX model, not {type(model_or_sim).__name__}")
-    if not calls:
-        raise DataError("analyze needs at least one batch of data")
     groups = layer_groups(sim)
     score, metric_name, reference = make_scorer(sim, calls, eval_fn, metric)
     every = set(sim.quantizers())
@@ -159,12 +156,9 @@ def sim_outputs(sim, calls) -> list[torch.Tensor]:
     if isinstance(sim.model, onnx.ModelProto):
         return [torch.from_numpy(first[0]).float() for first in sim.run_on([batch_of(c) for c in calls])]
     device = sim._device()
-    outputs = []
     with torch.no_grad():
-        for args, kwargs in calls:
-            args, kwargs = move_call(args, kwargs, device)
-            outputs.append(first_tensor(sim.model(*args, **kwargs)).detach().float().cpu())
-    return outputs
+        moved = (move_call(args, kwargs, device) for args, kwargs in calls)
+        return [first_tensor(sim.model(*args, **kwargs)).detach().float().cpu() for args, kwargs in moved]
 
 
 @contextmanager
@@ -179,12 +173,6 @@ def enabled_only(sim, keys: set[str]):
     finally:
         for key, quantizer in quantizers.items():
             quantizer.mode = saved[key]
-
-
-def batch_of(call):
-    """A checked (args, kwargs) call back as the batch a user passes: a dict, a tensor or a tuple."""
-    args, kwargs = call
-    return kwargs if kwargs else (args[0] if len(args) == 1 else args)
 
 
 def _finite(value: float) -> float:

@@ -29,12 +29,10 @@ def horizontal_bars(labels: list[str], series: dict[str, list[float | None]], ti
     finite = _finite([v for values in series.values() for v in values]) or [0.0]
     lo, hi = min(0.0, min(finite)), max(finite)
     hi = hi if hi > lo else lo + 1.0
-    left, width, bar = 220, 460, 9
+    left, width, bar, top = 220, 460, 9, 40
     row = bar * len(series) + 6
-    top = 40
-    height = top + row * len(labels) + 60
     scale = lambda v: left + (v - lo) / (hi - lo) * width
-    parts = _opening(left + width + 30, height, title, left)
+    parts = _opening(left + width + 30, top + row * len(labels) + 60, title, left)
     for index, (name, colour) in enumerate(zip(series, COLOURS)):
         x = left + index * 170
         parts.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{colour}"/>'

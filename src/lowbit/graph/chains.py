@@ -4,6 +4,7 @@ layer, through nothing but ops that scaling per channel passes through."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from lowbit.graph.view import GraphView, Op
@@ -32,10 +33,7 @@ class Chain:
 def equalization_chains(view: GraphView) -> list[Chain]:
     """Maximal chains of Conv (ungrouped or depthwise) and Gemm layers with unshared weights and matching channels, each
     feeding only the next through Relu, LeakyRelu, Identity, Dropout or Clip(0, ∞ or 6), which becomes a Relu."""
-    readers: dict[str, int] = {}
-    for op in view.ops:
-        if op.weight is not None:
-            readers[op.weight] = readers.get(op.weight, 0) + 1
+    readers = Counter(op.weight for op in view.ops if op.weight is not None)
     layers = {op.outputs[0]: op for op in view.ops
               if op.type in ("Conv", "Gemm") and op.layer is not None and readers.get(op.weight) == 1
               and (op.layer.groups == 1 or op.layer.depthwise)}

@@ -1,13 +1,12 @@
-"""AdaRound and sequential MSE on an OnnxQuantSim: layer by layer in graph order, rows of the layer's
-quantized input and float output (``lowbit.onnx.layer_rows``) go to the optimisations both front ends
-share (``lowbit.algorithms``); the results are written into the sim's weights and frozen encodings."""
+"""AdaRound and sequential MSE on an OnnxQuantSim: rows of each layer's quantized input and float output go to the
+optimisations both front ends share (``lowbit.algorithms``); results land in the sim's weights and frozen encodings."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 
-import onnx
 import torch
 
 from lowbit.algorithms.adaround_result import AdaroundResult, LayerRounding
@@ -26,6 +25,7 @@ from lowbit.progress import progress
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize
 
+
 def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: int | None = None,
              transform=None, batch_rows: int = 1024, learning_rate: float = 1e-2, reg_weight: float = 0.01,
              warm_start: float = 0.2, max_rows: int = 16384, memory_limit: int = 512 << 20,
@@ -43,7 +43,10 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     facts = GraphFacts(sim.model)
     by_name = {layer.name: (layer, quantizer) for layer, quantizer in layers}
     nodes = {node.name: node for node in facts.graph.node}
-    blocks = _blocks(facts, nodes, set(by_name), block_layers) if granularity == "block" else None
+    blocks = None
+    if granularity == "block":  # the graph blocks whose nodes all run in torch
+        blocks = graph_blocks(facts.view(), lambda op: op.name if op.name in by_name else None, block_layers)
+        blocks = [block for block in blocks if runs_in_torch([nodes[name] for name in block.ops], facts.initializers)]
     units = rounding_units(blocks, list(by_name), block_layers)
     rounded = []
     for names, block in progress(units, "adaround", len(units), unit=granularity):
@@ -75,12 +78,6 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     return AdaroundResult(tuple(rounded), skipped, time.perf_counter() - start)
 
 
-def _blocks(facts: GraphFacts, nodes: dict, names: set[str], block_layers: int) -> list:
-    """The graph blocks calling the layers ``names`` whose nodes all run in torch."""
-    blocks = graph_blocks(facts.view(), lambda op: op.name if op.name in names else None, block_layers)
-    return [block for block in blocks if runs_in_torch([nodes[name] for name in block.ops], facts.initializers)]
-
-
 def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_batches: int | None = None,
                    transform=None, max_rows: int = 4096, memory_limit: int = 1 << 30) -> SequentialMSEResult:
     """Sequential MSE on a calibrated ONNX ``sim`` (``lowbit.sequential_mse``'s search): per Conv, Gemm
@@ -96,11 +93,10 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
         weight = layer.weight.float()
         bias = None if layer.inner_bias is None else layer.inner_bias.float()
         layer_output = lambda inputs, quantized: rows_forward(inputs, quantized, bias, layer.groups)
-        spec = _in_layout(quantizer.encoding, layer).spec
+        encoding = _in_layout(quantizer.encoding, layer)
         with rows.collect(layer, max_rows, memory_limit, generator, "sequential mse") as cache:
-            current = output_error(fake_quantize(weight, _in_layout(quantizer.encoding, layer)),
-                                   lambda: cache.chunks("cpu"), layer_output)
-            search = search_weight_encoding(weight, spec, lambda: cache.chunks("cpu"), layer_output,
+            current = output_error(fake_quantize(weight, encoding), lambda: cache.chunks("cpu"), layer_output)
+            search = search_weight_encoding(weight, encoding.spec, lambda: cache.chunks("cpu"), layer_output,
                                             num_candidates, loss)
         quantizer.freeze(dataclasses.replace(search.encoding, spec=quantizer.spec), by="sequential_mse")
         sim.weights_changed()
@@ -118,8 +114,7 @@ def _prepare(sim, data, transform, num_batches):
     feeds = sim.feeds_of(data, transform, num_batches)
     if not feeds:
         raise DataError("no batch of data was produced")
-    reference = onnx.ModelProto()
-    reference.CopyFrom(sim.model)
+    reference = copy.deepcopy(sim.model)
     facts = GraphFacts(sim.model)
     quantizers = sim.quantizers()
     weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}
@@ -131,18 +126,13 @@ def _prepare(sim, data, transform, num_batches):
         layer = weighted_layer(facts, node)
         reason = f"{node.op_type} is not a Conv, Gemm or MatMul with its own weight" if layer is None \
             else rows_unsupported(layer)
-        if reason is None and weights[node.name].spec.axis not in (None, _channel_axis(layer)):
+        if reason is None and weights[node.name].spec.axis not in (None, 1 if layer.transposed else 0):
             reason = f"per-channel weight encodings on axis {weights[node.name].spec.axis}, not the output channels"
         if reason is None:
             layers.append((layer, weights[node.name]))
         else:
             skipped[node.name] = reason
     return LayerRows(sim, feeds, reference), layers, skipped
-
-
-def _channel_axis(layer: WeightedLayer) -> int:
-    """Output-channel axis of the stored weight."""
-    return 1 if layer.transposed else 0
 
 
 def _in_layout(encoding: Encoding, layer: WeightedLayer) -> Encoding:

@@ -10,6 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.onnx.attributes import attribute, set_attributes
+from lowbit.onnx.calibrate import tensor_ranks
 from lowbit.onnx.graph_view import GraphFacts, weight_axis
 from lowbit.qdq.graph_index import remove_unused
 
@@ -32,23 +33,23 @@ def fold_with_statistics(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
         facts = GraphFacts(result)
         layer = facts.producer.get(bn.input[0])
-        if layer is None or not _foldable(facts, layer, bn):
+        if layer is None or not _foldable(facts, layer, bn, tensor_ranks(result)):
             continue
-        scale, shift = _affine(facts, bn)
-        _fold_into(graph, facts, layer, scale, shift)
+        gamma, beta, mean, var = (numpy_helper.to_array(facts.initializers[n]).astype(np.float64)
+                                  for n in bn.input[1:5])
+        scale = gamma / np.sqrt(var + attribute(bn, "epsilon", 1e-5))  # BN as y = scale · x + shift per channel
+        _fold_into(graph, facts, layer, scale, beta - mean * scale)
         for value in [v for v in graph.value_info if v.name == layer.output[0]]:
             graph.value_info.remove(value)
         layer.output[0] = bn.output[0]
         graph.node.remove(bn)
         folded.append((layer.name, bn.name))
-        gamma, beta = (torch.from_numpy(numpy_helper.to_array(facts.initializers[n]).astype(np.float64))
-                       for n in bn.input[1:3])
-        statistics[bn.output[0]] = (beta, gamma.abs())
+        statistics[bn.output[0]] = (torch.from_numpy(beta), torch.from_numpy(gamma).abs())
     remove_unused(graph)
     return onnx.shape_inference.infer_shapes(result), folded, statistics
 
 
-def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> bool:
+def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto, ranks: dict[str, int]) -> bool:
     """An inference-mode BN with constant statistics, alone reading a weighted layer with a constant
     weight (ConvTranspose: one group; Gemm/MatMul: 2-D output, so BN's channel axis is the last)."""
     if layer.op_type not in FOLDABLE or len(bn.output) != 1 or len(facts.consumers[layer.output[0]]) != 1:
@@ -62,21 +63,10 @@ def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto) -> b
         channels = numpy_helper.to_array(facts.initializers[bn.input[1]]).size
         if bias is None or int(np.prod(bias.dims)) not in (1, channels):
             return False
-    if layer.op_type == "ConvTranspose" and attribute(layer, "group", 1) != 1:
-        return False
     if layer.op_type in ("Gemm", "MatMul"):
-        rank = len(facts.initializers[layer.input[1]].dims)
-        output_rank = _rank(facts, layer.output[0])
-        if rank != 2 or output_rank != 2 or (layer.op_type == "Gemm" and attribute(layer, "transA", 0)):
-            return False
-    return True
-
-
-def _affine(facts: GraphFacts, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
-    """BN as y = scale · x + shift per channel, computed in float64."""
-    gamma, beta, mean, var = (numpy_helper.to_array(facts.initializers[n]).astype(np.float64) for n in bn.input[1:5])
-    scale = gamma / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
-    return scale, beta - mean * scale
+        return (len(facts.initializers[layer.input[1]].dims) == ranks.get(layer.output[0]) == 2
+                and not (layer.op_type == "Gemm" and attribute(layer, "transA", 0)))
+    return layer.op_type != "ConvTranspose" or attribute(layer, "group", 1) == 1
 
 
 def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto, scale, shift) -> None:
@@ -110,11 +100,3 @@ def _old_bias(facts: GraphFacts, layer: onnx.NodeProto, channels: int) -> np.nda
     if layer.op_type == "Gemm":
         bias = bias * attribute(layer, "beta", 1.0)
     return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
-
-
-def _rank(facts: GraphFacts, name: str) -> int | None:
-    for value in [*facts.graph.value_info, *facts.graph.output]:
-        if value.name == name and value.type.tensor_type.HasField("shape"):
-            return len(value.type.tensor_type.shape.dim)
-    return None
-

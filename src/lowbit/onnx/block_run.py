@@ -90,25 +90,23 @@ class OnnxBlock(nn.Module):
     def __init__(self, block: Block, layers: tuple[str, ...], nodes: list[onnx.NodeProto], initializers: dict, sim):
         super().__init__()
         self.block, self.nodes = block, nodes
-        quantizers = sim.quantizers()
-        points = sim.points
+        quantizers, points = sim.quantizers(), sim.points
         self.on_value = {p.node: quantizers[p.key] for p in points if p.role != "weight" and p.argument is None}
         self.on_input = {(p.node, p.argument): quantizers[p.key] for p in points if p.argument is not None}
         on_weight = {p.module: quantizers[p.key] for p in points if p.role == "weight"}
-        layer_weights = {node.input[1]: layers.index(node.name) for node in nodes if node.name in layers}
+        self.weight_of = {node.input[1]: layers.index(node.name) for node in nodes if node.name in layers}
         self.slots = nn.ModuleList([None] * len(layers))
         self.constants: dict[str, torch.Tensor] = {}
         self.weight_quantizers: dict[str, nn.Module] = {}
         for name in {i for node in nodes for i in node.input if i in initializers}:
             value = torch.from_numpy(np.array(numpy_helper.to_array(initializers[name])))
             value = value.float() if value.is_floating_point() else value
-            if name in layer_weights:
-                self.slots[layer_weights[name]] = _Slot(value, on_weight[name])
+            if name in self.weight_of:
+                self.slots[self.weight_of[name]] = _Slot(value, on_weight[name])
             else:
                 self.constants[name] = value
                 if name in on_weight:
                     self.weight_quantizers[name] = on_weight[name]
-        self.weight_of = layer_weights
         self.clips = {node.name: clip_bounds(initializers, node) for node in nodes if node.op_type == "Clip"}
 
     def wrappers(self) -> list[_Slot]:

@@ -3,6 +3,7 @@ the NCHWc layout), other tensors become outputs, in as few passes as a memory bu
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ _MIN, _MAX = "_lowbit_sample_min", "_lowbit_sample_max"
 
 
 def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]], feeds: list[dict],
-            threads: int | None, budget: int = DEFAULT_BUDGET_BYTES, progress=lambda it, total: it) -> None:
+            threads: int | None, progress=lambda it, total: it) -> None:
     """Feed every batch of ``feeds`` to the estimators of each named tensor."""
     ranks = tensor_ranks(model)
     reduced = [n for n, group in estimators.items()
@@ -34,7 +35,7 @@ def observe(model: onnx.ModelProto, estimators: dict[str, list[RangeEstimator]],
     nonnegative = nonnegative_tensors(model) & set(reduced)
     batch = max((next(iter(f.values())).shape[0] for f in feeds if f), default=1)
     sized = sized_for(model, feeds[0]) if feeds else model
-    groups = tensor_groups(sized, exposed, batch, budget) or [[]]
+    groups = tensor_groups(sized, exposed, batch, DEFAULT_BUDGET_BYTES) or [[]]
     rows = slice_rows(sized)
     for index, group in enumerate(groups):
         first = index == 0  # the reductions ride along with the first pass
@@ -72,8 +73,7 @@ def sized_for(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.Model
                and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in value.type.tensor_type.shape.dim[1:])]
     if not dynamic:
         return model
-    sized = onnx.ModelProto()
-    sized.CopyFrom(model)
+    sized = copy.deepcopy(model)
     del sized.graph.value_info[:]
     for value in sized.graph.input:
         array = feed.get(value.name)
@@ -105,8 +105,7 @@ def with_outputs(model: onnx.ModelProto, exposed: list[str], reduced: list[str],
                  nonnegative: set[str] = frozenset()) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are the ``exposed`` tensors and, for each ``reduced`` tensor,
     its per-sample maximum and, unless it is ``nonnegative``, minimum (over every axis but the first)."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result = copy.deepcopy(model)
     graph = result.graph
     known = {v.name: v for v in _values(model)}
     del graph.output[:]

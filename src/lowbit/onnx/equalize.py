@@ -16,15 +16,10 @@ from lowbit.qdq.graph_index import remove_unused
 
 
 def equalize(model, absorb_high_bias: bool = True) -> tuple[onnx.ModelProto, list[EqualizedGroup]]:
-    """Cross-layer equalization (Nagel et al. 2019) of ``model`` (path or ModelProto): a copy with its
-    BatchNorms folded and its layer chains equalized, and the groups equalized.
-
-    Chains, scales and high-bias absorption are those of ``lowbit.equalize`` for PyTorch: Conv (one
-    group or depthwise) and Gemm nodes whose output feeds only the next one, through Relu, LeakyRelu,
-    Identity, Dropout or Clip(0, 6) — ReLU6, which becomes a Relu (FP32 outputs change where
-    activations exceeded 6, as with the PyTorch front end) — and nothing else. High bias moves from a
-    layer with a folded BatchNorm, through Relu, into a successor without padding.
-    """
+    """Cross-layer equalization (Nagel et al. 2019) of ``model`` (path or ModelProto): a copy with its BatchNorms
+    folded and its layer chains equalized, and the groups equalized. Chains, scales and high-bias absorption are
+    those of ``lowbit.equalize`` for PyTorch: a Clip(0, 6) in a chain becomes a Relu (FP32 outputs change where
+    activations exceeded 6); high bias moves from a layer with a folded BN, through Relu, into one without padding."""
     result, _, statistics = fold_with_statistics(load_model(model))
     facts = GraphFacts(result)
     layers = {node.name: weighted_layer(facts, node) for node in facts.graph.node}

@@ -67,4 +67,3 @@ class GraphInputs:
                 raise InputError(f"input '{value.name}' is {array.dtype}; the model expects {dtype}")
             array = array.astype(dtype)
         return array
-

@@ -25,13 +25,11 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 def weight_axis(node: onnx.NodeProto, weight: onnx.TensorProto) -> int | None:
     """Output-channel axis of ``node``'s weight: Conv 0, ConvTranspose 1, Gemm 0 with transB else 1,
     MatMul the last axis of a 2-D weight (None: no per-channel axis, as for an embedding table)."""
-    if node.op_type == "Gather":
-        return None
     if node.op_type == "Gemm":
         return 0 if attribute(node, "transB", 0) else 1
     if node.op_type == "MatMul":
         return 1 if len(weight.dims) == 2 else None
-    return {"Conv": 0, "ConvTranspose": 1}[node.op_type]
+    return {"Conv": 0, "ConvTranspose": 1, "Gather": None}[node.op_type]
 
 
 class GraphFacts(GraphIndex):
@@ -53,11 +51,6 @@ class GraphFacts(GraphIndex):
 
     def is_float(self, name: str) -> bool:
         return self.elem_type.get(name) in _FLOAT_TYPES
-
-    def runs_in_float(self, node: onnx.NodeProto) -> bool:
-        """A node computing float values from data with an op type lowbit does not quantize."""
-        return (node.op_type not in QUANTIZED_OP_TYPES and node.op_type not in CARRIES_INPUT
-                and any(self.is_float(o) and o not in self.static for o in node.output))
 
     def view(self, layers: dict | None = None) -> GraphView:
         """The graph as a view; ``layers`` (``WeightedLayer`` by node name) mark the layers the
@@ -89,9 +82,12 @@ class GraphFacts(GraphIndex):
 
 
 def float_op_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Op types left in float (see ``lowbit.target.vocabulary``), with how many nodes of each."""
+    """Op types left in float, with how many nodes of each: nodes computing float values from data with an op type
+    lowbit does not quantize (see ``lowbit.target.vocabulary``)."""
     facts = GraphFacts(model)
-    return dict(Counter(node.op_type for node in facts.graph.node if facts.runs_in_float(node)))
+    return dict(Counter(node.op_type for node in facts.graph.node
+                        if node.op_type not in QUANTIZED_OP_TYPES and node.op_type not in CARRIES_INPUT
+                        and any(facts.is_float(o) and o not in facts.static for o in node.output)))
 
 
 def _is_depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:

@@ -25,8 +25,7 @@ def layer_costs(sim, groups, args, kwargs) -> dict[str, tuple[int, int, int]]:
         macs = weights = 0
         if group.weights:
             weight = numpy_helper.to_array(initializers[sim.point(group.weights[0]).module])
-            node = nodes[group.name]
-            macs = values[produced[group.name]].numel() * _macs_per_output(node, weight.shape)
+            macs = values[produced[group.name]].numel() * _macs_per_output(nodes[group.name], weight.shape)
             weights = weight.size
         costs[group.name] = (macs, weights, outputs)
     return costs

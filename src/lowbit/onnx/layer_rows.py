@@ -1,6 +1,5 @@
-"""Rows of one ONNX layer for the per-layer techniques: its input as the simulation computes it (the
-QDQ graph in onnxruntime, earlier layers already final) and its output in the float model, sampled
-as input patches by ``lowbit.algorithms.layer_rows`` on a torch layer built from the node's attributes."""
+"""Rows of one ONNX layer for the per-layer techniques: its input as the QDQ graph computes it and its float output,
+sampled as input patches by ``lowbit.algorithms.layer_rows`` on a torch layer built from the node's attributes."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def padded(node: onnx.NodeProto, kernel: tuple[int, ...], x: torch.Tensor) -> to
     if node.op_type != "Conv":
         return x
     rank = len(kernel)
-    auto_pad = attribute(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = attribute(node, "auto_pad", b"NOTSET").decode()  # a string attribute's value is bytes
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         strides = attribute(node, "strides", [1] * rank)
         dilations = attribute(node, "dilations", [1] * rank)
@@ -115,7 +113,6 @@ class LayerRows:
                                  memory_limit)
             cache.append(*sample_rows(torch_layer, x, y, per_batch, generator))
         return cache
-
 
     def collect_block(self, block: Block, memory_limit: int, description: str) -> RowCache:
         """Every sample's block input as the sim computes it (its quantizers not yet applied) and float output."""

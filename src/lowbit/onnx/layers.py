@@ -90,9 +90,8 @@ class WeightedLayer:
 def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | None:
     """``node`` as a WeightedLayer, or None: not a Conv, Gemm or MatMul, a shared or non-initializer weight (MatMul: not
     2-D), or a Gemm with transA, alpha ≠ 1, or a bias it scales or broadcasts."""
-    if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in facts.initializers:
-        return None
-    if len(facts.consumers[node.input[1]]) != 1:
+    if (node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in facts.initializers
+            or len(facts.consumers[node.input[1]]) != 1):
         return None
     stored = numpy_helper.to_array(facts.initializers[node.input[1]])
     weight = torch.from_numpy(stored.astype(np.float64))
@@ -111,9 +110,8 @@ def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | N
     bias = None
     if len(node.input) > 2 and node.input[2]:
         tensor = facts.initializers.get(node.input[2])
-        if tensor is None or int(np.prod(tensor.dims)) != weight.shape[0] or len(tensor.dims) != 1:
-            return None
-        if node.op_type == "Gemm" and attribute(node, "beta", 1.0) != 1.0:
+        if (tensor is None or int(np.prod(tensor.dims)) != weight.shape[0] or len(tensor.dims) != 1
+                or (node.op_type == "Gemm" and attribute(node, "beta", 1.0) != 1.0)):
             return None
         bias = _vector(facts, node.input[2])
     groups = attribute(node, "group", 1) if node.op_type == "Conv" else 1

@@ -113,10 +113,10 @@ def name_nodes(proto: onnx.ModelProto) -> None:
         taken.add(node.name)
 
 
-def constants_to_initializers(proto: onnx.ModelProto) -> int:
+def constants_to_initializers(proto: onnx.ModelProto) -> None:
     """Move the tensors of top-level Constant nodes, and of Identity nodes reading an initializer (how
-    exporters share equal tensors), into initializers of their own (in place); returns how many."""
-    graph, kept, moved = proto.graph, [], 0
+    exporters share equal tensors), into initializers of their own (in place)."""
+    graph, kept = proto.graph, []
     initializers = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     for node in graph.node:
@@ -130,11 +130,9 @@ def constants_to_initializers(proto: onnx.ModelProto) -> int:
         tensor.name = node.output[0]
         graph.initializer.append(tensor)
         initializers[tensor.name] = graph.initializer[-1]
-        moved += 1
-    if moved:
+    if len(kept) < len(graph.node):
         del graph.node[:]
         graph.node.extend(kept)
-    return moved
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:

@@ -27,29 +27,26 @@ def tagged_model(model: onnx.ModelProto, points: list[QuantPoint], quantizers: d
     by_weight = {p.module: p for p in points if p.role == "weight"}
     initializers, nodes, renamed = [], [], {}
 
-    def pair(source: str, key: str, rank: int) -> tuple[list[onnx.NodeProto], str]:
-        nodes_, tensors, dequantized = _qdq_nodes(source, key, quantizers[key], rank)
+    def pair(source: str, key: str, rank: int) -> str:
+        """Append a Q → DQ pair reading ``source`` and its initializers; return the DQ's output."""
+        new, tensors, dequantized = _qdq_nodes(source, key, quantizers[key], rank)
+        nodes.extend(new)
         initializers.extend(tensors)
-        return nodes_, dequantized
+        return dequantized
 
     for name in [i.name for i in graph.input if i.name in by_tensor]:
-        new, renamed[name] = pair(name, by_tensor[name].key, ranks.get(name, 0))
-        nodes.extend(new)
+        renamed[name] = pair(name, by_tensor[name].key, ranks.get(name, 0))
     for node in graph.node:
-        extra_before = []
         for index, name in enumerate(node.input):
             point = by_input.get((node.name, name))
             if point is not None:
-                new, node.input[index] = pair(renamed.get(name, name), point.key, ranks.get(name, 0))
-                extra_before.extend(new)
+                node.input[index] = pair(renamed.get(name, name), point.key, ranks.get(name, 0))
             elif name in by_weight:
                 if name not in renamed:
-                    new, renamed[name] = pair(name, by_weight[name].key, ranks[name])
-                    extra_before.extend(new)
+                    renamed[name] = pair(name, by_weight[name].key, ranks[name])
                 node.input[index] = renamed[name]
             else:
                 node.input[index] = renamed.get(name, name)
-        nodes.extend(extra_before)
         nodes.append(node)
         for index, name in enumerate(node.output):
             point = by_tensor.get(name)
@@ -57,11 +54,10 @@ def tagged_model(model: onnx.ModelProto, points: list[QuantPoint], quantizers: d
                 continue
             if name in outputs:  # the DQ writes the graph output; the op now writes a new name
                 node.output[index] = f"{name}_pre_quantization"
-                new, dequantized = pair(node.output[index], point.key, ranks.get(name, 0))
-                new[-1].output[0] = name
+                pair(node.output[index], point.key, ranks.get(name, 0))
+                nodes[-1].output[0] = name
             else:
-                new, renamed[name] = pair(name, point.key, ranks.get(name, 0))
-            nodes.extend(new)
+                renamed[name] = pair(name, point.key, ranks.get(name, 0))
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(initializers)

@@ -59,10 +59,8 @@ class OnnxQuantSim(PlannedQuantizers):
         view = GraphFacts(self.model).view()
         self.points = plan(view, self.target)
         returned = returned_values(view)
-        self._quantizers = {
-            p.key: Quantizer(p.spec, model_output_scheme(scheme) if p.node in returned and p.role == "output"
-                             else scheme)
-            for p in self.points}
+        self._quantizers = {p.key: Quantizer(p.spec, model_output_scheme(scheme) if p.node in returned
+                                             and p.role == "output" else scheme) for p in self.points}
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
         self._split: SplitGraph | None = None
@@ -117,18 +115,16 @@ class OnnxQuantSim(PlannedQuantizers):
         self._split = self._session = None
 
     def weights_changed(self) -> None:
-        """Forget the QDQ graph built from the old initializers (a technique changed ``self.model``)."""
+        """Forget the QDQ graph built from the old initializers or encodings (a technique changed ``self.model``, or
+        encodings were set directly, as mixed precision does)."""
         self._split = self._session = None
 
-    def encodings_changed(self) -> None:
-        """Forget the QDQ graph built from the old encodings (they were set directly, as mixed precision does)."""
-        self._split = self._session = None
+    encodings_changed = weights_changed
 
     def _with_quantized_weights(self) -> onnx.ModelProto:
         """The FP32 model with each quantized weight replaced by its fake-quantized values: activation
         ranges are observed as the quantized model produces them (as the torch front end does)."""
-        result = onnx.ModelProto()
-        result.CopyFrom(self.model)
+        result = copy.deepcopy(self.model)
         weights = {p.module: self._quantizers[p.key] for p in self.points if p.role == "weight"}
         for tensor in result.graph.initializer:
             if tensor.name in weights:
@@ -249,9 +245,8 @@ class OnnxQuantSim(PlannedQuantizers):
         ``verify`` (batches), onnxruntime runs the written QDQ file on them and ``paths.fidelity`` compares
         every output with the sim's (which runs the same graph in onnxruntime)."""
         paths = write_export(self.split(), Path(out_dir), name, quantizer_args(self.target, self.scheme))
-        if verify is None:
-            return paths
-        return verify_export(self, paths, verify, note="the ONNX front end's sim is this QDQ graph run by onnxruntime")
+        return paths if verify is None else verify_export(
+            self, paths, verify, note="the ONNX front end's sim is this QDQ graph run by onnxruntime")
 
     def first_divergence(self, qdq_path, batch) -> None:
         """None: this sim runs the exported QDQ graph in onnxruntime, so the two never part."""
@@ -263,4 +258,3 @@ class OnnxQuantSim(PlannedQuantizers):
         note = "left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())) if left else ""
         return {"capture": "onnx", "note": note, "quantizers": self.quantizer_counts(), "target": self.target.name,
                 "runtime": self.runtime.name, "float_ops": left}
-

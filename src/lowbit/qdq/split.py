@@ -40,8 +40,7 @@ def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict
         if key is None:
             continue
         source = node.input[0]
-        encoding = quantizers[key].encoding.to("cpu")
-        (params if source in index.initializers else activation)[source] = encoding
+        (params if source in index.initializers else activation)[source] = quantizers[key].encoding.to("cpu")
         names[key] = source
         (dequantize,) = index.consumers[node.output[0]]
         pairs.append((node, dequantize))
@@ -99,9 +98,7 @@ def _float_model(model: onnx.ModelProto, pairs) -> onnx.ModelProto:
     for node in kept:
         for i, name in enumerate(node.input):
             node.input[i] = bypass.get(name, name)
-    for name in bypass:
-        if name in outputs:
-            kept.append(onnx.helper.make_node("Identity", [bypass[name]], [name]))
+    kept.extend(onnx.helper.make_node("Identity", [bypass[name]], [name]) for name in bypass if name in outputs)
     del graph.node[:]
     graph.node.extend(kept)
     remove_unused(graph)

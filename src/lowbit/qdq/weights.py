@@ -53,9 +53,8 @@ def fold_transposed_weights(graph: onnx.GraphProto) -> None:
         if node.op_type != "Transpose":
             continue
         dequantize = index.producer.get(node.input[0])
-        if dequantize is None or dequantize.op_type != "DequantizeLinear":
-            continue
-        if dequantize.input[0] not in index.initializers or len(index.consumers[dequantize.output[0]]) != 1:
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear"
+                or dequantize.input[0] not in index.initializers or len(index.consumers[dequantize.output[0]]) != 1):
             continue
         perm = [a.ints for a in node.attribute if a.name == "perm"]
         stored = numpy_helper.to_array(index.initializers[dequantize.input[0]])
@@ -88,11 +87,10 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
                                  torch.tensor(scales[1].reshape(-1)), widen=wide)
         # through float64: float32(2**31 - 1) is 2**31, which wraps to -2**31 as int32 (dead channels)
         integers = grid.double().clamp(-2**31, 2**31 - 1).numpy().astype(np.int32)
-        bias_scale = scale.contiguous().numpy()
         name = node.input[2]
         graph.initializer.extend([
             numpy_helper.from_array(integers, f"{name}_quantized"),
-            numpy_helper.from_array(bias_scale, f"{name}_scale"),
+            numpy_helper.from_array(scale.contiguous().numpy(), f"{name}_scale"),
             numpy_helper.from_array(np.zeros_like(integers), f"{name}_zero_point")])
         graph.node.append(helper.make_node(
             "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],

@@ -29,9 +29,7 @@ def apply_encodings_file(quantizers: dict, names: dict[str, str], document: Enco
         if spec.axis is not None and expected and loaded.scale.numel() != expected:
             raise EncodingsFileError(f"encodings file {source}: {name!r} has {loaded.scale.numel()} scales, "
                                      f"the model needs {expected}")
-        if expected:
-            scale = loaded.scale.reshape(quantizer.scale.shape)
-        else:
-            scale = loaded.scale.reshape(()) if spec.axis is None else loaded.scale
+        shape = quantizer.scale.shape if expected else (() if spec.axis is None else loaded.scale.shape)
+        scale = loaded.scale.reshape(shape)
         quantizer.encoding = Encoding(spec, scale, loaded.offset.reshape(scale.shape))
         quantizer.mode = "quantize"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.histogram import StreamingHistogram, row_aminmax
+from lowbit.quant.histogram import StreamingHistogram, prefix_sums, row_aminmax
 from lowbit.quant.spec import QuantSpec
 
 _STEPS_PER_SIDE = 24
@@ -100,7 +100,7 @@ def _kl_divergence(centers, counts, encoding):
     counts = counts.to(torch.float64)
     first = torch.searchsorted(centers, encoding.min.contiguous()).clamp(max=bins - 1)
     last = (torch.searchsorted(centers, encoding.max.contiguous(), right=True) - 1).clamp(min=0)
-    mass, nonzero, mass_log_mass = (_prefix_sums(values) for values in
+    mass, nonzero, mass_log_mass = (prefix_sums(values) for values in
                                     (counts, (counts > 0).to(torch.float64), _xlogx(counts)))
     total = mass[:, -1:]
     below, above = mass.gather(1, first), total - mass.gather(1, last + 1)
@@ -108,19 +108,13 @@ def _kl_divergence(centers, counts, encoding):
     kept = total - below - above
     edge_first, edge_last = counts.gather(1, first), counts.gather(1, last)
     p_log_p = (mass_log_mass.gather(1, last + 1) - mass_log_mass.gather(1, first)
-               - _xlogx(edge_first) - _xlogx(edge_last)
-               + _xlogx(edge_first + below) + _xlogx(edge_last + above))
+               - _xlogx(edge_first) - _xlogx(edge_last) + _xlogx(edge_first + below) + _xlogx(edge_last + above))
     q = level_mass / (level_nonzero.clamp(min=1) * kept.clamp(min=1e-12)[:, :, None])
     p_log_q = (torch.xlogy(level_mass, q).sum(2) + _edge_log_q(below, edge_first, q, centers, encoding, first)
                + _edge_log_q(above, edge_last, q, centers, encoding, last))
     divergence = (p_log_p - p_log_q) / total - torch.log(total)
     too_narrow = last - first + 1 < min(encoding.spec.levels, bins)
     return divergence.to(torch.float32).masked_fill(too_narrow, float("inf"))
-
-
-def _prefix_sums(values):
-    """[rows, bins + 1] cumulative sums of [rows, bins] ``values``, starting at 0."""
-    return torch.nn.functional.pad(values.cumsum(1), (1, 0))
 
 
 def _level_sums(centers, counts, encoding, below, above, first, last, nonzero):

@@ -23,9 +23,8 @@ class Encoding:
     @classmethod
     def from_range(cls, spec: QuantSpec, min_value, max_value) -> "Encoding":
         """Smallest grid of ``spec`` covering [min, max] that represents zero exactly."""
-        lo = torch.as_tensor(min_value, dtype=torch.float32).clamp(max=0.0)
-        hi = torch.as_tensor(max_value, dtype=torch.float32).clamp(min=0.0)
-        lo, hi = torch.nan_to_num(lo), torch.nan_to_num(hi)
+        lo = torch.nan_to_num(torch.as_tensor(min_value, dtype=torch.float32).clamp(max=0.0))
+        hi = torch.nan_to_num(torch.as_tensor(max_value, dtype=torch.float32).clamp(min=0.0))
         steps = spec.levels - 1
         if spec.symmetric:
             if not spec.signed and bool((lo >= 0).all()):

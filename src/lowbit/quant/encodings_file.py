@@ -27,8 +27,7 @@ _KINDS = {
     "a string": lambda value: isinstance(value, str),
     "a boolean": lambda value: isinstance(value, bool),
     "'True' or 'False'": lambda value: isinstance(value, bool) or value in ("True", "False"),
-    _INTEGER: lambda value: (isinstance(value, int) and not isinstance(value, bool)
-                             and abs(value) < 2**31),
+    _INTEGER: lambda value: isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31,
     _NUMBER: lambda value: (isinstance(value, (int, float)) and not isinstance(value, bool)
                             and abs(value) <= _FLOAT32_MAX),
     "a list": lambda value: isinstance(value, list),
@@ -79,8 +78,7 @@ def read_encodings(path) -> EncodingsFile:
     except FileNotFoundError:
         raise EncodingsFileError(f"{path}: file not found") from None
     except json.JSONDecodeError as error:
-        raise EncodingsFileError(
-            f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise EncodingsFileError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
     except UnicodeDecodeError:
         raise EncodingsFileError(f"{path}: not UTF-8 text") from None
     except OSError as error:
@@ -109,9 +107,8 @@ def _float_entry(name: str, bits: int) -> dict:
 
 
 def _parse(document) -> EncodingsFile:
-    where = "top level"
-    _check(document, "an object", where)
-    version = _get(document, "version", "a string", where)
+    _check(document, "an object", "top level")
+    version = _get(document, "version", "a string", "top level")
     readers = {VERSION: _read_list, LEGACY_VERSION: _read_legacy_dict}
     if version not in readers:
         raise EncodingsFileError(f"unknown version {version!r} (readable: {', '.join(readers)})")
@@ -120,8 +117,7 @@ def _parse(document) -> EncodingsFile:
     excluded = document.get("excluded_layers", [])
     _check_items(_check(excluded, "a list", "'excluded_layers'"), "a string", "'excluded_layers'")
     quantizer_args = _check(document.get("quantizer_args", {}), "an object", "'quantizer_args'")
-    return EncodingsFile(activation, params, {**activation_floats, **param_floats}, excluded,
-                         quantizer_args, version)
+    return EncodingsFile(activation, params, {**activation_floats, **param_floats}, excluded, quantizer_args, version)
 
 
 def _read_list(document: dict, key: str):
@@ -148,16 +144,14 @@ def _read_list(document: dict, key: str):
 def _read_int_entry(entry: dict, bits: int, where: str) -> Encoding:
     enc_type = _get(entry, "enc_type", "a string", where)
     if enc_type not in ENC_TYPES.values():
-        raise EncodingsFileError(
-            f"{where}: unknown enc_type {enc_type!r} (readable: {', '.join(ENC_TYPES.values())})")
+        raise EncodingsFileError(f"{where}: unknown enc_type {enc_type!r} (readable: {', '.join(ENC_TYPES.values())})")
     symmetric = _get(entry, "is_sym", "a boolean", where)
     scale = _check_items(_get(entry, "scale", "a list", where), _NUMBER, f"{where}: 'scale'")
     offset = _check_items(_get(entry, "offset", "a list", where), _INTEGER, f"{where}: 'offset'")
     block_size = _get(entry, "block_size", _INTEGER, where) if enc_type == "PER_BLOCK" else None
     if enc_type == "PER_TENSOR" and len(scale) != 1:
         raise EncodingsFileError(f"{where}: PER_TENSOR needs one scale, got {len(scale)}")
-    axis = None if enc_type == "PER_TENSOR" else 0
-    return _encoding(bits, symmetric, axis, block_size, scale, offset, where)
+    return _encoding(bits, symmetric, None if enc_type == "PER_TENSOR" else 0, block_size, scale, offset, where)
 
 
 def _read_legacy_dict(document: dict, key: str):
@@ -167,8 +161,7 @@ def _read_legacy_dict(document: dict, key: str):
         where = f"{key}[{name!r}]"
         if not _check(channels, "a list", where):
             raise EncodingsFileError(f"{where}: empty list of encodings")
-        fields = [_legacy_fields(channel, f"{where}[{index}]")
-                  for index, channel in enumerate(channels)]
+        fields = [_legacy_fields(channel, f"{where}[{index}]") for index, channel in enumerate(channels)]
         if len({kind for kind, _, _ in fields}) > 1:
             raise EncodingsFileError(f"{where}: channels differ in dtype, bitwidth or is_symmetric")
         (dtype, bits, symmetric), _, _ = fields[0]
@@ -199,9 +192,8 @@ def _legacy_fields(channel, where: str):
 def _encoding(bits, symmetric, axis, block_size, scale, offset, where) -> Encoding:
     """Encoding from checked file values; unsigned-symmetric when symmetric with all offsets 0."""
     if len(scale) != len(offset) or not scale:
-        raise EncodingsFileError(
-            f"{where}: 'scale' and 'offset' need the same, non-zero length, got {len(scale)} and "
-            f"{len(offset)}")
+        raise EncodingsFileError(f"{where}: 'scale' and 'offset' need the same, non-zero length, "
+                                 f"got {len(scale)} and {len(offset)}")
     scale_tensor = torch.tensor(scale, dtype=torch.float32)
     if not bool((scale_tensor > 0).all()):
         raise EncodingsFileError(f"{where}: 'scale' values must be positive")

@@ -13,13 +13,9 @@ def quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     Multiplies by 1/scale, as torch's fused fake-quant kernels do, so ties round the same way."""
     spec = encoding.spec
     if spec.block_size is not None:
-        rows = as_rows(x, spec)
-        inverse_scale = 1.0 / encoding.scale.reshape(-1, 1)
-        q = torch.round(rows * inverse_scale) - encoding.offset.reshape(-1, 1)
+        q = torch.round(as_rows(x, spec) * (1.0 / encoding.scale.reshape(-1, 1))) - encoding.offset.reshape(-1, 1)
         return _unrows(q.clamp(0, spec.levels - 1), x, spec).to(torch.int64)
-    scale = broadcastable(encoding.scale, x, spec)
-    offset = broadcastable(encoding.offset, x, spec)
-    q = torch.round(x * (1.0 / scale)) - offset
+    q = torch.round(x * (1.0 / broadcastable(encoding.scale, x, spec))) - broadcastable(encoding.offset, x, spec)
     return q.clamp(0, spec.levels - 1).to(torch.int64)
 
 
@@ -30,9 +26,7 @@ def dequantize(q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         rows = as_rows(q, spec).to(torch.float32)
         real = (rows + encoding.offset.reshape(-1, 1)) * encoding.scale.reshape(-1, 1)
         return _unrows(real, q, spec)
-    scale = broadcastable(encoding.scale, q, spec)
-    offset = broadcastable(encoding.offset, q, spec)
-    return (q + offset).to(torch.float32) * scale
+    return (q + broadcastable(encoding.offset, q, spec)).to(torch.float32) * broadcastable(encoding.scale, q, spec)
 
 
 def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
@@ -46,32 +40,29 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     if x.dtype != torch.float32:
         return fake_quantize(x.float(), encoding).to(x.dtype)
     if spec.axis is None and not (torch.is_grad_enabled() and x.requires_grad) and not torch.onnx.is_in_onnx_export():
-        return _fake_quantize_per_tensor_values(x, encoding)
+        return _per_tensor_grid(x, encoding).mul_(encoding.scale.reshape(()))
     if spec.axis is None and _composable(encoding):
         low = float(encoding.offset.reshape(()))
         return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low, low + qmax, False)
     if spec.axis is None:
-        return torch.fake_quantize_per_tensor_affine(
-            x, encoding.scale.reshape(1), zero_point.reshape(1), 0, qmax)
-    return torch.fake_quantize_per_channel_affine(
-        x, encoding.scale, zero_point, spec.axis % x.dim(), 0, qmax)
-
-
-def _fake_quantize_per_tensor_values(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-    """The values of torch's fused per-tensor kernel (round(x · fl(1/scale)), clamped, times scale),
-    bit for bit, with vectorised ops and no gradient mask: for when no gradient is needed."""
-    low = _grid_low(encoding, x)
-    grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
-    return grid.clamp_(low, low + (encoding.spec.levels - 1)).mul_(encoding.scale.reshape(()))
+        return torch.fake_quantize_per_tensor_affine(x, encoding.scale.reshape(1), zero_point.reshape(1), 0, qmax)
+    return torch.fake_quantize_per_channel_affine(x, encoding.scale, zero_point, spec.axis % x.dim(), 0, qmax)
 
 
 def fake_quantize_per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values of :func:`_fake_quantize_per_tensor_values` (float32, per-tensor, no gradient) and
-    the centred grid indices c they are c · scale of (float32)."""
-    low = _grid_low(encoding, x)
-    grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
-    grid.clamp_(low, low + (encoding.spec.levels - 1))
+    """The values of torch's fused per-tensor kernel (float32, no gradient), bit for bit, and the centred grid
+    indices c they are c · scale of (float32)."""
+    grid = _per_tensor_grid(x, encoding)
     return torch.mul(grid, encoding.scale.reshape(())), grid
+
+
+def _per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """round(x · fl(1/scale)) clamped to a per-tensor grid, as torch's fused kernel computes it, vectorised. The
+    bound is a float (the faster clamp), or a tensor while torch.compile traces (a float would break its graph)."""
+    low = encoding.offset.reshape(())
+    low = low.to(x.dtype) if torch.compiler.is_compiling() else float(low)
+    grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
+    return grid.clamp_(low, low + (encoding.spec.levels - 1))
 
 
 def _fake_quantize_blocks(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
@@ -130,10 +121,3 @@ class _PerTensorStraightThrough(torch.autograd.Function):
     def backward(ctx, gradient):
         (inside,) = ctx.saved_tensors
         return gradient * inside, None, None, None, None
-
-
-def _grid_low(encoding: Encoding, x: torch.Tensor) -> float | torch.Tensor:
-    """The lowest centred grid index of a per-tensor encoding: a float (the faster clamp bound), or a
-    tensor while torch.compile traces (reading a float would break its graph)."""
-    low = encoding.offset.reshape(())
-    return low.to(x.dtype) if torch.compiler.is_compiling() else float(low)

@@ -29,6 +29,11 @@ def row_aminmax(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.aminmax(rows, dim=1)
 
 
+def prefix_sums(values: torch.Tensor) -> torch.Tensor:
+    """[rows, bins + 1] cumulative sums of [rows, bins] ``values``, starting at 0."""
+    return torch.nn.functional.pad(values.cumsum(1), (1, 0))
+
+
 class StreamingHistogram:
     """One histogram of ``bins`` bins per row over the exact min/max seen (``lo``, ``hi``), widened as data grows.
     Rows over ``max_counted`` values a batch are counted on a systematic sample, weighted so counts sum to the total."""
@@ -112,14 +117,13 @@ class StreamingHistogram:
 
     def _rebin(self, new_lo: torch.Tensor, new_hi: torch.Tensor) -> None:
         """Re-distribute counts onto a wider range, assuming values uniform within a bin."""
-        cumulative = torch.nn.functional.pad(self.counts.cumsum(1), (1, 0))
+        cumulative = prefix_sums(self.counts)
         steps = torch.arange(self.bins + 1, device=new_lo.device, dtype=torch.float32) / self.bins
         new_edges = new_lo[:, None] + (new_hi - new_lo)[:, None] * steps
         position = ((new_edges - self.lo[:, None]) / (self.hi - self.lo)[:, None] * self.bins)
         position = position.clamp(0, self.bins).to(torch.float64)
         left = position.floor().clamp(max=self.bins - 1).long()
         fraction = position - left
-        below = cumulative.gather(1, left)
-        above = cumulative.gather(1, left + 1)
+        below, above = cumulative.gather(1, left), cumulative.gather(1, left + 1)
         self.counts = (below + fraction * (above - below)).diff(dim=1).clamp(min=0)
         self.lo, self.hi = new_lo, new_hi

@@ -19,8 +19,7 @@ def as_rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if spec.block_size is None:
         return rows
     if rows.shape[1] % spec.block_size:
-        raise SpecError(
-            f"block size {spec.block_size} does not divide the {rows.shape[1]} elements per channel")
+        raise SpecError(f"block size {spec.block_size} does not divide the {rows.shape[1]} elements per channel")
     return rows.reshape(-1, spec.block_size)
 
 

@@ -71,11 +71,10 @@ class Quantizer(nn.Module):
         return "learned_scale" in self._parameters
 
     def learn_ranges(self, enabled: bool = True, batched: bool = False) -> "Quantizer":
-        """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values.
-        ``learned_scale`` (asymmetric specs: also ``learned_zero_point``) train with LSQ/LSQ+ gradients (Esser et al.
-        2020), scaled by 1/sqrt(values per scale · largest grid index), values of one sample where ``batched`` (an
-        activation: dim 0 is the batch, so the batch size does not change the gradient); the encoding follows them
-        (zero point rounded), so what the sim emulates and exports is what was trained."""
+        """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values. ``learned_scale``
+        (asymmetric: also ``learned_zero_point``) train with LSQ/LSQ+ gradients (Esser et al. 2020) scaled by
+        1/sqrt(values per scale · top grid index), values of one sample where ``batched`` (dim 0 is the batch); the
+        encoding follows them (zero point rounded), so what the sim emulates and exports is what was trained."""
         if self.learning:
             self._follow_learned()
         for name in ("learned_scale", "learned_zero_point"):
@@ -106,9 +105,8 @@ class Quantizer(nn.Module):
     def _learnable_fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Fake quantization with gradients to ``x``, the scale and the zero point (LSQ / LSQ+)."""
         top = self.spec.levels - 1
-        zero_point = self._parameters.get("learned_zero_point")
-        if zero_point is None:
-            zero_point = (-self.offset).to(torch.float32)
+        learned = "learned_zero_point" in self._parameters
+        zero_point = self.learned_zero_point if learned else (-self.offset).to(torch.float32)
         values = x.numel() / (1 if self.spec.axis is None else self.scale.numel())
         if self.batched and x.dim() > 1:
             values /= x.shape[0]
@@ -143,10 +141,8 @@ class Quantizer(nn.Module):
         lo, hi = self.estimator.range()
         if constraints is not None:
             lo, hi = lo.clamp(min=constraints[0]), hi.clamp(max=constraints[1])
-        if shape is not None:
+        if shape is not None or self.spec.axis is None:
             lo, hi = lo.reshape(encoding_shape(shape, self.spec)), hi.reshape(encoding_shape(shape, self.spec))
-        elif self.spec.axis is None:
-            lo, hi = lo.reshape(()), hi.reshape(())
         self.encoding = Encoding.from_range(self.spec, lo, hi)
         self.estimator = None
         self.mode = "quantize"
@@ -164,8 +160,7 @@ class Quantizer(nn.Module):
         self._on_grid = (marked, x._version, integers, self.scale)
 
     def __getstate__(self):
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         state.pop("_on_grid", None)  # a weak reference to a transient tensor
         return state
 
@@ -202,9 +197,8 @@ class Quantizer(nn.Module):
                     return self._learnable_fake_quantize(x)
             if self._is_on_grid(x):
                 return x
-            if (not self.divide and self.spec.axis is None and self.spec.block_size is None
-                    and x.dtype == torch.float32
-                    and not torch.is_grad_enabled() and fast_path_allowed() and self.scale.dim() == 0):
+            if (not self.divide and self.spec.axis is None and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                    and fast_path_allowed() and self.scale.dim() == 0):
                 output, integers = fake_quantize_per_tensor_grid(x, self.encoding)
                 self.mark_on_grid(output, integers)
                 return output

@@ -6,7 +6,7 @@ import torch
 
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.clipping_search import entropy_range, sqnr_range, sqnr_range_of_values
-from lowbit.quant.histogram import StreamingHistogram, row_aminmax
+from lowbit.quant.histogram import StreamingHistogram, prefix_sums, row_aminmax
 from lowbit.quant.layout import as_rows, in_memory_order
 from lowbit.quant.spec import QuantSpec
 
@@ -32,6 +32,12 @@ class RangeEstimator:
         raise NotImplementedError
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row (min, max) to quantize with; NotCalibratedError before any batch."""
+        if self.batches == 0:
+            raise NotCalibratedError("no batch reached this quantizer during calibration")
+        return self._range()
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def merge(self, other: "RangeEstimator") -> None:
@@ -46,10 +52,6 @@ class RangeEstimator:
 
     def _merge(self, other) -> None:
         raise NotImplementedError
-
-    def _require_data(self) -> None:
-        if self.batches == 0:
-            raise NotCalibratedError("no batch reached this quantizer during calibration")
 
 
 class MinMaxEstimator(RangeEstimator):
@@ -76,8 +78,7 @@ class MinMaxEstimator(RangeEstimator):
     def _merge(self, other) -> None:
         self._widen(other.lo, other.hi)
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         return self.lo, self.hi
 
 
@@ -85,12 +86,12 @@ class MeanMinMaxEstimator(RangeEstimator):
     """Mean over samples (first dimension) of each sample's minimum and maximum: one outlier image
     widens the range by 1/N of its excess instead of setting it (NNCF's activation default)."""
 
+    takes_extremes = True
+
     def __init__(self, spec: QuantSpec):
         super().__init__(spec)
         self.lo_sum = self.hi_sum = None
         self.samples = 0
-
-    takes_extremes = True
 
     def observe(self, x):
         self.observe_extremes(*self._per_sample_aminmax(x.detach()))
@@ -122,8 +123,7 @@ class MeanMinMaxEstimator(RangeEstimator):
         lo, hi = row_aminmax(rows.reshape(channels * samples, -1))
         return lo.reshape(channels, samples), hi.reshape(channels, samples)
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         return self.lo_sum / self.samples, self.hi_sum / self.samples
 
 
@@ -150,10 +150,9 @@ class PercentileEstimator(HistogramEstimator):
         super().__init__(spec, bins)
         self.percentile = percentile
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         counts = self.histogram.counts
-        cumulative = torch.nn.functional.pad(counts.cumsum(1), (1, 0))
+        cumulative = prefix_sums(counts)
         total = cumulative[:, -1:]
         tail = (100.0 - self.percentile) / 100.0
         targets = torch.cat([total * tail, total * (1.0 - tail)], dim=1).contiguous()
@@ -169,16 +168,14 @@ class PercentileEstimator(HistogramEstimator):
 class SqnrEstimator(HistogramEstimator):
     """Clipping range minimising the expected quantization MSE on the histogram."""
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         return sqnr_range(self.histogram, self.spec)
 
 
 class EntropyEstimator(HistogramEstimator):
     """Clipping range minimising KL(histogram ‖ its quantized version) (TensorRT-style)."""
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         return entropy_range(self.histogram, self.spec)
 
 
@@ -213,8 +210,7 @@ class WeightSqnrEstimator(RangeEstimator):
     def _merge(self, other) -> None:
         self.update(other.values)
 
-    def range(self):
-        self._require_data()
+    def _range(self):
         if self.spec.symmetric or self.values.shape[1] <= self.bins:
             return sqnr_range_of_values(self.values, self.spec)
         histogram = StreamingHistogram(self.bins, max_counted=self.values.shape[1])

@@ -33,11 +33,6 @@ class QuantSpec:
         return 1 << self.bits
 
     @property
-    def per_channel(self) -> bool:
-        """Whether the encoding holds one scale per channel (or block)."""
-        return self.axis is not None
-
-    @property
     def granularity(self) -> str:
         """'per_tensor', 'per_channel' or 'per_block'."""
         if self.block_size is not None:

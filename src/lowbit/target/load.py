@@ -41,10 +41,8 @@ def _looks_like_preset_name(spec: str) -> bool:
 def _load_preset(name: str) -> Target:
     names = preset_names()
     if name not in names:
-        raise TargetError(
-            f"unknown target preset {name!r}; available: {', '.join(names)} "
-            "(a file path needs a path separator or a .json suffix)"
-        )
+        raise TargetError(f"unknown target preset {name!r}; available: {', '.join(names)} "
+                          "(a file path needs a path separator or a .json suffix)")
     return Target(_parse_json((_PRESETS / f"{name}.json").read_text(encoding="utf-8"), name), name=name)
 
 
@@ -65,6 +63,5 @@ def _parse_json(text: str, source: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise TargetError(
-            f"target {source!r}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
+        raise TargetError(f"target {source!r}: malformed JSON at line {error.lineno}, column {error.colno}: "
+                          f"{error.msg}") from None

@@ -47,8 +47,7 @@ def weight_spec(rule: OpRule, op_type: str, axis: int | None = None) -> QuantSpe
     weight = rule.param("weight")
     if not weight.quantized or weight.dtype != "int":
         return None
-    if axis is None:
-        axis = WEIGHT_CHANNEL_AXIS.get(op_type)
+    axis = WEIGHT_CHANNEL_AXIS.get(op_type) if axis is None else axis
     return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True,
                      axis=axis if weight.per_channel else None)
 

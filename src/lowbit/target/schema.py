@@ -78,12 +78,8 @@ def _unknown_key(path: str, key: str, known: Mapping[str, Check]) -> str:
     return f"unknown key {_join(path, key)} ({hint})"
 
 
-def _object(
-    fields: Mapping[str, Check],
-    required: tuple[str, ...] = (),
-    item: str = "key",
-    also: Check | None = None,
-) -> Check:
+def _object(fields: Mapping[str, Check], required: tuple[str, ...] = (), item: str = "key",
+            also: Check | None = None) -> Check:
     """A check for a JSON object with only ``fields``, the ``required`` ones present, then ``also``."""
 
     def check(value: object, path: str) -> None:
@@ -141,56 +137,32 @@ def _min_below_max(constraints: dict, path: str) -> None:
         raise _Invalid(f"{path}.min must be below {path}.max, got {constraints['min']} and {constraints['max']}")
 
 
-_kernel_tensor = _object(
-    {"bitwidth": _integer, "dtype": _dtype}, required=("bitwidth", "dtype"), also=_bitwidth_fits_dtype
-)
+_kernel_tensor = _object({"bitwidth": _integer, "dtype": _dtype}, required=("bitwidth", "dtype"),
+                         also=_bitwidth_fits_dtype)
 _param_flags = _object({"is_quantized": _boolean, "is_symmetric": _boolean})
 _op_flags = {"is_input_quantized": _boolean, "is_output_quantized": _boolean, "is_symmetric": _boolean}
 
-_defaults = _object(
-    {
-        "ops": _object(_op_flags),
-        "params": _param_flags,
-        "strict_symmetric": _boolean,
-        "unsigned_symmetric": _boolean,
-        "per_channel_quantization": _boolean,
-        "hw_version": _string,
-        "supported_kernels": _list(
-            _object({"activation": _kernel_tensor, "param": _kernel_tensor}, required=("activation", "param")),
-            min_items=1,
-            noun="kernel",
-        ),
-    },
-    required=("ops", "params"),
-)
+_defaults = _object({
+    "ops": _object(_op_flags), "params": _param_flags,
+    "strict_symmetric": _boolean, "unsigned_symmetric": _boolean, "per_channel_quantization": _boolean,
+    "hw_version": _string,
+    "supported_kernels": _list(_object({"activation": _kernel_tensor, "param": _kernel_tensor},
+                                       required=("activation", "param")), min_items=1, noun="kernel"),
+}, required=("ops", "params"))
 
-_op_entry = _object(
-    {
-        **_op_flags,
-        "per_channel_quantization": _boolean,
-        "params": _any_keys(_param_flags),
-        "supported_kernels": _list(
-            _object({"activation": _kernel_tensor, "param": _kernel_tensor}, required=("activation",)),
-            min_items=1,
-            noun="kernel",
-        ),
-        "encoding_constraints": _object({"min": _number, "max": _number}, required=("min", "max"), also=_min_below_max),
-    }
-)
+_op_entry = _object({
+    **_op_flags, "per_channel_quantization": _boolean, "params": _any_keys(_param_flags),
+    "supported_kernels": _list(_object({"activation": _kernel_tensor, "param": _kernel_tensor},
+                                       required=("activation",)), min_items=1, noun="kernel"),
+    "encoding_constraints": _object({"min": _number, "max": _number}, required=("min", "max"), also=_min_below_max),
+})
 
-_check_target = _object(
-    {
-        "defaults": _defaults,
-        "params": _any_keys(_param_flags),
-        "op_type": _any_keys(_op_entry),
-        "supergroups": _list(_object({"op_list": _list(_string, min_items=2, noun="op types")}, required=("op_list",))),
-        "model_input": _object({"is_input_quantized": _boolean}),
-        "model_output": _object({"is_output_quantized": _boolean}),
-        "supergroup_pass_list": _list(_string),
-        "version": _string_or_number,
-        "lowbit": _object({"description": _one_line,
-                           "runtime_param_bits": _object({name: _integer for name in KERNELS}, item="runtime")}),
-    },
-    required=("defaults", "params", "op_type", "supergroups", "model_input", "model_output"),
-    item="section",
-)
+_check_target = _object({
+    "defaults": _defaults, "params": _any_keys(_param_flags), "op_type": _any_keys(_op_entry),
+    "supergroups": _list(_object({"op_list": _list(_string, min_items=2, noun="op types")}, required=("op_list",))),
+    "model_input": _object({"is_input_quantized": _boolean}),
+    "model_output": _object({"is_output_quantized": _boolean}),
+    "supergroup_pass_list": _list(_string), "version": _string_or_number,
+    "lowbit": _object({"description": _one_line,
+                       "runtime_param_bits": _object({name: _integer for name in KERNELS}, item="runtime")}),
+}, required=("defaults", "params", "op_type", "supergroups", "model_input", "model_output"), item="section")

@@ -10,28 +10,10 @@ from types import MappingProxyType
 from lowbit.target.rules import OpRule, ParamRule, TensorRule
 from lowbit.target.schema import validate
 
-PASSTHROUGH_OPS = frozenset(
-    {
-        "Reshape",
-        "Flatten",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Identity",
-        "Dropout",
-        "Pad",
-        "MaxPool",
-        "GlobalMaxPool",
-        "ReduceMax",
-        "ReduceMin",
-        "Slice",
-        "Split",
-        "Expand",
-        "Tile",
-        "DepthToSpace",
-        "SpaceToDepth",
-    }
-)
+PASSTHROUGH_OPS = frozenset({
+    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Pad", "MaxPool", "GlobalMaxPool",
+    "ReduceMax", "ReduceMin", "Slice", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+})
 """Op types that never get a quantizer of their own: every output value is one of the input's values, so the input's
 encoding is exact for the output (Pad's zero is on the grid). Not Gather: an embedding lookup is a weighted op."""
 
@@ -77,9 +59,8 @@ class Target:
     def weight_rule(self, op_type: str, depthwise: bool) -> OpRule:
         """The rule for a layer's weights: a depthwise Conv's is op type ``DepthwiseConv``'s where the config has one
         (x86 depthwise int8 kernels' int16 sums cannot saturate, so they can take wider weights); else the op's own."""
-        if depthwise and op_type == "Conv" and DEPTHWISE_CONV in self._config["op_type"]:
-            return self.op(DEPTHWISE_CONV)
-        return self.op(op_type)
+        depthwise_rule = depthwise and op_type == "Conv" and DEPTHWISE_CONV in self._config["op_type"]
+        return self.op(DEPTHWISE_CONV if depthwise_rule else op_type)
 
     @property
     def supergroups(self) -> tuple[tuple[str, ...], ...]:
@@ -127,9 +108,8 @@ class Target:
         """Activation bitwidth of the first default kernel (8 when the config lists none)."""
         return _default_kernel(self._config)["activation"]["bitwidth"]
 
-    def with_overrides(
-        self, param_bits: int | None = None, act_bits: int | None = None, per_channel: bool | None = None
-    ) -> Target:
+    def with_overrides(self, param_bits: int | None = None, act_bits: int | None = None,
+                       per_channel: bool | None = None) -> Target:
         """A copy whose default integer bitwidths / per-channel flag are replaced; op-specific kernels stay,
         except that a ``param_bits`` override applies to depthwise convolutions too."""
         config = self.to_json()
@@ -214,13 +194,9 @@ def _resolve_op(config: Mapping, entry: Mapping) -> OpRule:
     per_channel = _flag("per_channel_quantization", entry, defaults)
 
     def param_rule(*sections: Mapping) -> ParamRule:
-        return ParamRule(
-            quantized=_flag("is_quantized", *sections, defaults["params"]),
-            bits=param_kernel["bitwidth"],
-            symmetric=_flag("is_symmetric", *sections, defaults["params"]),
-            per_channel=per_channel,
-            dtype=param_kernel["dtype"],
-        )
+        return ParamRule(quantized=_flag("is_quantized", *sections, defaults["params"]), bits=param_kernel["bitwidth"],
+                         symmetric=_flag("is_symmetric", *sections, defaults["params"]), per_channel=per_channel,
+                         dtype=param_kernel["dtype"])
 
     op_params = entry.get("params", {})
     kinds = {"weight", "bias", *config["params"], *op_params}
@@ -228,14 +204,10 @@ def _resolve_op(config: Mapping, entry: Mapping) -> OpRule:
     return OpRule(
         input_quantized=_flag("is_input_quantized", entry, defaults["ops"]),
         output_quantized=_flag("is_output_quantized", entry, defaults["ops"]),
-        activation=TensorRule(
-            bits=activation_kernel["bitwidth"],
-            symmetric=_flag("is_symmetric", entry, defaults["ops"]),
-            dtype=activation_kernel["dtype"],
-        ),
+        activation=TensorRule(bits=activation_kernel["bitwidth"], dtype=activation_kernel["dtype"],
+                              symmetric=_flag("is_symmetric", entry, defaults["ops"])),
         params=MappingProxyType(
-            {kind: param_rule(op_params.get(kind, {}), config["params"].get(kind, {})) for kind in sorted(kinds)}
-        ),
+            {kind: param_rule(op_params.get(kind, {}), config["params"].get(kind, {})) for kind in sorted(kinds)}),
         encoding_constraints=(float(constraints["min"]), float(constraints["max"])) if constraints else None,
         default_param=param_rule(),
     )

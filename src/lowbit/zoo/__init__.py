@@ -9,22 +9,7 @@ from lowbit.zoo.resnet import ResNet, resnet18, tiny_resnet
 from lowbit.zoo.sentence_encoder import mean_pooled, pretrained_sentence_encoder
 from lowbit.zoo.transformer import TransformerEncoderNet
 
-__all__ = [
-    "EfficientNetLite",
-    "MobileNetV2",
-    "ResNet",
-    "TransformerEncoderNet",
-    "augmented",
-    "calibration_photos",
-    "held_out_photos",
-    "imagenet_preprocess",
-    "labelled_photos",
-    "mean_pooled",
-    "mobilenet_v2",
-    "photos_to_batch",
-    "pretrained_efficientnet_lite0",
-    "pretrained_mobilenet_v2",
-    "pretrained_sentence_encoder",
-    "resnet18",
-    "tiny_resnet",
-]
+__all__ = ["EfficientNetLite", "MobileNetV2", "ResNet", "TransformerEncoderNet", "augmented", "calibration_photos",
+           "held_out_photos", "imagenet_preprocess", "labelled_photos", "mean_pooled", "mobilenet_v2",
+           "photos_to_batch", "pretrained_efficientnet_lite0", "pretrained_mobilenet_v2", "pretrained_sentence_encoder",
+           "resnet18", "tiny_resnet"]

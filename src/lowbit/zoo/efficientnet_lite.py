@@ -74,8 +74,7 @@ class EfficientNetLite(nn.Module):
         for block in self._blocks:
             x = block(x)
         x = self._swish(self._bn1(self._conv_head(x)))
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self._fc(x)
+        return self._fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 def pretrained_efficientnet_lite0() -> EfficientNetLite:

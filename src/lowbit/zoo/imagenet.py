@@ -17,10 +17,8 @@ def imagenet_preprocess(img: Image.Image, size: int | tuple[int, int] = 224, mea
     img = img.convert("RGB")
     height, width = (size, size) if isinstance(size, int) else size
     short = round(max(height, width) / 0.875)
-    if img.width <= img.height:
-        new = (short, int(short * img.height / img.width))
-    else:
-        new = (int(short * img.width / img.height), short)
+    portrait = img.width <= img.height
+    new = (short, int(short * img.height / img.width)) if portrait else (int(short * img.width / img.height), short)
     img = img.resize(new, Image.Resampling.BILINEAR)
     left = int(round((img.width - width) / 2.0))
     top = int(round((img.height - height) / 2.0))

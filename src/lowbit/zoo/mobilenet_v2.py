@@ -17,12 +17,8 @@ class ConvBNReLU6(nn.Sequential):
     """Conv2d, BatchNorm2d, ReLU6: torchvision's Conv2dNormActivation as MobileNetV2 uses it."""
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
-        padding = (kernel_size - 1) // 2
-        super().__init__(
-            nn.Conv2d(inp, oup, kernel_size, stride, padding, groups=groups, bias=False),
-            nn.BatchNorm2d(oup),
-            nn.ReLU6(),
-        )
+        super().__init__(nn.Conv2d(inp, oup, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(oup), nn.ReLU6())
 
 
 class InvertedResidual(nn.Module):
@@ -33,17 +29,12 @@ class InvertedResidual(nn.Module):
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
         layers = [ConvBNReLU6(inp, hidden, kernel_size=1)] if expand_ratio != 1 else []
-        layers += [
-            ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
-            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(oup),
-        ]
+        layers += [ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_res_connect:
-            return x + self.conv(x)
-        return self.conv(x)
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
 class MobileNetV2(nn.Module):
@@ -60,25 +51,16 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNReLU6(channels, 1280, kernel_size=1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(1280, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Initialise weights as torchvision does."""
-        for m in self.modules():
+        for m in self.modules():  # initialised as torchvision does (BatchNorm's defaults are its ones and zeros)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
 
 
 def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:

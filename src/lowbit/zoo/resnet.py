@@ -45,9 +45,8 @@ class ResNet(nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         """Stack `blocks` BasicBlocks; the first gets a conv1x1+bn downsample when the shape changes."""
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        downsample = (nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                      if stride != 1 or self.inplanes != planes else None)
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]

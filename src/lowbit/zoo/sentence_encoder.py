@@ -23,8 +23,7 @@ def pretrained_sentence_encoder():
         from transformers import AutoTokenizer, BertModel
     except ImportError:
         raise ModelLoadError(f"the transformers package is not installed: {_INSTALL_HINT}") from None
-    model = BertModel.from_pretrained(folder / "model").eval()
-    return model, AutoTokenizer.from_pretrained(folder / "model")
+    return BertModel.from_pretrained(folder / "model").eval(), AutoTokenizer.from_pretrained(folder / "model")
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
