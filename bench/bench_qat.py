@@ -79,10 +79,13 @@ def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool
     for layer in sim.model.modules():
         if isinstance(layer, WeightQuantized):
             layer.exact_training = False  # as lowbit.qat trains by default
-    float_model = MODELS[model_name]().train()
-    images = calib[0]
+    return step_cost(MODELS[model_name]().train(), sim, calib[0], repeats)
+
+
+def step_cost(float_model, qat_model, images: torch.Tensor, repeats: int = 6) -> dict:
+    """Median seconds of a training step (forward, backward, Adam) of each model, the two alternated."""
     steppers = {}
-    for name, module in (("float", float_model), ("qat", sim)):
+    for name, module in (("float", float_model), ("qat", qat_model)):
         optimizer = torch.optim.Adam(module.parameters(), lr=1e-6)
         module.train()
 

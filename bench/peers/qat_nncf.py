@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ["NNCF_CI"] = "1"  # NNCF's telemetry becomes a stub
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common  # noqa: E402
-from bench_qat import EVALUATION_IMAGES, N_LABELLED, TrainingCrops, figures  # noqa: E402
+from bench_qat import EVALUATION_IMAGES, N_LABELLED, TrainingCrops, figures, step_cost  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -52,26 +52,6 @@ def train(student, teacher, data, steps: int, lr: float) -> list[float]:
     return losses
 
 
-def step_ratio(quantized, batch: torch.Tensor) -> dict:
-    """Median seconds of a training step of the float model and of NNCF's QAT model, alternated."""
-    steppers = {}
-    for name, module in (("float", pretrained_mobilenet_v2().train()), ("qat", quantized)):
-        optimizer = torch.optim.Adam(module.parameters(), lr=1e-9)
-        module.train()
-
-        def step(module=module, optimizer=optimizer):
-            loss = module(batch).logsumexp(1).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        steppers[name] = step
-    times = _common.alternated_times(steppers, 6)
-    median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
-    quantized.eval()
-    return {"float_step_seconds": median["float"], "qat_step_seconds": median["qat"],
-            "qat_over_float": median["qat"] / median["float"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -95,7 +75,6 @@ def main() -> None:
     with torch.no_grad():
         outputs = torch.cat([quantized(b) for b in evals])
     after = figures(outputs, fp32)
-    cost = step_ratio(quantized, calib[0][:args.batch])
     with tempfile.TemporaryDirectory() as tmp:
         import onnxruntime
         path = Path(tmp) / "nncf.onnx"
@@ -106,6 +85,7 @@ def main() -> None:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         shipped = np.concatenate([session.run(None, {"input": b.numpy()})[0] for b in evals])
     agreement = float((shipped.argmax(1) == outputs.numpy().argmax(1)).mean())
+    cost = step_cost(pretrained_mobilenet_v2(), quantized, calib[0][:args.batch])  # after the export: it steps
     row = {"tool": f"nncf {nncf.__version__}", "model": "mobilenet_v2", "setting": "w8a8", "steps": args.steps,
            "batch": args.batch, "lr": args.lr, "before": before, "after": after, "qat_seconds": seconds,
            "loss_first_last": [losses[0], losses[-1]], "torch_vs_onnxruntime_top1": agreement, **cost,
