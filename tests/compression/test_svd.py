@@ -64,7 +64,7 @@ def test_layers_a_replacement_cannot_keep_are_one_line():
         spatial_svd(OwnPadding(3, 4, 2), 1)
     with pytest.raises(SpecError, match="one group"):
         weight_svd(nn.Conv2d(4, 4, 3, groups=4), 1)
-    with pytest.raises(SpecError, match="uneven 'same' padding"):
+    with pytest.raises(SpecError, match="'same' padding of a \\(2, 2\\) kernel is uneven"):
         spatial_svd(nn.Conv2d(3, 4, 2, padding="same"), 1)
     with pytest.raises(SpecError, match="rank of at least 1"):
         weight_svd(nn.Linear(3, 4), 0)

@@ -32,15 +32,15 @@ def _factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     return (u[:, :rank] * root).to(matrix.dtype), (root[:, None] * vh[:rank]).to(matrix.dtype)
 
 
-def _padding(layer: nn.Conv2d) -> tuple[int, int]:
-    """The layer's padding as two numbers per side (``"same"`` resolved; SpecError where it pads unevenly)."""
+def zero_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """The layer's zero padding per side as two numbers (``"same"`` resolved; SpecError where it pads unevenly)."""
     if layer.padding == "valid":
         return 0, 0
     if layer.padding != "same":
         return tuple(layer.padding)
     spans = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
     if any(span % 2 for span in spans):
-        raise SpecError(f"spatial_svd cannot split the uneven 'same' padding of a {tuple(layer.kernel_size)} kernel")
+        raise SpecError(f"the 'same' padding of a {tuple(layer.kernel_size)} kernel is uneven: it cannot be split")
     return tuple(span // 2 for span in spans)
 
 
@@ -77,7 +77,7 @@ def spatial_svd(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     # rows (input channel, kernel row), columns (output channel, kernel column)
     matrix = weight.permute(1, 2, 0, 3).reshape(inputs * height, outputs * width)
     left, right = _factors(matrix, rank)
-    (pad_h, pad_w), (stride_h, stride_w), (dil_h, dil_w) = _padding(layer), layer.stride, layer.dilation
+    (pad_h, pad_w), (stride_h, stride_w), (dil_h, dil_w) = zero_padding(layer), layer.stride, layer.dilation
     first = nn.Conv2d(inputs, rank, (height, 1), (stride_h, 1), (pad_h, 0), (dil_h, 1), bias=False)
     second = nn.Conv2d(rank, outputs, (1, width), (1, stride_w), (0, pad_w), (1, dil_w), bias=layer.bias is not None)
     first.weight.copy_(left.reshape(inputs, height, rank).permute(2, 0, 1).unsqueeze(-1))

@@ -51,7 +51,7 @@ def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
     before one only where exact (Linear, unpadded Conv1d/2d/3d). The layer keeps ``layer.folded_batchnorm``.
     Returns (layer, bn) name pairs."""
     args, kwargs = as_call(example_input)
-    gm = _trace_keeping_layers(model, args, kwargs)
+    gm = trace_keeping_layers(model, args, kwargs)
     run = _ExampleRun(gm)
     run.on_example(model, args, kwargs)
     uses = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
@@ -83,7 +83,7 @@ class _LayerTracer(fx.Tracer):
         return isinstance(module, _FOLDABLE + _BATCHNORMS) or super().is_leaf_module(module, qualified_name)
 
 
-def _trace_keeping_layers(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+def trace_keeping_layers(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     """``model`` traced with :class:`_LayerTracer`; GraphCaptureError when torch.fx cannot trace it."""
     concrete = left_out_defaults(model, args, kwargs)
     try:

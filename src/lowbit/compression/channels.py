@@ -1,0 +1,194 @@
+"""Channel pruning (He et al. 2017): a layer keeps the input channels that carry most of its output, the layers
+that produce them lose the matching output channels (through BatchNorm, activations and depthwise convolutions),
+and the kept weights are refit by least squares so the layer's output on data stays as close as it can."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lowbit.data import as_call, batch_of, checked_calls
+from lowbit.compression.svd import zero_padding
+from lowbit.errors import SpecError
+from lowbit.torch.batchnorm_fold import own_forward, trace_keeping_layers
+
+_CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+                nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity)
+_CHANNELWISE_FUNCTIONS = {F.relu, F.relu6, F.hardtanh, F.hardswish, F.silu, F.gelu, F.sigmoid, F.leaky_relu,
+                          torch.relu, torch.sigmoid, torch.tanh}
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+MAX_ROWS = 8192
+"""Sampled output positions the least-squares refit solves over."""
+
+
+@dataclass
+class ChannelChain:
+    """What pruning ``layer``'s input channels touches: the ``producer`` whose output channels go, and the
+    channel-wise modules between them (BatchNorms, depthwise convolutions) that lose the same channels."""
+
+    layer: str
+    producer: str
+    between: list[str]
+
+
+@dataclass
+class PrunedChannels:
+    """The pruned copy (``model``), the input channels ``layer`` kept, and the modules that were winnowed."""
+
+    model: nn.Module
+    layer: str
+    kept: list[int]
+    winnowed: list[str]
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, _CONVOLUTIONS) and module.groups == module.in_channels == module.out_channels > 1
+
+
+def _is_dense(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or isinstance(module, _CONVOLUTIONS) and module.groups == 1
+
+
+def _passes_channels(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` maps each channel to the same channel alone (an activation, Dropout, Identity)."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _CHANNELWISE)
+    return (node.op == "call_function" and node.target in _CHANNELWISE_FUNCTIONS
+            and not any(isinstance(a, fx.Node) for a in node.args[1:]))
+
+
+def channel_chain(gm: fx.GraphModule, node: fx.Node) -> ChannelChain | str:
+    """The chain feeding the layer ``node`` calls, or why its input channels cannot be pruned."""
+    current, between = node.args[0] if node.args else None, []
+    while True:
+        if not isinstance(current, fx.Node) or current.op == "placeholder":
+            return "its input is the model's input"
+        if len(current.users) != 1:
+            return f"its input channels also feed {len(current.users) - 1} other op(s) at {current.name}"
+        module = gm.get_submodule(current.target) if current.op == "call_module" else None
+        if module is not None and _is_dense(module):
+            return ChannelChain(node.target, current.target, between)
+        if module is not None and (isinstance(module, nn.modules.batchnorm._BatchNorm) or _is_depthwise(module)):
+            between.append(current.target)
+        elif not _passes_channels(gm, current):
+            return f"{current.name} lies between it and the layer that makes its input"
+        current = current.args[0]
+
+
+def prunable_layers(model: nn.Module, example_input) -> dict[str, ChannelChain | str]:
+    """Every Conv (one group) and Linear of ``model`` by name: its chain, or why its input channels cannot be pruned."""
+    gm = trace_keeping_layers(model, *as_call(example_input))
+    calls = [node for node in gm.graph.nodes if node.op == "call_module"]
+    uses = Counter(node.target for node in calls)
+    chains = {}
+    for node in calls:
+        if _is_dense(gm.get_submodule(node.target)):
+            chain = channel_chain(gm, node)
+            shared = [name for name in ([node.target] + ([chain.producer] + chain.between
+                                                         if isinstance(chain, ChannelChain) else [])) if uses[name] > 1]
+            chains[node.target] = f"{shared[0]} is called more than once" if shared else chain
+    return chains
+
+
+def _input_rows(layer: nn.Module, inputs: list[torch.Tensor], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B): up to ``rows`` sampled output positions of ``layer`` on ``inputs``; A holds each position's input
+    window per input channel ([positions, channels, window]), B the layer's output there without bias."""
+    generator = torch.Generator().manual_seed(0)
+    samples = [x.reshape(-1, x.shape[-1]) if isinstance(layer, nn.Linear) else x for x in inputs]
+    count = sum(len(s) for s in samples)
+    windows, outputs = [], []
+    for sample in samples:
+        share = max(1, rows * len(sample) // count)
+        if isinstance(layer, nn.Linear):
+            picked = sample[torch.randperm(len(sample), generator=generator)[:share]]
+            windows.append(picked[:, :, None])
+            outputs.append(picked @ layer.weight.T)
+            continue
+        for image in sample:
+            patches = F.unfold(image[None], layer.kernel_size, layer.dilation, zero_padding(layer), layer.stride)[0]
+            chosen = torch.randperm(patches.shape[1], generator=generator)[:max(1, share // len(sample))]
+            picked = patches[:, chosen]
+            windows.append(picked.T.reshape(len(chosen), layer.in_channels, -1))
+            outputs.append(picked.T @ layer.weight.reshape(layer.out_channels, -1).T)
+    return torch.cat(windows), torch.cat(outputs)
+
+
+def _refits(layer: nn.Module) -> bool:
+    """Whether the least-squares refit knows how ``layer`` computes (torch's Conv2d or Linear, zero padding)."""
+    return (isinstance(layer, (nn.Linear, nn.Conv2d)) and not own_forward(layer)
+            and getattr(layer, "padding_mode", "zeros") == "zeros")
+
+
+def _slice(module: nn.Module, kept: torch.Tensor, axis: int) -> None:
+    """Keep the channels ``kept`` of ``module`` along its weight's ``axis`` (0: outputs, 1: inputs), in place."""
+    count = len(kept)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = count
+        for name in ("weight", "bias"):
+            if getattr(module, name) is not None:
+                setattr(module, name, nn.Parameter(getattr(module, name).detach()[kept]))
+        for name in ("running_mean", "running_var"):
+            if getattr(module, name) is not None:
+                setattr(module, name, getattr(module, name)[kept].clone())
+        return
+    module.weight = nn.Parameter(module.weight.detach().index_select(axis, kept))
+    if axis == 0 and module.bias is not None:
+        module.bias = nn.Parameter(module.bias.detach()[kept])
+    if isinstance(module, nn.Linear):
+        setattr(module, "out_features" if axis == 0 else "in_features", count)
+    elif _is_depthwise(module):
+        module.in_channels = module.out_channels = module.groups = count
+    else:
+        setattr(module, "out_channels" if axis == 0 else "in_channels", count)
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: int = 4,
+                   reconstruct: bool = True) -> PrunedChannels:
+    """A copy of ``model`` where ``layer`` keeps ``keep`` input channels (those with the most weight norm × input
+    RMS on ``data``), its producers lose the others, and (``reconstruct``) its kept weights are refit by least
+    squares to its original output on ``data``. SpecError where the chain cannot be pruned."""
+    calls = list(checked_calls(data, None, num_batches))
+    pruned = copy.deepcopy(model)
+    chains = prunable_layers(pruned, batch_of(calls[0]))
+    if layer not in chains:
+        raise SpecError(f"{layer!r} is not a convolution with one group or a Linear layer of the model")
+    chain = chains[layer]
+    if isinstance(chain, str):
+        raise SpecError(f"cannot prune the input channels of {layer!r}: {chain}")
+    target = pruned.get_submodule(layer)
+    channels = target.weight.shape[1]
+    if not 1 <= keep <= channels:
+        raise SpecError(f"{layer!r} has {channels} input channels: keep between 1 and {channels}, got {keep}")
+    inputs: list[torch.Tensor] = []
+    hook = target.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    modes = {module: module.training for module in pruned.modules()}
+    try:
+        pruned.eval()
+        for args, kwargs in calls:
+            pruned(*args, **kwargs)
+    finally:
+        hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    flat = [x.reshape(-1, channels) if isinstance(target, nn.Linear) else x.transpose(0, 1).reshape(channels, -1).T
+            for x in inputs]
+    rms = torch.cat(flat).pow(2).mean(0).sqrt()
+    score = target.weight.detach().transpose(0, 1).reshape(channels, -1).norm(dim=1) * rms
+    kept = score.topk(keep).indices.sort().values
+    if reconstruct and _refits(target) and keep < channels:
+        windows, outputs = _input_rows(target, inputs, MAX_ROWS)
+        solution = torch.linalg.lstsq(windows[:, kept].reshape(len(windows), -1).double(), outputs.double()).solution
+        weight = solution.T.reshape(target.weight.shape[0], keep, *target.weight.shape[2:])
+        target.weight = nn.Parameter(weight.to(target.weight.dtype))
+        setattr(target, "in_features" if isinstance(target, nn.Linear) else "in_channels", keep)
+    else:
+        _slice(target, kept, 1)
+    for name in chain.between + [chain.producer]:
+        _slice(pruned.get_submodule(name), kept, 0)
+    return PrunedChannels(pruned, layer, kept.tolist(), [chain.producer] + chain.between)
