@@ -1,0 +1,254 @@
+"""``lowbit.compress``: each layer scored on data at candidate ratios, per-layer ratios chosen at equal loss to meet
+a MAC target (AIMET's greedy selection), applied to a copy, then fine-tuned by distillation from the original."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.compression.channels import ChannelChain, prunable_layers, prune_channels
+from lowbit.compression.costs import model_costs
+from lowbit.compression.svd import spatial_svd, weight_svd
+from lowbit.data import as_call, batch_of, channels_last_call, checked_calls, first_tensor
+from lowbit.errors import SpecError
+from lowbit.progress import progress
+from lowbit.torch.batchnorm_fold import own_forward
+from lowbit.training.loop import agreement_score, distillation_loss, train
+
+METHODS = ("spatial_svd", "weight_svd", "channel_pruning")
+CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+"""The fractions of a layer's MACs (SVD) or input channels (pruning) each layer is scored at."""
+DEFAULT_LR = 1e-4
+MAX_SELECTIONS = 5
+MAC_TOLERANCE = 0.01
+"""The applied model may exceed the MAC target by this fraction; the selection is redone up to MAX_SELECTIONS times."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One layer compressed alone by ``method``: ``kept`` rank or channels of ``full``, the MACs it saves, its loss
+    on the data."""
+
+    method: str
+    ratio: float
+    kept: int
+    full: int
+    macs_saved: int
+    loss: float
+
+
+@dataclass
+class CompressionResult:
+    """The smaller ``model``, each compressed layer's (method, kept, of), MACs and parameters (before, after),
+    the score before and after fine-tuning, the per-layer ``curves``, layers left as they were and why."""
+
+    model: nn.Module
+    ratios: dict[str, tuple[str, int, int]]
+    macs: tuple[int, int]
+    params: tuple[int, int]
+    score: tuple[float, float]
+    seconds: float
+    curves: dict[str, list[Candidate]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    report_path: Path | None = None
+
+    def __str__(self) -> str:
+        (m0, m1), (p0, p1) = self.macs, self.params
+        return (f"compress: {len(self.ratios)} layers, MACs {m0 / 1e6:.1f} M → {m1 / 1e6:.1f} M ({m1 / m0:.0%}), "
+                f"params {p0 / 1e6:.2f} M → {p1 / 1e6:.2f} M, score {self.score[0]:.4g} → {self.score[1]:.4g} "
+                f"after fine-tuning, {self.seconds:.0f} s")
+
+
+def _methods_for(name: str, layer: nn.Module, chains: dict, methods) -> tuple[dict[str, int], list[str]]:
+    """Each of ``methods`` that applies to ``layer`` with its full rank or channel count, and why the others do not."""
+    dense = (isinstance(layer, nn.Linear) or isinstance(layer, nn.Conv2d) and layer.groups == 1) \
+        and getattr(layer, "padding_mode", "zeros") == "zeros" and not own_forward(layer)
+    applies, reasons = {}, []
+    for method in methods:
+        if method == "channel_pruning":
+            chain = chains.get(name)
+            if isinstance(chain, ChannelChain):
+                applies[method] = layer.weight.shape[1]
+            else:
+                reasons.append(f"channel pruning: {chain or 'not a dense layer'}")
+        elif method == "spatial_svd" and dense and isinstance(layer, nn.Conv2d) and min(layer.kernel_size) > 1:
+            out_channels, in_channels, height, width = layer.weight.shape
+            applies[method] = min(in_channels * height, out_channels * width)
+        elif method == "weight_svd" and dense:
+            applies[method] = min(layer.weight.shape[0], layer.weight[0].numel())
+        else:
+            reasons.append(f"{method}: needs a torch {'k×k Conv2d' if method == 'spatial_svd' else 'Conv2d or Linear'}"
+                           f" with one group and zero padding")
+    return applies, reasons
+
+
+def _apply(model: nn.Module, name: str, method: str, kept: int, data) -> nn.Module:
+    """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels."""
+    if method == "channel_pruning":
+        return prune_channels(model, name, kept, data).model
+    compressed = copy.deepcopy(model)
+    replace = spatial_svd if method == "spatial_svd" else weight_svd
+    compressed.set_submodule(name, replace(compressed.get_submodule(name), kept))
+    return compressed
+
+
+def _kept_for(layer: nn.Module, method: str, full: int, ratio: float, input_shape, layer_macs: int) -> int:
+    """The rank or channel count that keeps about ``ratio`` of the layer's MACs (pruning: of its channels)."""
+    if method == "channel_pruning":
+        return max(1, round(ratio * full))
+    replace = spatial_svd if method == "spatial_svd" else weight_svd
+    rank_macs = model_costs(replace(layer, 1), torch.zeros(1, *input_shape[1:])).macs
+    return max(1, int(ratio * layer_macs / rank_macs))
+
+
+def _input_shapes(model: nn.Module, example, layers: dict[str, nn.Module]) -> dict[str, torch.Size]:
+    """The input shape of each of ``layers`` on ``example``."""
+    shapes, (args, kwargs) = {}, as_call(example)
+    def record(name: str, inputs: tuple) -> None:
+        shapes.setdefault(name, inputs[0].shape)
+
+    hooks = [layer.register_forward_pre_hook(lambda m, inputs, name=name: record(name, inputs))
+             for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, calls, targets) -> float:
+    """Mean distillation loss of ``model``'s outputs against ``targets`` over ``calls``."""
+    return float(sum(distillation_loss(model(*args, **kwargs), target) for (args, kwargs), target
+                     in zip(calls, targets)) / len(calls))
+
+
+@torch.no_grad()
+def _score(model: nn.Module, calls, targets, eval_fn) -> float:
+    if eval_fn is not None:
+        return float(eval_fn(model))
+    outputs = torch.cat([first_tensor(model(*args, **kwargs)) for args, kwargs in calls])
+    return agreement_score(outputs, torch.cat([first_tensor(t) for t in targets]))
+
+
+def _choose(curves: dict, target_saved: int) -> dict[str, Candidate] | None:
+    """At the lowest loss level where ``target_saved`` MACs can be saved, each layer's most saving candidate within
+    that loss (nothing where none is); None when no level saves enough."""
+
+    def at(level: float) -> dict[str, Candidate]:
+        chosen = {}
+        for name, candidates in curves.items():
+            within = [c for c in candidates if c.loss <= level]
+            if within:
+                chosen[name] = max(within, key=lambda c: c.macs_saved)
+        return chosen
+
+    def saves_enough(level: float) -> bool:
+        return sum(c.macs_saved for c in at(level).values()) >= target_saved
+
+    levels = sorted({c.loss for candidates in curves.values() for c in candidates})
+    if not levels or not saves_enough(levels[-1]):
+        return None
+    low, high = 0, len(levels) - 1
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if saves_enough(levels[middle]) else (middle + 1, high)
+    return at(levels[low])
+
+
+def _select(model: nn.Module, curves: dict, total: int, target: int, example, batches):
+    """(compressed copy, choices) at the lowest equal-loss level whose applied model has at most ``target`` MACs
+    (savings that overlap, a layer pruned whose producer was also compressed, are measured and made up)."""
+    wanted = total - target
+    for _ in range(MAX_SELECTIONS):
+        chosen = _choose(curves, wanted)
+        if chosen is None:
+            reachable = total - sum(max(c.macs_saved for c in cs) for cs in curves.values())
+            raise SpecError(f"{target / total:.0%} of the MACs is out of reach: the methods reach about "
+                            f"{reachable / total:.0%} at the most")
+        compressed = copy.deepcopy(model)
+        for name, candidate in chosen.items():
+            compressed = _apply(compressed, name, candidate.method, candidate.kept, batches)
+        actual = model_costs(compressed, example).macs
+        if actual <= target * (1 + MAC_TOLERANCE):
+            break
+        wanted += actual - target
+    return compressed, chosen
+
+
+def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", "channel_pruning"), eval_fn=None,
+             eval_data=None, fine_tune_steps: int = 500, lr: float | None = None, exclude=(),
+             out_dir="lowbit-report", num_batches: int = 2) -> CompressionResult:
+    """A smaller copy of ``model`` with about ``macs`` of its MACs: each layer scored by every method that applies at
+    :data:`CANDIDATES` on ``num_batches`` of ``data``, ratios chosen at equal loss, then ``fine_tune_steps`` of
+    distillation from ``model``. ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` scores it."""
+    start = time.perf_counter()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SpecError(f"methods are some of {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
+    if not 0 < macs < 1:
+        raise SpecError(f"macs is the fraction of the MACs to keep, in (0, 1); got {macs}")
+    calls = [channels_last_call(*call) for call in checked_calls(data, None, num_batches)]
+    batches = [batch_of(call) for call in calls]
+    example = batches[0]
+    names = {name for name, _ in model.named_modules()}
+    missing = sorted(set(exclude) - names)
+    if missing:
+        raise SpecError(f"exclude names no layer of the model: {', '.join(missing)}")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            targets = [model(*args, **kwargs) for args, kwargs in calls]
+            eval_calls = calls if eval_data is None else list(checked_calls(eval_data))
+            eval_targets = targets if eval_data is None else [model(*a, **k) for a, k in eval_calls]
+        before = model_costs(model, example)
+        chains = prunable_layers(model, example)
+        curves, skipped = {}, {}
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in exclude}
+        shapes = _input_shapes(model, example, layers)
+        for name, layer in progress(layers.items(), "compress: scoring layers", len(layers)):
+            if name not in shapes:
+                skipped[name] = "it never runs on the data"
+                continue
+            applies, reasons = _methods_for(name, layer, chains, methods)
+            candidates = []
+            for method, full in applies.items():
+                seen = set()
+                for ratio in CANDIDATES:
+                    kept = _kept_for(layer, method, full, ratio, shapes[name], before.layers[name][0])
+                    if kept >= full or kept in seen:
+                        continue
+                    seen.add(kept)
+                    trial = _apply(model, name, method, kept, batches).eval()
+                    saved = before.macs - model_costs(trial, example).macs
+                    candidates.append(Candidate(method, ratio, kept, full, saved, _loss(trial, calls, targets)))
+            if candidates:
+                curves[name] = candidates
+            else:
+                skipped[name] = "; ".join(reasons) or "no candidate ratio saves anything"
+        compressed, chosen = _select(model, curves, before.macs, int(before.macs * macs), example, batches)
+        score_before = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
+        if fine_tune_steps:
+            parameters = [p for p in compressed.parameters() if p.requires_grad]
+            train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
+                  fine_tune_steps, teacher=model)
+        score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    after = model_costs(compressed, example)
+    result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},
+                               (before.macs, after.macs), (before.params, after.params), (score_before, score_after),
+                               time.perf_counter() - start, curves, skipped)
+    if out_dir is not None:
+        from lowbit.compression.report import write_compression_report
+        result.report_path = write_compression_report(result, Path(out_dir))
+    return result
