@@ -1,6 +1,7 @@
 """The `lowbit` command end to end: real models, real files, and one-line errors on bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -249,3 +250,31 @@ def test_qat_of_an_onnx_file_is_one_line(npy, tmp_path, capsys):
         main(["qat", str(path), "--data", str(npy), "--out", str(tmp_path / "out"), "--steps", "1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: qat trains a PyTorch QuantSim, not a OnnxQuantSim")
+
+
+def test_compress_writes_a_smaller_model_that_runs_as_compressed(npy, tmp_path):
+    import onnxruntime
+    out = tmp_path / "out"
+    result = invoke(["compress", TINY, "--data", npy, "--out", out, "--macs", "0.6", "--fine-tune-steps", 2,
+                     "--batch-size", 8, "--methods", "channel_pruning,weight_svd"])
+    assert result.exit_code == 0, result.output
+    kept = re.search(r"MACs [\d.]+ M → [\d.]+ M \((\d+)%\)", result.output.splitlines()[0])
+    assert kept and int(kept.group(1)) <= 61, result.output
+    program = torch.export.load(out / "model.pt2").module()
+    x = torch.from_numpy(np.load(npy)[:4])
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(None, {"input_0": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(from_onnx, program(x).numpy(), rtol=1e-4, atol=1e-4)
+    assert (out / "compression.html").stat().st_size > 0
+    assert sum(p.numel() for p in program.parameters()) < sum(p.numel() for p in tiny_resnet().parameters())
+
+
+def test_compress_of_an_onnx_file_is_one_line(npy, tmp_path, capsys):
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", str(path), "--data", str(npy), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: compress takes a PyTorch model")
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""The `lowbit` command: `quantize` a model on your data, train it with `qat`, `analyze` where it loses accuracy,
-`autoquant` it to an accuracy target, or run the `demo`."""
+"""The `lowbit` command: `quantize` a model on your data, train it with `qat`, `compress` it, `analyze` where it
+loses accuracy, `autoquant` it to an accuracy target, or run the `demo`."""
 
 from __future__ import annotations
 
@@ -125,6 +125,40 @@ def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, 
     paths = sim.export(out_dir, name=name, verify=batches[:4])
     if writes_files():
         click.echo(_summary_table(sim, paths, batches[0]))
+
+
+@cli.command()
+@click.argument("model")
+@_data_option
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for NAME.pt2, NAME.onnx and compression.html.")
+@click.option("--macs", type=float, default=0.5, show_default=True, help="Fraction of the model's MACs to keep.")
+@click.option("--methods", default="spatial_svd,channel_pruning", show_default=True,
+              help="Comma-separated: spatial_svd, weight_svd, channel_pruning.")
+@click.option("--fine-tune-steps", type=int, default=500, show_default=True, help="Distillation steps after.")
+@click.option("--lr", type=float, default=None, help="Adam's learning rate for fine-tuning [default: 1e-4].")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch.")
+@click.option("--name", default="model", show_default=True, help="Base name of the written files.")
+@_input_shape_option
+def compress(model, data_path, out_dir, macs, methods, fine_tune_steps, lr, batch_size, name, input_shape) -> None:
+    """Compress MODEL (a PyTorch model, as for `lowbit quantize`) to about --macs of its MACs on --data, fine-tune
+    it by distillation, and write it to --out as NAME.pt2 and NAME.onnx with the report compression.html."""
+    import lowbit
+    from lowbit.cli_data import parse_shape
+    from lowbit.compression.files import write_model_files
+    from lowbit.errors import InputError
+    from lowbit.frontend import is_onnx_model
+
+    if is_onnx_model(model):
+        raise InputError("compress takes a PyTorch model (module:factory, TorchScript or .pt2), not an ONNX file")
+    net, batches, _ = _load(model, data_path, "default", batch_size, parse_shape(input_shape))
+    result = lowbit.compress(net, batches, macs=macs, methods=tuple(m for m in methods.split(",") if m),
+                             fine_tune_steps=fine_tune_steps, lr=lr, out_dir=out_dir)
+    first = batches[0]
+    paths = write_model_files(result.model, first[:2] if hasattr(first, "shape") else first, out_dir, name)
+    click.echo(str(result))
+    for path in (*paths, result.report_path):
+        click.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
 
 def _summary_table(sim, paths, batch) -> str:
