@@ -103,3 +103,12 @@ def test_pretrained_mobilenet_compresses_to_three_quarters(mobilenet, calibratio
     with torch.no_grad():
         agreement = float((result.model(data[0]).argmax(1) == mobilenet(data[0]).argmax(1)).float().mean())
     assert agreement >= 0.5 and result.score[0] == pytest.approx(agreement)
+
+
+def test_the_compressed_model_quantizes_and_exports_as_simulated(tmp_path):
+    model, data = _setting()
+    result = lowbit.compress(model, data, macs=0.5, fine_tune_steps=0, out_dir=None)
+    sim = lowbit.quantize(result.model, data)
+    lowbit.qat(sim, data, steps=2, lr=1e-4)
+    paths = sim.export(tmp_path, verify=data)
+    assert paths.fidelity.max_error_lsb <= 1.0 and paths.fidelity.top1_agreement == 1.0, paths.fidelity.row()
