@@ -109,6 +109,7 @@ def _kept_for(layer: nn.Module, method: str, full: int, ratio: float, input_shap
 def _input_shapes(model: nn.Module, example, layers: dict[str, nn.Module]) -> dict[str, torch.Size]:
     """The input shape of each of ``layers`` on ``example``."""
     shapes, (args, kwargs) = {}, as_call(example)
+
     def record(name: str, inputs: tuple) -> None:
         shapes.setdefault(name, inputs[0].shape)
 
@@ -132,6 +133,7 @@ def _loss(model: nn.Module, calls, targets) -> float:
 
 @torch.no_grad()
 def _score(model: nn.Module, calls, targets, eval_fn) -> float:
+    """``eval_fn(model)``, or top-1 agreement (SQNR for other outputs) with ``targets`` over ``calls``."""
     if eval_fn is not None:
         return float(eval_fn(model))
     outputs = torch.cat([first_tensor(model(*args, **kwargs)) for args, kwargs in calls])
