@@ -14,7 +14,7 @@ from torch import nn
 from lowbit.compression.channels import ChannelChain, prunable_layers, prune_channels
 from lowbit.compression.costs import model_costs
 from lowbit.compression.svd import spatial_svd, weight_svd
-from lowbit.data import as_call, batch_of, channels_last_call, checked_calls, first_tensor
+from lowbit.data import batch_of, channels_last_call, checked_calls, first_tensor
 from lowbit.errors import SpecError
 from lowbit.progress import progress
 from lowbit.torch.batchnorm_fold import own_forward
@@ -24,6 +24,7 @@ METHODS = ("spatial_svd", "weight_svd", "channel_pruning")
 CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 """The fractions of a layer's MACs (SVD) or input channels (pruning) each layer is scored at."""
 DEFAULT_LR = 1e-4
+_LOW_RANK = {"spatial_svd": spatial_svd, "weight_svd": weight_svd}
 MAX_SELECTIONS = 5
 MAC_TOLERANCE = 0.01
 """The applied model may exceed the MAC target by this fraction; the selection is redone up to MAX_SELECTIONS times."""
@@ -92,8 +93,7 @@ def _apply(model: nn.Module, name: str, method: str, kept: int, data) -> nn.Modu
     if method == "channel_pruning":
         return prune_channels(model, name, kept, data).model
     compressed = copy.deepcopy(model)
-    replace = spatial_svd if method == "spatial_svd" else weight_svd
-    compressed.set_submodule(name, replace(compressed.get_submodule(name), kept))
+    compressed.set_submodule(name, _LOW_RANK[method](compressed.get_submodule(name), kept))
     return compressed
 
 
@@ -101,27 +101,8 @@ def _kept_for(layer: nn.Module, method: str, full: int, ratio: float, input_shap
     """The rank or channel count that keeps about ``ratio`` of the layer's MACs (pruning: of its channels)."""
     if method == "channel_pruning":
         return max(1, round(ratio * full))
-    replace = spatial_svd if method == "spatial_svd" else weight_svd
-    rank_macs = model_costs(replace(layer, 1), torch.zeros(1, *input_shape[1:])).macs
+    rank_macs = model_costs(_LOW_RANK[method](layer, 1), torch.zeros(1, *input_shape[1:])).macs
     return max(1, int(ratio * layer_macs / rank_macs))
-
-
-def _input_shapes(model: nn.Module, example, layers: dict[str, nn.Module]) -> dict[str, torch.Size]:
-    """The input shape of each of ``layers`` on ``example``."""
-    shapes, (args, kwargs) = {}, as_call(example)
-
-    def record(name: str, inputs: tuple) -> None:
-        shapes.setdefault(name, inputs[0].shape)
-
-    hooks = [layer.register_forward_pre_hook(lambda m, inputs, name=name: record(name, inputs))
-             for name, layer in layers.items()]
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return shapes
 
 
 @torch.no_grad()
@@ -215,7 +196,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         chains = prunable_layers(model, example)
         curves, skipped = {}, {}
         layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in exclude}
-        shapes = _input_shapes(model, example, layers)
+        shapes = before.inputs
         for name, layer in progress(layers.items(), "compress: scoring layers", len(layers)):
             if name not in shapes:
                 skipped[name] = "it never runs on the data"

@@ -15,11 +15,13 @@ _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear) + _TRANSPOSED
 
 @dataclass(frozen=True)
 class Costs:
-    """``macs`` of the layers and ``params`` of the whole model, per sample; ``layers``: name → (MACs, params)."""
+    """``macs`` of the layers and ``params`` of the whole model, per sample; ``layers``: name → (MACs, params);
+    ``inputs``: name → the shape of the layer's first input."""
 
     macs: int
     params: int
     layers: dict[str, tuple[int, int]]
+    inputs: dict[str, torch.Size]
 
 
 def _per_sample(x: torch.Tensor) -> int:
@@ -40,10 +42,12 @@ def model_costs(model: nn.Module, example_input) -> Costs:
     mode, the model's modes restored), and its parameter count."""
     args, kwargs = as_call(example_input)
     layers: dict[str, tuple[int, int]] = {}
+    shapes: dict[str, torch.Size] = {}
 
     def count(name: str, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         macs = layers.get(name, (0, 0))[0] + layer_macs(layer, inputs[0], output)
         layers[name] = (macs, sum(p.numel() for p in layer.parameters(recurse=False)))
+        shapes.setdefault(name, inputs[0].shape)
 
     modes = {module: module.training for module in model.modules()}
     hooks = [module.register_forward_hook(lambda m, i, o, name=name: count(name, m, i, o))
@@ -55,4 +59,4 @@ def model_costs(model: nn.Module, example_input) -> Costs:
             hook.remove()
         for module, training in modes.items():
             module.training = training
-    return Costs(sum(macs for macs, _ in layers.values()), sum(p.numel() for p in model.parameters()), layers)
+    return Costs(sum(macs for macs, _ in layers.values()), sum(p.numel() for p in model.parameters()), layers, shapes)
