@@ -8,6 +8,7 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
     .venv/bin/python bench/bench_qat.py                                     # every row, default recipe
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --steps 200 --batch 16
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --start seqmse --keep-batchnorm --no-cost
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8,efficientnet_lite0-w4a8 --batch 16 --cost-only
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit.torch.weight_quantized import WeightQuantized  # noqa: E402
+from lowbit.training.qat import train_exactly  # noqa: E402
 from lowbit.zoo import augmented, calibration_photos, photos_to_batch  # noqa: E402
 from lowbit.zoo import pretrained_efficientnet_lite0, pretrained_mobilenet_v2  # noqa: E402
 
@@ -35,13 +36,16 @@ SETTINGS = {"w8a8": ("default", None), "w4a8": ("w4a8", None), "w4a4": ("w4a8", 
 """Setting → (target preset, activation bits override)."""
 N_LABELLED = 20
 EVALUATION_IMAGES = 512
+TRACE_BATCHES = 2
+"""Evaluation batches (of 32) scored every tenth of the run, to show the trajectory."""
 
 
 class TrainingCrops:
-    """``batches`` batches of ``batch`` fresh random crops of the calibration photos on every pass."""
+    """``batches`` batches of ``batch`` fresh random crops of the calibration photos on every pass; with ``mixup``
+    each image blends two crops, λ·a + (1 − λ)·b with λ uniform (function matching, Beyer et al. 2022)."""
 
-    def __init__(self, batches: int, batch: int):
-        self.batches, self.batch, self.passes = batches, batch, 0
+    def __init__(self, batches: int, batch: int, mixup: bool = False):
+        self.batches, self.batch, self.mixup, self.passes = batches, batch, mixup, 0
         self.photos = [image for image, _ in calibration_photos()]
 
     def __len__(self) -> int:
@@ -50,8 +54,14 @@ class TrainingCrops:
     def __iter__(self):
         self.passes += 1
         for index in range(self.batches):
-            images = augmented(self.photos, self.batch, seed=10_000 * self.passes + index)
-            yield photos_to_batch(images)
+            seed = 10_000 * self.passes + index
+            crops = photos_to_batch(augmented(self.photos, self.batch, seed=seed))
+            if self.mixup:
+                generator = torch.Generator().manual_seed(seed)
+                others = crops[torch.randperm(self.batch, generator=generator)]
+                weights = torch.rand(self.batch, 1, 1, 1, generator=generator)
+                crops = weights * crops + (1 - weights) * others
+            yield crops
 
 
 def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
@@ -76,9 +86,7 @@ def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=2 * batch, batch=batch)
     sim = sim_for(model, calib, setting, keep_batchnorm=keep_batchnorm).learn_ranges()
-    for layer in sim.model.modules():
-        if isinstance(layer, WeightQuantized):
-            layer.exact_training = False  # as lowbit.qat trains by default
+    train_exactly(sim, False)  # as lowbit.qat trains by default
     return step_cost(MODELS[model_name]().train(), sim, calib[0], repeats)
 
 
@@ -114,7 +122,10 @@ def memory_probe(spec: str) -> None:
     _common.setup_threads()
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=int(batch), batch=int(batch))
-    module = sim_for(model, calib, setting).learn_ranges() if kind == "qat" else model
+    module = model
+    if kind == "qat":
+        module = sim_for(model, calib, setting).learn_ranges()
+        train_exactly(module, False)
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-6)
     for _ in range(3):
@@ -133,21 +144,54 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm)
     with torch.no_grad():
         before = figures(torch.cat([sim(b) for b in evals]), fp32)
-    data = TrainingCrops(args.batches_per_epoch, args.batch)
-    result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr)
+    data = TrainingCrops(args.batches_per_epoch, args.batch, args.mixup)
+    result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr, range_learning=not args.fixed_ranges,
+                        eval_data=evals[:TRACE_BATCHES])
     with torch.no_grad():
         after = figures(torch.cat([sim(b) for b in evals]), fp32)
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-           "start": args.start, "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
+           "start": args.start, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
+           "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
+           "trace": [[step, score] for step, score in result.scores()],
            "fidelity": {"top1_agreement": paths.fidelity.top1_agreement,
                         "max_error_lsb": paths.fidelity.max_error_lsb}}
     if not args.no_cost:
-        row.update(step_seconds(model_name, setting, args.batch, args.keep_batchnorm))
-        row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
+        row.update(cost_row(model_name, setting, args))
     return row
+
+
+def cost_row(model_name: str, setting: str, args) -> dict:
+    """Step seconds of QAT and float training, alternated, and each one's peak memory in a fresh process."""
+    row = step_seconds(model_name, setting, args.batch, args.keep_batchnorm)
+    row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
+    return row
+
+
+def stored_payload() -> dict:
+    """bench_qat.json's rows and step costs so far (without the machine, which the next write records)."""
+    path = _common.RESULTS / "bench_qat.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"evaluation_images": EVALUATION_IMAGES, "rows": {}}
+    payload.pop("machine", None)
+    return payload
+
+
+def print_costs(rows, args) -> None:
+    """The step-cost table alone (``--cost-only``), kept in the JSON under "step_cost"."""
+    payload = stored_payload()
+    table = []
+    for model_name, setting in rows:
+        key = f"{model_name}-{setting} (batch {args.batch}" + (", BN kept)" if args.keep_batchnorm else ")")
+        cost = payload.setdefault("step_cost", {})[key] = cost_row(model_name, setting, args)
+        rss = cost["peak_rss_mib"]
+        table.append([key, f"{cost['float_step_seconds']:.3f}", f"{cost['qat_step_seconds']:.3f}",
+                      f"{cost['qat_over_float']:.2f}", f"{rss['float']:.0f}", f"{rss['qat']:.0f}",
+                      f"{rss['qat'] / rss['float']:.2f}"])
+    _common.write_results("bench_qat", payload)
+    _common.print_table(["model-setting", "float step s", "QAT step s", "QAT / float", "float peak MiB",
+                         "QAT peak MiB", "QAT / float"], table)
 
 
 def markdown_row(key: str, r: dict) -> list:
@@ -172,7 +216,10 @@ def main() -> None:
                         help="the encodings QAT starts from: calibrated min-max, or sequential MSE's")
     parser.add_argument("--keep-batchnorm", action="store_true",
                         help="train BatchNorm on batch statistics, folded into weights and scales after")
+    parser.add_argument("--mixup", action="store_true", help="train on blends of two crops (function matching)")
+    parser.add_argument("--fixed-ranges", action="store_true", help="train the weights only (range_learning=False)")
     parser.add_argument("--no-cost", action="store_true", help="skip the step-cost and memory probes")
+    parser.add_argument("--cost-only", action="store_true", help="only the step-cost and memory probes")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -183,27 +230,31 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown row {unknown[0]}")
     _common.setup_threads()
+    if args.cost_only:
+        print_costs(rows, args)
+        return
     evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
     fp32s = {}
     for model_name in {m for m, _ in rows}:
         with torch.no_grad():
             model = MODELS[model_name]().eval()
             fp32s[model_name] = torch.cat([model(b) for b in evals])
-    path = _common.RESULTS / "bench_qat.json"
-    results = json.loads(path.read_text())["rows"] if path.exists() else {}
+    payload = stored_payload()
+    results = payload["rows"]
     for model_name, setting in rows:
-        recipe = f"from {args.start}" + (", BN kept" if args.keep_batchnorm else "")
+        recipe = (f"from {args.start}" + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
+                  + (", fixed ranges" if args.fixed_ranges else ""))
         key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
         start = time.perf_counter()
         results[key] = run_row(model_name, setting, args, evals, fp32s)
         print(f"{key}: {results[key]['before']['top1_agreement']:.1%} → {results[key]['after']['top1_agreement']:.1%}"
               f" | {results[key]['result']} | {time.perf_counter() - start:.0f} s", flush=True)
-        _common.write_results("bench_qat", {"evaluation_images": EVALUATION_IMAGES, "rows": results})
+        _common.write_results("bench_qat", payload)
     print()
     _common.print_table(["model-setting (recipe)", "steps × batch", "agreement before", "after", "KL before",
                          "KL after", "QAT step / float step", "peak RSS QAT / float", "sim↔onnxruntime after",
                          "QAT s"], [markdown_row(k, r) for k, r in results.items()])
-    print(f"\nwrote {path}")
+    print(f"\nwrote {_common.RESULTS / 'bench_qat.json'}")
 
 
 if __name__ == "__main__":

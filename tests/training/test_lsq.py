@@ -76,3 +76,23 @@ def test_trained_scale_reaches_the_grid_search_optimum():
     learned = error(float(quantizer.encoding.scale))
     assert error(start) > 1.5 * best
     assert learned <= 1.05 * best, (learned, best, error(start))
+
+
+def test_per_tensor_gradients_equal_torchs_learnable_kernel_on_a_large_activation():
+    """The sim's per-tensor backward (two passes and a dot product) against torch's fused learnable kernel: the
+    same output and input gradient bit for bit, the same scale and zero-point gradients to float rounding."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 32, 56, 56, generator=generator).mul(2).add(1)
+    upstream = torch.randn(x.shape, generator=generator)
+    quantizer = _learning_quantizer(QuantSpec(bits=8, symmetric=False), 0.02, -100)
+    x_ours = x.clone().requires_grad_()
+    ours = quantizer(x_ours)
+    ours.backward(upstream)
+    x_torch = x.clone().requires_grad_()
+    scale, zero_point = torch.tensor([0.02], requires_grad=True), torch.tensor([100.0], requires_grad=True)
+    reference = torch._fake_quantize_learnable_per_tensor_affine(x_torch, scale, zero_point, 0, 255,
+                                                                 1 / math.sqrt(x.numel() * 255))
+    reference.backward(upstream)
+    assert torch.equal(ours, reference) and torch.equal(x_ours.grad, x_torch.grad)
+    torch.testing.assert_close(quantizer.learned_scale.grad, scale.grad, rtol=1e-4, atol=0)
+    torch.testing.assert_close(quantizer.learned_zero_point.grad, zero_point.grad, rtol=1e-4, atol=0)

@@ -16,6 +16,7 @@ from lowbit.data import as_call, batch_of, checked_calls
 from lowbit.compression.svd import zero_padding
 from lowbit.errors import SpecError
 from lowbit.torch.batchnorm_fold import own_forward, trace_keeping_layers
+from lowbit.torch.eval_mode import eval_mode
 
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
                 nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity)
@@ -167,15 +168,12 @@ def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: i
         raise SpecError(f"{layer!r} has {channels} input channels: keep between 1 and {channels}, got {keep}")
     inputs: list[torch.Tensor] = []
     hook = target.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
-    modes = {module: module.training for module in pruned.modules()}
     try:
-        pruned.eval()
-        for args, kwargs in calls:
-            pruned(*args, **kwargs)
+        with eval_mode(pruned):
+            for args, kwargs in calls:
+                pruned(*args, **kwargs)
     finally:
         hook.remove()
-        for module, training in modes.items():
-            module.training = training
     flat = [x.reshape(-1, channels) if isinstance(target, nn.Linear) else x.transpose(0, 1).reshape(channels, -1).T
             for x in inputs]
     rms = torch.cat(flat).pow(2).mean(0).sqrt()

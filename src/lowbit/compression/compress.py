@@ -18,6 +18,7 @@ from lowbit.data import batch_of, channels_last_call, checked_calls, first_tenso
 from lowbit.errors import SpecError
 from lowbit.progress import progress
 from lowbit.torch.batchnorm_fold import own_forward
+from lowbit.torch.eval_mode import eval_mode
 from lowbit.training.loop import agreement_score, distillation_loss, train
 
 METHODS = ("spatial_svd", "weight_svd", "channel_pruning")
@@ -185,9 +186,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
     missing = sorted(set(exclude) - names)
     if missing:
         raise SpecError(f"exclude names no layer of the model: {', '.join(missing)}")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             targets = [model(*args, **kwargs) for args, kwargs in calls]
             eval_calls = calls if eval_data is None else list(checked_calls(eval_data))
@@ -224,9 +223,6 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
             train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
                   fine_tune_steps, teacher=model)
         score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
-    finally:
-        for module, training in modes.items():
-            module.training = training
     after = model_costs(compressed, example)
     result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},
                                (before.macs, after.macs), (before.params, after.params), (score_before, score_after),

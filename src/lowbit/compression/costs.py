@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lowbit.data import as_call
+from lowbit.torch.eval_mode import eval_mode
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear) + _TRANSPOSED
@@ -49,14 +50,12 @@ def model_costs(model: nn.Module, example_input) -> Costs:
         layers[name] = (macs, sum(p.numel() for p in layer.parameters(recurse=False)))
         shapes.setdefault(name, inputs[0].shape)
 
-    modes = {module: module.training for module in model.modules()}
     hooks = [module.register_forward_hook(lambda m, i, o, name=name: count(name, m, i, o))
              for name, module in model.named_modules() if isinstance(module, _LAYERS)]
     try:
-        model.eval()(*args, **kwargs)
+        with eval_mode(model):
+            model(*args, **kwargs)
     finally:
         for hook in hooks:
             hook.remove()
-        for module, training in modes.items():
-            module.training = training
     return Costs(sum(macs for macs, _ in layers.values()), sum(p.numel() for p in model.parameters()), layers, shapes)

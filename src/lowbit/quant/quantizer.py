@@ -13,6 +13,7 @@ from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_quantize_per_tensor_grid
 from lowbit.quant.layout import encoding_shape
+from lowbit.quant.lsq import per_tensor_lsq
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
 from lowbit.quant.spec import QuantSpec
 
@@ -111,6 +112,9 @@ class Quantizer(nn.Module):
         if self.batched and x.dim() > 1:
             values /= x.shape[0]
         factor = 1.0 / math.sqrt(values * top)
+        if self.spec.axis is None and x.dtype == torch.float32:
+            return per_tensor_lsq(x, self.learned_scale, self.learned_zero_point if learned else None,
+                                  int(-self.offset), top, factor)
         if self.spec.axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, self.learned_scale.reshape(1), zero_point.reshape(1), 0, top, factor)

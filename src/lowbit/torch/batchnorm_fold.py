@@ -14,6 +14,7 @@ from lowbit.algorithms.bias_correction import expected_output_shift
 from lowbit.data import as_call
 from lowbit.errors import GraphCaptureError, InputError, first_line
 from lowbit.torch.capture import left_out_defaults, placeholder_values
+from lowbit.torch.eval_mode import eval_mode
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -104,16 +105,11 @@ class _ExampleRun(fx.Interpreter):
     def on_example(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
         """Run in eval mode (BatchNorm statistics untouched), then restore every module's mode;
         InputError when the example does not fit."""
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 self.run(*placeholder_values(self.module, model, args, kwargs))
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             raise InputError(f"the example input does not fit the model: {first_line(error)}") from None
-        finally:
-            for module, training in modes.items():
-                module.training = training
 
     def run_node(self, node: fx.Node):
         if _calls(self.module, node, _FOLDABLE) and own_forward(self.module.get_submodule(node.target)):

@@ -11,13 +11,16 @@ from lowbit.torch.integer_emulation import emulable_add, requantized_add, requan
 
 class IntegerAdd(nn.Module):
     """a + b, QLinearAdd's result when both inputs and the output are quantized (straight-through gradients);
-    exports as Add. ``through_relu``: fused only if the output grid starts at zero (onnxruntime drops the Relu)."""
+    exports as Add. ``through_relu``: fused only if the output grid starts at zero (onnxruntime drops the Relu).
+    Training with ``exact_training`` off returns the float sum: the output quantizer's fake quantization is
+    within an output step of QLinearAdd, and its learned range gets LSQ's gradient from the values it rounds."""
 
     def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, output_quantizer: Quantizer,
                  through_relu: bool = False):
         super().__init__()
         self.quantizers = (a_quantizer, b_quantizer, output_quantizer)  # by reference, not submodules
         self.through_relu = through_relu
+        self.exact_training = True
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export() or any(q.mode != "quantize" for q in self.quantizers):
@@ -33,6 +36,8 @@ class IntegerAdd(nn.Module):
             output_quantizer.mark_on_grid(exact, integers)
             return exact
         total = a + b
+        if torch.is_grad_enabled() and not self.exact_training:
+            return total
         exact = requantized_add(a.detach(), b.detach(), *encodings)
         if not torch.is_grad_enabled():
             return exact

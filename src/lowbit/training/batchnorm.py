@@ -11,6 +11,7 @@ from torch import nn
 
 from lowbit.data import channels_last_call, checked_calls, move_call
 from lowbit.distributed import shard, world
+from lowbit.torch.eval_mode import eval_mode
 
 
 @dataclass
@@ -49,16 +50,14 @@ def reestimate_batchnorm(model: nn.Module, data, num_batches: int | None = None,
     saved = {name: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for name, m in modules.items()}
     momenta = {name: m.momentum for name, m in modules.items()}
-    training = {name: m.training for name, m in model.named_modules()}
     device = next(iter(modules.values())).running_mean.device
-    model.eval()
     batches = 0
     try:
-        for module in modules.values():
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative moving average: every batch weighs the same
-            module.train()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
+            for module in modules.values():
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative moving average: every batch weighs the same
+                module.train()
             for args, kwargs in checked_calls(shard(data), transform, num_batches):
                 args, kwargs = channels_last_call(*move_call(args, kwargs, device))
                 model(*args, **kwargs)
@@ -69,8 +68,6 @@ def reestimate_batchnorm(model: nn.Module, data, num_batches: int | None = None,
     finally:
         for name, module in modules.items():
             module.momentum = momenta[name]
-        for name, module in model.named_modules():
-            module.training = training[name]
     return BatchNormStatistics(saved, modules, _pooled(modules, batches))
 
 

@@ -10,6 +10,7 @@ import torch
 from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
 from lowbit.training.batchnorm_to_scale import batchnorm_pairs, fold_batchnorm_to_scale
@@ -30,6 +31,14 @@ def float_model(sim) -> torch.nn.Module:
         if isinstance(module, Quantizer):
             module.mode = "off"
     return model.eval().requires_grad_(False)
+
+
+def train_exactly(sim, exact: bool) -> None:
+    """Training steps of ``sim`` run the exact integer emulation of each layer and addition, or (False) fake
+    quantization alone, within an output step of it."""
+    for module in sim.model.modules():
+        if isinstance(module, (WeightQuantized, IntegerAdd)):
+            module.exact_training = exact
 
 
 def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None = None, loss=None, teacher=None,
@@ -61,13 +70,10 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
         groups.append({"params": [quantizer.learned_scale], "lr": lr * RANGE_LR_FACTOR * float(quantizer.scale.mean())})
         if "learned_zero_point" in quantizer._parameters:
             groups.append({"params": [quantizer.learned_zero_point], "lr": lr * ZERO_POINT_LR_FACTOR})
-    layers = [m for m in sim.model.modules() if isinstance(m, WeightQuantized)]
-    for layer in layers:
-        layer.exact_training = exact_forward
+    train_exactly(sim, exact_forward)
 
     def restore() -> None:
-        for layer in layers:
-            layer.exact_training = True
+        train_exactly(sim, True)
         if range_learning:
             sim.learn_ranges(False)
 
