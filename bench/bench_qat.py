@@ -71,7 +71,7 @@ def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
             "mean_kl": float((log_p.exp() * (log_p - log_q)).sum(1).mean())}
 
 
-START_TECHNIQUES = {"minmax": (), "seqmse": ("sequential_mse",)}
+START_TECHNIQUES = {"minmax": (), "seqmse": ("sequential_mse",), "adaround": ("sequential_mse", "adaround")}
 """--start → the post-training techniques whose encodings QAT starts from."""
 
 
@@ -213,7 +213,8 @@ def main() -> None:
     parser.add_argument("--batches-per-epoch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--start", choices=sorted(START_TECHNIQUES), default="minmax",
-                        help="the encodings QAT starts from: calibrated min-max, or sequential MSE's")
+                        help="the encodings QAT starts from: calibrated min-max, sequential MSE's, or sequential MSE's "
+                             "then AdaRound's (by block)")
     parser.add_argument("--keep-batchnorm", action="store_true",
                         help="train BatchNorm on batch statistics, folded into weights and scales after")
     parser.add_argument("--mixup", action="store_true", help="train on blends of two crops (function matching)")

@@ -96,3 +96,19 @@ def test_per_tensor_gradients_equal_torchs_learnable_kernel_on_a_large_activatio
     assert torch.equal(ours, reference) and torch.equal(x_ours.grad, x_torch.grad)
     torch.testing.assert_close(quantizer.learned_scale.grad, scale.grad, rtol=1e-4, atol=0)
     torch.testing.assert_close(quantizer.learned_zero_point.grad, zero_point.grad, rtol=1e-4, atol=0)
+
+
+def test_fixed_range_training_computes_torchs_fake_quantization():
+    """A quantizer that does not learn its range trains through the same kernel: values and input gradient equal
+    torch's fused fake quantization, bit for bit."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 32, 56, 56, generator=generator).mul(3)
+    upstream = torch.randn(x.shape, generator=generator)
+    spec = QuantSpec(bits=8, symmetric=True)
+    quantizer = _learning_quantizer(spec, 0.03, -128).learn_ranges(False)
+    x_ours, x_torch = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = quantizer(x_ours)
+    ours.backward(upstream)
+    reference = torch.fake_quantize_per_tensor_affine(x_torch, 0.03, 128, 0, 255)
+    reference.backward(upstream)
+    assert not quantizer.learning and torch.equal(ours, reference) and torch.equal(x_ours.grad, x_torch.grad)

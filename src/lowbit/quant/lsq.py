@@ -1,5 +1,6 @@
-"""Per-tensor fake quantization with learned scale and zero point (LSQ, LSQ+) whose backward is two fused passes
-and a dot product: the same gradients as torch's learnable kernel, which spends most of a QAT step on activations."""
+"""Per-tensor fake quantization with learned scale and zero point (LSQ, LSQ+) with a backward of three passes
+and a dot product, and a vectorised forward: the same values and gradients as torch's learnable kernel, at a
+fraction of the time it takes on a QAT step's activations."""
 
 from __future__ import annotations
 
@@ -11,27 +12,33 @@ class _PerTensorLSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, learned_zero_point, zero_point, top, factor):
-        output, inside = torch.ops.aten.fake_quantize_per_tensor_affine_cachemask(x, float(scale), zero_point, 0, top)
-        ctx.save_for_backward(x, output, inside, scale)
+        step = float(scale)
+        # clamping x/s to the integer bounds before rounding equals rounding then clamping; multiplying by 1/s
+        # rounds ties as torch's fused fake-quantization kernel does, in four vectorised passes instead of its one
+        output = (x * (1.0 / step)).clamp_(-zero_point, top - zero_point).round_().mul_(step)
+        ctx.save_for_backward(x, output, scale)
+        ctx.bounds = ((-zero_point - 0.5) * step, (top - zero_point + 0.5) * step)
         ctx.factor, ctx.zero_point_learns = factor, learned_zero_point is not None
         return output
 
     @staticmethod
     def backward(ctx, upstream):
-        x, output, inside, scale = ctx.saved_tensors
-        upstream = upstream.contiguous()
+        x, output, scale = ctx.saved_tensors
+        low, high = ctx.bounds
+        inside = (x >= low) & (x <= high)
         to_x = torch.where(inside, upstream, 0.0)
-        # d y/d s: (y − x)/s inside the grid, y/s (the clipped grid value) outside
-        per_scale = torch.where(inside, output - x, output)
-        to_scale = torch.dot(upstream.reshape(-1), per_scale.reshape(-1)) / scale.reshape(()) * ctx.factor
-        to_zero_point = None
+        to_scale = to_zero_point = None
+        if ctx.needs_input_grad[1]:  # d y/d s: (y − x)/s inside the grid, y/s (the clipped grid value) outside
+            per_scale = torch.where(inside, output - x, output)
+            to_scale = (torch.dot(upstream.reshape(-1), per_scale.reshape(-1)) / scale.reshape(()) * ctx.factor
+                        ).reshape(scale.shape)
         if ctx.zero_point_learns:  # d y/d z: −s outside the grid, 0 inside
             to_zero_point = ((to_x.sum() - upstream.sum()) * scale.reshape(()) * ctx.factor).reshape(1)
-        return to_x, to_scale.reshape(scale.shape), to_zero_point, None, None, None
+        return to_x, to_scale, to_zero_point, None, None, None
 
 
 def per_tensor_lsq(x: torch.Tensor, scale: torch.Tensor, learned_zero_point: torch.Tensor | None, zero_point: int,
                    top: int, factor: float) -> torch.Tensor:
     """Fake-quantize float32 ``x`` on the grid (``scale``, ``zero_point``) over [0, top]; ``scale`` and the
     ``learned_zero_point`` parameter (whose rounding is ``zero_point``; None: fixed) get LSQ gradients × ``factor``."""
-    return _PerTensorLSQ.apply(x.contiguous(), scale, learned_zero_point, zero_point, top, factor)
+    return _PerTensorLSQ.apply(x, scale, learned_zero_point, zero_point, top, factor)
