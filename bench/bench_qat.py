@@ -81,16 +81,17 @@ def sim_for(model, calib, setting: str, start: str = "minmax", keep_batchnorm: b
                            fold_batchnorm=not keep_batchnorm)
 
 
-def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool, repeats: int = 6) -> dict:
+def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool, fixed_ranges: bool,
+                 repeats: int = 10) -> dict:
     """Seconds per training step (forward, backward, Adam) of the float model and of its QAT sim, alternated."""
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=2 * batch, batch=batch)
-    sim = sim_for(model, calib, setting, keep_batchnorm=keep_batchnorm).learn_ranges()
+    sim = sim_for(model, calib, setting, keep_batchnorm=keep_batchnorm).learn_ranges(not fixed_ranges)
     train_exactly(sim, False)  # as lowbit.qat trains by default
     return step_cost(MODELS[model_name]().train(), sim, calib[0], repeats)
 
 
-def step_cost(float_model, qat_model, images: torch.Tensor, repeats: int = 6) -> dict:
+def step_cost(float_model, qat_model, images: torch.Tensor, repeats: int = 10) -> dict:
     """Median seconds of a training step (forward, backward, Adam) of each model, the two alternated."""
     steppers = {}
     for name, module in (("float", float_model), ("qat", qat_model)):
@@ -106,7 +107,7 @@ def step_cost(float_model, qat_model, images: torch.Tensor, repeats: int = 6) ->
     times = _common.alternated_times(steppers, repeats)
     median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
     return {"float_step_seconds": median["float"], "qat_step_seconds": median["qat"],
-            "qat_over_float": median["qat"] / median["float"]}
+            "qat_over_float": median["qat"] / median["float"], "step_seconds": times}
 
 
 def peak_rss(model_name: str, setting: str, kind: str, batch: int) -> float:
@@ -123,8 +124,8 @@ def memory_probe(spec: str) -> None:
     model = MODELS[model_name]().eval()
     calib = _common.calibration_batches(n_images=int(batch), batch=int(batch))
     module = model
-    if kind == "qat":
-        module = sim_for(model, calib, setting).learn_ranges()
+    if kind.startswith("qat"):
+        module = sim_for(model, calib, setting).learn_ranges(kind == "qat")
         train_exactly(module, False)
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-6)
@@ -165,8 +166,10 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
 
 def cost_row(model_name: str, setting: str, args) -> dict:
     """Step seconds of QAT and float training, alternated, and each one's peak memory in a fresh process."""
-    row = step_seconds(model_name, setting, args.batch, args.keep_batchnorm)
-    row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, kind, args.batch) for kind in ("float", "qat")}
+    row = step_seconds(model_name, setting, args.batch, args.keep_batchnorm, args.fixed_ranges)
+    qat = "qat-fixed" if args.fixed_ranges else "qat"
+    row["peak_rss_mib"] = {kind: peak_rss(model_name, setting, probe, args.batch)
+                           for kind, probe in (("float", "float"), ("qat", qat))}
     return row
 
 
@@ -183,7 +186,8 @@ def print_costs(rows, args) -> None:
     payload = stored_payload()
     table = []
     for model_name, setting in rows:
-        key = f"{model_name}-{setting} (batch {args.batch}" + (", BN kept)" if args.keep_batchnorm else ")")
+        key = (f"{model_name}-{setting} (batch {args.batch}" + (", BN kept" if args.keep_batchnorm else "")
+               + (", fixed ranges)" if args.fixed_ranges else ")"))
         cost = payload.setdefault("step_cost", {})[key] = cost_row(model_name, setting, args)
         rss = cost["peak_rss_mib"]
         table.append([key, f"{cost['float_step_seconds']:.3f}", f"{cost['qat_step_seconds']:.3f}",
