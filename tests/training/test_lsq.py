@@ -79,7 +79,7 @@ def test_trained_scale_reaches_the_grid_search_optimum():
 
 
 def test_per_tensor_gradients_equal_torchs_learnable_kernel_on_a_large_activation():
-    """The sim's per-tensor backward (two passes and a dot product) against torch's fused learnable kernel: the
+    """The sim's per-tensor backward (a few elementwise passes and a sum) against torch's fused learnable kernel: the
     same output and input gradient bit for bit, the same scale and zero-point gradients to float rounding."""
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(8, 32, 56, 56, generator=generator).mul(2).add(1)

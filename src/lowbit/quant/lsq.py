@@ -1,5 +1,5 @@
 """Per-tensor fake quantization with learned scale and zero point (LSQ, LSQ+) with a backward of three passes
-and a dot product, and a vectorised forward: the same values and gradients as torch's learnable kernel, at a
+and a sum, and a vectorised forward: the same values and gradients as torch's learnable kernel, at a
 fraction of the time it takes on a QAT step's activations."""
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ class _PerTensorLSQ(torch.autograd.Function):
         to_scale = to_zero_point = None
         if ctx.needs_input_grad[1]:  # d y/d s: (y − x)/s inside the grid, y/s (the clipped grid value) outside
             per_scale = torch.where(inside, output - x, output)
-            to_scale = (torch.dot(upstream.reshape(-1), per_scale.reshape(-1)) / scale.reshape(()) * ctx.factor
-                        ).reshape(scale.shape)
+            to_scale = (per_scale.mul_(upstream).sum() / scale.reshape(()) * ctx.factor).reshape(scale.shape)
         if ctx.zero_point_learns:  # d y/d z: −s outside the grid, 0 inside
             to_zero_point = ((to_x.sum() - upstream.sum()) * scale.reshape(()) * ctx.factor).reshape(1)
         return to_x, to_scale, to_zero_point, None, None, None
