@@ -112,3 +112,14 @@ def test_fixed_range_training_computes_torchs_fake_quantization():
     reference = torch.fake_quantize_per_tensor_affine(x_torch, 0.03, 128, 0, 255)
     reference.backward(upstream)
     assert not quantizer.learning and torch.equal(ours, reference) and torch.equal(x_ours.grad, x_torch.grad)
+
+
+def test_training_survives_an_in_place_operation_on_a_quantizers_output():
+    """Models add in place (``out += identity``) after a quantized layer: the backward keeps only the input."""
+    quantizer = _learning_quantizer(QuantSpec(bits=8, symmetric=False), 0.05, -128)
+    x = torch.linspace(-8, 8, 1000, requires_grad=True)
+    output = quantizer(x)
+    output += 1.0
+    output.sum().backward()
+    expected_scale, _ = _lsq_gradients(x.detach(), torch.ones(1000), 0.05, 128.0, 255)
+    torch.testing.assert_close(float(quantizer.learned_scale.grad), expected_scale, rtol=1e-4, atol=1e-6)

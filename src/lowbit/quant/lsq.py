@@ -1,6 +1,5 @@
-"""Per-tensor fake quantization with learned scale and zero point (LSQ, LSQ+) with a backward of three passes
-and a sum, and a vectorised forward: the same values and gradients as torch's learnable kernel, at a
-fraction of the time it takes on a QAT step's activations."""
+"""Per-tensor fake quantization with learned scale and zero point (LSQ, LSQ+) in vectorised passes and a pairwise
+sum: the same values and gradients as torch's learnable kernel, at a fraction of its time on a QAT step."""
 
 from __future__ import annotations
 
@@ -16,23 +15,25 @@ class _PerTensorLSQ(torch.autograd.Function):
         # clamping x/s to the integer bounds before rounding equals rounding then clamping; multiplying by 1/s
         # rounds ties as torch's fused fake-quantization kernel does, in four vectorised passes instead of its one
         output = (x * (1.0 / step)).clamp_(-zero_point, top - zero_point).round_().mul_(step)
-        ctx.save_for_backward(x, output, scale)
-        ctx.bounds = ((-zero_point - 0.5) * step, (top - zero_point + 0.5) * step)
+        ctx.save_for_backward(x, scale)  # not the output, which a later in-place op may change
+        ctx.step, ctx.grid = step, (-zero_point, top - zero_point)
         ctx.factor, ctx.zero_point_learns = factor, learned_zero_point is not None
         return output
 
     @staticmethod
     def backward(ctx, upstream):
-        x, output, scale = ctx.saved_tensors
-        low, high = ctx.bounds
-        inside = (x >= low) & (x <= high)
+        x, scale = ctx.saved_tensors
+        (low, high), step = ctx.grid, ctx.step
+        inside = (x >= (low - 0.5) * step) & (x <= (high + 0.5) * step)
         to_x = torch.where(inside, upstream, 0.0)
         to_scale = to_zero_point = None
-        if ctx.needs_input_grad[1]:  # d y/d s: (y − x)/s inside the grid, y/s (the clipped grid value) outside
-            per_scale = torch.where(inside, output - x, output)
-            to_scale = (per_scale.mul_(upstream).sum() / scale.reshape(()) * ctx.factor).reshape(scale.shape)
+        if ctx.needs_input_grad[1]:  # d y/d s: round(x/s) − x/s inside the grid, the clipped grid index outside
+            unrounded = x * (1.0 / step)
+            rounded = unrounded.clamp(low, high).round_()
+            per_scale = torch.where(inside, rounded - unrounded, rounded)
+            to_scale = (per_scale.mul_(upstream).sum() * ctx.factor).reshape(scale.shape)
         if ctx.zero_point_learns:  # d y/d z: −s outside the grid, 0 inside
-            to_zero_point = ((to_x.sum() - upstream.sum()) * scale.reshape(()) * ctx.factor).reshape(1)
+            to_zero_point = ((to_x.sum() - upstream.sum()) * step * ctx.factor).reshape(1)
         return to_x, to_scale, to_zero_point, None, None, None
 
 
