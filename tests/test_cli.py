@@ -278,3 +278,24 @@ def test_compress_of_an_onnx_file_is_one_line(npy, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: compress takes a PyTorch model")
     assert not (tmp_path / "out").exists()
+
+
+def test_quantize_writes_torchscript_beside_the_export(npy, tmp_path):
+    """--torchscript: NAME.torchscript.pt, named in the summary, computes the exported sim's outputs (rebuilt here
+    from the same seeded weights, checked against the exported FP32 file, and the exported encodings)."""
+    import lowbit
+    from lowbit.runtime import run, session
+    out = tmp_path / "out"
+    torch.manual_seed(0)
+    result = invoke(["quantize", TINY, "--data", npy, "--out", out, "--name", "tiny", "--torchscript"])
+    assert result.exit_code == 0, result.output
+    path = out / "tiny.torchscript.pt"
+    assert f"TorchScript: {path}" in result.output
+    images = torch.from_numpy(np.load(npy))
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(run(session(out / "tiny.onnx"), images[:5])[0], model(images[:5]), atol=1e-5)
+    sim = lowbit.quantize(model, [images]).load_encodings(out / "tiny.encodings")
+    with torch.no_grad():
+        assert torch.equal(torch.jit.load(str(path))(images[:5]), sim(images[:5]))

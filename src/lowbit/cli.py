@@ -65,6 +65,20 @@ _input_shape_option = click.option(
 _exporting_command = _combined(click.argument("model"), _data_option, _out_option, _target_options, _scheme_option)
 """MODEL, --data, --out, the target options and --scheme: what every command that exports takes."""
 
+_torchscript_option = click.option(
+    "--torchscript", is_flag=True,
+    help="Also write NAME.torchscript.pt: the sim as TorchScript (torch.jit.load, no lowbit needed; PyTorch models).")
+
+
+def _export(sim, out_dir, name: str, batches, torchscript: bool):
+    """The three export files, verified on a few batches, and with ``torchscript`` the TorchScript file beside them."""
+    from lowbit.distributed import writes_files
+
+    paths = sim.export(out_dir, name=name, verify=batches[:4])
+    if torchscript and writes_files():
+        sim.technique_results += (f"TorchScript: {sim.export_torchscript(Path(out_dir) / f'{name}.torchscript.pt')}",)
+    return paths
+
 
 @cli.command()
 @_exporting_command
@@ -76,11 +90,12 @@ _exporting_command = _combined(click.argument("model"), _data_option, _out_optio
                    "equalize (before calibration); sequential_mse, adaround, bias_correction (after; "
                    "adaround and bias_correction exclude each other).")
 @_input_shape_option
+@_torchscript_option
 @click.option("--runtime", type=click.Choice(["onnxruntime-cpu-avx2", "onnxruntime-cpu-vnni"]), default=None,
               help="Integer kernels the sim predicts: x86 without VNNI (int16 pairs saturate) or with VNNI "
                    "[default: this machine's].")
 def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
-             techniques, input_shape, runtime) -> None:
+             techniques, input_shape, torchscript, runtime) -> None:
     """Quantize MODEL on --data and export it to --out.
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
@@ -94,7 +109,7 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
                           runtime=runtime)
-    paths = sim.export(out_dir, name=name, verify=batches[:4])
+    paths = _export(sim, out_dir, name, batches, torchscript)
     click.echo(_summary_table(sim, paths, batches[0]))
 
 
@@ -106,8 +121,9 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch and process.")
 @click.option("--name", default="model", show_default=True, help="Base name of the exported files.")
 @_input_shape_option
+@_torchscript_option
 def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, epochs, lr, batch_size, name,
-        input_shape) -> None:
+        input_shape, torchscript) -> None:
     """Quantize MODEL on --data, train it (quantization-aware, distilled from the float model: no labels) and
     export it to --out. Under `torchrun --nproc_per_node=N` each process takes every N-th batch and rank 0 writes.
 
@@ -122,7 +138,7 @@ def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, 
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme)
     result = lowbit.qat(sim, batches, steps=steps, epochs=epochs, lr=lr)
     sim.technique_results += (str(result),)
-    paths = sim.export(out_dir, name=name, verify=batches[:4])
+    paths = _export(sim, out_dir, name, batches, torchscript)
     if writes_files():
         click.echo(_summary_table(sim, paths, batches[0]))
 

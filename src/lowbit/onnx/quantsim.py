@@ -248,6 +248,11 @@ class OnnxQuantSim(PlannedQuantizers):
         return paths if verify is None else verify_export(
             self, paths, verify, note="the ONNX front end's sim is this QDQ graph run by onnxruntime")
 
+    def export_torchscript(self, path):
+        """SpecError: an ONNX sim runs in onnxruntime; TorchScript comes from a PyTorch model's sim."""
+        raise SpecError(f"cannot write {path}: an ONNX model's sim has no TorchScript form; quantize the PyTorch "
+                        f"model for sim.export_torchscript, or deploy this sim's QDQ file (sim.export)")
+
     def first_divergence(self, qdq_path, batch) -> None:
         """None: this sim runs the exported QDQ graph in onnxruntime, so the two never part."""
         return None

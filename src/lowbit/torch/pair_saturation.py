@@ -78,8 +78,9 @@ def layer_pairs(layer: nn.Module, weight_integers: torch.Tensor, input_encoding:
 
 
 def _chunk(positions: int) -> int:
-    """How many pairs to evaluate at once over ``positions`` output positions."""
-    return max(16, _CHUNK_VALUES // max(positions, 1))
+    """How many pairs to evaluate at once over ``positions`` output positions (a plain int, also in a trace: the
+    chunks then stay those of the traced batch, whatever batch the traced program runs)."""
+    return max(16, _CHUNK_VALUES // max(int(positions), 1))
 
 
 def linear_correction(pairs: SaturatingPairs, integers: torch.Tensor) -> torch.Tensor:

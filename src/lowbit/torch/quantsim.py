@@ -201,6 +201,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
 
+    def export_torchscript(self, path):
+        """Write a TorchScript file (``torch.jit.load``, no lowbit needed) computing this sim's outputs bit for bit
+        on this CPU kind, batch size free; returns its path."""
+        from lowbit.torch.torchscript import export_torchscript
+        return export_torchscript(self, path)
+
     def weight(self, key: str) -> torch.Tensor:
         """The float weight quantizer ``key`` quantizes."""
         return self.model.get_submodule(self.point(key).module).layer.weight
