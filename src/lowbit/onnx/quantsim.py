@@ -237,8 +237,7 @@ class OnnxQuantSim(PlannedQuantizers):
                                         self._quantizers, {}).tensor_names
         finally:
             for key in missing:
-                self._quantizers[key].scale = torch.empty(0)
-                self._quantizers[key].offset = torch.empty(0, dtype=torch.int64)
+                self._quantizers[key].forget_encoding()
 
     def export(self, out_dir, name: str = "model", verify=None) -> ExportPaths:
         """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths. With

@@ -66,6 +66,13 @@ class Quantizer(nn.Module):
         if self.learning:
             self.learn_ranges(batched=self.batched)
 
+    def forget_encoding(self) -> None:
+        """No encoding any more (as before calibration) and nothing learned; the quantizer passes values through."""
+        self.learn_ranges(False)
+        self.scale = torch.empty(0, device=self.scale.device)
+        self.offset = torch.empty(0, dtype=torch.int64, device=self.offset.device)
+        self.mode, self.frozen_by = "off", None
+
     @property
     def learning(self) -> bool:
         """Whether scale (and, asymmetric, zero point) are trained: see :meth:`learn_ranges`."""

@@ -15,6 +15,7 @@ from lowbit.data import as_call
 from lowbit.errors import GraphCaptureError, InputError, first_line
 from lowbit.torch.capture import left_out_defaults, placeholder_values
 from lowbit.torch.eval_mode import eval_mode
+from lowbit.torch.lora import AdaptedLayer
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -61,7 +62,7 @@ def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
         if not _calls(gm, node, _BATCHNORMS) or uses[node.target] != 1:
             continue
         source = node.args[0]
-        if _calls(gm, source, _FOLDABLE) and uses[source.target] == 1 and len(source.users) == 1 \
+        if _calls(gm, source, _FOLDABLE + (AdaptedLayer,)) and uses[source.target] == 1 and len(source.users) == 1 \
                 and _folds_after(gm, source, node, run):
             after.append((source.target, node.target))
             continue
@@ -81,7 +82,8 @@ class _LayerTracer(fx.Tracer):
     one call_module node."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, _FOLDABLE + _BATCHNORMS) or super().is_leaf_module(module, qualified_name)
+        return (isinstance(module, _FOLDABLE + _BATCHNORMS + (AdaptedLayer,))
+                or super().is_leaf_module(module, qualified_name))
 
 
 def trace_keeping_layers(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
@@ -133,6 +135,8 @@ def own_forward(layer: nn.Module) -> bool:
 
 def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: _ExampleRun) -> bool:
     layer, batchnorm = gm.get_submodule(source.target), gm.get_submodule(bn_node.target)
+    if isinstance(layer, AdaptedLayer):
+        return not own_forward(layer.base) and (not isinstance(layer.base, nn.Linear) or run.ranks[source.name] == 2)
     if isinstance(layer, nn.Linear) and run.ranks[source.name] != 2:
         return False
     if not own_forward(layer):
@@ -196,8 +200,11 @@ def _set_bias(layer: nn.Module, bias: torch.Tensor) -> None:
 @torch.no_grad()
 def fold_into(layer: nn.Module, batchnorm: nn.Module) -> None:
     """Scale ``layer``'s output channels and shift its bias so it computes batchnorm(layer(x)); record
-    the BN's output statistics as ``layer.folded_batchnorm``."""
+    the BN's output statistics as ``layer.folded_batchnorm``. An adapted layer's adapters scale alike."""
     factor = batchnorm_factor(batchnorm)
+    if isinstance(layer, AdaptedLayer):
+        layer.scale_outputs(factor)
+        layer = layer.base
     weight = layer.weight
     if isinstance(layer, _TRANSPOSED):
         grouped = weight.reshape(layer.groups, weight.shape[0] // layer.groups, weight.shape[1], -1)

@@ -28,6 +28,8 @@ from lowbit.torch.capture import (check_example, node_dtypes, placeholder_values
 from lowbit.torch.module_graph import as_module_graph, functional_layer_types
 from lowbit.torch.insert import insert_quantizers, source_quantizer
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
+from lowbit.torch.adapters import AdapterBank
+from lowbit.torch.lora import is_peft_model, with_adapted_layers
 from lowbit.torch.op_types import module_op_type
 from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -45,6 +47,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
         check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
+        if is_peft_model(model):
+            model = with_adapted_layers(model)
+        self.adapters = AdapterBank.of(model)
         self.target = load_target(target).for_runtime(kernels.name).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
         args, kwargs = as_call(example_input)
@@ -184,13 +189,16 @@ class QuantSim(PlannedQuantizers, nn.Module):
         ``sqnr`` the lowest-MSE clipping of the weights. Encodings frozen by :meth:`Quantizer.freeze` (AdaRound,
         sequential MSE) are kept."""
         for key, quantizer in self._quantizers.items():
-            point = self.point(key)
-            if point.role != "weight" or getattr(quantizer, "frozen", False):
-                continue
-            weight = self.model.get_submodule(point.module).layer.weight.detach()
-            quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
-            quantizer.estimator.observe(weight)
-            quantizer.finish_calibration(shape=weight.shape)
+            if self.point(key).role == "weight" and not getattr(quantizer, "frozen", False):
+                self.calibrate_weight(key)
+
+    def calibrate_weight(self, key: str) -> None:
+        """The encoding of weight quantizer ``key`` from its weight's current values."""
+        quantizer = self._quantizers[key]
+        weight = self.model.get_submodule(self.point(key).module).layer.weight.detach()
+        quantizer.estimator = make_weight_estimator(quantizer.scheme, quantizer.spec)
+        quantizer.estimator.observe(weight)
+        quantizer.finish_calibration(shape=weight.shape)
 
     def export(self, out_dir, name: str = "model", verify=None):
         """Write NAME.onnx, NAME.encodings and NAME.qdq.onnx under ``out_dir``; returns their paths. With
@@ -200,6 +208,33 @@ class QuantSim(PlannedQuantizers, nn.Module):
         from lowbit.torch.export import export_sim
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
+
+    def set_adapter(self, name: str) -> "QuantSim":
+        """Run LoRA adapter ``name`` (a sim of a peft model): its weights and, once calibrated, its encodings; the
+        base's encodings stay bit for bit."""
+        from lowbit.torch.adapters import set_adapter
+        set_adapter(self, name)
+        return self
+
+    def load_adapter(self, source, name: str, scaling: float | None = None) -> "QuantSim":
+        """Add LoRA adapter ``name`` from a peft ``save_pretrained`` folder or state dict (same layers and shapes as
+        the sim's adapters); ``set_adapter(name)`` then ``calibrate_adapter(data)`` to run it."""
+        from lowbit.torch.adapters import load_adapter
+        load_adapter(self, source, name, scaling)
+        return self
+
+    def calibrate_adapter(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
+        """Encodings of the running adapter's quantizers only (its weights and its layers' outputs), as a full
+        calibration would compute them; the base's encodings are untouched."""
+        from lowbit.torch.adapters import calibrate_adapter
+        calibrate_adapter(self, data, transform, num_batches)
+        return self
+
+    def export_adapter(self, out_dir, name: str | None = None):
+        """Write adapter ``name``'s (default: the running one's) weights as NAME.safetensors, keyed by the exported
+        ONNX file's tensor names, and its encodings as NAME.encodings; returns their paths."""
+        from lowbit.torch.adapters import export_adapter
+        return export_adapter(self, out_dir, name)
 
     def export_torchscript(self, path):
         """Write a TorchScript file (``torch.jit.load``, no lowbit needed) computing this sim's outputs bit for bit

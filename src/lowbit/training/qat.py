@@ -10,6 +10,7 @@ import torch
 from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
+from lowbit.torch.adapters import adapter_keys, adapter_parameters
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
@@ -48,6 +49,7 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
     the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms (a sim built with
     ``fold_batchnorm=False``) train on batch statistics, are re-estimated, then folded into the weights and scales.
+    A sim of a peft LoRA model trains only its running adapter (weights and ranges) on the frozen quantized base.
     Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact."""
     from lowbit.torch.quantsim import QuantSim
     if not isinstance(sim, QuantSim):
@@ -61,11 +63,14 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     check_ranks(sim.structure, sim._device())
     batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
-    learning = [q for q in sim.quantizers().values() if q.mode == "quantize"] if range_learning else []
-    if range_learning:
-        sim.learn_ranges()
+    keys = set(adapter_keys(sim)) if sim.adapters is not None else set(sim.quantizers())
+    learning = [q for k, q in sim.quantizers().items() if q.mode == "quantize" and k in keys] if range_learning else []
+    for key, quantizer in sim.quantizers().items():
+        if quantizer in learning:
+            quantizer.learn_ranges(True, batched=sim.point(key).role != "weight")
     ranges = {id(p) for q in learning for p in q.parameters()}
-    groups = [{"params": [p for p in sim.model.parameters() if p.requires_grad and id(p) not in ranges], "lr": lr}]
+    weights = adapter_parameters(sim) if sim.adapters is not None else list(sim.model.parameters())
+    groups = [{"params": [p for p in weights if p.requires_grad and id(p) not in ranges], "lr": lr}]
     for quantizer in learning:
         groups.append({"params": [quantizer.learned_scale], "lr": lr * RANGE_LR_FACTOR * float(quantizer.scale.mean())})
         if "learned_zero_point" in quantizer._parameters:
