@@ -34,6 +34,7 @@ EVALUATION_IMAGES = 512
 
 
 def lora_model():
+    torch.manual_seed(0)  # peft draws lora_A at random
     config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=ADAPTED, lora_dropout=0.0)
     model = peft.get_peft_model(pretrained_mobilenet_v2().eval(), config, adapter_name="a")
     model.add_adapter("b", config)

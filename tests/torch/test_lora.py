@@ -53,7 +53,7 @@ def test_sim_of_a_lora_model_runs_as_onnxruntime(two_adapters, calibration_batch
     """BatchNorm folds through the adapters (float sim = peft model), and the QDQ export agrees with the sim."""
     sim = lowbit.quantize(two_adapters, calibration_batches)
     assert sim.technique_results[0] == "fold batchnorm: 52 layers"
-    assert len(adapter_keys(sim)) == 4 * len(ADAPTED)  # down and up: weight and output
+    assert len(adapter_keys(sim)) == 5 * len(ADAPTED)  # down and up: weight and output; the sum's output
     float_sim = copy.deepcopy(sim)
     for quantizer in float_sim.quantizers().values():
         quantizer.mode = "off"
@@ -109,9 +109,10 @@ def test_qat_trains_only_the_adapter(two_adapters, calibration_batches):
     lowbit.qat(sim, calibration_batches, steps=2, lr=1e-3)
     after = sim.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    adapter_parts = (".down.", ".up.", "_down.", "_up.")  # its layers' weights and its quantizers' ranges
+    def adapters(k):  # its layers' weights (with their weight quantizers) and its activation quantizers' ranges
+        return ".down." in k or ".up." in k or any(k.startswith(f"activation_quantizers.{a}.") for a in adapter)
     assert any(".up.weight" in k for k in changed) and any("_up.scale" in k for k in changed)
-    assert all(any(part in k for part in adapter_parts) for k in changed), sorted(changed)[:5]
+    assert all(adapters(k) for k in changed), sorted(k for k in changed if not adapters(k))[:5]
     assert same(encodings(sim, base), base)
 
 

@@ -13,8 +13,10 @@ from torch import nn
 from lowbit.atomic import atomic_write_bytes
 from lowbit.errors import InputError, NotCalibratedError, SpecError
 from lowbit.qdq.files import quantizer_args
+from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.encodings_file import write_encodings
 from lowbit.torch.lora import AdaptedLayer
+from lowbit.torch.weight_quantized import WeightQuantized
 
 PARTS = ("down", "up")
 
@@ -63,13 +65,33 @@ class AdapterBank:
 
 
 def adapter_keys(sim) -> list[str]:
-    """The keys of the quantizers that belong to the running adapter: its weights and the outputs of its layers."""
+    """The keys of the quantizers that belong to the running adapter: its weights, the outputs of its layers, and
+    the quantizer of each adapted layer's sum base(x) + up(down(x)) (its range follows the adapter)."""
     bank = _bank(sim)
     modules = {f"{path}.{part}" for path in bank.layers for part in PARTS}
-    nodes = {n.name for n in sim.model.graph.nodes if n.op == "call_module" and n.target in modules} \
-        if sim.capture_mode == "fx" else set()
+    calls = [n for n in sim.model.graph.nodes if n.op == "call_module" and n.target in modules]
+    by_module = {id(q): k for k, q in sim._quantizers.items()}
+    sums = {by_module[id(q)] for n in calls if n.target.endswith(".up") and (q := _quantizer_after_sum(sim.model, n))}
+    nodes = {n.name for n in calls}
     return [p.key for p in sim.points if (p.role == "weight" and p.module in modules)
-            or (p.role == "output" and p.node in nodes)]
+            or (p.role == "output" and p.node in nodes) or p.key in sums]
+
+
+def _quantizer_after_sum(model: nn.Module, up) -> Quantizer | None:
+    """The first quantizer after the sum that ``up``'s output flows into (through single-use ops without weights,
+    such as an activation), if any."""
+    node, passed_sum = up, False
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, Quantizer):
+            if passed_sum:
+                return module
+            continue
+        if isinstance(module, WeightQuantized) or node.op == "output":
+            return None
+        passed_sum = True
+    return None
 
 
 def adapter_parameters(sim) -> list[nn.Parameter]:
