@@ -2,9 +2,9 @@
 
 The base (torchvision's ImageNet MobileNetV2, shipped in a wheel) is quantized and calibrated once; each task gets
 a peft LoRA adapter (rank 8 on the last 1×1 convolutions and the classifier; a task's classes are the first logits),
-trained in float, then calibrated on the quantized base (``calibrate_adapter``) and trained further with lowbit's
-QAT on the frozen quantized base (the adapter's weights; its calibrated ranges kept, as docs/qat.md advises for
-few images). Training images: crops of scikit-image's 16 photos; test images: crops of the 20
+trained in float on labels, then calibrated on the quantized base (``calibrate_adapter``) and trained further with
+lowbit's QAT on the frozen quantized base: distilled from the float model running the same adapter (no labels),
+the adapter's weights only, its calibrated ranges kept (docs/qat.md's advice for few images). Training images: crops of scikit-image's 16 photos; test images: crops of the 20
 ImageNet photos of foolbox (never trained on). Prints float vs quantized accuracy per task, switching adapters.
 
     pip install 'lowbit[lora]'
@@ -104,8 +104,7 @@ def main() -> None:
         sim.calibrate_adapter([x for x, _ in data[task]])
         switch = time.perf_counter() - switch
         quantized = accuracy(sim, test[task], classes)
-        lowbit.qat(sim, data[task], steps=args.qat_steps, lr=1e-4, range_learning=False, transform=lambda b: b[0],
-                   loss=lambda out, b, k=classes: F.cross_entropy(out[:, :k], b[1]))
+        lowbit.qat(sim, [x for x, _ in data[task]], steps=args.qat_steps, lr=1e-4, range_learning=False)
         rows.append((task, classes, floats[task], quantized, accuracy(sim, test[task], classes), switch))
     sim.set_adapter("blur")  # back to the first: its trained weights and encodings return
     check = accuracy(sim, test["blur"], 2)
