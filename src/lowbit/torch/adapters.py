@@ -42,14 +42,15 @@ class AdapterBank:
 
     @classmethod
     def of(cls, model: nn.Module) -> AdapterBank | None:
-        """The adapters of ``model``'s :class:`AdaptedLayer` s, or None when it has none."""
+        """The adapters of ``model``'s :class:`AdaptedLayer` s (taken, not copied: the model is the sim's working
+        copy), or None when it has none."""
         layers = {path: m for path, m in model.named_modules() if isinstance(m, AdaptedLayer)}
         if not layers:
             return None
         weights: dict = {}
         for path, layer in layers.items():
             for name, tensors in layer.adapters.items():
-                weights.setdefault(name, {})[path] = {k: v.clone() for k, v in tensors.items()}
+                weights.setdefault(name, {})[path] = tensors
         first = next(iter(layers.values()))
         factors = {path: layer.output_factor for path, layer in layers.items() if layer.output_factor is not None}
         return cls(first.active, weights, dict(first.scalings), factors)
@@ -110,8 +111,7 @@ def set_adapter(sim, name: str) -> None:
     with torch.no_grad():
         for path, layer_tensors in tensors.items():
             for tensor_name, value in layer_tensors.items():
-                part, attribute = tensor_name.split(".", 1)
-                getattr(_layer(sim, f"{path}.{part}"), attribute).copy_(value)
+                _tensor(sim, path, tensor_name).copy_(value)
     bank.active = name
     stored = bank.encodings.get(name)
     for key in keys:
@@ -125,8 +125,7 @@ def set_adapter(sim, name: str) -> None:
 def live_tensors(sim) -> dict[str, dict[str, torch.Tensor]]:
     """The running adapter's tensors as its layers hold them now (layer path → tensor name → tensor)."""
     bank = _bank(sim)
-    return {path: {name: getattr(_layer(sim, f"{path}.{name.split('.')[0]}"), name.split(".", 1)[1]).detach().clone()
-                   for name in tensors}
+    return {path: {name: _tensor(sim, path, name).detach().clone() for name in tensors}
             for path, tensors in bank.weights[bank.active].items()}
 
 
@@ -252,6 +251,12 @@ def _parse_key(key: str, layers: list[str]) -> tuple[str, str, str]:
             if path is not None:
                 return path, part, attribute.rsplit(".", 1)[-1]
     raise SpecError(f"adapter key {key!r} names no adapted layer of the sim")
+
+
+def _tensor(sim, path: str, tensor_name: str) -> torch.Tensor:
+    """The sim's live tensor ``tensor_name`` ("down.weight", "up.bias", ...) of adapted layer ``path``."""
+    part, attribute = tensor_name.split(".", 1)
+    return getattr(_layer(sim, f"{path}.{part}"), attribute)
 
 
 def _layer(sim, path: str) -> nn.Module:

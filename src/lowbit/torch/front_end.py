@@ -12,15 +12,14 @@ from lowbit.torch.batchnorm_fold import fold_batchnorm
 from lowbit.torch.bias_correction import correct_bias
 from lowbit.torch.capture import with_layer_modules, with_scripts_as_graphs
 from lowbit.torch.equalize import equalize
-from lowbit.torch.lora import is_peft_model, with_adapted_layers
+from lowbit.torch.lora import working_copy
 from lowbit.torch.quantsim import QuantSim
 from lowbit.torch.sequential_mse import sequential_mse
 
 
 def _prepare(model, example_input):
     """An eval-mode copy, scripts converted, peft LoRA layers made adapted layers and functional layers modules."""
-    copied = with_adapted_layers(model) if is_peft_model(model) else copy.deepcopy(model)
-    return with_layer_modules(with_scripts_as_graphs(copied.eval(), example_input), example_input)
+    return with_layer_modules(with_scripts_as_graphs(working_copy(model).eval(), example_input), example_input)
 
 
 def _fold_batchnorm(model, example_input) -> tuple:

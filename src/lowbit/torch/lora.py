@@ -62,6 +62,11 @@ def check_peft_version() -> None:
                         f"LoRA layers (pip install -U 'lowbit[lora]')")
 
 
+def working_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` lowbit may change: a peft LoRA model's with its LoRA layers made adapted layers."""
+    return with_adapted_layers(model) if is_peft_model(model) else copy.deepcopy(model)
+
+
 def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {path: m for path, m in model.named_modules() if type(m).__module__.startswith("peft.tuners.lora")
             and hasattr(m, "lora_A") and hasattr(m, "base_layer")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 import warnings
@@ -29,7 +28,7 @@ from lowbit.torch.module_graph import as_module_graph, functional_layer_types
 from lowbit.torch.insert import insert_quantizers, source_quantizer
 from lowbit.torch.leaf_fallback import wrap_leaf_modules
 from lowbit.torch.adapters import AdapterBank
-from lowbit.torch.lora import is_peft_model, with_adapted_layers
+from lowbit.torch.lora import working_copy
 from lowbit.torch.op_types import module_op_type
 from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -47,9 +46,6 @@ class QuantSim(PlannedQuantizers, nn.Module):
         check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
-        if is_peft_model(model):
-            model = with_adapted_layers(model)
-        self.adapters = AdapterBank.of(model)
         self.target = load_target(target).for_runtime(kernels.name).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
         args, kwargs = as_call(example_input)
@@ -57,7 +53,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
             raise InputError(f"example input must be a tensor, a tuple or a dict of tensors, "
                              f"got {type(example_input).__name__}")
         self.example_input = example_input
-        copied = with_scripts_as_graphs(copy.deepcopy(model).eval(), example_input)
+        copied = with_scripts_as_graphs(working_copy(model).eval(), example_input)
+        self.adapters = AdapterBank.of(copied)
         check_example(copied, args, kwargs)
         self.capture_mode, self.capture_note = "fx", ""
         try:
@@ -224,8 +221,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return self
 
     def calibrate_adapter(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
-        """Encodings of the running adapter's quantizers only (its weights and its layers' outputs), as a full
-        calibration would compute them; the base's encodings are untouched."""
+        """Encodings of the running adapter's quantizers only (its weights, its layers' outputs and the quantizer
+        after its sum), as a full calibration would compute them; the base's encodings are untouched."""
         from lowbit.torch.adapters import calibrate_adapter
         calibrate_adapter(self, data, transform, num_batches)
         return self

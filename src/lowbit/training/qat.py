@@ -64,14 +64,14 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
     keys = set(adapter_keys(sim)) if sim.adapters is not None else set(sim.quantizers())
-    learning = [q for k, q in sim.quantizers().items() if q.mode == "quantize" and k in keys] if range_learning else []
-    for key, quantizer in sim.quantizers().items():
-        if quantizer in learning:
-            quantizer.learn_ranges(True, batched=sim.point(key).role != "weight")
-    ranges = {id(p) for q in learning for p in q.parameters()}
+    learning = {k: q for k, q in sim.quantizers().items() if q.mode == "quantize" and k in keys} if range_learning \
+        else {}
+    for key, quantizer in learning.items():
+        quantizer.learn_ranges(True, batched=sim.point(key).role != "weight")
+    ranges = {id(p) for q in learning.values() for p in q.parameters()}
     weights = adapter_parameters(sim) if sim.adapters is not None else list(sim.model.parameters())
     groups = [{"params": [p for p in weights if p.requires_grad and id(p) not in ranges], "lr": lr}]
-    for quantizer in learning:
+    for quantizer in learning.values():
         groups.append({"params": [quantizer.learned_scale], "lr": lr * RANGE_LR_FACTOR * float(quantizer.scale.mean())})
         if "learned_zero_point" in quantizer._parameters:
             groups.append({"params": [quantizer.learned_zero_point], "lr": lr * ZERO_POINT_LR_FACTOR})
