@@ -131,3 +131,23 @@ def test_bad_adapters_are_one_line(two_adapters, calibration_batches, mobilenet,
     with pytest.raises(SpecError, match="no LoRA adapters"):
         lowbit.quantize(mobilenet, calibration_batches[:1]).set_adapter("a")
     assert not list(tmp_path.iterdir())
+
+
+class Branching(torch.nn.Module):
+    """A model torch.fx cannot trace (a branch on the data): the sim falls back to leaf modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_adapters_of_an_untraceable_model_are_one_line():
+    model = peft.get_peft_model(Branching(), peft.LoraConfig(r=2, target_modules=["fc"])).eval()
+    data = [torch.rand(4, 8)]
+    with pytest.warns(UserWarning, match="leaf modules"):
+        sim = lowbit.QuantSim(model, data[0]).calibrate(data)
+    with pytest.raises(SpecError, match="torch.fx could not trace the model .*LoRA adapters need a traceable model"):
+        sim.set_adapter("default")

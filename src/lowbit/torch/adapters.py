@@ -267,4 +267,7 @@ def _layer(sim, path: str) -> nn.Module:
 def _bank(sim) -> AdapterBank:
     if sim.adapters is None:
         raise SpecError("the sim has no LoRA adapters: build it from a peft LoRA model")
+    if sim.capture_mode != "fx":
+        raise SpecError(f"the sim's adapters cannot be switched: torch.fx could not trace the model "
+                        f"({sim.capture_note}); LoRA adapters need a traceable model")
     return sim.adapters
