@@ -83,6 +83,29 @@ def test_switching_keeps_the_base_and_matches_a_fresh_calibration(two_adapters, 
         assert torch.equal(sim(eval_batches[0]), outputs_a)
 
 
+def test_adapter_calibration_resumes_where_the_adapters_begin(two_adapters, calibration_batches):
+    """The base's part of an adapter calibration is kept and reused on the same images and base: the encodings are
+    those a full calibration computes; other images or a changed base weight run the whole network again."""
+    sim = lowbit.quantize(two_adapters, calibration_batches)
+    adapter = adapter_keys(sim)
+    full_a = encodings(sim, adapter)
+    sim.set_adapter("b").calibrate_adapter(calibration_batches)
+    kept = sim.adapters.prefix
+    assert kept is not None and len(kept.cursors) == len(calibration_batches)
+    sim.set_adapter("a").calibrate_adapter(calibration_batches)
+    assert sim.adapters.prefix is kept
+    assert same(encodings(sim, adapter), full_a)
+    uncached = copy.deepcopy(sim)
+    assert uncached.adapters.prefix is None
+    with torch.no_grad():
+        for model in (sim.model, uncached.model):
+            model.get_submodule("features.15.conv.2").layer.weight.mul_(1.01)
+    for other in (sim, uncached):
+        other.calibrate_adapter(calibration_batches[:1])
+    assert sim.adapters.prefix is not kept and len(sim.adapters.prefix.cursors) == 1
+    assert same(encodings(sim, adapter), encodings(uncached, adapter))
+
+
 def test_saved_adapters_load_and_export_small(two_adapters, calibration_batches, tmp_path):
     """peft's save_pretrained folder loads as the adapter it saved (scaling and folded BatchNorm applied); each
     adapter's export is a small fraction of the base's."""

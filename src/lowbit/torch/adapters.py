@@ -15,6 +15,7 @@ from lowbit.errors import InputError, NotCalibratedError, SpecError
 from lowbit.qdq.files import quantizer_args
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.encodings_file import write_encodings
+from lowbit.torch.adapter_prefix import AdapterPrefix, run_adapter_part
 from lowbit.torch.lora import AdaptedLayer
 from lowbit.torch.weight_quantized import WeightQuantized
 
@@ -39,6 +40,8 @@ class AdapterBank:
     scalings: dict[str, float]
     output_factors: dict[str, torch.Tensor]
     encodings: dict[str, dict] = field(default_factory=dict)
+    prefix: AdapterPrefix | None = None
+    """The base's part of the last adapter calibration, paused before the adapters (reused on the same images)."""
 
     @classmethod
     def of(cls, model: nn.Module) -> AdapterBank | None:
@@ -54,6 +57,9 @@ class AdapterBank:
         first = next(iter(layers.values()))
         factors = {path: layer.output_factor for path, layer in layers.items() if layer.output_factor is not None}
         return cls(first.active, weights, dict(first.scalings), factors)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "prefix": None}  # paused runs are a cache: copies and pickles start without
 
     @property
     def layers(self) -> list[str]:
@@ -169,7 +175,9 @@ def _tensor_names(sim) -> dict[str, str]:
 
 def calibrate_adapter(sim, data, transform=None, num_batches: int | None = None) -> None:
     """Encodings of the running adapter's quantizers only, computed as a full calibration computes them (weights
-    quantized, the base's activations passed through in float); the base's encodings are not touched."""
+    quantized, the base's activations passed through in float); the base's encodings are not touched. The base's
+    part of the run is kept, so the next adapter calibrated on the same images starts where the adapters begin."""
+    bank = _bank(sim)
     keys = set(adapter_keys(sim))
     base = {k: q for k, q in sim._quantizers.items() if k not in keys and sim.point(k).role != "weight"}
     weights = [k for k in keys if sim.point(k).role == "weight"]
@@ -182,7 +190,9 @@ def calibrate_adapter(sim, data, transform=None, num_batches: int | None = None)
             quantizer.mode = "off"
         for quantizer in activations.values():
             quantizer.start_calibration()
-        sim.stream(data, transform, num_batches, "calibrate adapter")
+        modules = {f"{path}.{part}" for path in bank.layers for part in PARTS}
+        bank.prefix = run_adapter_part(sim, data, transform, num_batches, modules,
+                                       {sim._quantizers[k] for k in keys}, bank.prefix)
         for key, quantizer in activations.items():
             if quantizer.estimator.batches == 0:
                 raise NotCalibratedError(f"quantizer {key!r} saw no data while calibrating the adapter")

@@ -7,7 +7,7 @@ import inspect
 
 import torch
 from torch import fx
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 
 class GraphCursor:
@@ -43,7 +43,7 @@ class GraphCursor:
         """A second run paused at the same node, on copies of the values held (so in-place ops in one
         run cannot change the other)."""
         twin = object.__new__(GraphCursor)
-        twin.nodes, twin.position, twin._inputs = self.nodes, self.position, self._inputs
+        twin.nodes, twin.position, twin._inputs = self.nodes, self.position, dict(self._inputs)
         twin._interpreter = fx.Interpreter(self._interpreter.module, garbage_collect_values=True)
         copy = lambda value: value.clone() if isinstance(value, torch.Tensor) else value
         twin._interpreter.env = {node: tree_map(copy, value) for node, value in self._interpreter.env.items()}
@@ -59,6 +59,11 @@ class GraphCursor:
         args, _ = self._interpreter.fetch_args_kwargs_from_env(self.nodes[self.position])
         return args
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """The tensors this paused run holds for the nodes after it."""
+        held = [*self._inputs.values(), *self._interpreter.env.values()]
+        return [t for value in held for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
+
     def value(self, node: fx.Node):
         """The value of an already-run ``node`` that later nodes still read."""
         return self._interpreter.env[node]
@@ -66,6 +71,6 @@ class GraphCursor:
     def _run(self, node: fx.Node):
         if node.op == "placeholder":
             if node.target in self._inputs:
-                return self._inputs[node.target]
+                return self._inputs.pop(node.target)  # held by the environment from here on, while read
             return node.args[0] if node.args else None
         return self._interpreter.run_node(node)
