@@ -174,3 +174,11 @@ def test_adapters_of_an_untraceable_model_are_one_line():
         sim = lowbit.QuantSim(model, data[0]).calibrate(data)
     with pytest.raises(SpecError, match="torch.fx could not trace the model .*LoRA adapters need a traceable model"):
         sim.set_adapter("default")
+
+
+def test_peft_older_than_supported_is_one_line():
+    from lowbit.torch.lora import check_peft_version
+    with pytest.raises(SpecError, match=r"peft 0\.9\.2 is not supported.*lowbit\[lora\]"):
+        check_peft_version("0.9.2")
+    check_peft_version("0.10.0")
+    check_peft_version(peft.__version__)

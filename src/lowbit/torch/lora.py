@@ -54,9 +54,9 @@ def adapter_weights(lora_layer, name: str) -> dict[str, torch.Tensor]:
     return weights
 
 
-def check_peft_version() -> None:
-    """SpecError unless the installed peft is one lowbit reads."""
-    version = importlib.metadata.version("peft")
+def check_peft_version(version: str | None = None) -> None:
+    """SpecError unless peft ``version`` (default: the installed one) is one lowbit reads."""
+    version = importlib.metadata.version("peft") if version is None else version
     if tuple(int(part) for part in version.split(".")[:2]) < SUPPORTED_PEFT:
         raise SpecError(f"peft {version} is not supported: lowbit reads peft ≥ {'.'.join(map(str, SUPPORTED_PEFT))}'s "
                         f"LoRA layers (pip install -U 'lowbit[lora]')")
