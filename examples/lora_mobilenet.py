@@ -3,8 +3,8 @@
 The base (torchvision's ImageNet MobileNetV2, shipped in a wheel) is quantized and calibrated once; each task gets
 a peft LoRA adapter (rank 8 on the last 1×1 convolutions and the classifier; a task's classes are the first logits),
 trained in float on labels, then calibrated on the quantized base (``calibrate_adapter``) and trained further with
-lowbit's QAT on the frozen quantized base: distilled from the float model running the same adapter (no labels),
-the adapter's weights only, its calibrated ranges kept (docs/qat.md's advice for few images). Training images: crops of scikit-image's 16 photos; test images: crops of the 20
+lowbit's QAT on the frozen quantized base, on the same labels: the adapter's weights only, its calibrated ranges kept
+(docs/qat.md's advice for few images). Training images: crops of scikit-image's 16 photos; test images: crops of the 20
 ImageNet photos of foolbox (never trained on). Prints float vs quantized accuracy per task, switching adapters.
 
     pip install 'lowbit[lora]'
@@ -60,16 +60,15 @@ def accuracy(model, data, classes: int) -> float:
 
 
 def train_float(model, data, classes: int, steps: int, lr: float) -> None:
-    """Plain PyTorch training of the peft model's active adapter (peft freezes the base)."""
+    """Plain PyTorch training of the peft model's active adapter (peft freezes the base's weights; the model stays
+    in eval mode so the base's BatchNorm statistics, shared by every adapter, do not follow this task's images)."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
     for step in range(steps):
         x, y = data[step % len(data)]
         loss = F.cross_entropy(model(x)[:, :classes], y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
 
 
 def main() -> None:
@@ -104,7 +103,8 @@ def main() -> None:
         sim.calibrate_adapter([x for x, _ in data[task]])
         switch = time.perf_counter() - switch
         quantized = accuracy(sim, test[task], classes)
-        lowbit.qat(sim, [x for x, _ in data[task]], steps=args.qat_steps, lr=1e-4, range_learning=False)
+        lowbit.qat(sim, data[task], steps=args.qat_steps, lr=1e-4, range_learning=False, transform=lambda b: b[0],
+                   loss=lambda out, b, classes=classes: F.cross_entropy(out[:, :classes], b[1]))
         rows.append((task, classes, floats[task], quantized, accuracy(sim, test[task], classes), switch))
     sim.set_adapter("blur")  # back to the first: its trained weights and encodings return
     check = accuracy(sim, test["blur"], 2)
