@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit.data import channels_last_call, checked_calls, move_call, tensors_of
-from lowbit.errors import InputError, LowbitError, first_line
+from lowbit.data import tensors_of
 from lowbit.progress import progress
+from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.graph_cursor import GraphCursor
+from lowbit.torch.sim_calls import batch_errors, sim_calls
 
 MAX_KEPT_BYTES = 1 << 29
 """Paused runs holding more than this (512 MiB) are used once and not kept."""
@@ -31,14 +32,13 @@ def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modu
                      adapter_quantizers: set[nn.Module], kept: AdapterPrefix | None) -> AdapterPrefix | None:
     """Run every batch of ``data`` through the sim, resuming from ``kept`` when it was paused on the same batches
     and base; returns the paused runs to keep (None: too large to keep)."""
-    device = sim._device()
-    calls = [channels_last_call(*move_call(args, kwargs, device)) for args, kwargs in
-             checked_calls(data, transform, num_batches)]
+    calls = list(sim_calls(data, transform, num_batches, sim._device()))
     digest = _digest(sim.model, calls, adapter_modules, adapter_quantizers)
     if kept is None or kept.digest != digest:
         kept = AdapterPrefix(digest, _paused_runs(sim.model, calls, adapter_modules))
     for count, cursor in enumerate(progress(kept.cursors, "calibrate adapter")):
-        _guarded(count, cursor.fork().finish)
+        with batch_errors(count):
+            cursor.fork().finish()
     held = sum(t.numel() * t.element_size() for c in kept.cursors for t in c.held_tensors())
     return kept if held <= MAX_KEPT_BYTES else None
 
@@ -49,27 +49,14 @@ def _paused_runs(model: nn.Module, calls: list, adapter_modules: set[str]) -> li
     first = next(i for i, node in enumerate(nodes) if node.op == "call_module" and node.target in adapter_modules)
     cursors = []
     for count, (args, kwargs) in enumerate(progress(calls, "calibrate adapter: base part")):
-        if not tensors_of(args, kwargs):
-            raise InputError(f"batch {count} holds no torch tensor: a PyTorch sim takes tensors "
-                             f"(numpy arrays: torch.from_numpy)")
         cursors.append(GraphCursor(model, args, kwargs))
-        _guarded(count, lambda: cursors[-1].run_to(first))
+        with batch_errors(count):
+            cursors[-1].run_to(first)
     return cursors
-
-
-def _guarded(count: int, run) -> None:
-    """``run()``; an error of the model on batch ``count`` as one InputError line."""
-    try:
-        run()
-    except LowbitError:
-        raise
-    except Exception as error:
-        raise InputError(f"batch {count} does not fit the model: {first_line(error)}") from error
 
 
 def _digest(model: nn.Module, calls: list, adapter_modules: set[str], adapter_quantizers: set[nn.Module]) -> bytes:
     """A hash of the batches, of every tensor of the model outside the adapters, and of the base quantizers' modes."""
-    from lowbit.quant.quantizer import Quantizer
     skipped = tuple(f"{name}." for name in adapter_modules)
     skipped += tuple(f"{name}." for name, m in model.named_modules() if m in adapter_quantizers)
     hasher = hashlib.blake2b(digest_size=32)

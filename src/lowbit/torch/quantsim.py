@@ -10,9 +10,9 @@ from collections import Counter
 import torch
 from torch import nn
 
-from lowbit.data import as_call, batch_count, channels_last_call, checked_calls, move_call, tensors_of
+from lowbit.data import as_call, batch_count, tensors_of
 from lowbit.distributed import check_ranks, pool_estimators, shard
-from lowbit.errors import InputError, LowbitError, NotCalibratedError, first_line
+from lowbit.errors import InputError, NotCalibratedError, first_line
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.progress import progress
 from lowbit.graph.placement import plan, returned_values
@@ -31,6 +31,7 @@ from lowbit.torch.adapters import AdapterBank
 from lowbit.torch.lora import working_copy
 from lowbit.torch.op_types import module_op_type
 from lowbit.torch.graph_view import fx_view, node_op_type
+from lowbit.torch.sim_calls import batch_errors, sim_calls
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
@@ -161,21 +162,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         """Run the sim (no gradients) on every checked batch of ``data``, image batches in channels-last
         memory (same values, faster convolutions), handing each output to ``consume``; returns the
         batch count."""
-        device = self._device()
         count = 0
         with torch.no_grad():
-            calls = checked_calls(data, transform, num_batches)
+            calls = sim_calls(data, transform, num_batches, self._device())
             for args, kwargs in progress(calls, description, batch_count(data, num_batches)):
-                if not tensors_of(args, kwargs):
-                    raise InputError(f"batch {count} holds no torch tensor: a PyTorch sim takes tensors "
-                                     f"(numpy arrays: torch.from_numpy)")
-                args, kwargs = channels_last_call(*move_call(args, kwargs, device))
-                try:
+                with batch_errors(count):
                     output = self.model(*args, **kwargs)
-                except LowbitError:
-                    raise
-                except Exception as error:
-                    raise InputError(f"batch {count} does not fit the model: {first_line(error)}") from error
                 if consume is not None:
                     consume(output)
                 count += 1
