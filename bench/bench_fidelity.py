@@ -1,6 +1,7 @@
 """Fidelity of the QDQ export: simulation vs onnxruntime, and both vs FP32 and the labels.
 
-For targets ``cpu-int8`` (7-bit weights) and ``default`` (8-bit weights): calibrate on 128 augmented
+For targets ``cpu-int8`` (7-bit weights), ``default`` (8-bit weights) and ``default`` with 4-bit activations
+(stored as uint8 and clamped to their 16 steps in the file): calibrate on 128 augmented
 scikit-image photos (minmax), export, then on the evaluation set (the 20 labelled ImageNet photos plus
 108 augmented crops of them = 128 images) report
 - sim vs onnxruntime: top-1 agreement and max output error in output LSBs (lowbit.fidelity.measure_fidelity);
@@ -28,7 +29,8 @@ from lowbit.fidelity import measure_fidelity, output_lsb  # noqa: E402
 from lowbit.runtime import run, session  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
-TARGETS = ("cpu-int8", "default")
+ROWS = {"cpu-int8": ("cpu-int8", None), "default": ("default", None), "default-a4": ("default", 4)}
+"""Row label → (target preset, activation bits override)."""
 N_LABELLED = 20
 
 
@@ -43,9 +45,9 @@ def main() -> None:
     fp32_acc = float((fp32[:N_LABELLED] == labels[:N_LABELLED]).float().mean())
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for target in TARGETS:
-            sim = lowbit.quantize(model, calib, target=target, scheme="minmax")
-            _, _, qdq_path = sim.export(Path(tmp) / target, name="mobilenet_v2")
+        for label, (target, act_bits) in ROWS.items():
+            sim = lowbit.quantize(model, calib, target=target, act_bits=act_bits, scheme="minmax")
+            _, _, qdq_path = sim.export(Path(tmp) / label, name="mobilenet_v2")
             fid = measure_fidelity(sim, qdq_path, evals, threads=_common.THREADS)
             ort = session(qdq_path, threads=_common.THREADS)
             with torch.no_grad():
@@ -63,8 +65,8 @@ def main() -> None:
                 "labelled_top1_sim": float((sim_top[:N_LABELLED] == labels[:N_LABELLED]).float().mean()),
                 "labelled_top1_ort": float((ort_top[:N_LABELLED] == labels[:N_LABELLED]).float().mean()),
             }
-            results[target] = res
-            rows.append([target, res["samples"], f"{res['sim_vs_ort_top1_agreement']:.2%}",
+            results[label] = res
+            rows.append([label, res["samples"], f"{res['sim_vs_ort_top1_agreement']:.2%}",
                          f"{res['max_error_lsb']:.1f}", f"{res['sim_vs_fp32_top1_agreement']:.2%}",
                          f"{res['ort_vs_fp32_top1_agreement']:.2%}",
                          f"{res['labelled_top1_fp32']:.0%} / {res['labelled_top1_sim']:.0%} / "

@@ -8,6 +8,7 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
     .venv/bin/python bench/bench_qat.py                                     # every row, default recipe
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --steps 200 --batch 16
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --start seqmse --keep-batchnorm --no-cost
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a4 --start seqmse --scheme sqnr --steps 300 --batch 16
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8,efficientnet_lite0-w4a8 --batch 16 --cost-only
 """
 
@@ -27,6 +28,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
+from lowbit.quant.range_estimators import SCHEMES  # noqa: E402
 from lowbit.training.qat import train_exactly  # noqa: E402
 from lowbit.zoo import augmented, calibration_photos, photos_to_batch  # noqa: E402
 from lowbit.zoo import pretrained_efficientnet_lite0, pretrained_mobilenet_v2  # noqa: E402
@@ -75,10 +77,10 @@ START_TECHNIQUES = {"minmax": (), "seqmse": ("sequential_mse",), "adaround": ("s
 """--start → the post-training techniques whose encodings QAT starts from."""
 
 
-def sim_for(model, calib, setting: str, start: str = "minmax", keep_batchnorm: bool = False):
+def sim_for(model, calib, setting: str, start: str = "minmax", keep_batchnorm: bool = False, scheme: str = "minmax"):
     target, act_bits = SETTINGS[setting]
     return lowbit.quantize(model, calib, target=target, act_bits=act_bits, techniques=START_TECHNIQUES[start],
-                           fold_batchnorm=not keep_batchnorm)
+                           fold_batchnorm=not keep_batchnorm, scheme=scheme)
 
 
 def step_seconds(model_name: str, setting: str, batch: int, keep_batchnorm: bool, fixed_ranges: bool,
@@ -142,7 +144,7 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     model = MODELS[model_name]().eval()
     fp32 = fp32s[model_name]
     calib = _common.calibration_batches(n_images=256)
-    sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm)
+    sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm, args.scheme)
     with torch.no_grad():
         before = figures(torch.cat([sim(b) for b in evals]), fp32)
     data = TrainingCrops(args.batches_per_epoch, args.batch, args.mixup)
@@ -153,7 +155,7 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-           "start": args.start, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
+           "start": args.start, "scheme": args.scheme, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
            "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
            "trace": [[step, score] for step, score in result.scores()],
@@ -219,6 +221,8 @@ def main() -> None:
     parser.add_argument("--start", choices=sorted(START_TECHNIQUES), default="minmax",
                         help="the encodings QAT starts from: calibrated min-max, sequential MSE's, or sequential MSE's "
                              "then AdaRound's (by block)")
+    parser.add_argument("--scheme", choices=SCHEMES, default="minmax",
+                        help="calibration scheme of the starting ranges")
     parser.add_argument("--keep-batchnorm", action="store_true",
                         help="train BatchNorm on batch statistics, folded into weights and scales after")
     parser.add_argument("--mixup", action="store_true", help="train on blends of two crops (function matching)")
@@ -247,7 +251,7 @@ def main() -> None:
     payload = stored_payload()
     results = payload["rows"]
     for model_name, setting in rows:
-        recipe = (f"from {args.start}" + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
+        recipe = (f"from {args.start}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "") + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
                   + (", fixed ranges" if args.fixed_ranges else ""))
         key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
         start = time.perf_counter()

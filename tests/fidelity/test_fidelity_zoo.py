@@ -49,20 +49,24 @@ def _compare(sim, path, batches, optimize: bool) -> list[tuple[float, float, int
     return results
 
 
+@pytest.mark.parametrize("act_bits", [8, 4])
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_sim_matches_onnxruntime_on_every_output(name, tmp_path):
+def test_sim_matches_onnxruntime_on_every_output(name, act_bits, tmp_path):
+    """At 4 bits the activations' grids are narrower than the uint8/int8 the file stores them in: the export's
+    Clip after each such pair keeps the runtime on the sim's grid. Argmax agreement is checked at 8 bits only:
+    16-level outputs tie so often that a one-step difference (float-computed layers) moves the first maximum."""
     model, inputs = build(name)
     batches = _batches(inputs)
-    sim = lowbit.quantize(model, batches)
+    sim = lowbit.quantize(model, batches, act_bits=act_bits)
     weights = sum(1 for p in model.parameters() if p.dim() >= 2)
     assert sim.summary()["quantizers"]["weight"] == weights, sim.summary()
     paths = sim.export(tmp_path, name=name)
     for optimize in (True, False):
         for index, (agreement, error_lsb, rank) in enumerate(_compare(sim, paths.qdq_onnx, batches, optimize)):
-            where = f"{name} output {index} (optimize={optimize})"
+            where = f"{name} output {index} (act_bits={act_bits}, optimize={optimize})"
             print(f"\n{where}: agreement {agreement:.2%}, max error {error_lsb:.2f} LSB")
             assert error_lsb <= 1.0001, where
-            if rank == 2:
+            if rank == 2 and act_bits == 8:
                 assert agreement >= GOAL, where
 
 

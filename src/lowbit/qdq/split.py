@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lowbit.qdq.grid_clamp import clamp_to_grids
 from lowbit.qdq.graph_index import GraphIndex, remove_unused, rename_tensors, strip_attribute
+from lowbit.qdq.storage import narrower_than_storage
 from lowbit.qdq.weights import fold_transposed_weights, quantize_biases, quantize_weights
 from lowbit.quant.encoding import Encoding
 
@@ -34,17 +36,19 @@ def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict
     widen_weight_pairs(model.graph)
     retype_uint16_zero_points(model.graph)
     index = GraphIndex(model.graph)
-    activation, params, names, pairs = {}, {}, {}, []
+    activation, params, names, pairs, grids = {}, {}, {}, [], {}
     for node in model.graph.node:
         key = strip_attribute(node, QUANTIZER_KEY_ATTRIBUTE) if node.op_type == "QuantizeLinear" else None
         if key is None:
             continue
-        source = node.input[0]
-        (params if source in index.initializers else activation)[source] = quantizers[key].encoding.to("cpu")
+        source, encoding = node.input[0], quantizers[key].encoding.to("cpu")
+        (params if source in index.initializers else activation)[source] = encoding
         names[key] = source
         (dequantize,) = index.consumers[node.output[0]]
         pairs.append((node, dequantize))
-    return SplitGraph(_float_model(model, pairs), _qdq_model(model, params), activation, params, names)
+        if source not in index.initializers and encoding.spec.axis is None and narrower_than_storage(encoding):
+            grids[dequantize.output[0]] = encoding
+    return SplitGraph(_float_model(model, pairs), _qdq_model(model, params, grids), activation, params, names)
 
 
 def retype_uint16_zero_points(graph: onnx.GraphProto) -> None:
@@ -105,9 +109,11 @@ def _float_model(model: onnx.ModelProto, pairs) -> onnx.ModelProto:
     return result
 
 
-def _qdq_model(model: onnx.ModelProto, params: dict[str, Encoding]) -> onnx.ModelProto:
-    """``model`` with weights stored as integers, biases as int32, and no tag attributes."""
+def _qdq_model(model: onnx.ModelProto, params: dict[str, Encoding], grids: dict[str, Encoding]) -> onnx.ModelProto:
+    """``model`` with weights stored as integers, biases as int32, activations clamped to grids narrower than
+    their stored type, and no tag attributes."""
     result = copy.deepcopy(model)
+    clamp_to_grids(result.graph, grids)
     quantize_weights(result.graph, params)
     fold_transposed_weights(result.graph)
     quantize_biases(result.graph)

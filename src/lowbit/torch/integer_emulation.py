@@ -8,19 +8,19 @@ from typing import Callable
 
 import torch
 
-from lowbit.qdq.storage import onnx_storage
+from lowbit.qdq.storage import narrower_than_storage, onnx_storage
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.int32_bias import int32_bias
 
 
 def emulable(input_encoding: Encoding | None, weight_encoding: Encoding | None,
              output_encoding: Encoding | None) -> bool:
-    """Whether the layer maps onto onnxruntime's QLinearConv (8-bit per-tensor activations,
-    signed-symmetric per-tensor or per-output-channel weights)."""
+    """Whether the layer maps onto onnxruntime's QLinearConv (per-tensor activations of at most 8 bits, stored
+    as 8-bit types, signed-symmetric per-tensor or per-output-channel weights)."""
     if input_encoding is None or weight_encoding is None or output_encoding is None:
         return False
     activations = (input_encoding, output_encoding)
-    return (all(e.spec.axis is None and e.spec.bits == 8 for e in activations)
+    return (all(e.spec.axis is None and e.spec.bits <= 8 for e in activations)
             and weight_encoding.spec.block_size is None and weight_encoding.spec.bits <= 8
             and weight_encoding.spec.axis in (None, 0) and weight_encoding.is_signed_symmetric)
 
@@ -103,7 +103,7 @@ def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_en
 
 
 def stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
-    """The zero point of an 8-bit grid in the type the QDQ file stores it in, and that type's range."""
+    """The zero point of a grid of at most 8 bits in the type the QDQ file stores it in, and that type's range."""
     type_name, zero_point = onnx_storage(encoding)
     low, high = (0.0, 255.0) if type_name == "uint8" else (-128.0, 127.0)
     return zero_point.reshape(()).double(), low, high
@@ -126,11 +126,20 @@ def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding,
     b_stored = (torch.div(b, b_scale).round_() if b_integers is None else b_integers).double().add_(b_zero)
     inner = b_stored.mul_(b_ratio).add_(fixed).float().double()
     grid = a_stored.mul_(a_ratio).add_(inner).float().round_().clamp_(low, high)
-    grid.sub_(c_zero.float())
+    grid = clamp_to_grid(grid.sub_(c_zero.float()), output_encoding)
     return torch.mul(grid, output_scale), grid
 
 
+def clamp_to_grid(centred: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """``centred`` grid indices clamped in place to the ends of a grid narrower than its stored type (the Clip
+    the export writes after such a grid's Q/DQ pair); unchanged otherwise."""
+    if narrower_than_storage(encoding):
+        low = float(encoding.offset.reshape(()))
+        centred.clamp_(low, low + encoding.spec.levels - 1)
+    return centred
+
+
 def emulable_add(a_encoding: Encoding | None, b_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:
-    """Whether an addition maps onto onnxruntime's QLinearAdd (three 8-bit per-tensor encodings)."""
+    """Whether an addition maps onto onnxruntime's QLinearAdd (three per-tensor encodings of at most 8 bits)."""
     encodings = (a_encoding, b_encoding, output_encoding)
-    return all(e is not None and e.spec.axis is None and e.spec.bits == 8 for e in encodings)
+    return all(e is not None and e.spec.axis is None and e.spec.bits <= 8 for e in encodings)

@@ -12,7 +12,7 @@ from torch import nn
 
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.quantizer import Quantizer, fast_path_allowed
-from lowbit.torch.integer_emulation import stored_zero_point
+from lowbit.torch.integer_emulation import clamp_to_grid, stored_zero_point
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _RESERVED_BITS = 5.0  # headroom onnxruntime keeps below float32's largest value
@@ -45,13 +45,13 @@ def qlinear_softmax(x: torch.Tensor, dim: int, input_encoding: Encoding,
     zero_point, low, high = stored_zero_point(output_encoding)
     ratio = exponentials.double() * inverse.double() / total.unsqueeze(dim).double()
     stored = torch.round(ratio).double() + zero_point.to(x.device)
-    centred = (stored.clamp(low, high) - zero_point.to(x.device)).float()
+    centred = clamp_to_grid((stored.clamp(low, high) - zero_point.to(x.device)).float(), output_encoding)
     return centred * output_scale, centred
 
 
 def emulable_softmax(input_encoding: Encoding | None, output_encoding: Encoding | None) -> bool:
-    """Whether onnxruntime runs this softmax as QLinearSoftmax: 8-bit per-tensor grids on both sides."""
-    return all(e is not None and e.scale.numel() == 1 and e.spec.bits == 8 and e.spec.axis is None
+    """Whether onnxruntime runs this softmax as QLinearSoftmax: per-tensor grids of at most 8 bits on both sides."""
+    return all(e is not None and e.scale.numel() == 1 and e.spec.bits <= 8 and e.spec.axis is None
                for e in (input_encoding, output_encoding))
 
 
