@@ -24,6 +24,10 @@ from lowbit.training.loop import agreement_score, distillation_loss, train
 METHODS = ("spatial_svd", "weight_svd", "channel_pruning")
 CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 """The fractions of a layer's MACs (SVD) or input channels (pruning) each layer is scored at."""
+CHANNEL_MULTIPLE = 8
+"""Kept channels and ranks are multiples of this: onnxruntime 1.32 runs a convolution in its blocked NCHWc layout only
+when its channel counts are multiples of 4 (a 1×1 → depthwise → 1×1 chain of 78 channels fell back to plain kernels
+in all but one layer, one of 76 or 80 did not); 8 leaves room for runtimes with wider vectors."""
 DEFAULT_LR = 1e-4
 _LOW_RANK = {"spatial_svd": spatial_svd, "weight_svd": weight_svd}
 MAX_SELECTIONS = 5
@@ -99,11 +103,19 @@ def _apply(model: nn.Module, name: str, method: str, kept: int, data) -> nn.Modu
 
 
 def _kept_for(layer: nn.Module, method: str, full: int, ratio: float, input_shape, layer_macs: int) -> int:
-    """The rank or channel count that keeps about ``ratio`` of the layer's MACs (pruning: of its channels)."""
+    """The rank or channel count that keeps about ``ratio`` of the layer's MACs (pruning: of its channels), a multiple
+    of :data:`CHANNEL_MULTIPLE` where the layer has that many."""
     if method == "channel_pruning":
-        return max(1, round(ratio * full))
+        return _aligned(ratio * full, full)
     rank_macs = model_costs(_LOW_RANK[method](layer, 1), torch.zeros(1, *input_shape[1:])).macs
-    return max(1, int(ratio * layer_macs / rank_macs))
+    return _aligned(ratio * layer_macs / rank_macs, full)
+
+
+def _aligned(count: float, full: int) -> int:
+    """``count`` rounded to a multiple of CHANNEL_MULTIPLE (at least one), or to a whole number for small layers."""
+    if full < 2 * CHANNEL_MULTIPLE:
+        return max(1, round(count))
+    return CHANNEL_MULTIPLE * max(1, round(count / CHANNEL_MULTIPLE))
 
 
 @torch.no_grad()
@@ -221,7 +233,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         if fine_tune_steps:
             parameters = [p for p in compressed.parameters() if p.requires_grad]
             train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
-                  fine_tune_steps, teacher=model)
+                  fine_tune_steps, teacher=model, frozen_batchnorm=True)
         score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
     after = model_costs(compressed, example)
     result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},
