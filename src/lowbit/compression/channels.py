@@ -119,19 +119,6 @@ def _input_rows(layer: nn.Module, inputs: list[torch.Tensor], rows: int) -> tupl
     return torch.cat(windows), torch.cat(outputs)
 
 
-def _layer_inputs(model: nn.Module, layer: str, calls) -> list[torch.Tensor]:
-    """The input of ``model``'s ``layer`` on each call, the model in eval mode."""
-    inputs: list[torch.Tensor] = []
-    hook = model.get_submodule(layer).register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
-    try:
-        with eval_mode(model):
-            for args, kwargs in calls:
-                model(*args, **kwargs)
-    finally:
-        hook.remove()
-    return inputs
-
-
 def _refits(layer: nn.Module) -> bool:
     """Whether the least-squares refit knows how ``layer`` computes (torch's Conv2d or Linear, zero padding)."""
     return (isinstance(layer, (nn.Linear, nn.Conv2d)) and not own_forward(layer)
@@ -163,12 +150,10 @@ def _slice(module: nn.Module, kept: torch.Tensor, axis: int) -> None:
 
 @torch.no_grad()
 def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: int = 4,
-                   reconstruct: bool = True, reference: nn.Module | None = None) -> PrunedChannels:
+                   reconstruct: bool = True) -> PrunedChannels:
     """A copy of ``model`` where ``layer`` keeps ``keep`` input channels (those with the most weight norm × input
     RMS on ``data``), its producers lose the others, and (``reconstruct``) its kept weights are refit by least
-    squares to its original output on ``data``: ``model``'s, or the same-named layer's of ``reference`` (the
-    uncompressed model, so the refit also absorbs what compressing earlier layers changed; He et al. 2017).
-    SpecError where the chain cannot be pruned."""
+    squares to its original output on ``data``. SpecError where the chain cannot be pruned."""
     calls = list(checked_calls(data, None, num_batches))
     pruned = copy.deepcopy(model)
     chains = prunable_layers(pruned, batch_of(calls[0]))
@@ -181,7 +166,14 @@ def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: i
     channels = target.weight.shape[1]
     if not 1 <= keep <= channels:
         raise SpecError(f"{layer!r} has {channels} input channels: keep between 1 and {channels}, got {keep}")
-    inputs = _layer_inputs(pruned, layer, calls)
+    inputs: list[torch.Tensor] = []
+    hook = target.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    try:
+        with eval_mode(pruned):
+            for args, kwargs in calls:
+                pruned(*args, **kwargs)
+    finally:
+        hook.remove()
     flat = [x.reshape(-1, channels) if isinstance(target, nn.Linear) else x.transpose(0, 1).reshape(channels, -1).T
             for x in inputs]
     rms = torch.cat(flat).pow(2).mean(0).sqrt()
@@ -189,8 +181,6 @@ def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: i
     kept = score.topk(keep).indices.sort().values
     if reconstruct and _refits(target) and keep < channels:
         windows, outputs = _input_rows(target, inputs, MAX_ROWS)
-        if reference is not None:  # the same positions (sampled by shape alone), the uncompressed layer's outputs
-            _, outputs = _input_rows(reference.get_submodule(layer), _layer_inputs(reference, layer, calls), MAX_ROWS)
         solution = torch.linalg.lstsq(windows[:, kept].reshape(len(windows), -1).double(), outputs.double()).solution
         weight = solution.T.reshape(target.weight.shape[0], keep, *target.weight.shape[2:])
         target.weight = nn.Parameter(weight.to(target.weight.dtype))

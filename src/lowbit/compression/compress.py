@@ -93,11 +93,10 @@ def _methods_for(name: str, layer: nn.Module, chains: dict, methods) -> tuple[di
     return applies, reasons
 
 
-def _apply(model: nn.Module, name: str, method: str, kept: int, data, reference: nn.Module | None = None) -> nn.Module:
-    """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels (a pruned layer
-    refit to ``reference``'s outputs where given)."""
+def _apply(model: nn.Module, name: str, method: str, kept: int, data) -> nn.Module:
+    """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels."""
     if method == "channel_pruning":
-        return prune_channels(model, name, kept, data, reference=reference).model
+        return prune_channels(model, name, kept, data).model
     compressed = copy.deepcopy(model)
     compressed.set_submodule(name, _LOW_RANK[method](compressed.get_submodule(name), kept))
     return compressed
@@ -172,7 +171,7 @@ def _select(model: nn.Module, curves: dict, total: int, target: int, example, ba
                             f"{reachable / total:.0%} at the most")
         compressed = copy.deepcopy(model)
         for name, candidate in chosen.items():
-            compressed = _apply(compressed, name, candidate.method, candidate.kept, batches, reference=model)
+            compressed = _apply(compressed, name, candidate.method, candidate.kept, batches)
         actual = model_costs(compressed, example).macs
         if actual <= target * (1 + MAC_TOLERANCE):
             break
