@@ -233,7 +233,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         if fine_tune_steps:
             parameters = [p for p in compressed.parameters() if p.requires_grad]
             train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
-                  fine_tune_steps, teacher=model, frozen_batchnorm=True)
+                  fine_tune_steps, teacher=model)
         score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
     after = model_costs(compressed, example)
     result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},

@@ -68,11 +68,10 @@ def agreement_score(outputs, teacher_outputs) -> float:
 
 def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict], steps: int | None = None,
           epochs: int = 1, loss: Callable | None = None, teacher: torch.nn.Module | None = None, eval_data=None,
-          transform=None, finish: Callable | None = None, frozen_batchnorm: bool = False) -> TrainingResult:
+          transform=None, finish: Callable | None = None) -> TrainingResult:
     """Train ``student`` in place: Adam on ``parameter_groups`` (each with its ``lr``), decayed to 0 on a
     cosine; ``loss(outputs, batch)`` or distillation from ``teacher``; ``finish()`` runs before the last evaluation.
-    ``frozen_batchnorm``: BatchNorm layers normalise with their running statistics and keep them. OptimizationError
-    at a non-finite loss."""
+    OptimizationError at a non-finite loss."""
     data = shard(data)
     total = steps if steps is not None else _epoch_steps(data, epochs)
     optimizer = torch.optim.Adam(parameter_groups)
@@ -86,10 +85,6 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
         result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
     forward = student if world()[1] == 1 else DistributedDataParallel(student, find_unused_parameters=True)
     student.train()
-    if frozen_batchnorm:
-        for module in student.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
     try:
         bar = progress(_batches(data, transform, steps, epochs), name, total, unit="step")
         for step, (epoch, batch, args, kwargs) in enumerate(bar, start=1):
