@@ -251,7 +251,8 @@ def main() -> None:
     payload = stored_payload()
     results = payload["rows"]
     for model_name, setting in rows:
-        recipe = (f"from {args.start}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "") + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
+        recipe = (f"from {args.start}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "")
+                  + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
                   + (", fixed ranges" if args.fixed_ranges else ""))
         key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from lowbit.quant.encoding import Encoding
 
 
 def clamp_to_grids(graph: onnx.GraphProto, grids: dict[str, Encoding]) -> None:
-    """For each DequantizeLinear output named in ``grids`` (per-tensor encodings), insert DQ → Clip → Q → DQ
+    """For each DequantizeLinear output named in ``grids`` (per-tensor encodings on the CPU), insert DQ → Clip → Q → DQ
     in place; the last DQ keeps the output's name, so consumers and graph outputs are unchanged. A Clip feeding
     the first Q that the grid's ends make redundant (a ReLU6 before a 4-bit grid) is bypassed, as onnxruntime
     drops one before an 8-bit grid, so the producer still fuses into an integer kernel."""
@@ -24,7 +24,7 @@ def clamp_to_grids(graph: onnx.GraphProto, grids: dict[str, Encoding]) -> None:
         name = node.output[0] if node.op_type == "DequantizeLinear" else None
         if name not in grids:
             continue
-        encoding = grids[name].to("cpu")
+        encoding = grids[name]
         wide, clipped, requantized = f"{name}_lowbit_wide", f"{name}_lowbit_clipped", f"{name}_lowbit_requantized"
         low, high = f"{name}_lowbit_grid_min", f"{name}_lowbit_grid_max"
         graph.initializer.extend([_scalar(encoding.min, low), _scalar(encoding.max, high)])

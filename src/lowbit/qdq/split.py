@@ -42,11 +42,12 @@ def split_exported_graph(model: onnx.ModelProto, quantizers: dict, renames: dict
         if key is None:
             continue
         source, encoding = node.input[0], quantizers[key].encoding.to("cpu")
-        (params if source in index.initializers else activation)[source] = encoding
+        weight = source in index.initializers
+        (params if weight else activation)[source] = encoding
         names[key] = source
         (dequantize,) = index.consumers[node.output[0]]
         pairs.append((node, dequantize))
-        if source not in index.initializers and encoding.spec.axis is None and narrower_than_storage(encoding):
+        if not weight and encoding.spec.axis is None and narrower_than_storage(encoding):
             grids[dequantize.output[0]] = encoding
     return SplitGraph(_float_model(model, pairs), _qdq_model(model, params, grids), activation, params, names)
 
