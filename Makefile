@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -c constraints.txt -e ".[test,demo,lora]"
+	$(PYTHON) -m pip install -q -c constraints.txt -e ".[test,demo,lora,keras]"
 	$(PYTHON) -m pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

@@ -41,11 +41,12 @@ def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_
     from lowbit.cli_data import read_data
     from lowbit.cli_inputs import import_attribute, load_model
     from lowbit.frontend import is_onnx_model
+    from lowbit.keras import is_keras_model
 
     lowbit.load_target(target)
     batches = read_data(data_path, batch_size, model, shape)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
-    net = model if is_onnx_model(model) else load_model(model, batches[0])
+    net = model if is_onnx_model(model) or is_keras_model(model) else load_model(model, batches[0])
     return net, batches, function
 
 
@@ -100,7 +101,8 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
     directory on sys.path; factory() must return a torch.nn.Module), a TorchScript file (torch.jit.save),
-    a torch.export file ending in `.pt2` (torch.export.save), or an ONNX file ending in `.onnx`.
+    a torch.export file ending in `.pt2` (torch.export.save), an ONNX file ending in `.onnx`, or a Keras model
+    (a `.keras` file or a TensorFlow SavedModel folder; NHWC images from an image folder).
     """
     import lowbit
     from lowbit.cli_data import parse_shape

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lowbit.errors import DataError, InputError, first_line
+from lowbit.keras.convert import is_keras_model
 from lowbit.zoo import imagenet_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -37,7 +38,9 @@ def read_data(path, batch_size: int, model: str, shape: tuple[int, ...] | None =
     path = Path(path)
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
-    if path.is_dir():
+    if path.is_dir() and is_keras_model(model):
+        samples = _read_images(path, DEFAULT_IMAGE_SIZE).permute(0, 2, 3, 1).contiguous()  # Keras: NHWC
+    elif path.is_dir():
         samples = _read_images(path, _image_size(model, shape))
     elif not path.exists():
         raise DataError(f"data path '{path}' not found")

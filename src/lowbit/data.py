@@ -66,7 +66,7 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
     for index, item in enumerate(itertools.islice(data, num_batches)):
         if transform is not None:
             item = transform(item)
-        args, kwargs = as_call(item)
+        args, kwargs = map_call(_as_array, *as_call(item))
         if not any(isinstance(v, (torch.Tensor, np.ndarray)) for v in [*args, *kwargs.values()]):
             raise DataError(f"batch {index} holds no tensor (got {type(item).__name__}): give tensors or arrays, "
                             f"or tuples or dicts of them")
@@ -77,6 +77,14 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
         yield args, kwargs
     if seen == 0:
         raise DataError("calibration data is empty: no batch was produced")
+
+
+def _as_array(value):
+    """A framework tensor other than torch's (TensorFlow, JAX: anything with ``__array__`` and a shape) as a NumPy
+    array; torch tensors, arrays and other values unchanged."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) or not (hasattr(value, "__array__") and hasattr(value, "shape")):
+        return value
+    return np.asarray(value)
 
 
 def batch_count(data, num_batches: int | None) -> int | None:

@@ -19,10 +19,9 @@ from lowbit.analysis.sensitivity import prepared_calls, sim_outputs
 from lowbit.atomic import atomic_write_text
 from lowbit.data import as_call, batch_of, first_tensor, tensors_of
 from lowbit.errors import SpecError
-from lowbit.frontend import is_onnx_model
+from lowbit.frontend import front_end
 from lowbit.onnx.calibrate import run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs
-from lowbit.onnx.load import load_model
 from lowbit.onnx.quantsim import OnnxQuantSim
 from lowbit.runtime import session
 
@@ -72,14 +71,15 @@ def autoquant(model, data, eval_fn=None, allowed_drop: float = 0.01, example_inp
     model on ``data``. Writes the export and ``autoquant.html`` under ``out_dir``."""
     from lowbit.analysis.report import write_autoquant_report
     from lowbit.api import adaround, quantize
-    is_onnx = is_onnx_model(model)
+    steps = front_end(model)
+    is_onnx = steps.onnx_graph
     if not is_onnx and not isinstance(model, torch.nn.Module):
-        raise SpecError(f"autoquant takes a torch nn.Module or an ONNX model (path or ModelProto), "
+        raise SpecError(f"autoquant takes a torch nn.Module, an ONNX model (path or ModelProto) or a Keras model, "
                         f"not {type(model).__name__}")
     calls = prepared_calls(data, transform, num_batches, is_onnx)
     batches = [batch_of(call) for call in calls]
     example_input = batches[0] if example_input is None else example_input
-    model = load_model(model) if is_onnx else copy.deepcopy(model).eval()
+    model = steps.prepare(model, example_input) if is_onnx else copy.deepcopy(model).eval()
     score = eval_fn if eval_fn is not None else _agreement_with(model, calls)
     float_score = float(score(model))
     goal = float_score - allowed_drop

@@ -70,7 +70,7 @@ def analyze(model_or_sim, data, eval_fn=None, example_input=None, out_dir="lowbi
     from lowbit.frontend import front_end
     start = time.perf_counter()
     steps = front_end(model_or_sim)
-    is_onnx = steps.name == "onnx"
+    is_onnx = steps.onnx_graph
     calls = prepared_calls(data, transform, num_batches, is_onnx)
     if isinstance(model_or_sim, steps.sim_type):
         sim = model_or_sim

@@ -1,4 +1,5 @@
-"""Fold BatchNormalization into the Conv, ConvTranspose, Gemm or 2-D MatMul before it, in an ONNX graph."""
+"""Fold BatchNormalization into the Conv, ConvTranspose, Gemm or 2-D MatMul before it, in an ONNX graph; also
+BatchNorm written as a per-channel Mul and Add by constants (as tf2onnx leaves it after depthwise convolutions)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,59 @@ def fold_with_statistics(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         graph.node.remove(bn)
         folded.append((layer.name, bn.name))
         statistics[bn.output[0]] = (torch.from_numpy(beta), torch.from_numpy(gamma).abs())
+    folded += _fold_affine(result)
     remove_unused(graph)
     return onnx.shape_inference.infer_shapes(result), folded, statistics
+
+
+def _fold_affine(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """Fold each Mul or Add of a per-channel constant that alone reads a foldable layer's output into the layer, in
+    place (repeated, so Mul then Add both fold); the (layer, node) names folded."""
+    graph, folded = model.graph, []
+    while True:
+        facts, ranks = GraphFacts(model), tensor_ranks(model)
+        found = next(((node, layer, vector) for node in graph.node if node.op_type in ("Mul", "Add")
+                      for layer, vector in [_affine_operand(facts, node, ranks)] if layer is not None), None)
+        if found is None:
+            return folded
+        node, layer, vector = found
+        ones, zeros = np.ones_like(vector), np.zeros_like(vector)
+        _fold_into(graph, facts, layer, *((vector, zeros) if node.op_type == "Mul" else (ones, vector)))
+        for value in [v for v in graph.value_info if v.name == layer.output[0]]:
+            graph.value_info.remove(value)
+        layer.output[0] = node.output[0]
+        graph.node.remove(node)
+        folded.append((layer.name, node.name))
+
+
+def _affine_operand(facts: GraphFacts, node: onnx.NodeProto, ranks: dict[str, int]):
+    """(layer, per-channel float64 vector) when ``node`` multiplies or adds a constant that varies only along the
+    output channels of the foldable layer it alone reads; (None, None) otherwise."""
+    for data, constant in ((0, 1), (1, 0)):
+        layer = facts.producer.get(node.input[data])
+        tensor = facts.initializers.get(node.input[constant])
+        if layer is None or tensor is None or layer.op_type not in FOLDABLE or len(facts.consumers[node.input[data]]) != 1:
+            continue
+        if node.input[data] in facts.graph_outputs or len(layer.input) < 2 or layer.input[1] not in facts.initializers:
+            continue
+        rank = ranks.get(node.input[data])
+        if layer.op_type == "ConvTranspose" or (layer.op_type == "Gemm" and attribute(layer, "transA", 0)):
+            continue  # ConvTranspose's groups: not worth the case
+        if layer.op_type == "MatMul" and not (len(facts.initializers[layer.input[1]].dims) == rank == 2):
+            continue  # a batched MatMul's channels are not its output's axis 1
+        channels = _output_channels(facts, layer)
+        value = numpy_helper.to_array(tensor).astype(np.float64)
+        if rank is None or value.ndim > rank or (layer.input[2:] and layer.input[2] not in facts.initializers):
+            continue
+        shape = (1,) * (rank - value.ndim) + value.shape
+        if all(size == 1 for axis, size in enumerate(shape) if axis != 1) and shape[1] in (1, channels):
+            return layer, np.broadcast_to(value.reshape(-1), (channels,)).copy()
+    return None, None
+
+
+def _output_channels(facts: GraphFacts, layer: onnx.NodeProto) -> int:
+    weight = facts.initializers[layer.input[1]]
+    return weight.dims[weight_axis(layer, weight)]
 
 
 def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto, ranks: dict[str, int]) -> bool:
@@ -78,7 +130,9 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
     axis = weight_axis(layer, facts.initializers[layer.input[1]])  # MatMul: 1 (a 2-D weight, see _foldable)
     old_bias = _old_bias(facts, layer, len(shift))
     shape = [-1 if i == axis else 1 for i in range(weight.ndim)]
-    weight_name, bias_name = f"{layer.input[1]}_bn_folded", f"{layer.name or layer.output[0]}_bn_folded_bias"
+    taken = {t.name for t in graph.initializer}
+    weight_name = _free_name(f"{layer.input[1]}_bn_folded", taken)
+    bias_name = _free_name(f"{layer.name or layer.output[0]}_bn_folded_bias", taken)
     graph.initializer.extend([numpy_helper.from_array((weight * scale.reshape(shape)).astype(dtype), weight_name),
                               numpy_helper.from_array((old_bias * scale + shift).astype(dtype), bias_name)])
     layer.input[1] = weight_name
@@ -90,6 +144,12 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
         layer.input[2] = bias_name
     else:
         layer.input.append(bias_name)
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` with the first numeric suffix no initializer has."""
+    return name if name not in taken else next(f"{name}_{i}" for i in range(1, len(taken) + 2)
+                                               if f"{name}_{i}" not in taken)
 
 
 def _old_bias(facts: GraphFacts, layer: onnx.NodeProto, channels: int) -> np.ndarray:

@@ -30,4 +30,4 @@ ONNX_FRONT_END = FrontEnd(
     fold_batchnorm=_fold_batchnorm,
     equalize=lambda model, example_input=None, absorb_high_bias=True: equalize(model, absorb_high_bias),
     sim=lambda model, example_input, **options: OnnxQuantSim(model, **options),
-    sequential_mse=sequential_mse, adaround=adaround, correct_bias=_correct_bias)
+    sequential_mse=sequential_mse, adaround=adaround, correct_bias=_correct_bias, onnx_graph=True)
