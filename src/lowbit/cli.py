@@ -71,13 +71,23 @@ _torchscript_option = click.option(
     help="Also write NAME.torchscript.pt: the sim as TorchScript (torch.jit.load, no lowbit needed; PyTorch models).")
 
 
-def _export(sim, out_dir, name: str, batches, torchscript: bool):
-    """The three export files, verified on a few batches, and with ``torchscript`` the TorchScript file beside them."""
+_tflite_option = click.option(
+    "--tflite", is_flag=True,
+    help="Also write NAME.tflite: int8 LiteRT, checked against the sim in LiteRT (predicted exactly with "
+         "--runtime litert-cpu).")
+
+
+def _export(sim, out_dir, name: str, batches, torchscript: bool, tflite: bool = False):
+    """The three export files, verified on a few batches, and with ``torchscript`` / ``tflite`` the TorchScript or
+    LiteRT file beside them (the LiteRT file's fidelity as a technique line)."""
     from lowbit.distributed import writes_files
 
     paths = sim.export(out_dir, name=name, verify=batches[:4])
     if torchscript and writes_files():
         sim.technique_results += (f"TorchScript: {sim.export_torchscript(Path(out_dir) / f'{name}.torchscript.pt')}",)
+    if tflite and writes_files():
+        written = sim.export_tflite(Path(out_dir) / f"{name}.tflite", verify=batches[:4])
+        sim.technique_results += (f"LiteRT: {written.path} (sim vs LiteRT: {written.fidelity.row()})",)
     return paths
 
 
@@ -92,11 +102,12 @@ def _export(sim, out_dir, name: str, batches, torchscript: bool):
                    "adaround and bias_correction exclude each other).")
 @_input_shape_option
 @_torchscript_option
-@click.option("--runtime", type=click.Choice(["onnxruntime-cpu-avx2", "onnxruntime-cpu-vnni"]), default=None,
-              help="Integer kernels the sim predicts: x86 without VNNI (int16 pairs saturate) or with VNNI "
-                   "[default: this machine's].")
+@_tflite_option
+@click.option("--runtime", type=click.Choice(["onnxruntime-cpu-avx2", "onnxruntime-cpu-vnni", "litert-cpu"]),
+              default=None, help="Integer kernels the sim predicts: onnxruntime on x86 without VNNI (int16 pairs "
+                                 "saturate) or with VNNI, or LiteRT's CPU kernels [default: this machine's onnxruntime].")
 def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, batch_size, num_batches, name,
-             techniques, input_shape, torchscript, runtime) -> None:
+             techniques, input_shape, torchscript, tflite, runtime) -> None:
     """Quantize MODEL on --data and export it to --out.
 
     MODEL is one of: a Python factory spec `module:factory` (the module is imported with the current
@@ -111,7 +122,7 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
                           runtime=runtime)
-    paths = _export(sim, out_dir, name, batches, torchscript)
+    paths = _export(sim, out_dir, name, batches, torchscript, tflite)
     click.echo(_summary_table(sim, paths, batches[0]))
 
 

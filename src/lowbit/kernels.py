@@ -1,5 +1,6 @@
-"""Which runtime's integer kernels a sim predicts (per sim, by default this CPU's): onnxruntime's u8×s8 kernels on x86
-without VNNI add product pairs in saturating int16; with VNNI or AMX, and off x86, the int32 sums are exact."""
+"""Which runtime's integer kernels a sim predicts (per sim, by default this CPU's onnxruntime): onnxruntime's u8×s8
+kernels on x86 without VNNI add product pairs in saturating int16; with VNNI or AMX, and off x86, the int32 sums are
+exact. LiteRT's default CPU kernels (XNNPACK) requantize convolutions as onnxruntime does and add in fixed point."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from lowbit.errors import SpecError
 @dataclass(frozen=True)
 class Kernels:
     """A runtime's integer kernels as far as they change results: ``int16_pairs`` when u8×s8 products
-    are added in saturating int16 pairs before the int32 accumulation."""
+    are added in saturating int16 pairs before the int32 accumulation, ``fixed_point_add`` when an addition
+    requantizes with integer multipliers and a rounding shift (XNNPACK) rather than in float32."""
 
     name: str
     int16_pairs: bool
     description: str
+    fixed_point_add: bool = False
 
 
 KERNELS = {k.name: k for k in (
     Kernels("onnxruntime-cpu-vnni", False, "onnxruntime on CPUs with VNNI or AMX, or not x86: exact int32 sums"),
     Kernels("onnxruntime-cpu-avx2", True, "onnxruntime on x86 CPUs without VNNI: u8×s8 pairs saturate in int16"),
+    Kernels("litert-cpu", False, "LiteRT's default CPU kernels (XNNPACK): additions in fixed point", True),
 )}
 
 

@@ -82,15 +82,16 @@ def test_a_keras_file_and_a_saved_model_folder_quantize_alike(digits_model, digi
 
 
 @pytest.mark.slow
-def test_the_command_line_quantizes_a_keras_file(digits_model, digits, tmp_path):
+def test_the_command_line_quantizes_a_keras_file_for_litert(digits_model, digits, tmp_path):
     digits_model.save(tmp_path / "digits.keras")
     np.save(tmp_path / "data.npy", digits[0][:128])
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["quantize", str(tmp_path / "digits.keras"), "--data", str(tmp_path / "data.npy"),
-                                      "--out", str(out), "--name", "digits"], catch_exceptions=False)
+                                      "--out", str(out), "--name", "digits", "--tflite"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} >= {"digits.onnx", "digits.encodings", "digits.qdq.onnx"}
+    assert {p.name for p in out.iterdir()} >= {"digits.onnx", "digits.encodings", "digits.qdq.onnx", "digits.tflite"}
     assert "top-1 agreement 100.00%" in result.output
+    assert "sim vs LiteRT: top-1 agreement 100.00%" in result.output
 
 
 def test_a_layer_onnx_cannot_express_is_named():

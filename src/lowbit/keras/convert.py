@@ -3,7 +3,6 @@ TensorFlow backend), so every technique of the ONNX front end applies unchanged.
 
 from __future__ import annotations
 
-import importlib
 import re
 import tempfile
 from pathlib import Path
@@ -13,8 +12,7 @@ import onnx
 
 from lowbit.data import as_call
 from lowbit.errors import ModelLoadError, first_line
-
-INSTALL_HINT = "pip install 'lowbit[keras]'"
+from lowbit.optional import require
 
 
 def is_keras_model(model) -> bool:
@@ -43,7 +41,8 @@ def keras_to_onnx(model, example_input) -> onnx.ModelProto:
         try:
             model.export(str(path), format="onnx", verbose=False)
         except Exception as e:  # tf2onnx and keras raise many kinds; the first line names the layer or op
-            raise ModelLoadError(f"Keras model '{model.name}' could not be converted to ONNX: {first_line(e)}") from None
+            raise ModelLoadError(f"Keras model '{model.name}' could not be converted to ONNX: "
+                                 f"{first_line(e)}") from None
         proto = onnx.load(str(path))
     _check_ops(proto, f"Keras model '{model.name}'", {layer.name for layer in model.layers})
     return proto
@@ -93,10 +92,3 @@ def _saved_model_to_onnx(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"SavedModel '{path}' could not be converted to ONNX: {first_line(e)}") from None
     _check_ops(proto, f"SavedModel '{path}'", set())
     return proto
-
-
-def require(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise ModelLoadError(f"Keras models need {name}, which is not installed: {INSTALL_HINT}") from None

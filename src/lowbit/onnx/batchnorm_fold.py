@@ -77,7 +77,9 @@ def _affine_operand(facts: GraphFacts, node: onnx.NodeProto, ranks: dict[str, in
     for data, constant in ((0, 1), (1, 0)):
         layer = facts.producer.get(node.input[data])
         tensor = facts.initializers.get(node.input[constant])
-        if layer is None or tensor is None or layer.op_type not in FOLDABLE or len(facts.consumers[node.input[data]]) != 1:
+        if layer is None or tensor is None or layer.op_type not in FOLDABLE:
+            continue
+        if len(facts.consumers[node.input[data]]) != 1:
             continue
         if node.input[data] in facts.graph_outputs or len(layer.input) < 2 or layer.input[1] not in facts.initializers:
             continue

@@ -1,4 +1,5 @@
-"""An addition of two quantized tensors that the sim computes as onnxruntime's QLinearAdd does."""
+"""An addition of two quantized tensors that the sim computes as the runtime's integer kernel does: onnxruntime's
+QLinearAdd, or LiteRT's fixed-point addition."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import torch
 from torch import nn
 
 from lowbit.quant.quantizer import Quantizer, fast_path_allowed
-from lowbit.torch.integer_emulation import emulable_add, requantized_add, requantized_add_grid, stored_zero_point
+from lowbit.torch.fixed_point_add import fixed_point_add_grid
+from lowbit.torch.integer_emulation import emulable_add, requantized_add_grid, stored_zero_point
 
 
 class IntegerAdd(nn.Module):
@@ -21,6 +23,8 @@ class IntegerAdd(nn.Module):
         self.quantizers = (a_quantizer, b_quantizer, output_quantizer)  # by reference, not submodules
         self.through_relu = through_relu
         self.exact_training = True
+        self.fixed_point = False
+        """Whether the runtime adds in fixed point (LiteRT, ``Kernels.fixed_point_add``), set by the sim."""
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export() or any(q.mode != "quantize" for q in self.quantizers):
@@ -30,7 +34,8 @@ class IntegerAdd(nn.Module):
             return a + b
         if not torch.is_grad_enabled() and fast_path_allowed():
             a_quantizer, b_quantizer, output_quantizer = self.quantizers
-            exact, integers = requantized_add_grid(
+            add_grid = fixed_point_add_grid if self.fixed_point else requantized_add_grid
+            exact, integers = add_grid(
                 a, b, *encodings, a_integers=a_quantizer.grid_integers(a, a_quantizer.scale),
                 b_integers=b_quantizer.grid_integers(b, b_quantizer.scale))
             output_quantizer.mark_on_grid(exact, integers)
@@ -38,7 +43,8 @@ class IntegerAdd(nn.Module):
         total = a + b
         if torch.is_grad_enabled() and not self.exact_training:
             return total
-        exact = requantized_add(a.detach(), b.detach(), *encodings)
+        exact = (fixed_point_add_grid if self.fixed_point else requantized_add_grid)(a.detach(), b.detach(),
+                                                                                     *encodings)[0]
         if not torch.is_grad_enabled():
             return exact
         return total + (exact - total).detach()

@@ -32,6 +32,7 @@ from lowbit.torch.lora import working_copy
 from lowbit.torch.op_types import module_op_type
 from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.sim_calls import batch_errors, sim_calls
+from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
@@ -94,6 +95,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
         for module in self.model.modules():
             if isinstance(module, WeightQuantized):
                 module.int16_pairs = self._kernels.int16_pairs
+            if isinstance(module, IntegerAdd):
+                module.fixed_point = self._kernels.fixed_point_add
 
     def forward(self, *args, **kwargs):
         self._require_encodings()
@@ -197,6 +200,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         from lowbit.torch.export import export_sim
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
+
+    def export_tflite(self, path, input_shape=None, verify=None):
+        """Write an int8 LiteRT file computing this sim's encodings in LiteRT's kernels (``runtime="litert-cpu"`` makes
+        the sim predict them); with ``verify`` (batches) LiteRT runs it and ``.fidelity`` compares with the sim."""
+        from lowbit.litert import export_tflite
+        return export_tflite(self, path, input_shape, verify)
 
     def set_adapter(self, name: str) -> "QuantSim":
         """Run LoRA adapter ``name`` (a sim of a peft model): its weights and, once calibrated, its encodings; the

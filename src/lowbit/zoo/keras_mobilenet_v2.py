@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lowbit.keras.convert import require
+from lowbit.optional import require
 from lowbit.zoo.mobilenet_v2 import ConvBNReLU6, InvertedResidual, pretrained_mobilenet_v2
 
 

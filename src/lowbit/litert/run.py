@@ -1,0 +1,39 @@
+"""Run a .tflite file in LiteRT (``ai_edge_litert``), with its default CPU kernels, on any batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lowbit.data import as_call
+from lowbit.errors import ExportError
+from lowbit.optional import require
+
+
+class LiteRtModel:
+    """A LiteRT interpreter of one model; calling it on a batch (array, tensor, or tuple / dict of them by input
+    order or name) returns every output as an array."""
+
+    def __init__(self, model, threads: int | None = None):
+        lite = require("ai_edge_litert.interpreter", "LiteRT files", ExportError)
+        content = model if isinstance(model, bytes) else None
+        self.interpreter = lite.Interpreter(model_path=None if content else str(model), model_content=content,
+                                            num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.names = [o["name"] for o in self.interpreter.get_output_details()]
+
+    def __call__(self, item) -> list[np.ndarray]:
+        args, kwargs = as_call(item)
+        values = list(args) + [kwargs[i["name"]] for i in self.inputs[len(args):] if i["name"] in kwargs]
+        arrays = [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in values]
+        interpreter = self.interpreter
+        if any(tuple(i["shape"]) != a.shape for i, a in zip(self.inputs, arrays)):
+            for detail, array in zip(self.inputs, arrays):
+                interpreter.resize_tensor_input(detail["index"], array.shape)
+            interpreter.allocate_tensors()
+            self.inputs = interpreter.get_input_details()
+        for detail, array in zip(self.inputs, arrays):
+            interpreter.set_tensor(detail["index"], array.astype(np.float32))
+        interpreter.invoke()
+        return [interpreter.get_tensor(o["index"]).copy() for o in interpreter.get_output_details()]

@@ -1,0 +1,81 @@
+"""LiteRT export: the sim's encodings in a .tflite file that LiteRT runs with its int8 kernels, compared with the sim
+(PyTorch models with runtime="litert-cpu", Keras models through the ONNX front end), and LiteRT's fixed-point
+addition against the sim's emulation of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import ExportError
+from lowbit.quant.encoding import Encoding
+from lowbit.quant.spec import QuantSpec
+
+pytest.importorskip("ai_edge_litert", reason="LiteRT export needs the keras extra: pip install 'lowbit[keras]'")
+
+from lowbit.litert import LiteRtModel  # noqa: E402
+from lowbit.litert.flatbuffer import TfliteBuilder  # noqa: E402
+from lowbit.torch.fixed_point_add import fixed_point_add_grid  # noqa: E402
+
+
+def one_addition(scales, zero_points) -> bytes:
+    """A .tflite file: QUANTIZE two float inputs, ADD them on int8 grids, DEQUANTIZE the sum."""
+    builder, shape = TfliteBuilder(), (256, 256)
+    floats = [builder.tensor(f"f{i}", shape, np.float32) for i in range(2)]
+    grids = [builder.tensor(f"q{i}", shape, np.int8, (scales[i], zero_points[i], 0)) for i in range(3)]
+    result = builder.tensor("sum", shape, np.float32)
+    for i in range(2):
+        builder.operator("QUANTIZE", [floats[i]], [grids[i]])
+    builder.operator("ADD", grids[:2], [grids[2]], "AddOptions")
+    builder.operator("DEQUANTIZE", [grids[2]], [result])
+    return builder.finish(floats, [result], "one addition")
+
+
+def activation_encoding(scale: float, signed_zero_point: int) -> Encoding:
+    """An 8-bit asymmetric encoding stored as uint8 (zero point + 128), lowbit's activation form."""
+    return Encoding.from_scale_offset(QuantSpec(8, symmetric=False), torch.tensor(scale, dtype=torch.float32),
+                                      torch.tensor(-(signed_zero_point + 128)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_fixed_point_addition_is_litert_s_on_every_pair_of_int8_values(seed):
+    rng = np.random.default_rng(seed)
+    scales = np.float32(rng.uniform(0.005, 0.2, 3))
+    zero_points = rng.integers(-128, 20, 3)
+    a, b = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
+    floats = [((v - z) * s).astype(np.float32) for v, z, s in ((a, zero_points[0], scales[0]),
+                                                                  (b, zero_points[1], scales[1]))]
+    executed = LiteRtModel(one_addition(scales, zero_points))(tuple(floats))[0]
+    encodings = [activation_encoding(float(s), int(z)) for s, z in zip(scales, zero_points)]
+    simulated, _ = fixed_point_add_grid(torch.from_numpy(floats[0]), torch.from_numpy(floats[1]), *encodings)
+    np.testing.assert_array_equal(simulated.numpy(), executed)
+
+
+def test_a_pytorch_sim_for_litert_is_what_litert_runs(tmp_path):
+    from lowbit.zoo import tiny_resnet
+    torch.manual_seed(0)
+    data = [torch.randn(8, 3, 32, 32) for _ in range(3)]
+    sim = lowbit.quantize(tiny_resnet().eval(), data[:2], runtime="litert-cpu")
+    written = sim.export_tflite(tmp_path / "tiny.tflite", verify=data[2:])
+    assert written.path.is_file() and written.fidelity.top1_agreement == 1.0
+    assert written.fidelity.max_error_lsb == 0.0
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_in_litert_agrees_with_its_sim(tmp_path, calibration_batches, eval_batches):
+    from lowbit.zoo import pretrained_mobilenet_v2
+    sim = lowbit.quantize(pretrained_mobilenet_v2().eval(), calibration_batches, runtime="litert-cpu")
+    written = sim.export_tflite(tmp_path / "mobilenet_v2.tflite", verify=eval_batches)
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+    assert written.path.stat().st_size < 4.5e6  # int8 weights: a quarter of the float model's 14 MB
+
+
+def test_a_grid_litert_has_no_kernel_for_is_one_line_and_no_file(tmp_path):
+    from lowbit.zoo import tiny_resnet
+    data = [torch.randn(4, 3, 32, 32)]
+    sim = lowbit.quantize(tiny_resnet().eval(), data, target="w8a16")
+    with pytest.raises(ExportError, match="LiteRT"):
+        sim.export_tflite(tmp_path / "tiny.tflite")
+    assert list(tmp_path.iterdir()) == []
