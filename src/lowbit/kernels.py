@@ -5,6 +5,7 @@ exact. LiteRT's default CPU kernels (XNNPACK) requantize convolutions as onnxrun
 from __future__ import annotations
 
 import functools
+import math
 import platform
 from dataclasses import dataclass
 
@@ -28,6 +29,17 @@ KERNELS = {k.name: k for k in (
     Kernels("onnxruntime-cpu-avx2", True, "onnxruntime on x86 CPUs without VNNI: u8×s8 pairs saturate in int16"),
     Kernels("litert-cpu", False, "LiteRT's default CPU kernels (XNNPACK): additions in fixed point", True),
 )}
+
+
+ADD_MULTIPLIER_BITS = 20
+"""XNNPACK's fixed-point addition puts the larger input-to-output scale ratio's leading bit at 2**20."""
+
+
+def fixed_point_add_parameters(a_ratio: float, b_ratio: float) -> tuple[int, float, float]:
+    """(shift, a multiplier, b multiplier) of XNNPACK's addition for float32 scale ratios sa/sc, sb/sc: each ratio times
+    2**shift rounded half to even, so out = floor((Σ centred input × multiplier + 2**(shift−1)) / 2**shift)."""
+    shift = ADD_MULTIPLIER_BITS - (math.frexp(max(a_ratio, b_ratio))[1] - 1)
+    return shift, float(round(a_ratio * 2.0 ** shift)), float(round(b_ratio * 2.0 ** shift))
 
 
 def host_kernels() -> Kernels:

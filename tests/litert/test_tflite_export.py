@@ -5,8 +5,10 @@ addition against the sim's emulation of it."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
 from lowbit.errors import ExportError
@@ -17,6 +19,8 @@ pytest.importorskip("ai_edge_litert", reason="LiteRT export needs the keras extr
 
 from lowbit.litert import LiteRtModel  # noqa: E402
 from lowbit.litert.flatbuffer import TfliteBuilder  # noqa: E402
+from lowbit.onnx.fixed_point_adds import fixed_point_adds  # noqa: E402
+from lowbit.runtime import session  # noqa: E402
 from lowbit.torch.fixed_point_add import fixed_point_add_grid  # noqa: E402
 
 
@@ -79,3 +83,56 @@ def test_a_grid_litert_has_no_kernel_for_is_one_line_and_no_file(tmp_path):
     with pytest.raises(ExportError, match="LiteRT"):
         sim.export_tflite(tmp_path / "tiny.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+def quantized_addition(scales, zero_points) -> onnx.ModelProto:
+    """A QDQ graph: two float inputs quantized to uint8, added, quantized to uint8 and dequantized."""
+    grids = [(numpy_helper.from_array(np.array(s, np.float32), f"s{i}"),
+              numpy_helper.from_array(np.array(z + 128, np.uint8), f"z{i}"))
+             for i, (s, z) in enumerate(zip(scales, zero_points))]
+    nodes = [helper.make_node("QuantizeLinear", ["x0", "s0", "z0"], ["q0"]),
+             helper.make_node("QuantizeLinear", ["x1", "s1", "z1"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q0", "s0", "z0"], ["d0"]),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"]),
+             helper.make_node("Add", ["d0", "d1"], ["sum"]),
+             helper.make_node("QuantizeLinear", ["sum", "s2", "z2"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["y"])]
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, (256, 256)) for i in range(2)]
+    graph = helper.make_graph(nodes, "addition", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [t for grid in grids for t in grid])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_onnx_sim_s_fixed_point_addition_is_litert_s_on_every_pair(seed):
+    rng = np.random.default_rng(10 + seed)
+    scales = np.float32(rng.uniform(0.005, 0.2, 3))
+    zero_points = rng.integers(-128, 20, 3)
+    a, b = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
+    floats = tuple(((v - z) * s).astype(np.float32) for v, z, s in ((a, zero_points[0], scales[0]),
+                                                                      (b, zero_points[1], scales[1])))
+    executed = LiteRtModel(one_addition(scales, zero_points))(floats)[0]
+    rewritten = fixed_point_adds(quantized_addition(scales, zero_points))
+    assert all(n.output[0] != "sum" for n in rewritten.graph.node)  # the float Add is gone
+    simulated = session(rewritten.SerializeToString()).run(None, {"x0": floats[0], "x1": floats[1]})[0]
+    np.testing.assert_array_equal(simulated, executed)
+
+
+def test_an_onnx_sim_for_litert_is_what_litert_runs(tmp_path):
+    from lowbit.zoo import tiny_resnet
+    torch.manual_seed(1)
+    data = [torch.randn(8, 3, 32, 32).numpy() for _ in range(4)]
+    onnx_file = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_resnet().eval(), (torch.from_numpy(data[0]),), str(onnx_file), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    sim = lowbit.quantize(str(onnx_file), data[:2], runtime="litert-cpu")
+    written = sim.export_tflite(tmp_path / "tiny.tflite", verify=data[2:])
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb == 0.0
+
+
+def test_the_litert_target_predicts_litert_with_symmetric_per_channel_weights():
+    from lowbit.zoo import tiny_resnet
+    sim = lowbit.quantize(tiny_resnet().eval(), [torch.randn(4, 3, 32, 32)], target="litert-int8")
+    assert sim.runtime.name == "litert-cpu"
+    specs = {q.spec for key, q in sim.quantizers().items() if sim.point(key).role == "weight"}
+    assert specs == {QuantSpec(8, symmetric=True, axis=0)}

@@ -29,7 +29,7 @@ def test_target_error_is_a_lowbit_error():
 def test_unknown_preset_lists_the_available_ones():
     message = load_error("defualt")
     assert "unknown target preset 'defualt'" in message
-    assert "cpu-int8, default, transformer, w4a8, w8a16" in message
+    assert "cpu-int8, default, litert-int8, transformer, w4a8, w8a16" in message
 
 
 def test_missing_file(tmp_path):

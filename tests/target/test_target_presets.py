@@ -18,7 +18,7 @@ DEFAULT_SUPERGROUPS = {
 
 
 def test_preset_names_lists_the_shipped_presets():
-    assert preset_names() == ["cpu-int8", "default", "transformer", "w4a8", "w8a16"]
+    assert preset_names() == ["cpu-int8", "default", "litert-int8", "transformer", "w4a8", "w8a16"]
 
 
 @pytest.mark.parametrize("name", preset_names())

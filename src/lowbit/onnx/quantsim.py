@@ -18,6 +18,7 @@ from lowbit.onnx.calibrate import observe, run_in_slices, slice_rows
 from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.fidelity import verify_export
 from lowbit.kernels import Kernels, resolve_kernels
+from lowbit.onnx.fixed_point_adds import fixed_point_adds
 from lowbit.onnx.load import load_model
 from lowbit.graph.placement import carries_input, plan, returned_values
 from lowbit.graph.view import GraphView
@@ -37,6 +38,16 @@ from lowbit.target import load_target
 from lowbit.target.points import PlannedQuantizers, check_sim_options
 
 
+def sim_kernels(runtime: str | Kernels | None) -> Kernels:
+    """The kernels an ONNX sim can predict: onnxruntime on this machine (it runs there), or LiteRT's (its additions
+    rewritten into their fixed-point arithmetic); SpecError for another onnxruntime kind."""
+    host, asked = resolve_kernels(None), resolve_kernels(runtime)
+    if asked != host and not asked.fixed_point_add:
+        raise SpecError(f"the ONNX front end's sim is onnxruntime on this machine, which runs {host.name} kernels; "
+                        f"it cannot predict {asked.name} (the PyTorch front end can: QuantSim(..., runtime=...))")
+    return asked
+
+
 class OnnxQuantSim(PlannedQuantizers):
     """Simulates an ONNX model as the target runs it: ``calibrate(data)``, then call it on a batch
     (outputs as numpy arrays) or ``export`` the three files. The caller's model is never modified."""
@@ -45,14 +56,10 @@ class OnnxQuantSim(PlannedQuantizers):
                  scheme: str = "minmax", per_channel: bool | None = None, threads: int | None = None,
                  runtime: str | Kernels | None = None):
         check_sim_options(param_bits, act_bits, scheme)
-        self.runtime = resolve_kernels(None)
-        if resolve_kernels(runtime) != self.runtime:
-            raise SpecError(f"the ONNX front end's sim is onnxruntime on this machine, which runs "
-                            f"{self.runtime.name} kernels; it cannot predict {resolve_kernels(runtime).name} "
-                            f"(the PyTorch front end can: QuantSim(..., runtime=...))")
+        target = load_target(target)
+        self.runtime = sim_kernels(runtime if runtime is not None else target.runtime)
         self.model = load_model(model)
-        self.target = load_target(target).for_runtime(self.runtime.name).with_overrides(param_bits, act_bits,
-                                                                                         per_channel)
+        self.target = target.for_runtime(self.runtime.name).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
         self.threads = threads
         self.inputs = GraphInputs(self.model)
@@ -166,7 +173,8 @@ class OnnxQuantSim(PlannedQuantizers):
         in slices, as calibration runs them: the same per-sample values)."""
         split = self.split()
         if self._session is None:
-            self._session = session(split.qdq_model.SerializeToString(), threads=self.threads)
+            graph = fixed_point_adds(split.qdq_model) if self.runtime.fixed_point_add else split.qdq_model
+            self._session = session(graph.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
         names = [output.name for output in self._session.get_outputs()]
         rows = self._slice_rows(feeds[0]) if feeds else slice_rows(self.model)

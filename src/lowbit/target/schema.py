@@ -52,6 +52,11 @@ def _one_line(value: object, path: str) -> None:
         raise _Invalid(f"{path} must be one line")
 
 
+def _kernels_name(value: object, path: str) -> None:
+    if value not in KERNELS:
+        raise _Invalid(f"{path} must name a runtime ({', '.join(KERNELS)}), got {value!r}")
+
+
 def _integer(value: object, path: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _Invalid(f"{path} must be an integer, got {value!r}")
@@ -163,6 +168,6 @@ _check_target = _object({
     "model_input": _object({"is_input_quantized": _boolean}),
     "model_output": _object({"is_output_quantized": _boolean}),
     "supergroup_pass_list": _list(_string), "version": _string_or_number,
-    "lowbit": _object({"description": _one_line,
+    "lowbit": _object({"description": _one_line, "runtime": _kernels_name,
                        "runtime_param_bits": _object({name: _integer for name in KERNELS}, item="runtime")}),
 }, required=("defaults", "params", "op_type", "supergroups", "model_input", "model_output"), item="section")

@@ -44,6 +44,12 @@ class Target:
         """One line from the config's ``lowbit.description``; empty if it has none."""
         return self._config.get("lowbit", {}).get("description", "")
 
+    @property
+    def runtime(self) -> str | None:
+        """The runtime whose kernels the target describes (``lowbit.runtime``: a sim built for it predicts them unless
+        told otherwise); None: any."""
+        return self._config.get("lowbit", {}).get("runtime")
+
     def for_runtime(self, runtime: str) -> "Target":
         """This target as it applies to ``runtime`` (a name of ``lowbit.kernels.KERNELS``): the preset's
         ``lowbit.runtime_param_bits`` entry for it, if any, replaces the weight bitwidths."""

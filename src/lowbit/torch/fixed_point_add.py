@@ -3,15 +3,11 @@ to the output as an integer multiplier of at most 22 bits, a sum of products, an
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from lowbit.kernels import fixed_point_add_parameters
 from lowbit.quant.encoding import Encoding
 from lowbit.torch.integer_emulation import clamp_to_grid, stored_zero_point
-
-MULTIPLIER_BITS = 20
-"""The larger ratio's multiplier lies in [2**20, 2**21) (its shift puts the ratio's leading bit there)."""
 
 
 def fixed_point_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
@@ -22,9 +18,7 @@ def fixed_point_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding,
     a_scale, b_scale = a_encoding.scale.reshape(()).float(), b_encoding.scale.reshape(()).float()
     output_scale = output_encoding.scale.reshape(()).float()
     a_ratio, b_ratio = float(a_scale / output_scale), float(b_scale / output_scale)  # float32 divisions
-    shift = MULTIPLIER_BITS - (math.frexp(max(a_ratio, b_ratio))[1] - 1)
-    a_multiplier = float(torch.tensor(a_ratio * 2.0 ** shift, dtype=torch.float32).round())
-    b_multiplier = float(torch.tensor(b_ratio * 2.0 ** shift, dtype=torch.float32).round())
+    shift, a_multiplier, b_multiplier = fixed_point_add_parameters(a_ratio, b_ratio)
     a_centred = (torch.div(a, a_scale).round_() if a_integers is None else a_integers).double()
     b_centred = (torch.div(b, b_scale).round_() if b_integers is None else b_integers).double()
     total = a_centred.mul_(a_multiplier).add_(b_centred.mul_(b_multiplier)).add_(2.0 ** (shift - 1))

@@ -44,11 +44,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
                  act_bits: int | None = None, scheme: str = "minmax", per_channel: bool | None = None,
                  runtime: str | Kernels | None = None):
         super().__init__()
-        kernels = resolve_kernels(runtime)
         check_sim_options(param_bits, act_bits, scheme)
         if not isinstance(model, nn.Module):
             raise InputError(f"QuantSim needs a torch.nn.Module, got {type(model).__name__}")
-        self.target = load_target(target).for_runtime(kernels.name).with_overrides(param_bits, act_bits, per_channel)
+        target = load_target(target)
+        kernels = resolve_kernels(runtime if runtime is not None else target.runtime)
+        self.target = target.for_runtime(kernels.name).with_overrides(param_bits, act_bits, per_channel)
         self.scheme = scheme
         args, kwargs = as_call(example_input)
         if not tensors_of(args, kwargs):
