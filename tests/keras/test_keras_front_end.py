@@ -17,6 +17,7 @@ from lowbit.errors import ModelLoadError
 from lowbit.runtime import session
 
 keras = pytest.importorskip("keras", reason="the Keras front end needs the keras extra: pip install 'lowbit[keras]'")
+pytestmark = pytest.mark.slow  # TensorFlow's import and conversions take seconds
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,6 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-@pytest.mark.slow
 def test_a_keras_model_quantizes_and_its_float_graph_computes_what_keras_computes(digits_model, digits, tmp_path):
     _, _, test_images, test_labels = digits
     calibration = batches(digits[0][:256])
@@ -69,7 +69,6 @@ def test_a_keras_model_quantizes_and_its_float_graph_computes_what_keras_compute
     assert paths.fidelity.top1_agreement == 1.0
 
 
-@pytest.mark.slow
 def test_a_keras_file_and_a_saved_model_folder_quantize_alike(digits_model, digits, tmp_path):
     digits_model.save(tmp_path / "digits.keras")
     digits_model.export(str(tmp_path / "saved"), verbose=False)
@@ -81,7 +80,6 @@ def test_a_keras_file_and_a_saved_model_folder_quantize_alike(digits_model, digi
         assert (predicted == reference).mean() >= 0.97, model
 
 
-@pytest.mark.slow
 def test_the_command_line_quantizes_a_keras_file_for_litert(digits_model, digits, tmp_path):
     digits_model.save(tmp_path / "digits.keras")
     np.save(tmp_path / "data.npy", digits[0][:128])
@@ -108,13 +106,13 @@ def test_a_missing_keras_file_is_one_line(tmp_path):
         lowbit.quantize(tmp_path / "absent.keras", [np.ones((2, 8, 8, 1), np.float32)])
 
 
-def test_without_tensorflow_the_error_names_the_extra(monkeypatch, digits_model):
+def test_without_tensorflow_the_error_names_the_extra(monkeypatch):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
     monkeypatch.setitem(sys.modules, "keras", None)  # what `import keras` meets where the extra is not installed
     with pytest.raises(ModelLoadError, match=r"pip install 'lowbit\[keras\]'"):
-        lowbit.quantize(digits_model, [np.ones((2, 8, 8, 1), np.float32)])
+        lowbit.quantize(model, [np.ones((2, 8, 8, 1), np.float32)])
 
 
-@pytest.mark.slow
 def test_the_zoo_keras_mobilenet_v2_computes_the_pytorch_model(eval_batches):
     from lowbit.zoo import pretrained_mobilenet_v2
     from lowbit.zoo.keras_mobilenet_v2 import keras_mobilenet_v2

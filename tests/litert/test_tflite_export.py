@@ -57,6 +57,7 @@ def test_the_fixed_point_addition_is_litert_s_on_every_pair_of_int8_values(seed)
     np.testing.assert_array_equal(simulated.numpy(), executed)
 
 
+@pytest.mark.slow
 def test_a_pytorch_sim_for_litert_is_what_litert_runs(tmp_path):
     from lowbit.zoo import tiny_resnet
     torch.manual_seed(0)
@@ -76,6 +77,7 @@ def test_mobilenet_v2_in_litert_agrees_with_its_sim(tmp_path, calibration_batche
     assert written.path.stat().st_size < 4.5e6  # int8 weights: a quarter of the float model's 14 MB
 
 
+@pytest.mark.slow
 def test_a_grid_litert_has_no_kernel_for_is_one_line_and_no_file(tmp_path):
     from lowbit.zoo import tiny_resnet
     data = [torch.randn(4, 3, 32, 32)]
@@ -118,6 +120,7 @@ def test_the_onnx_sim_s_fixed_point_addition_is_litert_s_on_every_pair(seed):
     np.testing.assert_array_equal(simulated, executed)
 
 
+@pytest.mark.slow
 def test_an_onnx_sim_for_litert_is_what_litert_runs(tmp_path):
     from lowbit.zoo import tiny_resnet
     torch.manual_seed(1)
@@ -130,6 +133,7 @@ def test_an_onnx_sim_for_litert_is_what_litert_runs(tmp_path):
     assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb == 0.0
 
 
+@pytest.mark.slow
 def test_the_litert_target_predicts_litert_with_symmetric_per_channel_weights():
     from lowbit.zoo import tiny_resnet
     sim = lowbit.quantize(tiny_resnet().eval(), [torch.randn(4, 3, 32, 32)], target="litert-int8")
