@@ -121,3 +121,22 @@ def test_the_zoo_keras_mobilenet_v2_computes_the_pytorch_model(eval_batches):
         expected = pretrained_mobilenet_v2().eval()(images).numpy()
     got = keras_mobilenet_v2().predict(images.permute(0, 2, 3, 1).numpy(), verbose=0)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_analysis_takes_a_keras_model(digits_model, digits, tmp_path):
+    result = lowbit.analyze(digits_model, batches(digits[0][:128]), out_dir=tmp_path)
+    assert result.report_path.is_file() and len(result.layers) >= 4
+    assert all(np.isfinite(layer.only) for layer in result.layers)
+
+
+def test_a_model_of_free_image_size_needs_an_input_shape_for_litert(tmp_path):
+    from lowbit.errors import ExportError
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((None, None, 3)), layers.Conv2D(4, 3), layers.GlobalAveragePooling2D()])
+    data = [np.random.default_rng(0).random((4, 16, 16, 3), np.float32)]
+    sim = lowbit.quantize(model, data, target="litert-int8")
+    with pytest.raises(ExportError, match="dynamic sizes .* pass input_shape"):
+        sim.export_tflite(tmp_path / "free.tflite")
+    assert not (tmp_path / "free.tflite").exists()
+    written = sim.export_tflite(tmp_path / "fixed.tflite", input_shape=(1, 16, 16, 3), verify=data)
+    assert written.fidelity.max_error_lsb <= 1.0

@@ -218,11 +218,11 @@ class _Conversion:
 
     def _bias(self, node: onnx.NodeProto, index: int, channels: int, product_scale: np.ndarray) -> int:
         """The int32 bias on the grid input scale × weight scale (a float bias, as shared zero biases export, is
-        rounded to it here)."""
-        if len(node.input) <= index or not node.input[index]:
-            return -1
-        name = node.input[index]
-        if name in self.graph.constants and name not in self.weights:
+        rounded to it here; none: zeros, which LiteRT's int8 kernels require)."""
+        name = node.input[index] if len(node.input) > index else ""
+        if not name:
+            scale, values = product_scale.astype(np.float64), np.zeros(channels)
+        elif name in self.graph.constants and name not in self.weights:
             scale = product_scale.astype(np.float64)
             values = np.round(self.graph.constants[name].astype(np.float64) / scale)
         else:
