@@ -140,3 +140,14 @@ def test_a_model_of_free_image_size_needs_an_input_shape_for_litert(tmp_path):
     assert not (tmp_path / "free.tflite").exists()
     written = sim.export_tflite(tmp_path / "fixed.tflite", input_shape=(1, 16, 16, 3), verify=data)
     assert written.fidelity.max_error_lsb <= 1.0
+
+
+def test_a_trained_keras_model_runs_in_litert_as_simulated(digits_model, digits, tmp_path):
+    train_images, _, test_images, test_labels = digits
+    sim = lowbit.quantize(digits_model, batches(train_images[:256]), target="litert-int8")
+    written = sim.export_tflite(tmp_path / "digits.tflite", verify=batches(test_images))
+    assert written.fidelity.top1_agreement >= 0.995 and written.fidelity.max_error_lsb <= 1.0
+    from lowbit.litert import LiteRtModel
+    litert = np.concatenate([LiteRtModel(written.path)(b)[0] for b in batches(test_images)])
+    float_accuracy = accuracy(digits_model.predict(test_images, verbose=0), test_labels)
+    assert accuracy(litert, test_labels) >= float_accuracy - 0.02

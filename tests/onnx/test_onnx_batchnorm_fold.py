@@ -77,22 +77,24 @@ def test_dense_layers_fold_exactly(op_type, attributes):
     np.testing.assert_allclose(run(folded, x), run(original, x), rtol=1e-5, atol=1e-5)
 
 
-def depthwise_then_affine(mul_shape: tuple, add_shape: tuple) -> onnx.ModelProto:
+def depthwise_then_affine(mul_shape: tuple, add_shape: tuple, shift_op: str = "Add") -> onnx.ModelProto:
     """A depthwise Conv (no bias) then Mul and Add by constants: BatchNorm as tf2onnx writes it after depthwise
     convolutions."""
     rng = np.random.default_rng(3)
     tensors = {"w": rng.normal(size=(4, 1, 3, 3)), "a": rng.uniform(0.5, 2, mul_shape), "b": rng.normal(size=add_shape)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["h"], group=4, pads=[1, 1, 1, 1]),
-             helper.make_node("Mul", ["h", "a"], ["m"]), helper.make_node("Add", ["b", "m"], ["y"])]
+             helper.make_node("Mul", ["h", "a"], ["m"]),
+             helper.make_node(shift_op, ["b", "m"] if shift_op == "Add" else ["m", "b"], ["y"])]
     graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 4, 5, 5))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("mul_shape, add_shape", [((4, 1, 1), (4, 1, 1)), ((1, 4, 1, 1), (1,)), ((1,), (4, 1, 1))])
-def test_per_channel_mul_and_add_after_a_layer_fold_exactly(mul_shape, add_shape):
-    original = load_model(depthwise_then_affine(mul_shape, add_shape))
+@pytest.mark.parametrize("mul_shape, add_shape, shift_op", [((4, 1, 1), (4, 1, 1), "Add"), ((1, 4, 1, 1), (1,), "Add"),
+                                                             ((1,), (4, 1, 1), "Add"), ((4, 1, 1), (4, 1, 1), "Sub")])
+def test_per_channel_mul_and_add_after_a_layer_fold_exactly(mul_shape, add_shape, shift_op):
+    original = load_model(depthwise_then_affine(mul_shape, add_shape, shift_op))
     folded, pairs = fold_batchnorm(original)
     assert len(pairs) == 2 and [n.op_type for n in folded.graph.node] == ["Conv"]
     x = np.random.default_rng(4).normal(size=(2, 4, 5, 5)).astype(np.float32)

@@ -52,18 +52,19 @@ def fold_with_statistics(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
 
 
 def _fold_affine(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """Fold each Mul or Add of a per-channel constant that alone reads a foldable layer's output into the layer, in
+    """Fold each Mul, Add or Sub of a per-channel constant that alone reads a foldable layer's output into the layer, in
     place (repeated, so Mul then Add both fold); the (layer, node) names folded."""
     graph, folded = model.graph, []
     while True:
         facts, ranks = GraphFacts(model), tensor_ranks(model)
-        found = next(((node, layer, vector) for node in graph.node if node.op_type in ("Mul", "Add")
+        found = next(((node, layer, vector) for node in graph.node if node.op_type in ("Mul", "Add", "Sub")
                       for layer, vector in [_affine_operand(facts, node, ranks)] if layer is not None), None)
         if found is None:
             return folded
         node, layer, vector = found
         ones, zeros = np.ones_like(vector), np.zeros_like(vector)
-        _fold_into(graph, facts, layer, *((vector, zeros) if node.op_type == "Mul" else (ones, vector)))
+        shift = -vector if node.op_type == "Sub" else vector
+        _fold_into(graph, facts, layer, *((vector, zeros) if node.op_type == "Mul" else (ones, shift)))
         for value in [v for v in graph.value_info if v.name == layer.output[0]]:
             graph.value_info.remove(value)
         layer.output[0] = node.output[0]
@@ -74,7 +75,7 @@ def _fold_affine(model: onnx.ModelProto) -> list[tuple[str, str]]:
 def _affine_operand(facts: GraphFacts, node: onnx.NodeProto, ranks: dict[str, int]):
     """(layer, per-channel float64 vector) when ``node`` multiplies or adds a constant that varies only along the
     output channels of the foldable layer it alone reads; (None, None) otherwise."""
-    for data, constant in ((0, 1), (1, 0)):
+    for data, constant in ((0, 1), (1, 0))[:1 if node.op_type == "Sub" else 2]:  # c − x is no affine fold here
         layer = facts.producer.get(node.input[data])
         tensor = facts.initializers.get(node.input[constant])
         if layer is None or tensor is None or layer.op_type not in FOLDABLE:
