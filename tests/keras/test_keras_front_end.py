@@ -151,3 +151,9 @@ def test_a_trained_keras_model_runs_in_litert_as_simulated(digits_model, digits,
     litert = np.concatenate([LiteRtModel(written.path)(b)[0] for b in batches(test_images)])
     float_accuracy = accuracy(digits_model.predict(test_images, verbose=0), test_labels)
     assert accuracy(litert, test_labels) >= float_accuracy - 0.02
+
+
+def test_autoquant_takes_a_keras_model(digits_model, digits, tmp_path):
+    result = lowbit.autoquant(digits_model, batches(digits[0][:128]), allowed_drop=0.05, out_dir=tmp_path)
+    assert result.stages[0].name == "minmax" and result.met
+    assert result.export_paths.qdq_onnx.is_file() and result.report_path.is_file()
