@@ -1,4 +1,4 @@
-"""lowbit: quantization simulation, calibration and int8 export for PyTorch models."""
+"""lowbit: quantization simulation, calibration and int8 export (onnxruntime, LiteRT) for PyTorch, ONNX and Keras models."""
 
 from lowbit.analysis import analyze, autoquant, mixed_precision
 from lowbit.api import adaround, correct_bias, equalize, load_encodings, quantize, sequential_mse
