@@ -9,6 +9,7 @@ outputs, labelled top-1 on the 20 photos, and the technique's wall time (AdaRoun
 
     .venv/bin/python bench/bench_ptq.py                      # every row
     .venv/bin/python bench/bench_ptq.py --rows w4a8-adaround --iterations 500,2000,10000
+    .venv/bin/python bench/bench_ptq.py --rows w4a8-adaround-block --seeds 0,1,2   # AdaRound's spread
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ ROWS = {
 """Row name → (target preset, techniques in the order they run, calibration scheme)."""
 
 
-def build(model, calib, target, techniques, scheme, iterations):
+def build(model, calib, target, techniques, scheme, iterations, seed):
     """Fold, (equalize), calibrate, then the techniques in the recommended order; returns the sim and
     the seconds and result line of each step."""
     timings, lines = {}, []
@@ -70,7 +71,8 @@ def build(model, calib, target, techniques, scheme, iterations):
         start = time.perf_counter()
         if technique.startswith("adaround"):
             granularity = "block" if technique == "adaround_block" else "layer"
-            result = lowbit.adaround(sim, calib, num_iterations=iterations, granularity=granularity)
+            result = lowbit.adaround(sim, calib, num_iterations=iterations, granularity=granularity,
+                                    seed=seed)
             sim.calibrate(calib)
             layer_seconds = [r.seconds / len(r.names) for r in result.layers for _ in r.names]
         elif technique == "sequential_mse":
@@ -96,10 +98,10 @@ def evaluate(outputs: torch.Tensor, fp32: torch.Tensor, labels: torch.Tensor) ->
             "labelled_top1": float((top[:N_LABELLED] == labels[:N_LABELLED]).float().mean())}
 
 
-def run_row(name, model, calib, evals, fp32, labels, iterations):
-    """One benchmark row (AdaRound rows once per iteration count)."""
+def run_row(name, model, calib, evals, fp32, labels, iterations, seed):
+    """One benchmark row (AdaRound rows once per iteration count and seed)."""
     target, techniques, scheme = ROWS[name]
-    sim, timings, lines, layer_seconds = build(model, calib, target, techniques, scheme, iterations)
+    sim, timings, lines, layer_seconds = build(model, calib, target, techniques, scheme, iterations, seed)
     if name == "w8-weight-only":
         for key, quantizer in sim.quantizers().items():
             if sim.point(key).role != "weight":
@@ -109,7 +111,7 @@ def run_row(name, model, calib, evals, fp32, labels, iterations):
     result = {"target": target, "techniques": list(techniques), "scheme": scheme,
               **evaluate(outputs, fp32, labels), "seconds": timings, "results": lines}
     if layer_seconds is not None:
-        result.update(adaround_iterations=iterations, adaround_layers=len(layer_seconds),
+        result.update(adaround_iterations=iterations, adaround_seed=seed, adaround_layers=len(layer_seconds),
                       adaround_seconds_per_layer=sum(layer_seconds) / len(layer_seconds))
     return result
 
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     parser.add_argument("--iterations", default=str(DEFAULT_ITERATIONS),
                         help="AdaRound iterations per layer; several (comma-separated) repeat AdaRound rows")
+    parser.add_argument("--seeds", default="0",
+                        help="AdaRound seeds (sample order); several (comma-separated) repeat AdaRound rows")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--output", default="bench_ptq", help="results file name under bench/results/")
     args = parser.parse_args()
@@ -144,10 +148,12 @@ def main() -> None:
                                                        ("evaluation_images", EVALUATION_IMAGES)))
     results = previous["rows"] if previous and same_data else {}
     for name in args.rows.split(","):
-        counts = [int(n) for n in args.iterations.split(",")] if "adaround" in name else [None]
-        for iterations in counts:
-            key = name if iterations is None else f"{name} ({iterations} it)"
-            results[key] = run_row(name, model, calib, evals, fp32, labels, iterations)
+        adaround = "adaround" in name
+        counts = [int(n) for n in args.iterations.split(",")] if adaround else [None]
+        seeds = [int(n) for n in args.seeds.split(",")] if adaround else [0]
+        for iterations, seed in ((i, s) for i in counts for s in seeds):
+            key = name if iterations is None else f"{name} ({iterations} it{f', seed {seed}' if seed else ''})"
+            results[key] = run_row(name, model, calib, evals, fp32, labels, iterations, seed)
             print(f"{key}: {results[key]['top1_agreement']:.1%} | {' | '.join(results[key]['results'])}",
                   flush=True)
             _common.write_results(args.output, {
