@@ -12,6 +12,7 @@ from torch import nn
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_quantize_per_tensor_grid
+from lowbit.quant.grid_bounds import keep_grid_within
 from lowbit.quant.layout import encoding_shape
 from lowbit.quant.lsq import per_tensor_lsq
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
@@ -44,6 +45,7 @@ class Quantizer(nn.Module):
         self.mode = "off"
         self.frozen_by: str | None = None
         self.batched = False
+        self.bounds: tuple[float, float] | None = None
         self.estimator: RangeEstimator | None = None
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("offset", torch.empty(0, dtype=torch.int64))
@@ -64,7 +66,7 @@ class Quantizer(nn.Module):
         self.scale = encoding.scale.detach().to(device, torch.float32).clone()
         self.offset = encoding.offset.detach().to(device, torch.int64).clone()
         if self.learning:
-            self.learn_ranges(batched=self.batched)
+            self.learn_ranges(batched=self.batched, bounds=self.bounds)
 
     def forget_encoding(self) -> None:
         """No encoding any more (as before calibration) and nothing learned; the quantizer passes values through."""
@@ -78,11 +80,13 @@ class Quantizer(nn.Module):
         """Whether scale (and, asymmetric, zero point) are trained: see :meth:`learn_ranges`."""
         return "learned_scale" in self._parameters
 
-    def learn_ranges(self, enabled: bool = True, batched: bool = False) -> "Quantizer":
+    def learn_ranges(self, enabled: bool = True, batched: bool = False,
+                     bounds: tuple[float, float] | None = None) -> "Quantizer":
         """Make the encoding trainable, or (``enabled=False``) fixed again at its learned values. ``learned_scale``
         (asymmetric: also ``learned_zero_point``) train with LSQ/LSQ+ gradients (Esser et al. 2020) scaled by
         1/sqrt(values per scale · top grid index), values of one sample where ``batched`` (dim 0 is the batch); the
-        encoding follows them (zero point rounded), so what the sim emulates and exports is what was trained."""
+        encoding follows them (zero point rounded), so what the sim emulates and exports is what was trained.
+        ``bounds``: the clip range of the activation quantized (ReLU: (0, inf)); the learned grid stays inside."""
         if self.learning:
             self._follow_learned()
         for name in ("learned_scale", "learned_zero_point"):
@@ -94,7 +98,7 @@ class Quantizer(nn.Module):
         if self.spec.block_size is not None:
             raise SpecError("learned ranges need per-tensor or per-channel encodings, not blockwise ones")
         self.learned_scale = nn.Parameter(self.scale.detach().clone())
-        self.batched = batched
+        self.batched, self.bounds = batched, bounds
         if not self.spec.symmetric:
             self.learned_zero_point = nn.Parameter((-self.offset).detach().to(torch.float32).clone())
         return self
@@ -102,6 +106,9 @@ class Quantizer(nn.Module):
     def _follow_learned(self) -> None:
         """Copy the learned values into the encoding where they changed (zero point rounded, clamped)."""
         with torch.no_grad():
+            if self.bounds is not None:
+                keep_grid_within(self.learned_scale, self._parameters.get("learned_zero_point"), -self.offset,
+                                 self.spec.levels - 1, self.bounds)
             scale = self.learned_scale.detach().clamp(min=1e-12)
             if not torch.equal(scale, self.scale):
                 self.scale.copy_(scale)

@@ -30,6 +30,7 @@ from lowbit.torch.leaf_fallback import wrap_leaf_modules
 from lowbit.torch.adapters import AdapterBank
 from lowbit.torch.lora import working_copy
 from lowbit.torch.op_types import module_op_type
+from lowbit.torch.activation_bounds import activation_bounds
 from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.sim_calls import batch_errors, sim_calls
 from lowbit.torch.integer_add import IntegerAdd
@@ -134,12 +135,17 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return ([f"{p.key} {p.role} {p.spec}" for p in self.points]
                 + [f"{name} {tuple(value.shape)}" for name, value in self.model.named_parameters()])
 
-    def learn_ranges(self, enabled: bool = True) -> "QuantSim":
-        """Make every active quantizer's scale and zero point trainable (they join ``sim.parameters()``), or fix
-        them again at their learned values; see :meth:`Quantizer.learn_ranges`."""
+    def learn_ranges(self, enabled: bool = True, keys=None) -> "QuantSim":
+        """Make every active quantizer's (or those of ``keys``) scale and zero point trainable (they join
+        ``sim.parameters()``), or fix them again at their learned values; see :meth:`Quantizer.learn_ranges`.
+        A grid after a ReLU, ReLU6 or clamp stays inside its range, as onnxruntime's fused kernels need."""
+        points = {point.key: point for point in self.points}
         for key, quantizer in self._quantizers.items():
-            if quantizer.mode == "quantize":
-                quantizer.learn_ranges(enabled, batched=self.point(key).role != "weight")
+            if quantizer.mode == "quantize" and (keys is None or key in keys):
+                point = points[key]
+                weight = point.role == "weight"
+                quantizer.learn_ranges(enabled, batched=not weight,
+                                       bounds=None if weight else activation_bounds(self.model, point.tensor))
         return self
 
     def fold_batchnorm(self) -> list[tuple[str, str]]:

@@ -66,8 +66,7 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     keys = set(adapter_keys(sim)) if sim.adapters is not None else set(sim.quantizers())
     learning = {k: q for k, q in sim.quantizers().items() if q.mode == "quantize" and k in keys} if range_learning \
         else {}
-    for key, quantizer in learning.items():
-        quantizer.learn_ranges(True, batched=sim.point(key).role != "weight")
+    sim.learn_ranges(True, keys=learning)
     ranges = {id(p) for q in learning.values() for p in q.parameters()}
     weights = adapter_parameters(sim) if sim.adapters is not None else list(sim.model.parameters())
     groups = [{"params": [p for p in weights if p.requires_grad and id(p) not in ranges], "lr": lr}]
