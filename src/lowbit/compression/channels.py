@@ -119,6 +119,19 @@ def _input_rows(layer: nn.Module, inputs: list[torch.Tensor], rows: int) -> tupl
     return torch.cat(windows), torch.cat(outputs)
 
 
+def _layer_inputs(model: nn.Module, layer: str, calls) -> list[torch.Tensor]:
+    """The inputs module ``layer`` of ``model`` receives over ``calls``, one tensor per call."""
+    inputs: list[torch.Tensor] = []
+    hook = model.get_submodule(layer).register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    try:
+        with eval_mode(model):
+            for args, kwargs in calls:
+                model(*args, **kwargs)
+    finally:
+        hook.remove()
+    return inputs
+
+
 def _refits(layer: nn.Module) -> bool:
     """Whether the least-squares refit knows how ``layer`` computes (torch's Conv2d or Linear, zero padding)."""
     return (isinstance(layer, (nn.Linear, nn.Conv2d)) and not own_forward(layer)
@@ -150,10 +163,12 @@ def _slice(module: nn.Module, kept: torch.Tensor, axis: int) -> None:
 
 @torch.no_grad()
 def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: int = 4,
-                   reconstruct: bool = True) -> PrunedChannels:
+                   reconstruct: bool = True, reference: nn.Module | None = None) -> PrunedChannels:
     """A copy of ``model`` where ``layer`` keeps ``keep`` input channels (those with the most weight norm × input
     RMS on ``data``), its producers lose the others, and (``reconstruct``) its kept weights are refit by least
-    squares to its original output on ``data``. SpecError where the chain cannot be pruned."""
+    squares to its original output on ``data``: that of the same layer in ``reference`` (the uncompressed model,
+    whose output this one's layers then keep close to in turn) or else in ``model``. SpecError where the chain
+    cannot be pruned."""
     calls = list(checked_calls(data, None, num_batches))
     pruned = copy.deepcopy(model)
     chains = prunable_layers(pruned, batch_of(calls[0]))
@@ -166,14 +181,7 @@ def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: i
     channels = target.weight.shape[1]
     if not 1 <= keep <= channels:
         raise SpecError(f"{layer!r} has {channels} input channels: keep between 1 and {channels}, got {keep}")
-    inputs: list[torch.Tensor] = []
-    hook = target.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
-    try:
-        with eval_mode(pruned):
-            for args, kwargs in calls:
-                pruned(*args, **kwargs)
-    finally:
-        hook.remove()
+    inputs = _layer_inputs(pruned, layer, calls)
     flat = [x.reshape(-1, channels) if isinstance(target, nn.Linear) else x.transpose(0, 1).reshape(channels, -1).T
             for x in inputs]
     rms = torch.cat(flat).pow(2).mean(0).sqrt()
@@ -181,6 +189,8 @@ def prune_channels(model: nn.Module, layer: str, keep: int, data, num_batches: i
     kept = score.topk(keep).indices.sort().values
     if reconstruct and _refits(target) and keep < channels:
         windows, outputs = _input_rows(target, inputs, MAX_ROWS)
+        if reference is not None:  # the same positions (same sample counts and sizes), the original layer's output
+            outputs = _input_rows(reference.get_submodule(layer), _layer_inputs(reference, layer, calls), MAX_ROWS)[1]
         solution = torch.linalg.lstsq(windows[:, kept].reshape(len(windows), -1).double(), outputs.double()).solution
         weight = solution.T.reshape(target.weight.shape[0], keep, *target.weight.shape[2:])
         target.weight = nn.Parameter(weight.to(target.weight.dtype))

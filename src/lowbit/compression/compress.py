@@ -93,10 +93,11 @@ def _methods_for(name: str, layer: nn.Module, chains: dict, methods) -> tuple[di
     return applies, reasons
 
 
-def _apply(model: nn.Module, name: str, method: str, kept: int, data) -> nn.Module:
-    """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels."""
+def _apply(model: nn.Module, name: str, method: str, kept: int, data, reference: nn.Module | None = None) -> nn.Module:
+    """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels; pruned weights
+    refit to ``reference``'s output of that layer (default: ``model``'s)."""
     if method == "channel_pruning":
-        return prune_channels(model, name, kept, data).model
+        return prune_channels(model, name, kept, data, reference=reference).model
     compressed = copy.deepcopy(model)
     compressed.set_submodule(name, _LOW_RANK[method](compressed.get_submodule(name), kept))
     return compressed
@@ -170,8 +171,8 @@ def _select(model: nn.Module, curves: dict, total: int, target: int, example, ba
             raise SpecError(f"{target / total:.0%} of the MACs is out of reach: the methods reach about "
                             f"{reachable / total:.0%} at the most")
         compressed = copy.deepcopy(model)
-        for name, candidate in chosen.items():
-            compressed = _apply(compressed, name, candidate.method, candidate.kept, batches)
+        for name, candidate in chosen.items():  # in running order: each refit makes up for the layers before
+            compressed = _apply(compressed, name, candidate.method, candidate.kept, batches, reference=model)
         actual = model_costs(compressed, example).macs
         if actual <= target * (1 + MAC_TOLERANCE):
             break
@@ -206,8 +207,10 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         before = model_costs(model, example)
         chains = prunable_layers(model, example)
         curves, skipped = {}, {}
+        shapes = before.inputs  # in the order the layers run: the selection applies (and refits) them so
         layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in exclude}
-        shapes = before.inputs
+        layers = dict(sorted(layers.items(), key=lambda item: list(shapes).index(item[0]) if item[0] in shapes
+                             else len(shapes)))
         for name, layer in progress(layers.items(), "compress: scoring layers", len(layers)):
             if name not in shapes:
                 skipped[name] = "it never runs on the data"
@@ -233,7 +236,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         if fine_tune_steps:
             parameters = [p for p in compressed.parameters() if p.requires_grad]
             train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
-                  fine_tune_steps, teacher=model)
+                  fine_tune_steps, teacher=model, batchnorm_statistics=False)
         score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
     after = model_costs(compressed, example)
     result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},

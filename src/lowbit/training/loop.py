@@ -68,9 +68,10 @@ def agreement_score(outputs, teacher_outputs) -> float:
 
 def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict], steps: int | None = None,
           epochs: int = 1, loss: Callable | None = None, teacher: torch.nn.Module | None = None, eval_data=None,
-          transform=None, finish: Callable | None = None) -> TrainingResult:
+          transform=None, finish: Callable | None = None, batchnorm_statistics: bool = True) -> TrainingResult:
     """Train ``student`` in place: Adam on ``parameter_groups`` (each with its ``lr``), decayed to 0 on a
     cosine; ``loss(outputs, batch)`` or distillation from ``teacher``; ``finish()`` runs before the last evaluation.
+    BatchNorms normalise by batch statistics, or (``batchnorm_statistics=False``) keep their running ones.
     OptimizationError at a non-finite loss."""
     data = shard(data)
     total = steps if steps is not None else _epoch_steps(data, epochs)
@@ -85,6 +86,10 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
         result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
     forward = student if world()[1] == 1 else DistributedDataParallel(student, find_unused_parameters=True)
     student.train()
+    if not batchnorm_statistics:
+        for module in student.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     try:
         bar = progress(_batches(data, transform, steps, epochs), name, total, unit="step")
         for step, (epoch, batch, args, kwargs) in enumerate(bar, start=1):
@@ -144,12 +149,13 @@ def _batches(data, transform, steps: int | None, epochs: int):
 
 def _score(student, teacher, eval_data, transform, device) -> float:
     """``agreement_score`` of the student against the teacher over every batch of ``eval_data``."""
-    outputs, targets, training = [], [], student.training
+    outputs, targets, modes = [], [], {module: module.training for module in student.modules()}
     student.eval()
     with torch.no_grad():
         for args, kwargs in checked_calls(eval_data, transform):
             args, kwargs = channels_last_call(*move_call(args, kwargs, device))
             outputs.append(first_tensor(student(*args, **kwargs)))
             targets.append(first_tensor(teacher(*args, **kwargs)))
-    student.train(training)
+    for module, training in modes.items():
+        module.train(training)
     return agreement_score(torch.cat(outputs), torch.cat(targets))
