@@ -4,6 +4,8 @@ layer feeds are refused with the reason, and the pretrained MobileNetV2's depthw
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,3 +125,25 @@ def test_pretrained_mobilenet_prunes_through_its_depthwise_chains(mobilenet, cal
     with torch.no_grad():
         agreement = float((result.model(data[0]).argmax(1) == mobilenet(data[0]).argmax(1)).float().mean())
     assert agreement >= 0.75
+
+
+def test_refitting_to_the_uncompressed_output_makes_up_for_the_layers_before():
+    """Pruning a layer whose input already comes from a pruned layer: refit to the original model's output of that
+    layer (``reference``), its output is the least-squares optimum against the original's (every position is
+    sampled here), so closer than refit to what the layer computed on its pruned inputs, and no perturbation helps."""
+    generator = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 6, 3, padding=1)).eval()
+    data = [torch.randn(8, 3, 10, 10, generator=generator) for _ in range(2)]
+    first = prune_channels(model, "2", 6, data).model  # layer 2 loses 10 inputs: its output changes
+    def error(net) -> float:
+        with torch.no_grad():
+            return float(sum((net(x) - model(x)).pow(2).mean() for x in data))
+
+    own, refit = (prune_channels(first, "4", 8, data, reference=r).model for r in (None, model))
+    assert error(refit) < 0.95 * error(own), (error(refit), error(own))
+    for _ in range(3):
+        nudged = copy.deepcopy(refit)
+        with torch.no_grad():
+            nudged[4].weight.add_(1e-3 * torch.randn(nudged[4].weight.shape, generator=generator))
+        assert error(nudged) > error(refit)

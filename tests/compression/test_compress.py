@@ -69,6 +69,19 @@ def test_fine_tuning_lowers_the_distillation_loss():
     assert result.score[1] > result.score[0], result.score
 
 
+@pytest.mark.slow
+def test_fine_tuning_trains_the_weights_and_keeps_batchnorm_statistics():
+    """Batches of a few images would replace the statistics the refit layers were fitted to: they stay as selected."""
+    model, data = _setting()
+    untrained, tuned = (lowbit.compress(model, data, macs=0.6, fine_tune_steps=steps, lr=1e-3, out_dir=None).model
+                        for steps in (0, 10))
+    assert untrained.state_dict().keys() == tuned.state_dict().keys()
+    for key, value in untrained.state_dict().items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, tuned.state_dict()[key]), key
+    assert all(not torch.equal(p, q) for p, q in zip(untrained.parameters(), tuned.parameters()))
+
+
 def test_equal_loss_selection_by_hand():
     a = [Candidate("channel_pruning", 0.5, 2, 4, 100, 0.1), Candidate("channel_pruning", 0.25, 1, 4, 150, 0.5)]
     b = [Candidate("weight_svd", 0.5, 4, 8, 60, 0.2), Candidate("spatial_svd", 0.25, 2, 8, 90, 0.3)]
