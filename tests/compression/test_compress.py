@@ -11,7 +11,7 @@ from torch import nn
 import lowbit
 from lowbit.compression import model_costs
 from lowbit.compression.compress import Candidate, _choose
-from lowbit.errors import SpecError
+from lowbit.errors import DataError, SpecError
 from lowbit.training.loop import distillation_loss
 
 
@@ -102,19 +102,21 @@ def test_bad_requests_are_one_line():
         lowbit.compress(model, data, methods=("pruning",), out_dir=None)
     with pytest.raises(SpecError, match="exclude names no layer of the model: trunk"):
         lowbit.compress(model, data, exclude=("trunk",), out_dir=None)
+    with pytest.raises(DataError, match="the data gave 1 batch, give at least 2"):
+        lowbit.compress(model, data[:1], out_dir=None)
     with pytest.raises(SpecError, match="5% of the MACs is out of reach"):
         lowbit.compress(model, data, macs=0.05, methods=("weight_svd",), fine_tune_steps=0, out_dir=None)
 
 
 @pytest.mark.slow
 def test_pretrained_mobilenet_compresses_to_three_quarters(mobilenet, calibration_batches, tmp_path):
-    data = [calibration_batches[0][:4]]
+    data = [calibration_batches[0][:8], calibration_batches[0][8:]]  # refit on the first, scored on the second
     result = lowbit.compress(mobilenet, data, macs=0.75, fine_tune_steps=0, num_batches=1, out_dir=tmp_path)
     assert result.macs[1] <= 0.7575 * result.macs[0]
     assert result.macs[1] == model_costs(result.model, data[0]).macs
     assert sum(method == "channel_pruning" for method, _, _ in result.ratios.values()) >= 5
     with torch.no_grad():
-        agreement = float((result.model(data[0]).argmax(1) == mobilenet(data[0]).argmax(1)).float().mean())
+        agreement = float((result.model(data[1]).argmax(1) == mobilenet(data[1]).argmax(1)).float().mean())
     assert agreement >= 0.5 and result.score[0] == pytest.approx(agreement)
 
 

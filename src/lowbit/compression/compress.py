@@ -15,7 +15,7 @@ from lowbit.compression.channels import ChannelChain, prunable_layers, prune_cha
 from lowbit.compression.costs import model_costs
 from lowbit.compression.svd import spatial_svd, weight_svd
 from lowbit.data import batch_of, channels_last_call, checked_calls, first_tensor
-from lowbit.errors import SpecError
+from lowbit.errors import DataError, SpecError
 from lowbit.progress import progress
 from lowbit.torch.batchnorm_fold import own_forward
 from lowbit.torch.eval_mode import eval_mode
@@ -120,6 +120,17 @@ def _aligned(count: float, full: int) -> int:
 
 
 @torch.no_grad()
+def _fitting_and_scoring(data, num_batches: int) -> tuple[list, list]:
+    """(batches the refits solve on, calls the candidates are scored on): ``num_batches`` of ``data`` each, disjoint
+    (as many as ``data`` gives, split in two halves); a scored refit on its own images would hide its overfitting."""
+    calls = [channels_last_call(*call) for call in checked_calls(data, None, 2 * num_batches)]
+    if len(calls) < 2:
+        raise DataError(f"compress refits layers on some batches and scores them on others: the data gave "
+                        f"{len(calls)} batch, give at least 2 (best {2 * num_batches})")
+    half = (len(calls) + 1) // 2
+    return [batch_of(call) for call in calls[:half]], calls[half:]
+
+
 def _loss(model: nn.Module, calls, targets) -> float:
     """Mean distillation loss of ``model``'s outputs against ``targets`` over ``calls``."""
     return float(sum(distillation_loss(model(*args, **kwargs), target) for (args, kwargs), target
@@ -183,17 +194,17 @@ def _select(model: nn.Module, curves: dict, total: int, target: int, example, ba
 def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", "channel_pruning"), eval_fn=None,
              eval_data=None, fine_tune_steps: int = 500, lr: float | None = None, exclude=(),
              out_dir="lowbit-report", num_batches: int = 2) -> CompressionResult:
-    """A smaller copy of ``model`` with about ``macs`` of its MACs: each layer scored by every method that applies at
-    :data:`CANDIDATES` on ``num_batches`` of ``data``, ratios chosen at equal loss, then ``fine_tune_steps`` of
-    distillation from ``model``. ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` scores it."""
+    """A smaller copy of ``model`` with about ``macs`` of its MACs: each layer compressed by every method that applies
+    at :data:`CANDIDATES`, refit on ``num_batches`` of ``data`` and scored on the next ``num_batches`` (images the refit
+    did not see), ratios chosen at equal loss, then ``fine_tune_steps`` of distillation from ``model``.
+    ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` (default: the scoring batches) scores it."""
     start = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise SpecError(f"methods are some of {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
     if not 0 < macs < 1:
         raise SpecError(f"macs is the fraction of the MACs to keep, in (0, 1); got {macs}")
-    calls = [channels_last_call(*call) for call in checked_calls(data, None, num_batches)]
-    batches = [batch_of(call) for call in calls]
+    batches, calls = _fitting_and_scoring(data, num_batches)
     example = batches[0]
     names = {name for name, _ in model.named_modules()}
     missing = sorted(set(exclude) - names)
