@@ -109,15 +109,18 @@ def test_bad_requests_are_one_line():
 
 
 @pytest.mark.slow
-def test_pretrained_mobilenet_compresses_to_three_quarters(mobilenet, calibration_batches, tmp_path):
-    data = [calibration_batches[0][:8], calibration_batches[0][8:]]  # refit on the first, scored on the second
+def test_pretrained_mobilenet_compresses_to_three_quarters(mobilenet, calibration_batches, eval_batches, tmp_path):
+    """Refit on 8 crops, scored on 8 others; its agreement on the 100 held-out images is far above chance."""
+    data = [calibration_batches[0][:8], calibration_batches[0][8:]]
     result = lowbit.compress(mobilenet, data, macs=0.75, fine_tune_steps=0, num_batches=1, out_dir=tmp_path)
     assert result.macs[1] <= 0.7575 * result.macs[0]
     assert result.macs[1] == model_costs(result.model, data[0]).macs
     assert sum(method == "channel_pruning" for method, _, _ in result.ratios.values()) >= 5
     with torch.no_grad():
-        agreement = float((result.model(data[1]).argmax(1) == mobilenet(data[1]).argmax(1)).float().mean())
-    assert agreement >= 0.5 and result.score[0] == pytest.approx(agreement)
+        scored = float((result.model(data[1]).argmax(1) == mobilenet(data[1]).argmax(1)).float().mean())
+        held_out = float(torch.cat([result.model(x).argmax(1) == mobilenet(x).argmax(1) for x in eval_batches])
+                         .float().mean())
+    assert result.score[0] == pytest.approx(scored) and held_out >= 0.4, held_out
 
 
 def test_the_compressed_model_quantizes_and_exports_as_simulated(tmp_path):

@@ -119,7 +119,6 @@ def _aligned(count: float, full: int) -> int:
     return CHANNEL_MULTIPLE * max(1, round(count / CHANNEL_MULTIPLE))
 
 
-@torch.no_grad()
 def _fitting_and_scoring(data, num_batches: int) -> tuple[list, list]:
     """(batches the refits solve on, calls the candidates are scored on): ``num_batches`` of ``data`` each, disjoint
     (as many as ``data`` gives, split in two halves); a scored refit on its own images would hide its overfitting."""
@@ -131,6 +130,7 @@ def _fitting_and_scoring(data, num_batches: int) -> tuple[list, list]:
     return [batch_of(call) for call in calls[:half]], calls[half:]
 
 
+@torch.no_grad()
 def _loss(model: nn.Module, calls, targets) -> float:
     """Mean distillation loss of ``model``'s outputs against ``targets`` over ``calls``."""
     return float(sum(distillation_loss(model(*args, **kwargs), target) for (args, kwargs), target
