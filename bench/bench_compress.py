@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches-per-epoch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-5)
     args = parser.parse_args()
     rows = [(m, float(f)) for m, f in (row.rsplit("-", 1) for row in args.rows.split(","))]
     _common.setup_threads()

@@ -165,7 +165,7 @@ def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, 
 @click.option("--methods", default="spatial_svd,channel_pruning", show_default=True,
               help="Comma-separated: spatial_svd, weight_svd, channel_pruning.")
 @click.option("--fine-tune-steps", type=int, default=500, show_default=True, help="Distillation steps after.")
-@click.option("--lr", type=float, default=None, help="Adam's learning rate for fine-tuning [default: 1e-4].")
+@click.option("--lr", type=float, default=None, help="Adam's learning rate for fine-tuning [default: 1e-5].")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Samples per batch.")
 @click.option("--name", default="model", show_default=True, help="Base name of the written files.")
 @_input_shape_option

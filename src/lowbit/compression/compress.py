@@ -28,7 +28,9 @@ CHANNEL_MULTIPLE = 8
 """Kept channels and ranks are multiples of this: onnxruntime 1.32 runs a convolution in its blocked NCHWc layout only
 when its channel counts are multiples of 4 (a 1×1 → depthwise → 1×1 chain of 78 channels fell back to plain kernels
 in all but one layer, one of 76 or 80 did not); 8 leaves room for runtimes with wider vectors."""
-DEFAULT_LR = 1e-4
+DEFAULT_LR = 1e-5
+"""Fine-tuning a trained network on few images: ten times this rate unlearns what the images do not show
+(docs/compression.md)."""
 _LOW_RANK = {"spatial_svd": spatial_svd, "weight_svd": weight_svd}
 MAX_SELECTIONS = 5
 MAC_TOLERANCE = 0.01
