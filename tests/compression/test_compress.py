@@ -57,7 +57,8 @@ def test_compress_meets_the_mac_target_and_leaves_the_model_alone(tmp_path):
             assert result.model.get_submodule(name).in_channels == kept
         else:
             assert result.model.get_submodule(name)[0].out_channels == kept  # the rank between the two factors
-    assert set(result.skipped) == {"depthwise.0", "head"} and "mean lies between" in result.skipped["head"]
+    assert set(result.skipped) == {"stem.0", "depthwise.0", "head"} and "mean lies between" in result.skipped["head"]
+    assert "3 input channels make a k×1 layer too thin" in result.skipped["stem.0"]
     html = result.report_path.read_text()
     assert all(name in html for name in result.ratios) and html.count("<svg") == len(result.curves)
 
