@@ -26,9 +26,8 @@ _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MAX_ROWS = 8192
 """Sampled output positions the least-squares refit solves over."""
 RIDGE = 0.01
-"""Pull of the refit towards the layer's own weights, relative to the mean squared input: small where rows are plenty;
-on MobileNetV2's last layers (fitted on 32 crops, scored on others) it kept a point or two more than plain least
-squares, and it keeps a refit from few rows from fitting them alone."""
+"""Pull of the refit towards the layer's own weights, relative to the mean squared input: small where rows are plenty,
+it keeps a refit from few rows from fitting them alone (docs/compression.md)."""
 
 
 @dataclass

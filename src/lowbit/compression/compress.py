@@ -85,8 +85,7 @@ def _methods_for(name: str, layer: nn.Module, chains: dict, methods) -> tuple[di
             else:
                 reasons.append(f"channel pruning: {chain or 'not a dense layer'}")
         elif method == "spatial_svd" and isinstance(layer, nn.Conv2d) and layer.in_channels < CHANNEL_MULTIPLE:
-            reasons.append(f"spatial SVD: {layer.in_channels} input channels make a k×1 layer too thin to run faster "
-                           f"(MobileNetV2's RGB convolution split so ran slower at fewer MACs)")
+            reasons.append(f"spatial SVD: {layer.in_channels} input channels make a k×1 layer too thin to run faster")
         elif method == "spatial_svd" and dense and isinstance(layer, nn.Conv2d) and min(layer.kernel_size) > 1:
             out_channels, in_channels, height, width = layer.weight.shape
             applies[method] = min(in_channels * height, out_channels * width)
