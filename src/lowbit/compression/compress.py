@@ -224,8 +224,8 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         curves, skipped = {}, {}
         shapes = before.inputs  # in the order the layers run: the selection applies (and refits) them so
         layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in exclude}
-        layers = dict(sorted(layers.items(), key=lambda item: list(shapes).index(item[0]) if item[0] in shapes
-                             else len(shapes)))
+        running = {name: index for index, name in enumerate(shapes)}
+        layers = dict(sorted(layers.items(), key=lambda item: running.get(item[0], len(running))))
         for name, layer in progress(layers.items(), "compress: scoring layers", len(layers)):
             if name not in shapes:
                 skipped[name] = "it never runs on the data"

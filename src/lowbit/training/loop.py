@@ -17,6 +17,7 @@ from lowbit.data import batch_count, channels_last_call, checked_calls, first_te
 from lowbit.distributed import shard, world
 from lowbit.errors import DataError, OptimizationError
 from lowbit.progress import progress
+from lowbit.training.batchnorm import batchnorms
 
 
 @dataclass
@@ -87,9 +88,8 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     forward = student if world()[1] == 1 else DistributedDataParallel(student, find_unused_parameters=True)
     student.train()
     if not batchnorm_statistics:
-        for module in student.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        for module in batchnorms(student).values():
+            module.eval()
     try:
         bar = progress(_batches(data, transform, steps, epochs), name, total, unit="step")
         for step, (epoch, batch, args, kwargs) in enumerate(bar, start=1):
