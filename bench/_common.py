@@ -113,6 +113,12 @@ def write_results(name: str, payload: dict) -> Path:
     return path
 
 
+def previous_rows(name: str) -> dict:
+    """The ``rows`` of results/NAME.json as last written (each row records its own machine), or none."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()).get("rows", {}) if path.exists() else {}
+
+
 def print_table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

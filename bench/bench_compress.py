@@ -4,6 +4,7 @@ int8 exports against the uncompressed model's (the sessions alternated in one ru
 
 Scoring and fine-tuning data: fresh crops of the scikit-image photos (bench_qat's data, distillation, no labels;
 scoring on the first two batches); evaluation: bench_ptq's 512 images.
+Rows of earlier runs stay in the JSON (each records its machine) unless this run redoes them.
 
     .venv/bin/python bench/bench_compress.py --rows mobilenet_v2-0.75 --steps 200
 """
@@ -89,7 +90,7 @@ def main() -> None:
     _common.setup_threads()
     evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
     path = _common.RESULTS / "bench_compress.json"
-    results = {}
+    results, kept = {}, _common.previous_rows("bench_compress")
     for model_name, fraction in rows:
         with torch.no_grad():
             model = MODELS[model_name]().eval()
@@ -98,7 +99,7 @@ def main() -> None:
         results[key] = run_row(model_name, fraction, args, evals, fp32)
         row = results[key]
         print(f"{key}: {row['before']['top1_agreement']:.1%} → {row['after']['top1_agreement']:.1%}", flush=True)
-        _common.write_results("bench_compress", {"evaluation_images": EVALUATION_IMAGES, "rows": results})
+        _common.write_results("bench_compress", {"evaluation_images": EVALUATION_IMAGES, "rows": {**kept, **results}})
     print()
     _common.print_table(["model (recipe)", "MACs", "params", "agreement before fine-tuning", "after",
                          "compressed int8", "FP32 latency vs original (batch 1 / 32)", "int8 latency vs original",
