@@ -71,12 +71,17 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
             raise DataError(f"batch {index} holds no tensor (got {type(item).__name__}): give tensors or arrays, "
                             f"or tuples or dicts of them")
         for tensor in tensors_of(args, kwargs):
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if tensor.is_floating_point() and tensor.numel() and not _finite(tensor):
                 raise DataError(f"calibration batch {index} contains NaN or Inf values")
         seen += 1
         yield args, kwargs
     if seen == 0:
         raise DataError("calibration data is empty: no batch was produced")
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite: NaN and Inf reach the minimum or maximum (one reduction, no mask)."""
+    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
 def _as_array(value):

@@ -106,6 +106,24 @@ def test_adapter_calibration_resumes_where_the_adapters_begin(two_adapters, cali
     assert same(encodings(sim, adapter), encodings(uncached, adapter))
 
 
+def test_kept_base_part_follows_the_weights_it_depends_on(two_adapters, calibration_batches):
+    """On the same images, a changed weight after the adapters begin keeps the base's part (that layer runs again
+    anyway); one before them runs it again; either way the encodings are an uncached sim's."""
+    sim = lowbit.quantize(two_adapters, calibration_batches[:1])
+    adapter = adapter_keys(sim)
+    sim.set_adapter("b").calibrate_adapter(calibration_batches[:1])
+    for layer, kept_after in (("features.17.conv.0.0", True), ("features.15.conv.2", False)):
+        kept, uncached, before = sim.adapters.prefix, copy.deepcopy(sim), encodings(sim, adapter)
+        with torch.no_grad():
+            for model in (sim.model, uncached.model):
+                model.get_submodule(layer).layer.weight.mul_(1.05)
+        for other in (sim, uncached):
+            other.calibrate_adapter(calibration_batches[:1])
+        assert (sim.adapters.prefix is kept) == kept_after, layer
+        assert same(encodings(sim, adapter), encodings(uncached, adapter))
+        assert not same(encodings(sim, adapter), before), layer
+
+
 def test_saved_adapters_load_and_export_small(two_adapters, calibration_batches, tmp_path):
     """peft's save_pretrained folder loads as the adapter it saved (scaling and folded BatchNorm applied); each
     adapter's export is a small fraction of the base's."""
