@@ -4,7 +4,6 @@ each adapter calibrated on the same images resumes there instead of running the 
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +21,21 @@ MAX_KEPT_BYTES = 1 << 29
 
 @dataclass
 class AdapterPrefix:
-    """Runs of the sim paused before its first adapter op, one per batch, and the digest of what they were run on
-    (the batches, the base's tensors and quantizer modes)."""
+    """Runs of the sim paused before its first adapter op, one per batch, with copies of what they read (the
+    batches, the base part's tensors) and the base part's quantizer modes."""
 
-    digest: bytes
+    read: list[torch.Tensor]
+    modes: str
     cursors: list[GraphCursor]
+
+    def matches(self, read: list[torch.Tensor], modes: str) -> bool:
+        """Whether runs on ``read`` with ``modes`` would pause where these did."""
+        return modes == self.modes and len(read) == len(self.read) and all(
+            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(read, self.read))
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.read, *(t for c in self.cursors
+                                                                           for t in c.held_tensors())))
 
 
 def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modules: set[str],
@@ -36,14 +45,13 @@ def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modu
     calls = list(sim_calls(data, transform, num_batches, sim._device()))
     nodes = list(sim.model.graph.nodes)
     pause = next(i for i, node in enumerate(nodes) if node.op == "call_module" and node.target in adapter_modules)
-    digest = _digest(sim.model, calls, nodes[:pause], adapter_quantizers)
-    if kept is None or kept.digest != digest:
-        kept = AdapterPrefix(digest, _paused_runs(sim.model, calls, pause))
+    read, modes = _read_before(sim.model, calls, nodes[:pause], adapter_quantizers)
+    if kept is None or not kept.matches(read, modes):
+        kept = AdapterPrefix([t.detach().clone() for t in read], modes, _paused_runs(sim.model, calls, pause))
     for count, cursor in enumerate(progress(kept.cursors, "calibrate adapter")):
         with batch_errors(count):
             cursor.fork().finish()
-    held = sum(t.numel() * t.element_size() for c in kept.cursors for t in c.held_tensors())
-    return kept if held <= MAX_KEPT_BYTES else None
+    return kept if kept.bytes() <= MAX_KEPT_BYTES else None
 
 
 def _paused_runs(model: nn.Module, calls: list, pause: int) -> list[GraphCursor]:
@@ -56,30 +64,17 @@ def _paused_runs(model: nn.Module, calls: list, pause: int) -> list[GraphCursor]
     return cursors
 
 
-def _digest(model: nn.Module, calls: list, before: list[fx.Node], adapter_quantizers: set[nn.Module]) -> bytes:
-    """A hash of the batches and of what the nodes ``before`` the pause read: their modules' tensors and quantizer
-    modes, their constants (the rest of the network runs again on every adapter calibration)."""
-    hasher = hashlib.sha1(usedforsecurity=False)  # an identity check, not a security one: the fastest hashlib has
-    for args, kwargs in calls:
-        for tensor in tensors_of(args, kwargs):
-            _add_tensor(hasher, tensor)
+def _read_before(model: nn.Module, calls: list, before: list[fx.Node],
+                 adapter_quantizers: set[nn.Module]) -> tuple[list[torch.Tensor], str]:
+    """What the nodes ``before`` the pause read: the batches' tensors, their modules' tensors and constants, and
+    their quantizers' modes (the rest of the network runs again on every adapter calibration)."""
+    read = [tensor for args, kwargs in calls for tensor in tensors_of(args, kwargs)]
+    modes = []
     for target in dict.fromkeys(node.target for node in before if node.op in ("call_module", "get_attr")):
         value = functools.reduce(getattr, target.split("."), model)
-        hasher.update(target.encode())
         if isinstance(value, torch.Tensor):
-            _add_tensor(hasher, value)
+            read.append(value)
         elif isinstance(value, nn.Module) and value not in adapter_quantizers:
-            for name, tensor in value.state_dict().items():
-                hasher.update(name.encode())
-                _add_tensor(hasher, tensor)
-            hasher.update("".join(m.mode for m in value.modules() if isinstance(m, Quantizer)).encode())
-    return hasher.digest()
-
-
-def _add_tensor(hasher, tensor: torch.Tensor) -> None:
-    """The tensor's shape, dtype and bytes, read in its memory order (channels-last images are not copied)."""
-    order = sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim))
-    flat = tensor.detach().cpu().permute(order)
-    flat = (flat if flat.is_contiguous() else flat.contiguous()).reshape(-1)
-    hasher.update(f"{tuple(tensor.shape)}{tensor.dtype}{order}".encode())
-    hasher.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+            read.extend(value.state_dict().values())
+            modes.extend(m.mode for m in value.modules() if isinstance(m, Quantizer))
+    return read, ",".join(modes)
