@@ -114,6 +114,49 @@ def test_chains_that_cannot_be_pruned_say_why():
         prune_channels(model, "bn1", 4, data)
 
 
+class PaddedPooled(nn.Module):
+    """TF-style 'same' padding before a depthwise convolution (functional and module), then global pooling and
+    flatten before a Linear; a spatial mean before another; and a flatten of 2×2 maps, which mixes channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 16, 1)
+        self.depthwise = nn.Conv2d(16, 16, 3, stride=2, groups=16)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.project = nn.Conv2d(16, 12, 1)
+        self.fc = nn.Linear(12, 5)
+        self.side = nn.Conv2d(3, 12, 1)
+        self.mean_fc = nn.Linear(12, 5)
+        self.wide = nn.Conv2d(3, 3, 1)
+        self.mixed_fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = self.project(self.depthwise(self.pad(F.pad(F.relu(self.expand(x)), (1, 0, 1, 0)))))
+        pooled = torch.flatten(F.adaptive_avg_pool2d(F.relu(y), 1), 1)
+        mixed = F.max_pool2d(self.wide(x), 6).flatten(1)
+        return self.fc(pooled) + self.mean_fc(self.side(x).mean((2, 3))) + self.mixed_fc(mixed)
+
+
+def test_chains_pass_spatial_padding_pooling_and_flatten_of_one_pixel():
+    torch.manual_seed(3)
+    model, data = PaddedPooled().eval(), _data()
+    reasons = prunable_layers(model, data[0])
+    assert reasons["project"] == ChannelChain("project", "expand", ["depthwise"])
+    assert reasons["fc"] == ChannelChain("fc", "project", [])
+    assert reasons["mean_fc"] == ChannelChain("mean_fc", "side", [])
+    assert reasons["mixed_fc"].endswith("lies between it and the layer that makes its input")  # 3 channels × 4 pixels
+    for layer, keep in (("project", 9), ("fc", 7), ("mean_fc", 4)):
+        result = prune_channels(model, layer, keep, data, reconstruct=False)
+        inside = {}
+        for name, net in (("before", model), ("after", result.model)):
+            hook = net.get_submodule(layer).register_forward_pre_hook(
+                lambda m, a, name=name: inside.__setitem__(name, a[0]))
+            with torch.no_grad():
+                net(data[0])
+            hook.remove()
+        assert torch.equal(inside["after"], inside["before"][:, result.kept])
+
+
 @pytest.mark.slow
 def test_pretrained_mobilenet_prunes_through_its_depthwise_chains(mobilenet, calibration_batches):
     data = [calibration_batches[0][:4]]

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lowbit.data import as_call, batch_of, checked_calls
+from lowbit.data import as_call, batch_of, checked_calls, map_call
 from lowbit.compression.svd import zero_padding
 from lowbit.errors import SpecError
-from lowbit.torch.batchnorm_fold import own_forward, trace_keeping_layers
+from lowbit.torch.batchnorm_fold import ExampleRun, own_forward, trace_keeping_layers
 from lowbit.torch.eval_mode import eval_mode
 
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
@@ -58,16 +58,53 @@ def _is_dense(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or isinstance(module, _CONVOLUTIONS) and module.groups == 1
 
 
-def _passes_channels(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node`` maps each channel to the same channel alone (an activation, Dropout, Identity)."""
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), _CHANNELWISE)
-    return (node.op == "call_function" and node.target in _CHANNELWISE_FUNCTIONS
-            and not any(isinstance(a, fx.Node) for a in node.args[1:]))
+_POOLS = {**{getattr(nn, f"{kind}{d}d"): d for kind in ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool")
+              for d in (1, 2, 3)},
+          **{getattr(F, f"{kind}{d}d"): d for kind in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool")
+             for d in (1, 2, 3)}}
+"""Pooling modules and functions, by the spatial dimensions they pool (each channel alone)."""
+_PADS = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+         nn.modules.padding._CircularPadNd)
 
 
-def channel_chain(gm: fx.GraphModule, node: fx.Node) -> ChannelChain | str:
-    """The chain feeding the layer ``node`` calls, or why its input channels cannot be pruned."""
+def _passes_channels(gm: fx.GraphModule, node: fx.Node, shape_of) -> bool:
+    """Whether ``node`` maps each channel to the same channel alone: an activation, Dropout or Identity; padding or
+    pooling of the spatial axes; a flatten or mean that keeps the channel axis (``shape_of``: a node's output shape)."""
+    module = gm.get_submodule(node.target) if node.op == "call_module" else None
+    if isinstance(module, _CHANNELWISE):
+        return True
+    if node.op == "call_function" and node.target in _CHANNELWISE_FUNCTIONS:
+        return not any(isinstance(a, fx.Node) for a in node.args[1:])
+    kind = type(module) if module is not None else node.target
+    if kind not in _POOLS and not isinstance(module, (*_PADS, nn.Flatten)) \
+            and kind not in (F.pad, torch.flatten, "flatten", torch.mean, "mean"):
+        return False
+    shape = shape_of(node.args[0])
+    if shape is None or len(shape) < 3:
+        return False
+    if kind in _POOLS:
+        return len(shape) == _POOLS[kind] + 2
+    if isinstance(module, _PADS) or kind is F.pad:
+        pad = module.padding if module is not None else (node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+        return len(pad) <= 2 * (len(shape) - 2)
+    if isinstance(module, nn.Flatten) or kind in (torch.flatten, "flatten"):
+        start, end = (module.start_dim, module.end_dim) if module is not None else _flatten_dims(node)
+        return start == 1 and end in (-1, len(shape) - 1) and all(size == 1 for size in shape[2:])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else dims
+    return dims is not None and all(isinstance(d, int) and d % len(shape) > 1 for d in dims)
+
+
+def _flatten_dims(node: fx.Node) -> tuple[int, int]:
+    """(start_dim, end_dim) of a torch.flatten call or a tensor's flatten method."""
+    named = {"start_dim": 0, "end_dim": -1} | node.kwargs
+    positional = dict(zip(("start_dim", "end_dim"), node.args[1:]))
+    return (named | positional)["start_dim"], (named | positional)["end_dim"]
+
+
+def channel_chain(gm: fx.GraphModule, node: fx.Node, shape_of) -> ChannelChain | str:
+    """The chain feeding the layer ``node`` calls, or why its input channels cannot be pruned (``shape_of``: a
+    node's output shape on an example)."""
     current, between = node.args[0] if node.args else None, []
     while True:
         if not isinstance(current, fx.Node) or current.op == "placeholder":
@@ -79,24 +116,42 @@ def channel_chain(gm: fx.GraphModule, node: fx.Node) -> ChannelChain | str:
             return ChannelChain(node.target, current.target, between)
         if module is not None and (isinstance(module, nn.modules.batchnorm._BatchNorm) or _is_depthwise(module)):
             between.append(current.target)
-        elif not _passes_channels(gm, current):
+        elif not _passes_channels(gm, current, shape_of):
             return f"{current.name} lies between it and the layer that makes its input"
         current = current.args[0]
 
 
 def prunable_layers(model: nn.Module, example_input) -> dict[str, ChannelChain | str]:
     """Every Conv (one group) and Linear of ``model`` by name: its chain, or why its input channels cannot be pruned."""
-    gm = trace_keeping_layers(model, *as_call(example_input))
+    args, kwargs = as_call(example_input)
+    gm = trace_keeping_layers(model, args, kwargs)
+    shape_of = _example_shapes(gm, model, *map_call(_first_sample, args, kwargs))
     calls = [node for node in gm.graph.nodes if node.op == "call_module"]
     uses = Counter(node.target for node in calls)
     chains = {}
     for node in calls:
         if _is_dense(gm.get_submodule(node.target)):
-            chain = channel_chain(gm, node)
+            chain = channel_chain(gm, node, shape_of)
             shared = [name for name in ([node.target] + ([chain.producer] + chain.between
                                                          if isinstance(chain, ChannelChain) else [])) if uses[name] > 1]
             chains[node.target] = f"{shared[0]} is called more than once" if shared else chain
     return chains
+
+
+def _example_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict):
+    """A function giving a node's output shape on the example, which runs the first time it is asked."""
+    runs = []
+
+    def shape_of(node: fx.Node) -> tuple[int, ...] | None:
+        if not runs:
+            runs.append(ExampleRun(gm))
+            runs[0].on_example(model, args, kwargs)
+        return runs[0].shapes.get(node.name)
+    return shape_of
+
+
+def _first_sample(value):
+    return value[:1] if isinstance(value, torch.Tensor) and value.dim() else value
 
 
 def _input_rows(layer: nn.Module, inputs: list[torch.Tensor], rows: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
     Returns (layer, bn) name pairs."""
     args, kwargs = as_call(example_input)
     gm = trace_keeping_layers(model, args, kwargs)
-    run = _ExampleRun(gm)
+    run = ExampleRun(gm)
     run.on_example(model, args, kwargs)
     uses = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     after, before = [], []
@@ -68,7 +68,7 @@ def fold_batchnorm(model: nn.Module, example_input) -> list[tuple[str, str]]:
             continue
         user = next(iter(node.users)) if len(node.users) == 1 else None
         if _calls(gm, user, _FOLDABLE) and uses[user.target] == 1 and user.args == (node,) and not user.kwargs \
-                and _folds_before(gm.get_submodule(user.target), run.ranks[node.name]):
+                and _folds_before(gm.get_submodule(user.target), len(run.shapes[node.name])):
             before.append((user.target, node.target))
     for fold, pairs in ((fold_preceding_into, before), (fold_into, after)):
         for layer_path, bn_path in pairs:
@@ -95,13 +95,13 @@ def trace_keeping_layers(model: nn.Module, args: tuple, kwargs: dict) -> fx.Grap
         raise GraphCaptureError(f"fold_batchnorm needs a torch.fx-traceable model: {error}") from None
 
 
-class _ExampleRun(fx.Interpreter):
-    """One run on the example input: every node's output rank, and the input of every layer whose
+class ExampleRun(fx.Interpreter):
+    """One run on the example input: every node's output shape, and the input of every layer whose
     class overrides forward (to check its fold)."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
-        self.ranks: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self.inputs: dict[str, torch.Tensor] = {}
 
     def on_example(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -118,7 +118,7 @@ class _ExampleRun(fx.Interpreter):
             self.inputs[node.target] = self.map_nodes_to_values(node.args, node)[0]
         result = super().run_node(node)
         if isinstance(result, torch.Tensor):
-            self.ranks[node.name] = result.dim()
+            self.shapes[node.name] = tuple(result.shape)
         return result
 
 
@@ -133,11 +133,11 @@ def own_forward(layer: nn.Module) -> bool:
                for name in ("forward", "_conv_forward"))
 
 
-def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: _ExampleRun) -> bool:
+def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: ExampleRun) -> bool:
     layer, batchnorm = gm.get_submodule(source.target), gm.get_submodule(bn_node.target)
     if isinstance(layer, AdaptedLayer):
-        return not own_forward(layer.base) and (not isinstance(layer.base, nn.Linear) or run.ranks[source.name] == 2)
-    if isinstance(layer, nn.Linear) and run.ranks[source.name] != 2:
+        return not own_forward(layer.base) and (not isinstance(layer.base, nn.Linear) or len(run.shapes[source.name]) == 2)
+    if isinstance(layer, nn.Linear) and len(run.shapes[source.name]) != 2:
         return False
     if not own_forward(layer):
         return True
