@@ -69,6 +69,35 @@ def test_a_pytorch_sim_for_litert_is_what_litert_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
+    """With ``integer_io`` the file has no float at its edges: int8 input and output on the grids of the QDQ
+    export's input and output quantizers, and the same integers inside as the float-I/O file."""
+    from lowbit.zoo import tiny_resnet
+    torch.manual_seed(0)
+    data = [torch.randn(8, 3, 32, 32) for _ in range(3)]
+    sim = lowbit.quantize(tiny_resnet().eval(), data[:2], runtime="litert-cpu")
+    floating = LiteRtModel(sim.export_tflite(tmp_path / "float_io.tflite").path)
+    written = sim.export_tflite(tmp_path / "int_io.tflite", verify=data[2:], integer_io=True)
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+    integer = LiteRtModel(written.path)
+    qdq = onnx.load(str(sim.export(tmp_path / "qdq", "tiny").qdq_onnx))
+    constants = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in qdq.graph.node if n.op_type == "Constant"}
+    first = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == qdq.graph.input[0].name)
+    last = next(n for n in qdq.graph.node if n.output[0] == qdq.graph.output[0].name)
+    details = integer.interpreter.get_input_details() + integer.interpreter.get_output_details()
+    for detail, node in zip(details, (first, last)):
+        stored = constants[node.input[2]]
+        zero_point = stored.astype(np.int64) - (128 if stored.dtype == np.uint8 else 0)
+        assert detail["dtype"] == np.int8
+        assert detail["quantization"] == (pytest.approx(float(constants[node.input[1]]), rel=1e-7), int(zero_point))
+    scale = integer.interpreter.get_output_details()[0]["quantization"][0]
+    for batch in data:
+        difference = np.abs(integer(batch)[0] - floating(batch)[0]).max()
+        assert difference <= scale * 1.001  # input rounding ties may move one step
+
+
+@pytest.mark.slow
 def test_mobilenet_v2_in_litert_agrees_with_its_sim(tmp_path, calibration_batches, eval_batches):
     from lowbit.zoo import pretrained_mobilenet_v2
     sim = lowbit.quantize(pretrained_mobilenet_v2().eval(), calibration_batches, runtime="litert-cpu")
@@ -129,8 +158,9 @@ def test_an_onnx_sim_for_litert_is_what_litert_runs(tmp_path):
     torch.onnx.export(tiny_resnet().eval(), (torch.from_numpy(data[0]),), str(onnx_file), dynamo=False,
                       input_names=["x"], dynamic_axes={"x": {0: "batch"}})
     sim = lowbit.quantize(str(onnx_file), data[:2], runtime="litert-cpu")
-    written = sim.export_tflite(tmp_path / "tiny.tflite", verify=data[2:])
-    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb == 0.0
+    for integer_io in (False, True):
+        written = sim.export_tflite(tmp_path / "tiny.tflite", verify=data[2:], integer_io=integer_io)
+        assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= float(integer_io)
 
 
 @pytest.mark.slow

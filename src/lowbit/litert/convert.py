@@ -35,15 +35,17 @@ class Quantized:
         return tuple(self.shape[i] for i in TO_NHWC) if self.nhwc else self.shape
 
 
-def qdq_to_tflite(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], description: str) -> bytes:
+def qdq_to_tflite(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], description: str,
+                  integer_io: bool = False) -> bytes:
     """The bytes of a .tflite file computing ``model`` in LiteRT's integer kernels, at ``input_shapes``
-    (batch size free: a -1 batch in each tensor's shape signature)."""
-    return _Conversion(QdqGraph(model, input_shapes)).run(description)
+    (batch size free: a -1 batch in each tensor's shape signature); ``integer_io``: the inputs and outputs are the
+    integer tensors on their quantizers' grids (no QUANTIZE / DEQUANTIZE ops: a fully integer model)."""
+    return _Conversion(QdqGraph(model, input_shapes), integer_io).run(description)
 
 
 class _Conversion:
-    def __init__(self, graph: QdqGraph):
-        self.graph, self.builder = graph, TfliteBuilder()
+    def __init__(self, graph: QdqGraph, integer_io: bool):
+        self.graph, self.builder, self.integer_io = graph, TfliteBuilder(), integer_io
         self.quantized: dict[str, Quantized] = {}
         self.weights: dict[str, onnx.NodeProto] = {}
         self.floats: dict[str, int] = {}
@@ -53,6 +55,9 @@ class _Conversion:
         graph = self.graph
         inputs = []
         for name in graph.inputs:
+            if self.integer_io:
+                inputs.append(self._integer_input(name))
+                continue
             index = self.builder.tensor(name, graph.shape(name), np.float32, dynamic_batch=True)
             self.floats[name] = index
             inputs.append(index)
@@ -60,6 +65,17 @@ class _Conversion:
             if id(node) not in self.done:
                 self._convert(node)
         return self.builder.finish(inputs, [self._output(name) for name in graph.outputs], description)
+
+    def _integer_input(self, name: str) -> int:
+        """A model input as the integer tensor its one quantizer makes (that QuantizeLinear is then done)."""
+        quantize = self.graph.sole_consumer(name, ("QuantizeLinear",))
+        if quantize is None:
+            raise ExportError(f"LiteRT export with integer inputs: input '{name}' must feed one quantizer alone")
+        grid = self.graph.grid(quantize)
+        value = self._tensor(name, grid, self.graph.shape(name), False)
+        self.quantized[quantize.output[0]] = value
+        self.done.add(id(quantize))
+        return value.index
 
     def _convert(self, node: onnx.NodeProto) -> None:
         if node.op_type == "DequantizeLinear":
@@ -336,12 +352,16 @@ class _Conversion:
         return out
 
     def _output(self, name: str) -> int:
-        """A float model output: DEQUANTIZE of its integer tensor (in NCHW, as the ONNX model returns it)."""
+        """A model output in NCHW, as the ONNX model returns it: DEQUANTIZE of its integer tensor, or (integer I/O)
+        that tensor itself, named as the output."""
         if name in self.floats:
             return self.floats[name]
         if name not in self.quantized:
             raise ExportError(f"LiteRT export: model output '{name}' is not quantized")
         value = self._nhwc(self.quantized[name], False)
+        if self.integer_io:
+            self.builder.tensors[value.index].name = name
+            return value.index
         index = self.builder.tensor(name, value.shape, np.float32, dynamic_batch=True)
         self.builder.operator("DEQUANTIZE", [value.index], [index])
         return index

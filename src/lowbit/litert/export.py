@@ -25,15 +25,16 @@ class LiteRtExport:
     fidelity: Fidelity | None = None
 
 
-def export_tflite(sim, path, input_shape=None, verify=None) -> LiteRtExport:
+def export_tflite(sim, path, input_shape=None, verify=None, integer_io: bool = False) -> LiteRtExport:
     """Write ``path`` (.tflite) from ``sim``; ``input_shape`` (one shape, or name → shape) fixes the sizes LiteRT
-    plans with (default: the sim's example input, batch 1; the batch size stays free)."""
+    plans with (default: the sim's example input, batch 1; the batch size stays free); ``integer_io``: int8 inputs
+    and outputs on the sim's grids, for runtimes without float (microcontrollers)."""
     path = Path(path)
     with tempfile.TemporaryDirectory() as folder:
         qdq = onnx.load(str(sim.export(folder, "model").qdq_onnx))
     inputs = [i for i in qdq.graph.input if i.name not in {t.name for t in qdq.graph.initializer}]
     shapes = _input_shapes(sim, inputs, input_shape)
-    content = qdq_to_tflite(qdq, shapes, "lowbit int8 export")
+    content = qdq_to_tflite(qdq, shapes, "lowbit int8 export", integer_io)
     atomic_write_bytes(path, content)
     if verify is None:
         return LiteRtExport(path)

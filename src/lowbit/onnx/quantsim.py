@@ -255,11 +255,12 @@ class OnnxQuantSim(PlannedQuantizers):
         return paths if verify is None else verify_export(
             self, paths, verify, note="the ONNX front end's sim is this QDQ graph run by onnxruntime")
 
-    def export_tflite(self, path, input_shape=None, verify=None):
+    def export_tflite(self, path, input_shape=None, verify=None, integer_io: bool = False):
         """Write an int8 LiteRT file of this sim's encodings; with ``verify`` (batches) LiteRT runs it and
-        ``.fidelity`` compares with the sim (onnxruntime's kernels: additions can differ by an output step)."""
+        ``.fidelity`` compares with the sim (onnxruntime's kernels: additions can differ by an output step);
+        ``integer_io``: int8 inputs and outputs on the sim's grids (a fully integer model)."""
         from lowbit.litert import export_tflite
-        return export_tflite(self, path, input_shape, verify)
+        return export_tflite(self, path, input_shape, verify, integer_io)
 
     def export_torchscript(self, path):
         """SpecError: an ONNX sim runs in onnxruntime; TorchScript comes from a PyTorch model's sim."""

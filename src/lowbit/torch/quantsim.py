@@ -208,11 +208,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         paths = export_sim(self, out_dir, name)
         return paths if verify is None else verify_export(self, paths, verify)
 
-    def export_tflite(self, path, input_shape=None, verify=None):
+    def export_tflite(self, path, input_shape=None, verify=None, integer_io: bool = False):
         """Write an int8 LiteRT file computing this sim's encodings in LiteRT's kernels (``runtime="litert-cpu"`` makes
-        the sim predict them); with ``verify`` (batches) LiteRT runs it and ``.fidelity`` compares with the sim."""
+        the sim predict them); with ``verify`` (batches) LiteRT runs it and ``.fidelity`` compares with the sim;
+        ``integer_io``: int8 inputs and outputs on the sim's grids (a fully integer model)."""
         from lowbit.litert import export_tflite
-        return export_tflite(self, path, input_shape, verify)
+        return export_tflite(self, path, input_shape, verify, integer_io)
 
     def set_adapter(self, name: str) -> "QuantSim":
         """Run LoRA adapter ``name`` (a sim of a peft model): its weights and, once calibrated, its encodings; the
