@@ -7,6 +7,7 @@ scoring on the first two batches); evaluation: bench_ptq's 512 images.
 Rows of earlier runs stay in the JSON (each records its machine) unless this run redoes them.
 
     .venv/bin/python bench/bench_compress.py --rows mobilenet_v2-0.75 --steps 200
+    .venv/bin/python bench/bench_compress.py --rows mobilenet_v2-0.5 --steps 50 --methods channel_pruning
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def run_row(model_name: str, fraction: float, args, evals, fp32: torch.Tensor) -
     calib = _common.calibration_batches(n_images=256)
     crops = TrainingCrops(args.batches_per_epoch, args.batch)
     with tempfile.TemporaryDirectory() as tmp:
-        result = lowbit.compress(model, crops, macs=fraction, fine_tune_steps=args.steps, lr=args.lr, eval_data=evals,
-                                 num_batches=2, out_dir=Path(tmp))
+        result = lowbit.compress(model, crops, macs=fraction, methods=args.methods, fine_tune_steps=args.steps,
+                                 lr=args.lr, eval_data=evals, num_batches=2, out_dir=Path(tmp))
         compressed = result.model.eval()
         with torch.no_grad():
             after = figures(torch.cat([compressed(b) for b in evals]), fp32)
@@ -60,7 +61,7 @@ def run_row(model_name: str, fraction: float, args, evals, fp32: torch.Tensor) -
         with torch.no_grad():
             int8 = figures(torch.cat([quantized(b) for b in evals]), fp32)
         timing = {batch: latencies(files, batch) for batch in (1, 32)}
-    return {"model": model_name, "macs_fraction": fraction, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    return {"model": model_name, "macs_fraction": fraction, "methods": list(args.methods), "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "macs": result.macs, "params": result.params, "ratios": result.ratios,
             "before": {"top1_agreement": result.score[0]}, "after": after, "compressed_int8": int8,
             "seconds": result.seconds, "latency_ms": timing, "machine": _common.machine_info()}
@@ -85,7 +86,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches-per-epoch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--methods", default="spatial_svd,channel_pruning",
+                        help="comma-separated methods compress may use (one alone: what it turns into latency)")
     args = parser.parse_args()
+    args.methods = tuple(args.methods.split(","))
     rows = [(m, float(f)) for m, f in (row.rsplit("-", 1) for row in args.rows.split(","))]
     _common.setup_threads()
     evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
@@ -95,7 +99,8 @@ def main() -> None:
         with torch.no_grad():
             model = MODELS[model_name]().eval()
             fp32 = torch.cat([model(b) for b in evals])
-        key = f"{model_name} at {fraction:.0%} MACs ({args.steps} steps × {args.batch}, lr {args.lr:g})"
+        alone = "" if args.methods == ("spatial_svd", "channel_pruning") else f", {' + '.join(args.methods)} only"
+        key = f"{model_name} at {fraction:.0%} MACs ({args.steps} steps × {args.batch}, lr {args.lr:g}{alone})"
         results[key] = run_row(model_name, fraction, args, evals, fp32)
         row = results[key]
         print(f"{key}: {row['before']['top1_agreement']:.1%} → {row['after']['top1_agreement']:.1%}", flush=True)
