@@ -4,6 +4,9 @@ addition against the sim's emulation of it."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 import numpy as np
 import onnx
 import pytest
@@ -97,6 +100,35 @@ def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
         assert difference <= scale * 1.001  # input rounding ties may move one step
 
 
+def weight_integers(path) -> list[np.ndarray]:
+    """The per-channel int8 constants (convolution and dense weights) of a .tflite file."""
+    interpreter = LiteRtModel(path).interpreter
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+            if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) > 1]
+
+
+@pytest.mark.slow
+def test_litert_weights_keep_off_minus_128_after_sequential_mse_adaround_and_qat(tmp_path):
+    """LiteRT's spec reserves −128 in weights: the litert-int8 target's strict symmetric grids never use it, where the
+    same target without strict_symmetric does after sequential MSE (its clipped grids reach the bottom)."""
+    from lowbit.zoo import tiny_resnet
+    torch.manual_seed(0)
+    data = [torch.randn(8, 3, 32, 32) for _ in range(3)]
+    full = json.loads(resources.files("lowbit.target").joinpath("presets/litert-int8.json").read_text())
+    full["defaults"]["strict_symmetric"] = "False"
+    lowest = {}
+    for name, target in (("strict", "litert-int8"), ("full", full)):
+        sim = lowbit.quantize(tiny_resnet().eval(), data[:2], target=target, techniques=["sequential_mse"])
+        lowbit.adaround(sim, data[:2], num_iterations=20)
+        lowest[f"{name} ptq"] = min(int(w.min()) for w in weight_integers(sim.export_tflite(tmp_path / "a.tflite").path))
+        lowbit.qat(sim, data[:2], steps=2, lr=1e-3)
+        written = sim.export_tflite(tmp_path / f"{name}.tflite", verify=data[2:])
+        assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+        lowest[f"{name} qat"] = min(int(w.min()) for w in weight_integers(written.path))
+    assert lowest["strict ptq"] == lowest["strict qat"] == -127, lowest
+    assert lowest["full ptq"] == -128, lowest
+
+
 @pytest.mark.slow
 def test_mobilenet_v2_in_litert_agrees_with_its_sim(tmp_path, calibration_batches, eval_batches):
     from lowbit.zoo import pretrained_mobilenet_v2
@@ -164,9 +196,9 @@ def test_an_onnx_sim_for_litert_is_what_litert_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_litert_target_predicts_litert_with_symmetric_per_channel_weights():
+def test_the_litert_target_predicts_litert_with_strict_symmetric_per_channel_weights():
     from lowbit.zoo import tiny_resnet
     sim = lowbit.quantize(tiny_resnet().eval(), [torch.randn(4, 3, 32, 32)], target="litert-int8")
     assert sim.runtime.name == "litert-cpu"
     specs = {q.spec for key, q in sim.quantizers().items() if sim.point(key).role == "weight"}
-    assert specs == {QuantSpec(8, symmetric=True, axis=0)}
+    assert specs == {QuantSpec(8, symmetric=True, axis=0, strict=True)}

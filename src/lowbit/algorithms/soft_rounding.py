@@ -23,8 +23,8 @@ class SoftRounding(nn.Module):
         super().__init__()
         weight = weight.detach()
         self.scale = broadcastable(encoding.scale, weight, encoding.spec)
-        self.low = broadcastable(encoding.offset, weight, encoding.spec).to(weight.dtype)
-        self.high = self.low + (encoding.spec.levels - 1)
+        offset = broadcastable(encoding.offset, weight, encoding.spec).to(weight.dtype)
+        self.low, self.high = offset + encoding.spec.qmin, offset + encoding.spec.qmax
         ratio = weight / self.scale
         self.floor = ratio.floor()
         self.alpha = nn.Parameter(initial_alpha(ratio - self.floor))

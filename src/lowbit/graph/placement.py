@@ -77,7 +77,8 @@ def plan(view: GraphView, target: Target) -> list[QuantPoint]:
                     points.append(QuantPoint(f"{op.name}_input{index}", "input", op.name, op.type,
                                              activation_spec(rule, target), argument=argument))
         if op.weight is not None and op.weight not in weights:
-            spec = weight_spec(target.weight_rule(op.type, op.depthwise), op.type, axis=op.weight_axis)
+            spec = weight_spec(target.weight_rule(op.type, op.depthwise), op.type, axis=op.weight_axis,
+                               strict=target.strict_symmetric)
             if spec is not None:
                 weights.add(op.weight)
                 points.append(QuantPoint(op.weight, "weight", op.name, op.type, spec, module=op.weight_owner))

@@ -24,7 +24,8 @@ def apply_encodings_file(quantizers: dict, names: dict[str, str], document: Enco
     for key, quantizer in quantizers.items():
         name = names[key]
         loaded = document.params.get(name) or document.activation.get(name)
-        spec = replace(quantizer.spec, bits=loaded.spec.bits, symmetric=loaded.spec.symmetric)
+        spec = replace(quantizer.spec, bits=loaded.spec.bits, symmetric=loaded.spec.symmetric,
+                       strict=quantizer.spec.strict and loaded.spec.symmetric)
         expected = quantizer.scale.numel() if quantizer.encoding is not None else None
         if spec.axis is not None and expected and loaded.scale.numel() != expected:
             raise EncodingsFileError(f"encodings file {source}: {name!r} has {loaded.scale.numel()} scales, "

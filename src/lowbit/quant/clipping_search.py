@@ -78,7 +78,7 @@ def _grid_index(centers, encoding):
     """[rows, K, bins] grid index each bin centre rounds to under each candidate encoding."""
     scale = encoding.scale[:, :, None]
     offset = encoding.offset[:, :, None].to(torch.float32)
-    return (torch.round(centers[:, None, :] / scale) - offset).clamp_(0, encoding.spec.levels - 1)
+    return (torch.round(centers[:, None, :] / scale) - offset).clamp_(encoding.spec.qmin, encoding.spec.qmax)
 
 
 def _squared_error(centers, counts, encoding):
@@ -137,7 +137,7 @@ def _level_sums(centers, counts, encoding, below, above, first, last, nonzero):
 def _edge_log_q(clipped, edge_count, q, centers, encoding, edge):
     """clipped · log q of the edge bin receiving the ``clipped`` mass, [rows, K]."""
     index = torch.round(centers.gather(1, edge) / encoding.scale) - encoding.offset.to(torch.float32)
-    level = index.clamp(0, encoding.spec.levels - 1).long()
+    level = index.clamp(encoding.spec.qmin, encoding.spec.qmax).long()
     edge_q = q.gather(2, level[:, :, None])[:, :, 0].clamp(min=1e-12)
     edge_q = torch.where(edge_count > 0, edge_q, torch.full_like(edge_q, 1e-12))
     return clipped * torch.log(edge_q)

@@ -9,14 +9,14 @@ from lowbit.quant.layout import as_rows, broadcastable
 
 
 def quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-    """Integer grid index q in [0, 2**bits − 1] (int64) nearest to each value of ``x``.
+    """Integer grid index q in [qmin, 2**bits − 1] (int64) nearest to each value of ``x``.
     Multiplies by 1/scale, as torch's fused fake-quant kernels do, so ties round the same way."""
     spec = encoding.spec
     if spec.block_size is not None:
         q = torch.round(as_rows(x, spec) * (1.0 / encoding.scale.reshape(-1, 1))) - encoding.offset.reshape(-1, 1)
-        return _unrows(q.clamp(0, spec.levels - 1), x, spec).to(torch.int64)
+        return _unrows(q.clamp(spec.qmin, spec.qmax), x, spec).to(torch.int64)
     q = torch.round(x * (1.0 / broadcastable(encoding.scale, x, spec))) - broadcastable(encoding.offset, x, spec)
-    return q.clamp(0, spec.levels - 1).to(torch.int64)
+    return q.clamp(spec.qmin, spec.qmax).to(torch.int64)
 
 
 def dequantize(q: torch.Tensor, encoding: Encoding) -> torch.Tensor:
@@ -33,7 +33,7 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """dequantize(quantize(x)) with straight-through gradients inside the range, zero outside.
     Per-tensor and per-channel use torch's fused fake-quant kernels."""
     spec = encoding.spec
-    qmax = spec.levels - 1
+    qmin, qmax = spec.qmin, spec.qmax
     if spec.block_size is not None:
         return _fake_quantize_blocks(x, encoding)
     zero_point = (-encoding.offset).to(torch.int32)
@@ -43,10 +43,10 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         return _per_tensor_grid(x, encoding).mul_(encoding.scale.reshape(()))
     if spec.axis is None and _composable(encoding):
         low = float(encoding.offset.reshape(()))
-        return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low, low + qmax, False)
+        return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low + qmin, low + qmax, False)
     if spec.axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, encoding.scale.reshape(1), zero_point.reshape(1), 0, qmax)
-    return torch.fake_quantize_per_channel_affine(x, encoding.scale, zero_point, spec.axis % x.dim(), 0, qmax)
+        return torch.fake_quantize_per_tensor_affine(x, encoding.scale.reshape(1), zero_point.reshape(1), qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, encoding.scale, zero_point, spec.axis % x.dim(), qmin, qmax)
 
 
 def fake_quantize_per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +62,7 @@ def _per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     low = encoding.offset.reshape(())
     low = low.to(x.dtype) if torch.compiler.is_compiling() else float(low)
     grid = torch.mul(x, 1.0 / encoding.scale.reshape(())).round_()
-    return grid.clamp_(low, low + (encoding.spec.levels - 1))
+    return grid.clamp_(low + encoding.spec.qmin, low + encoding.spec.qmax)
 
 
 def _fake_quantize_blocks(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
@@ -72,8 +72,8 @@ def _fake_quantize_blocks(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     scale = encoding.scale.reshape(-1, 1)
     offset = encoding.offset.reshape(-1, 1).to(rows.dtype)
     grid = torch.round(rows * (1.0 / scale)) - offset
-    inside = (grid >= 0) & (grid <= spec.levels - 1)
-    real = (grid.clamp(0, spec.levels - 1) + offset) * scale
+    inside = (grid >= spec.qmin) & (grid <= spec.qmax)
+    real = (grid.clamp(spec.qmin, spec.qmax) + offset) * scale
     straight_through = rows * inside + (real - rows * inside).detach()
     return _unrows(straight_through, x, spec)
 
@@ -91,11 +91,11 @@ def fake_quantize_dividing(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     spec = encoding.spec
     if x.dtype == torch.float32 and _composable(encoding):
         low = float(encoding.offset.reshape(()))
-        return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low, low + spec.levels - 1, True)
+        return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low + spec.qmin, low + spec.qmax, True)
     offset = encoding.offset.reshape(()).to(x.dtype)
     grid = torch.round(x / encoding.scale.reshape(())) - offset
-    inside = (grid >= 0) & (grid <= spec.levels - 1)
-    real = (grid.clamp(0, spec.levels - 1) + offset) * encoding.scale.reshape(())
+    inside = (grid >= spec.qmin) & (grid <= spec.qmax)
+    real = (grid.clamp(spec.qmin, spec.qmax) + offset) * encoding.scale.reshape(())
     return x * inside + (real - x * inside).detach()
 
 

@@ -9,12 +9,12 @@ import torch
 
 
 class _PerTensorLSQ(torch.autograd.Function):
-    """y = (clamp(round(x/s) + z, 0, top) − z)·s; gradients to x inside the grid, LSQ's to s, LSQ+'s to z."""
+    """y = (clamp(round(x/s) + z, bottom, top) − z)·s; gradients to x inside the grid, LSQ's to s, LSQ+'s to z."""
 
     @staticmethod
-    def forward(ctx, x, scale, learned_zero_point, zero_point, top, factor):
+    def forward(ctx, x, scale, learned_zero_point, zero_point, bottom, top, factor):
         step = float(scale)
-        low, high = -zero_point, top - zero_point
+        low, high = bottom - zero_point, top - zero_point
         # clamping x/s to the integer bounds before rounding equals rounding then clamping; multiplying by 1/s
         # rounds ties as torch's fused fake-quantization kernel does, in vectorised passes instead of its serial one
         unrounded = x * (1.0 / step)
@@ -37,7 +37,7 @@ class _PerTensorLSQ(torch.autograd.Function):
             to_scale = (torch.dot(per_scale[0].reshape(-1), upstream.reshape(-1)) * ctx.factor).reshape(scale.shape)
         if ctx.zero_point_learns:  # d y/d z: −s outside the grid, 0 inside
             to_zero_point = ((to_x.sum() - upstream.sum()) * ctx.step * ctx.factor).reshape(1)
-        return to_x, to_scale, to_zero_point, None, None, None
+        return to_x, to_scale, to_zero_point, None, None, None, None
 
 
 def _open_bounds(low: float, high: float) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def _open_bounds(low: float, high: float) -> tuple[float, float]:
 
 
 def per_tensor_lsq(x: torch.Tensor, scale: torch.Tensor, learned_zero_point: torch.Tensor | None, zero_point: int,
-                   top: int, factor: float) -> torch.Tensor:
-    """Fake-quantize float32 ``x`` on the grid (``scale``, ``zero_point``) over [0, top]; ``scale`` and the
+                   bottom: int, top: int, factor: float) -> torch.Tensor:
+    """Fake-quantize float32 ``x`` on the grid (``scale``, ``zero_point``) over [bottom, top]; ``scale`` and the
     ``learned_zero_point`` parameter (whose rounding is ``zero_point``; None: fixed) get LSQ gradients × ``factor``."""
-    return _PerTensorLSQ.apply(x, scale, learned_zero_point, zero_point, top, factor)
+    return _PerTensorLSQ.apply(x, scale, learned_zero_point, zero_point, bottom, top, factor)

@@ -128,12 +128,14 @@ class Quantizer(nn.Module):
         factor = 1.0 / math.sqrt(values * top)
         if self.spec.axis is None and x.dtype == torch.float32:
             return per_tensor_lsq(x, self.learned_scale, self.learned_zero_point if learned else None,
-                                  int(-self.offset), top, factor)
+                                  int(-self.offset), self.spec.qmin, top, factor)
+        bottom = self.spec.qmin  # torch's kernels want the grid to start at 0: the same grid, shifted by its start
         if self.spec.axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.learned_scale.reshape(1), zero_point.reshape(1), 0, top, factor)
+                x, self.learned_scale.reshape(1), zero_point.reshape(1) - bottom, 0, top - bottom, factor)
         return torch._fake_quantize_learnable_per_channel_affine(
-            x, self.learned_scale.reshape(-1), zero_point.reshape(-1), self.spec.axis % x.dim(), 0, top, factor)
+            x, self.learned_scale.reshape(-1), zero_point.reshape(-1) - bottom, self.spec.axis % x.dim(), 0,
+            top - bottom, factor)
 
     @property
     def frozen(self) -> bool:
@@ -222,7 +224,7 @@ class Quantizer(nn.Module):
                 return output
             if (not self.divide and self.spec.axis is None and x.dtype == torch.float32 and torch.is_grad_enabled()
                     and x.requires_grad):  # training on fixed ranges: the same values, a faster kernel
-                return per_tensor_lsq(x, self.scale, None, int(-self.offset), self.spec.levels - 1, 1.0)
+                return per_tensor_lsq(x, self.scale, None, int(-self.offset), self.spec.qmin, self.spec.qmax, 1.0)
             return self.fake_quantize(x)
         if self.mode == "calibrate" and x.is_floating_point():
             self.estimator.observe(x)

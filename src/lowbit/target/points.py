@@ -41,14 +41,15 @@ def activation_spec(rule: OpRule, target: Target) -> QuantSpec:
                      signed=not target.unsigned_symmetric)
 
 
-def weight_spec(rule: OpRule, op_type: str, axis: int | None = None) -> QuantSpec | None:
+def weight_spec(rule: OpRule, op_type: str, axis: int | None = None, strict: bool = False) -> QuantSpec | None:
     """Spec of a weight quantizer under ``rule``, or None when weights stay in float; ``axis``
-    overrides the op type's output-channel axis (ONNX Gemm without transB, MatMul)."""
+    overrides the op type's output-channel axis (ONNX Gemm without transB, MatMul); ``strict``: the target's
+    strict_symmetric (symmetric grids drop their most negative level)."""
     weight = rule.param("weight")
     if not weight.quantized or weight.dtype != "int":
         return None
     axis = WEIGHT_CHANNEL_AXIS.get(op_type) if axis is None else axis
-    return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True,
+    return QuantSpec(bits=weight.bits, symmetric=weight.symmetric, signed=True, strict=strict and weight.symmetric,
                      axis=axis if weight.per_channel else None)
 
 

@@ -64,7 +64,7 @@ def wrap_leaf_modules(model: nn.Module, target: Target, scheme: str):
             continue
         rule = target.op(op_type)
         wrapped = module
-        spec = weight_spec(rule, op_type) if op_type in WEIGHTED_OP_TYPES else None
+        spec = weight_spec(rule, op_type, strict=target.strict_symmetric) if op_type in WEIGHTED_OP_TYPES else None
         if spec is not None:
             weight_point = QuantPoint(f"{name}.weight", "weight", name, op_type, spec, module=name)
             wrapped = WeightQuantized(wrapped, add(weight_point))
