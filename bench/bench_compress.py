@@ -61,7 +61,8 @@ def run_row(model_name: str, fraction: float, args, evals, fp32: torch.Tensor) -
         with torch.no_grad():
             int8 = figures(torch.cat([quantized(b) for b in evals]), fp32)
         timing = {batch: latencies(files, batch) for batch in (1, 32)}
-    return {"model": model_name, "macs_fraction": fraction, "methods": list(args.methods), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    return {"model": model_name, "macs_fraction": fraction, "methods": list(args.methods), "steps": args.steps,
+            "batch": args.batch, "lr": args.lr,
             "macs": result.macs, "params": result.params, "ratios": result.ratios,
             "before": {"top1_agreement": result.score[0]}, "after": after, "compressed_int8": int8,
             "seconds": result.seconds, "latency_ms": timing, "machine": _common.machine_info()}

@@ -3,8 +3,8 @@
 A peft LoRA model (rank 8 on the last 1×1 convolutions and the classifier; adapters with seeded random B, so each
 changes the network's outputs) is quantized at W8A8 with adapter ``a`` on 64 crops. Then adapter ``b`` is loaded
 from peft's ``save_pretrained`` folder, set and calibrated (``calibrate_adapter``, same 64 crops): the median seconds of
-such a switch against a full ``sim.calibrate`` of the same images (alternated, 11 rounds each); the base's encodings before and after; top-1
-agreement of the switched sim and of a sim calibrated from scratch with ``b`` with the float model running ``b``
+such a switch against a full ``sim.calibrate`` of the same images (alternated, 11 rounds each); the base's encodings
+before and after; top-1 agreement of the switched sim and of a sim calibrated from scratch with ``b`` with the float model running ``b``
 (bench_ptq's 512 held-out images); and the size of one adapter's export against the base's.
 
     .venv/bin/python bench/bench_lora.py

@@ -85,7 +85,8 @@ def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
     integer = LiteRtModel(written.path)
     qdq = onnx.load(str(sim.export(tmp_path / "qdq", "tiny").qdq_onnx))
     constants = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
-    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in qdq.graph.node if n.op_type == "Constant"}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                  for n in qdq.graph.node if n.op_type == "Constant"}
     first = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == qdq.graph.input[0].name)
     last = next(n for n in qdq.graph.node if n.output[0] == qdq.graph.output[0].name)
     details = integer.interpreter.get_input_details() + integer.interpreter.get_output_details()
@@ -120,7 +121,8 @@ def test_litert_weights_keep_off_minus_128_after_sequential_mse_adaround_and_qat
     for name, target in (("strict", "litert-int8"), ("full", full)):
         sim = lowbit.quantize(tiny_resnet().eval(), data[:2], target=target, techniques=["sequential_mse"])
         lowbit.adaround(sim, data[:2], num_iterations=20)
-        lowest[f"{name} ptq"] = min(int(w.min()) for w in weight_integers(sim.export_tflite(tmp_path / "a.tflite").path))
+        ptq = sim.export_tflite(tmp_path / "ptq.tflite").path
+        lowest[f"{name} ptq"] = min(int(w.min()) for w in weight_integers(ptq))
         lowbit.qat(sim, data[:2], steps=2, lr=1e-3)
         written = sim.export_tflite(tmp_path / f"{name}.tflite", verify=data[2:])
         assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0

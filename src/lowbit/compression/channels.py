@@ -5,6 +5,7 @@ and the kept weights are refit by least squares so the layer's output on data st
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -97,9 +98,8 @@ def _passes_channels(gm: fx.GraphModule, node: fx.Node, shape_of) -> bool:
 
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:
     """(start_dim, end_dim) of a torch.flatten call or a tensor's flatten method."""
-    named = {"start_dim": 0, "end_dim": -1} | node.kwargs
-    positional = dict(zip(("start_dim", "end_dim"), node.args[1:]))
-    return (named | positional)["start_dim"], (named | positional)["end_dim"]
+    dims = {"start_dim": 0, "end_dim": -1} | node.kwargs | dict(zip(("start_dim", "end_dim"), node.args[1:]))
+    return dims["start_dim"], dims["end_dim"]
 
 
 def channel_chain(gm: fx.GraphModule, node: fx.Node, shape_of) -> ChannelChain | str:
@@ -140,14 +140,14 @@ def prunable_layers(model: nn.Module, example_input) -> dict[str, ChannelChain |
 
 def _example_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict):
     """A function giving a node's output shape on the example, which runs the first time it is asked."""
-    runs = []
 
-    def shape_of(node: fx.Node) -> tuple[int, ...] | None:
-        if not runs:
-            runs.append(ExampleRun(gm))
-            runs[0].on_example(model, args, kwargs)
-        return runs[0].shapes.get(node.name)
-    return shape_of
+    @functools.cache
+    def shapes() -> dict[str, tuple[int, ...]]:
+        run = ExampleRun(gm)
+        run.on_example(model, args, kwargs)
+        return run.shapes
+
+    return lambda node: shapes().get(node.name)
 
 
 def _first_sample(value):

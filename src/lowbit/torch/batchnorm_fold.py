@@ -136,7 +136,8 @@ def own_forward(layer: nn.Module) -> bool:
 def _folds_after(gm: fx.GraphModule, source: fx.Node, bn_node: fx.Node, run: ExampleRun) -> bool:
     layer, batchnorm = gm.get_submodule(source.target), gm.get_submodule(bn_node.target)
     if isinstance(layer, AdaptedLayer):
-        return not own_forward(layer.base) and (not isinstance(layer.base, nn.Linear) or len(run.shapes[source.name]) == 2)
+        linear = isinstance(layer.base, nn.Linear)
+        return not own_forward(layer.base) and (not linear or len(run.shapes[source.name]) == 2)
     if isinstance(layer, nn.Linear) and len(run.shapes[source.name]) != 2:
         return False
     if not own_forward(layer):

@@ -55,8 +55,8 @@ class ExportQuantizer(nn.Module):
     def forward(self, x):
         encoding = self.encoding
         type_name, zero_point = onnx_storage(encoding)
-        low = (int(encoding.offset.reshape(-1)[0]) if type_name.startswith("int") else 0) + encoding.spec.qmin
-        high = low - encoding.spec.qmin + encoding.spec.qmax
+        start = int(encoding.offset.reshape(-1)[0]) if type_name.startswith("int") else 0
+        low, high = start + encoding.spec.qmin, start + encoding.spec.qmax
         axis = None if encoding.spec.axis is None else encoding.spec.axis % x.dim()
         scale = encoding.scale.reshape(-1).tolist()
         zero = zero_point.reshape(-1).tolist()
