@@ -1,4 +1,5 @@
-"""A job as users run it under torchrun: quantize a ResNet, export, train it with lowbit.qat, export again.
+"""A job as users run it under torchrun: quantize a ResNet, export, train it one step with lowbit.qat, export
+again, then train an epoch.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 distributed_job.py OUT BATCH [mismatch]
 """
@@ -22,8 +23,8 @@ data = [images[i:i + batch] for i in range(0, len(images), batch)]
 target = "w8a16" if sys.argv[3:] == ["mismatch"] and dist.get_rank() == 1 else "w4a8"
 sim = lowbit.quantize(model, data, target=target)
 sim.export(os.path.join(out, "calibrated"), name="tiny")
-result = lowbit.qat(sim, data, epochs=1, lr=1e-4)
+lowbit.qat(sim, data, steps=1, lr=1e-4)
 sim.export(os.path.join(out, "trained"), name="tiny")
-print(result)
+print(lowbit.qat(sim, data, epochs=1, lr=1e-4))
 if "WORLD_SIZE" in os.environ:
     dist.destroy_process_group()

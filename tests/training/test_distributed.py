@@ -1,5 +1,8 @@
-"""Under torchrun: 2 processes with batch b give the encodings (calibrated, then trained by lowbit.qat) that
-1 process with batch 2b gives, rank 0 writes the files, and ranks holding different sims stop with one line."""
+"""Under torchrun: 2 processes with batch b give the encodings (calibrated, then trained a step by lowbit.qat) that
+1 process with batch 2b gives, rank 0 writes the files, and ranks holding different sims stop with one line.
+
+Only the first training step is compared: after it, a float-rounding difference that moves one weight or
+activation across a rounding boundary changes it by a whole quantization step, and the runs drift apart."""
 
 from __future__ import annotations
 
