@@ -120,3 +120,23 @@ def test_batches_run_in_slices_give_the_encodings_of_whole_batches(mobilenet_exp
         torch.testing.assert_close(sliced._quantizers[key].encoding.scale, quantizer.encoding.scale,
                                    rtol=1e-6, atol=0, msg=key)
         assert torch.equal(sliced._quantizers[key].encoding.offset, quantizer.encoding.offset), key
+
+
+def test_two_convolutions_sharing_one_bias_each_get_their_int32_bias(tmp_path):
+    """Exporters share equal constants (zero biases above all); each Conv's int32 bias is on its own grid."""
+    generator = np.random.default_rng(0)
+    tensor = lambda name, shape: numpy_helper.from_array(generator.normal(size=shape).astype(np.float32), name)
+    nodes = [onnx.helper.make_node("Conv", ["x", "w1", "b"], ["h"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Relu", ["h"], ["r"]),
+             onnx.helper.make_node("Conv", ["r", "w2", "b"], ["y"], pads=[1, 1, 1, 1])]
+    graph = onnx.helper.make_graph(
+        nodes, "shared_bias", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [tensor("w1", (4, 3, 3, 3)), tensor("w2", (4, 4, 3, 3)), tensor("b", (4,))])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    data = [generator.normal(size=(4, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    paths = lowbit.quantize(model, data, techniques=()).export(tmp_path, "shared", verify=data)
+    qdq = onnx.load(str(paths.qdq_onnx))
+    biases = [n.input[2] for n in qdq.graph.node if n.op_type == "Conv"]
+    assert len(set(biases)) == 2
+    assert paths.fidelity.outputs[0].max_error_lsb == 0.0

@@ -73,7 +73,7 @@ def fold_transposed_weights(graph: onnx.GraphProto) -> None:
 def quantize_biases(graph: onnx.GraphProto) -> None:
     """Float bias of Conv/Gemm with quantized input and weight → int32 with scale s_in · s_w (widened
     where it would overflow: :mod:`lowbit.quant.int32_bias`)."""
-    index = GraphIndex(graph)
+    index, quantized = GraphIndex(graph), set()
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3:
             continue
@@ -87,7 +87,8 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
                                  torch.tensor(scales[1].reshape(-1)), widen=wide)
         # through float64: float32(2**31 - 1) is 2**31, which wraps to -2**31 as int32 (dead channels)
         integers = grid.double().clamp(-2**31, 2**31 - 1).numpy().astype(np.int32)
-        name = node.input[2]
+        name = node.input[2] if node.input[2] not in quantized else f"{node.input[2]}_{node.name}"  # shared bias
+        quantized.add(name)
         graph.initializer.extend([
             numpy_helper.from_array(integers, f"{name}_quantized"),
             numpy_helper.from_array(scale.contiguous().numpy(), f"{name}_scale"),
