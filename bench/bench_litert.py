@@ -4,10 +4,13 @@ at batch 1, file sizes. LiteRT's own converter (post-training int8 with a repres
 calibration images) is the baseline.
 
 Calibration: 256 augmented crops of scikit-image's photos. Evaluation: the 20 labelled ImageNet photos plus 492 crops
-of them (512 images, as bench_ptq).
+of them (512 images, as bench_ptq). Under ``KERAS_BACKEND=torch`` the Keras rows run on a torch-backend Keras model
+(LiteRT's converter and the float file need TensorFlow: no converter row, no float latency there). Rows of earlier
+runs stay in the JSON (each records its machine) unless this run redoes them.
 
     .venv/bin/python bench/bench_litert.py
     .venv/bin/python bench/bench_litert.py --rows keras-lowbit-minmax,keras-litert-converter --latency-repeats 20
+    KERAS_BACKEND=torch .venv/bin/python bench/bench_litert.py --rows keras-lowbit-minmax
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -74,8 +78,9 @@ def run_row(name: str, data: dict, folder: Path, repeats: int) -> dict:
     calibration, evaluation, fp32 = data[kind]
     path = folder / f"{name}.tflite"
     start = time.perf_counter()
-    row = {"model": f"{kind} MobileNetV2", "tool": "LiteRT converter" if scheme is None else "lowbit",
-           "scheme": scheme, "techniques": list(techniques)}
+    model = f"keras ({keras.backend.backend()} backend)" if kind == "keras" else kind
+    row = {"model": f"{model} MobileNetV2", "tool": "LiteRT converter" if scheme is None else "lowbit",
+           "scheme": scheme, "techniques": list(techniques), "machine": _common.machine_info()}
     if scheme is None:
         path.write_bytes(converter_file(data["keras_model"], calibration, int8=True))
     else:
@@ -90,9 +95,18 @@ def run_row(name: str, data: dict, folder: Path, repeats: int) -> dict:
     row["top1_agreement"] = agreement(outputs, fp32)
     row["file_mib"] = path.stat().st_size / 2 ** 20
     image = data["keras"][1][0][:1]  # the float file is the Keras model's: NHWC
-    times = latency({"float": (data["float_file"], image), "int8": (path, np.asarray(evaluation[0][:1]))}, repeats)
+    files = {"int8": (path, np.asarray(evaluation[0][:1]))}
+    if data["float_file"] is not None:
+        files["float"] = (data["float_file"], image)
+    times = latency(files, repeats)
     row["latency_ms"] = {kind: 1000 * seconds for kind, seconds in times.items()}
     return row
+
+
+def result_key(name: str) -> str:
+    """The row's key in the JSON: Keras rows under a backend other than TensorFlow say which."""
+    backend = keras.backend.backend()
+    return name if ROWS[name][0] != "keras" or backend == "tensorflow" else f"{name}-{backend}-backend"
 
 
 def markdown_row(name: str, r: dict) -> list:
@@ -101,7 +115,8 @@ def markdown_row(name: str, r: dict) -> list:
                                      if r["scheme"] else ""),
             f"{r['top1_agreement']:.1%}",
             f"{fidelity['top1_agreement']:.1%}, {fidelity['max_error_lsb']:.1f} LSB" if fidelity else "–",
-            f"{r['latency_ms']['float']:.1f} / {r['latency_ms']['int8']:.1f}", f"{r['file_mib']:.2f}"]
+            f"{r['latency_ms'].get('float', float('nan')):.1f} / {r['latency_ms']['int8']:.1f}",
+            f"{r['file_mib']:.2f}"]
 
 
 def main() -> None:
@@ -114,6 +129,9 @@ def main() -> None:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown row {unknown[0]}")
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if not tensorflow and "keras-litert-converter" in names:
+        parser.error("keras-litert-converter needs the TensorFlow backend (LiteRT's converter takes TF models)")
     _common.setup_threads()
     calibration = _common.calibration_batches(n_images=256)
     evaluation, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - N_LABELLED)
@@ -124,22 +142,23 @@ def main() -> None:
     data = {"keras": ([nhwc(b) for b in calibration], keras_evaluation,
                       np.concatenate([keras_model.predict(b, verbose=0) for b in keras_evaluation])),
             "pytorch": (calibration, evaluation, torch_fp32), "keras_model": keras_model}
-    results = {}
+    results, kept = {}, _common.previous_rows("bench_litert")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data["float_file"] = folder / "float.tflite"
-        data["float_file"].write_bytes(converter_file(keras_model, [], int8=False))
+        data["float_file"] = folder / "float.tflite" if tensorflow else None
+        if tensorflow:
+            data["float_file"].write_bytes(converter_file(keras_model, [], int8=False))
         for name in names:
-            results[name] = run_row(name, data, folder, args.latency_repeats)
-            print(f"{name}: {results[name]['top1_agreement']:.1%} ({results[name]['seconds']:.0f} s)", flush=True)
-        float_mib = data["float_file"].stat().st_size / 2 ** 20
-    path = _common.write_results("bench_litert", {"evaluation_images": EVALUATION_IMAGES, "float_file_mib": float_mib,
-                                                  "rows": results})
+            key = result_key(name)
+            results[key] = run_row(name, data, folder, args.latency_repeats)
+            print(f"{key}: {results[key]['top1_agreement']:.1%} ({results[key]['seconds']:.0f} s)", flush=True)
+        float_mib = data["float_file"].stat().st_size / 2 ** 20 if tensorflow else None
+    path = _common.write_results("bench_litert", {"evaluation_images": EVALUATION_IMAGES, "rows": {**kept, **results}})
     print()
     _common.print_table(["model", "int8 file by", "top-1 agreement with FP32", "sim↔LiteRT",
                          "LiteRT latency ms, float / int8 (batch 1)", "int8 file MiB"],
                         [markdown_row(n, r) for n, r in results.items()])
-    print(f"\nfloat .tflite: {float_mib:.2f} MiB; wrote {path}")
+    print(f"\nfloat .tflite: {float_mib:.2f} MiB; wrote {path}" if float_mib else f"\nwrote {path}")
 
 
 if __name__ == "__main__":

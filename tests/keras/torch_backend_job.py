@@ -45,5 +45,5 @@ print(json.dumps({"float_error": float(np.abs(float_outputs - keras_outputs).max
                   "output_range": float(np.abs(keras_outputs).max()),
                   "op_types": Counter(n.op_type for n in sim.model.graph.node),
                   "agreement": float((quantized.argmax(1) == keras_outputs.argmax(1)).mean()),
-                  "litert_agreement": written.fidelity.outputs[0].top1_agreement,
-                  "litert_lsb": written.fidelity.outputs[0].max_error_lsb}))
+                  "litert_agreement": written.fidelity.top1_agreement,
+                  "litert_lsb": written.fidelity.max_error_lsb}))
