@@ -52,7 +52,8 @@ def fold_channel_affines(model: onnx.ModelProto) -> int:
     index = GraphIndex(model.graph)
     sole_reader = lambda name: readers[0] if len(readers := index.consumers.get(name, [])) == 1 else None
     removed: set[int] = set()
-    for conv in [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in index.initializers]:
+    constant_parameters = lambda node: all(name in index.initializers for name in node.input[1:] if name)
+    for conv in [n for n in model.graph.node if n.op_type == "Conv" and constant_parameters(n)]:
         weight_shape = numpy_helper.to_array(index.initializers[conv.input[1]]).shape
         transpose = sole_reader(conv.output[0])
         channels_last = transpose is not None and transpose.op_type == "Transpose" and _moves_channels_last(transpose)
