@@ -1,6 +1,6 @@
 """Keras 3 models and TensorFlow SavedModels as ONNX graphs: Keras's own ONNX export (tf2onnx under the
-TensorFlow backend, torch.onnx under the torch backend, its graph then cleaned), so every technique of
-the ONNX front end applies unchanged."""
+TensorFlow backend; torch.onnx under torch and jax2onnx under JAX, their graphs then cleaned), so every technique
+of the ONNX front end applies unchanged."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import onnx
 
 from lowbit.data import as_call
 from lowbit.errors import ModelLoadError, first_line
-from lowbit.keras.torch_backend_graph import cleaned
+from lowbit.keras.graph_cleanup import cleaned
 from lowbit.optional import require
 
 
@@ -47,7 +47,7 @@ def keras_to_onnx(model, example_input) -> onnx.ModelProto:
                                  f"{first_line(e)}") from None
         proto = onnx.load(str(path))
     _check_ops(proto, f"Keras model '{model.name}'", {layer.name for layer in model.layers})
-    return cleaned(proto) if keras.backend.backend() == "torch" else proto
+    return cleaned(proto) if keras.backend.backend() in ("torch", "jax") else proto
 
 
 def _check_ops(proto: onnx.ModelProto, what: str, layers: set[str]) -> None:

@@ -1,8 +1,9 @@
-"""The ONNX graph Keras's torch backend exports, made what a Conv graph should be: each convolution there runs
-between two transposes (NHWC → NCHW → NHWC) with its bias and BatchNorm as per-channel Add/Sub/Mul after it, and
-its padding as a Pad before. Those fold into the convolution, activations move next to it, onnxruntime's basic
-optimizer cancels the transposes and drops the casts, and a spatial ReduceMean becomes GlobalAveragePool: the
-graph quantizes as the runtime's integer kernels run it (Conv → Relu fused, an integer mean)."""
+"""The ONNX graph Keras's torch and JAX backends export, made what a Conv graph should be: each convolution there
+runs between two transposes (NHWC → NCHW → NHWC) with its bias and BatchNorm as per-channel Add/Sub/Mul after it,
+its padding as a Pad before, ReLU6 maybe as Max and Min. Those fold into the convolution, activations become Relu
+and Clip next to it, onnxruntime's basic optimizer cancels the transposes and drops the casts, and a spatial
+ReduceMean becomes GlobalAveragePool: the graph quantizes as the runtime's integer kernels run it (Conv → Relu
+fused, an integer mean)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def cleaned(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with the convolutions' per-channel ops and pads folded in, its transposes cancelled and its spatial
     means as global pools."""
     model = basic_optimized(model)
+    min_max_as_clips(model)
     if fold_channel_affines(model) + activations_before_transposes(model) + pads_into_convs(model):
         model = basic_optimized(model)
     spatial_means_as_global_pools(model)
@@ -76,6 +78,51 @@ def fold_channel_affines(model: onnx.ModelProto) -> int:
     model.graph.node.extend(kept)
     remove_unused(model.graph)
     return len(removed)
+
+
+def min_max_as_clips(model: onnx.ModelProto) -> None:
+    """Each Max by a scalar constant that a Min by a larger one alone reads (or the other way round) becomes one Clip,
+    and a Max by 0 on its own a Relu: the activations the runtime fuses into a convolution (in place)."""
+    index = GraphIndex(model.graph)
+    bound = lambda node: _scalar_operand(node, index)
+    replaced, nodes = set(), []
+    for node in model.graph.node:
+        if id(node) in replaced:
+            continue
+        if node.op_type not in ("Max", "Min") or bound(node) is None:
+            nodes.append(node)
+            continue
+        readers = index.consumers.get(node.output[0], [])
+        partner = readers[0] if len(readers) == 1 and {readers[0].op_type, node.op_type} == {"Max", "Min"} else None
+        if partner is not None and bound(partner) is not None:
+            low, high = sorted((bound(node), bound(partner)))
+            names = [f"{partner.output[0]}.min", f"{partner.output[0]}.max"]
+            model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), n)
+                                           for v, n in zip((low, high), names))
+            nodes.append(onnx.helper.make_node("Clip", [_variable_operand(node, index), *names], [partner.output[0]],
+                                               name=partner.name))
+            replaced.add(id(partner))
+        elif node.op_type == "Max" and bound(node) == 0:
+            nodes.append(onnx.helper.make_node("Relu", [_variable_operand(node, index)], [node.output[0]],
+                                               name=node.name))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    remove_unused(model.graph)
+
+
+def _scalar_operand(node: onnx.NodeProto, index: GraphIndex) -> float | None:
+    """The scalar constant of a two-input Max or Min whose other input is computed, else None."""
+    if len(node.input) != 2:
+        return None
+    values = [index.constant(name) for name in node.input]
+    known = [v for v in values if v is not None]
+    return float(known[0].reshape(())) if len(known) == 1 and known[0].size == 1 else None
+
+
+def _variable_operand(node: onnx.NodeProto, index: GraphIndex) -> str:
+    return next(name for name in node.input if index.constant(name) is None)
 
 
 def activations_before_transposes(model: onnx.ModelProto) -> int:

@@ -1,9 +1,9 @@
-"""A Keras model as a torch-backend user builds one (a padded strided convolution, BatchNorm with its own
+"""A Keras model as a user of any backend builds one (a padded strided convolution, BatchNorm with its own
 statistics, a depthwise convolution, ReLU6, a residual add, global pooling, a classifier), quantized for LiteRT;
 prints one JSON line: the float graph's error against Keras, its op types, the sim's agreement with the float model
 and sim↔LiteRT fidelity.
 
-    KERAS_BACKEND=torch python torch_backend_job.py OUT_DIR
+    KERAS_BACKEND=torch python backend_job.py OUT_DIR        (or jax)
 """
 
 import json
