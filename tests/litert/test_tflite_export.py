@@ -71,6 +71,23 @@ def test_a_pytorch_sim_for_litert_is_what_litert_runs(tmp_path):
     assert written.fidelity.max_error_lsb == 0.0
 
 
+def test_grouped_convolutions_run_in_litert_as_simulated(tmp_path):
+    """ResNeXt-style grouped convolutions: LiteRT's CONV_2D takes a filter of in_channels / groups inputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1, groups=4),
+        torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 1, groups=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(32, 10)).eval()
+    data = [torch.randn(16, 3, 16, 16) for _ in range(3)]
+    sim = lowbit.quantize(model, data[:2], target="litert-int8")
+    written = sim.export_tflite(tmp_path / "grouped.tflite", verify=data[2:])
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+    with torch.no_grad():
+        reference = model(data[2]).numpy()
+    executed = LiteRtModel(written.path)(data[2])[0]
+    assert np.abs(executed - reference).max() <= 0.05 * np.abs(reference).max()  # int8 noise, not another conv
+
+
 @pytest.mark.slow
 def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
     """With ``integer_io`` the file has no float at its edges: int8 input and output on the grids of the QDQ

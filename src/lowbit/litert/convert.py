@@ -256,9 +256,6 @@ class _Conversion:
         strides, dilations = attribute(node, "strides", [1, 1]), attribute(node, "dilations", [1, 1])
         padding, source = self._padding(node, source, (kh, kw), strides, dilations)
         depthwise = groups == in_channels and group_width == 1 and groups > 1
-        if groups != 1 and not depthwise:
-            raise ExportError(f"LiteRT export: '{node.name}' is a grouped convolution ({groups} groups), which "
-                              f"LiteRT's int8 kernels do not run")
         stored = weight.transpose(1, 2, 3, 0) if depthwise else weight.transpose(0, 2, 3, 1)
         scales = np.broadcast_to(weight_grid.scale, (out_channels,))
         weights = self.builder.tensor(f"{node.name}_weight", stored.shape, np.int8,
