@@ -57,11 +57,7 @@ def channels_last_call(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 def checked_calls(data: Iterable, transform: Callable | None = None, num_batches: int | None = None):
     """Yield (args, kwargs) for each batch; DataError for empty data, a batch without a tensor or
     non-finite values."""
-    if num_batches is not None and num_batches < 1:
-        raise DataError(f"num_batches must be at least 1, got {num_batches}")
-    if isinstance(data, torch.Tensor):
-        raise DataError("calibration data must be an iterable of batches (e.g. a list of tensors or "
-                        "a DataLoader), not a single tensor: wrap it as [tensor]")
+    check_data_arguments(data, num_batches)
     seen = 0
     for index, item in enumerate(itertools.islice(data, num_batches)):
         if transform is not None:
@@ -77,6 +73,15 @@ def checked_calls(data: Iterable, transform: Callable | None = None, num_batches
         yield args, kwargs
     if seen == 0:
         raise DataError("calibration data is empty: no batch was produced")
+
+
+def check_data_arguments(data, num_batches: int | None) -> None:
+    """DataError for a num_batches below 1 or data that is one tensor rather than an iterable of batches."""
+    if num_batches is not None and num_batches < 1:
+        raise DataError(f"num_batches must be at least 1, got {num_batches}")
+    if isinstance(data, torch.Tensor):
+        raise DataError("calibration data must be an iterable of batches (e.g. a list of tensors or "
+                        "a DataLoader), not a single tensor: wrap it as [tensor]")
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -4,12 +4,13 @@ each adapter calibrated on the same images resumes there instead of running the 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
-from lowbit.data import tensors_of
+from lowbit.data import as_call, check_data_arguments, tensors_of
 from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.graph_cursor import GraphCursor
@@ -42,11 +43,13 @@ def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modu
                      adapter_quantizers: set[nn.Module], kept: AdapterPrefix | None) -> AdapterPrefix | None:
     """Run every batch of ``data`` through the sim, resuming from ``kept`` when it was paused on the same batches
     and base; returns the paused runs to keep (None: too large to keep)."""
-    calls = list(sim_calls(data, transform, num_batches, sim._device()))
+    check_data_arguments(data, num_batches)
+    batches = [item if transform is None else transform(item) for item in itertools.islice(data, num_batches)]
     nodes = list(sim.model.graph.nodes)
     pause = next(i for i, node in enumerate(nodes) if node.op == "call_module" and node.target in adapter_modules)
-    read, modes = _read_before(sim.model, calls, nodes[:pause], adapter_quantizers)
-    if kept is None or not kept.matches(read, modes):
+    read, modes = _read_before(sim.model, batches, nodes[:pause], adapter_quantizers)
+    if kept is None or not kept.matches(read, modes):  # checked and laid out only when they run
+        calls = list(sim_calls(batches, None, None, sim._device()))
         kept = AdapterPrefix([t.detach().clone() for t in read], modes, _paused_runs(sim.model, calls, pause))
     for count, cursor in enumerate(progress(kept.cursors, "calibrate adapter")):
         with batch_errors(count):
@@ -64,11 +67,11 @@ def _paused_runs(model: nn.Module, calls: list, pause: int) -> list[GraphCursor]
     return cursors
 
 
-def _read_before(model: nn.Module, calls: list, before: list[fx.Node],
+def _read_before(model: nn.Module, batches: list, before: list[fx.Node],
                  adapter_quantizers: set[nn.Module]) -> tuple[list[torch.Tensor], str]:
-    """What the nodes ``before`` the pause read: the batches' tensors, their modules' tensors and constants, and
-    their quantizers' modes (the rest of the network runs again on every adapter calibration)."""
-    read = [tensor for args, kwargs in calls for tensor in tensors_of(args, kwargs)]
+    """What the nodes ``before`` the pause read: the batches' tensors (as given), their modules' tensors and
+    constants, and their quantizers' modes (the rest of the network runs again on every adapter calibration)."""
+    read = [tensor for batch in batches for tensor in tensors_of(*as_call(batch))]
     modes = []
     for target in dict.fromkeys(node.target for node in before if node.op in ("call_module", "get_attr")):
         value = functools.reduce(getattr, target.split("."), model)

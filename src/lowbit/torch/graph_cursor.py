@@ -3,6 +3,7 @@ later, holding only the values later nodes still read."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -44,9 +45,9 @@ class GraphCursor:
         run cannot change the other)."""
         twin = object.__new__(GraphCursor)
         twin.nodes, twin.position, twin._inputs = self.nodes, self.position, dict(self._inputs)
-        twin._interpreter = fx.Interpreter(self._interpreter.module, garbage_collect_values=True)
-        copy = lambda value: value.clone() if isinstance(value, torch.Tensor) else value
-        twin._interpreter.env = {node: tree_map(copy, value) for node, value in self._interpreter.env.items()}
+        twin._interpreter = copy.copy(self._interpreter)  # shares the module look-ups and last-use table, read only
+        clone = lambda value: value.clone() if isinstance(value, torch.Tensor) else value
+        twin._interpreter.env = {node: tree_map(clone, value) for node, value in self._interpreter.env.items()}
         return twin
 
     def finish(self):

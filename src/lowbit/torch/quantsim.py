@@ -310,6 +310,5 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return bool(inputs) and all(source_quantizer(self.model, n) is not None for n in inputs)
 
     def _device(self) -> torch.device:
-        for tensor in list(self.model.parameters()) + list(self.model.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        tensor = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return torch.device("cpu") if tensor is None else tensor.device
