@@ -157,3 +157,24 @@ def test_autoquant_takes_a_keras_model(digits_model, digits, tmp_path):
     result = lowbit.autoquant(digits_model, batches(digits[0][:128]), allowed_drop=0.05, out_dir=tmp_path)
     assert result.stages[0].name == "minmax" and result.met
     assert result.export_paths.qdq_onnx.is_file() and result.report_path.is_file()
+
+
+def test_captured_normalization_constants_become_initializers_with_the_model_s_values():
+    """tf2onnx makes the mean and variance a Normalization layer captures into graph inputs (keras.applications'
+    EfficientNets have one); they become initializers with the model's values, so the float graph computes what
+    Keras computes."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Normalization(mean=[120.0, 115.0, 100.0], variance=[3600.0, 3500.0, 3700.0])(inputs)
+    small = keras.Model(inputs, layers.Dense(4)(layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3)(x))))
+    efficientnet = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10)
+    generator = np.random.default_rng(0)
+    for model, size in ((small, 16), (efficientnet, 64)):
+        images = generator.random((8, size, size, 3), dtype=np.float32) * 255
+        sim = lowbit.quantize(model, [images[:4], images[4:]], techniques=())
+        assert len(sim.model.graph.input) == 1
+        float_graph = session(sim.model.SerializeToString())
+        computed = float_graph.run(None, {float_graph.get_inputs()[0].name: images})[0]
+        expected = keras.ops.convert_to_numpy(model(images))
+        np.testing.assert_allclose(computed, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

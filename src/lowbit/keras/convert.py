@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from lowbit.data import as_call
 from lowbit.errors import ModelLoadError, first_line
@@ -47,7 +48,31 @@ def keras_to_onnx(model, example_input) -> onnx.ModelProto:
                                  f"{first_line(e)}") from None
         proto = onnx.load(str(path))
     _check_ops(proto, f"Keras model '{model.name}'", {layer.name for layer in model.layers})
-    return cleaned(proto) if keras.backend.backend() in ("torch", "jax") else proto
+    if keras.backend.backend() in ("torch", "jax"):
+        return cleaned(proto)
+    _bind_captured_constants(keras, model, proto)
+    return proto
+
+
+def _bind_captured_constants(keras, model, proto: onnx.ModelProto) -> None:
+    """Turn the graph inputs tf2onnx made of tensors the model's function captures (a Normalization layer's mean and
+    variance, as in keras.applications' EfficientNets) into initializers holding their values (in place)."""
+    from keras.src.export.export_utils import get_input_signature
+    from keras.src.export.onnx import get_concrete_fn, make_tf_tensor_spec
+    signature = keras.tree.map_structure(make_tf_tensor_spec, get_input_signature(model))
+    taken = len(keras.tree.flatten(signature))
+    if len(proto.graph.input) <= taken:
+        return
+    function = get_concrete_fn(model, signature).get_concrete_function(*signature)
+    captured = {inner.name: outer.numpy() for outer, inner in function.graph.captures
+                if outer.dtype != require("tensorflow").resource}
+    extra = [value for value in proto.graph.input if value.name in captured]
+    if len(proto.graph.input) - len(extra) != taken:
+        raise ModelLoadError(f"Keras model '{model.name}': its ONNX export takes {len(proto.graph.input)} inputs where "
+                             f"the model takes {taken}, and lowbit cannot bind the others to the model's values")
+    for value in extra:
+        proto.graph.initializer.append(numpy_helper.from_array(captured[value.name], value.name))
+        proto.graph.input.remove(value)
 
 
 def _check_ops(proto: onnx.ModelProto, what: str, layers: set[str]) -> None:
