@@ -16,18 +16,21 @@ from lowbit.errors import SpecError
 class Kernels:
     """A runtime's integer kernels as far as they change results: ``int16_pairs`` when u8×s8 products
     are added in saturating int16 pairs before the int32 accumulation, ``fixed_point_add`` when an addition
-    requantizes with integer multipliers and a rounding shift (XNNPACK) rather than in float32."""
+    requantizes with integer multipliers and a rounding shift (XNNPACK) rather than in float32, ``table_softmax``
+    when a softmax between quantizers runs from a table of exponentials (onnxruntime's QLinearSoftmax) rather than
+    in float before quantizing (LiteRT, as lowbit's .tflite files hold it)."""
 
     name: str
     int16_pairs: bool
     description: str
     fixed_point_add: bool = False
+    table_softmax: bool = True
 
 
 KERNELS = {k.name: k for k in (
     Kernels("onnxruntime-cpu-vnni", False, "onnxruntime on CPUs with VNNI or AMX, or not x86: exact int32 sums"),
     Kernels("onnxruntime-cpu-avx2", True, "onnxruntime on x86 CPUs without VNNI: u8×s8 pairs saturate in int16"),
-    Kernels("litert-cpu", False, "LiteRT's default CPU kernels (XNNPACK): additions in fixed point", True),
+    Kernels("litert-cpu", False, "LiteRT's default CPU kernels (XNNPACK): additions in fixed point", True, False),
 )}
 
 

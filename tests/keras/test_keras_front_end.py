@@ -178,3 +178,17 @@ def test_captured_normalization_constants_become_initializers_with_the_model_s_v
         computed = float_graph.run(None, {float_graph.get_inputs()[0].name: images})[0]
         expected = keras.ops.convert_to_numpy(model(images))
         np.testing.assert_allclose(computed, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_keras_classifier_ending_in_softmax_runs_in_litert_as_simulated(tmp_path):
+    """Dense layers without bias (tf2onnx writes a bare MatMul) and a softmax output, the way keras.applications
+    classifiers end."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(16, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Dense(10, use_bias=False)(x)))
+    data = [np.random.default_rng(seed).normal(size=(32, 16, 16, 3)).astype(np.float32) * 3 for seed in range(4)]
+    sim = lowbit.quantize(model, data[:2], target="litert-int8")
+    written = sim.export_tflite(tmp_path / "classifier.tflite", verify=data[2:])
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0

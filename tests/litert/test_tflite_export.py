@@ -88,6 +88,20 @@ def test_grouped_convolutions_run_in_litert_as_simulated(tmp_path):
     assert np.abs(executed - reference).max() <= 0.05 * np.abs(reference).max()  # int8 noise, not another conv
 
 
+def test_a_softmax_output_runs_in_float_between_quantizers_as_simulated(tmp_path):
+    """A classifier ending in Softmax: LiteRT's int8 softmax wants a fixed 1/256 output grid, so the file runs it in
+    float between DEQUANTIZE and QUANTIZE, and the litert sim computes it so (not onnxruntime's table softmax)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 10), torch.nn.Softmax(1)).eval()
+    data = [torch.randn(32, 3, 16, 16) * 3 for _ in range(4)]
+    sim = lowbit.quantize(model, data[:2], target="litert-int8")
+    written = sim.export_tflite(tmp_path / "softmax.tflite", verify=data[2:])
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+    probabilities = LiteRtModel(written.path)(data[2])[0]
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=0.05)
+
+
 @pytest.mark.slow
 def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
     """With ``integer_io`` the file has no float at its edges: int8 input and output on the grids of the QDQ

@@ -18,7 +18,7 @@ from lowbit.onnx.attributes import attribute
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 ACTIVATIONS = ("Relu", "Clip")
 PASS_THROUGH = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
-COMPUTING = ("Conv", "Gemm", "Add", "Mul", "GlobalAveragePool", "AveragePool", "MaxPool", "Concat")
+COMPUTING = ("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "MaxPool", "Concat")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class _Conversion:
             self._pass_through(node)
         elif node.op_type == "Pad":
             self._pad(node)
+        elif node.op_type == "Softmax":
+            self._softmax(node)
         else:
             raise ExportError(f"LiteRT export: {node.op_type} ('{node.name}') is not converted yet")
 
@@ -173,8 +175,10 @@ class _Conversion:
         op = node.op_type
         if op == "Conv":
             out = self._conv(node, self._nhwc(inputs[0]), grid, shape, activation, quantize.output[0])
-        elif op == "Gemm":
+        elif op == "Gemm" or (op == "MatMul" and len(shape) == 2 and node.input[1] in self.weights):
             out = self._dense(node, inputs[0], grid, shape, activation, quantize.output[0])
+        elif op == "MatMul":
+            raise ExportError(f"LiteRT export: MatMul '{node.name}' is not a 2-D product with a constant weight")
         elif op in ("Add", "Mul"):
             if len(inputs) != 2:
                 raise ExportError(f"LiteRT export: {op} '{node.name}' with a constant operand is not converted yet")
@@ -335,6 +339,27 @@ class _Conversion:
         paddings = self.builder.constant(f"{out.index}_paddings", [pads[axis] for axis in order])
         self.builder.operator("PAD", [source.index, paddings], [out.index], "PadOptions")
         self.quantized[node.output[0]] = out
+
+    def _softmax(self, node: onnx.NodeProto) -> None:
+        """A Softmax over the last axis between two quantizers, in float: DEQUANTIZE, SOFTMAX, QUANTIZE (LiteRT's int8
+        softmax needs a fixed 1/256 output grid, which calibration does not give)."""
+        source = self._activation(node.input[0], node)
+        shape = self.graph.shape(node.input[0])
+        axis = attribute(node, "axis", -1) % len(shape)
+        if axis != (1 if source.nhwc and len(shape) == 4 else len(shape) - 1):
+            raise ExportError(f"LiteRT export: Softmax '{node.name}' is over axis {axis}; LiteRT's is the last")
+        quantize = self.graph.sole_consumer(node.output[0], ("QuantizeLinear",))
+        if quantize is None:
+            raise ExportError(f"LiteRT export: the result of Softmax '{node.name}' is not quantized")
+        stored = source.stored_shape
+        values = self.builder.tensor(f"{node.name}_input", stored, np.float32, dynamic_batch=True)
+        self.builder.operator("DEQUANTIZE", [source.index], [values])
+        probabilities = self.builder.tensor(f"{node.name}_output", stored, np.float32, dynamic_batch=True)
+        self.builder.operator("SOFTMAX", [values], [probabilities], "SoftmaxOptions", beta=1.0)
+        out = self._tensor(quantize.output[0], self.graph.grid(quantize), shape, source.nhwc)
+        self.builder.operator("QUANTIZE", [probabilities], [out.index])
+        self.quantized[quantize.output[0]] = out
+        self.done.add(id(quantize))
 
     def _transpose(self, node: onnx.NodeProto, source: Quantized, shape) -> Quantized:
         perm = tuple(attribute(node, "perm", list(reversed(range(len(source.shape))))))

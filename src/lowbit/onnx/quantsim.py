@@ -19,6 +19,7 @@ from lowbit.onnx.feeds import GraphInputs, as_tensors
 from lowbit.fidelity import verify_export
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.onnx.fixed_point_adds import fixed_point_adds
+from lowbit.onnx.float_softmaxes import float_softmaxes
 from lowbit.onnx.load import load_model
 from lowbit.graph.placement import carries_input, plan, returned_values
 from lowbit.graph.view import GraphView
@@ -174,6 +175,7 @@ class OnnxQuantSim(PlannedQuantizers):
         split = self.split()
         if self._session is None:
             graph = fixed_point_adds(split.qdq_model) if self.runtime.fixed_point_add else split.qdq_model
+            graph = graph if self.runtime.table_softmax else float_softmaxes(graph)
             self._session = session(graph.SerializeToString(), threads=self.threads)
         feeds = self.feeds_of(data, transform, num_batches)
         names = [output.name for output in self._session.get_outputs()]

@@ -63,11 +63,13 @@ class IntegerSoftmax(nn.Module):
         super().__init__()
         self.quantizers = (input_quantizer, output_quantizer)  # by reference, not submodules
         self.dim = dim
+        self.table = True
+        """Whether the runtime computes it from a table (``Kernels.table_softmax``), set by the sim."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = torch.softmax(x, self.dim)
-        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or any(q.mode != "quantize"
-                                                                             for q in self.quantizers):
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or not self.table or \
+                any(q.mode != "quantize" for q in self.quantizers):
             return result
         encodings = tuple(q.encoding for q in self.quantizers)
         if not emulable_softmax(*encodings):

@@ -34,6 +34,7 @@ from lowbit.torch.activation_bounds import activation_bounds
 from lowbit.torch.graph_view import fx_view, node_op_type
 from lowbit.torch.sim_calls import batch_errors, sim_calls
 from lowbit.torch.integer_add import IntegerAdd
+from lowbit.torch.integer_softmax import IntegerSoftmax
 from lowbit.torch.weight_quantized import WeightQuantized
 
 
@@ -99,6 +100,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
                 module.int16_pairs = self._kernels.int16_pairs
             if isinstance(module, IntegerAdd):
                 module.fixed_point = self._kernels.fixed_point_add
+            if isinstance(module, IntegerSoftmax):
+                module.table = self._kernels.table_softmax
 
     def forward(self, *args, **kwargs):
         self._require_encodings()
