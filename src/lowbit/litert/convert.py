@@ -333,6 +333,9 @@ class _Conversion:
         value = self.graph.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else 0
         if attribute(node, "mode", b"constant") not in (b"constant", "constant") or np.any(np.asarray(value) != 0):
             raise ExportError(f"LiteRT export: Pad '{node.name}' pads other than with zeros")
+        if node.input[1] not in self.graph.constants:
+            raise ExportError(f"LiteRT export: Pad '{node.name}' computes its pad amounts; LiteRT's PAD takes "
+                              f"constants")
         pads = np.asarray(self.graph.constants[node.input[1]]).reshape(2, -1).T
         order = TO_NHWC if source.nhwc else range(len(source.shape))
         out = self._tensor(node.output[0], source.grid, self.graph.shape(node.output[0]), source.nhwc)
