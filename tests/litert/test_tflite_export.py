@@ -102,6 +102,28 @@ def test_a_softmax_output_runs_in_float_between_quantizers_as_simulated(tmp_path
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=0.05)
 
 
+class _FunctionalNet(torch.nn.Module):
+    """Pads, pools and averages as functions, as many hand-written models do: torch's export computes the pad amounts
+    from constants (ConstantOfShape, Concat, Slice...) and writes the mean as a ReduceMean."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.expand = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.Conv2d(16, 32, 1)
+        self.classifier = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.nn.functional.pad(torch.relu(self.stem(x)), (1, 1, 1, 1)), 3, 2)
+        return self.classifier(torch.relu(self.expand(x)).mean((2, 3)))
+
+
+def test_computed_pad_amounts_and_a_spatial_mean_run_in_litert_as_simulated(tmp_path):
+    torch.manual_seed(0)
+    data = [torch.randn(16, 3, 32, 32) for _ in range(3)]
+    sim = lowbit.quantize(_FunctionalNet().eval(), data[:2], target="litert-int8")
+    written = sim.export_tflite(tmp_path / "functional.tflite", verify=data[2:])
+    assert written.fidelity.top1_agreement == 1.0 and written.fidelity.max_error_lsb <= 1.0
+
+
 @pytest.mark.slow
 def test_integer_io_takes_and_gives_int8_on_the_sim_s_grids(tmp_path):
     """With ``integer_io`` the file has no float at its edges: int8 input and output on the grids of the QDQ

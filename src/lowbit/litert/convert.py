@@ -18,7 +18,8 @@ from lowbit.onnx.attributes import attribute
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 ACTIVATIONS = ("Relu", "Clip")
 PASS_THROUGH = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
-COMPUTING = ("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "MaxPool", "Concat")
+COMPUTING = ("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool",
+             "Concat")
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,14 @@ class _Conversion:
             out = self._tensor(quantize.output[0], grid, shape, nhwc and len(shape) == 4)
             self.builder.operator(op.upper(), [a.index, b.index], [out.index], f"{op}Options",
                                   fusedActivationFunction=self._code(activation))
-        elif op == "GlobalAveragePool":
+        elif op == "GlobalAveragePool" or (op == "ReduceMean" and self._spatial_mean(node)):
+            keep = op == "GlobalAveragePool" or bool(attribute(node, "keepdims", 1))
             source = self._nhwc(inputs[0])
-            out = self._tensor(quantize.output[0], grid, shape, True)
+            out = self._tensor(quantize.output[0], grid, shape, keep)
             axes = self.builder.constant(f"{out.index}_axes", [1, 2])
-            self.builder.operator("MEAN", [source.index, axes], [out.index], "ReducerOptions", keepDims=True)
+            self.builder.operator("MEAN", [source.index, axes], [out.index], "ReducerOptions", keepDims=keep)
+        elif op == "ReduceMean":
+            raise ExportError(f"LiteRT export: ReduceMean '{node.name}' is not over the spatial axes of a 4-D tensor")
         elif op == "Concat":
             axis = attribute(node, "axis", 0) % len(shape)
             parts = [self._nhwc(i, len(shape) == 4) for i in inputs]
@@ -202,6 +206,14 @@ class _Conversion:
         else:
             out = self._pool(node, self._nhwc(inputs[0]), grid, shape, activation, quantize.output[0])
         self.quantized[quantize.output[0]] = out
+
+    def _spatial_mean(self, node: onnx.NodeProto) -> bool:
+        """Whether a ReduceMean averages a 4-D NCHW tensor over its two spatial axes."""
+        if len(self.graph.shape(node.input[0])) != 4:
+            return False
+        axes = self.graph.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1] else \
+            attribute(node, "axes", None)
+        return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
 
     def _code(self, activation: str) -> int:
         return getattr(self.builder.schema.ActivationFunctionType, activation)

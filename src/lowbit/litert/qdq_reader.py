@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from lowbit.errors import ExportError
 from lowbit.onnx.attributes import attribute
@@ -27,6 +28,19 @@ class Grid:
                 and np.array_equal(self.zero_point, other.zero_point))
 
 
+FOLDED = ("Identity", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Unsqueeze", "Squeeze",
+          "Gather", "Range", "Expand", "Add", "Sub", "Mul", "Div", "Neg")
+"""Ops computed here when every input is a constant (the pad amounts and shapes exporters compute)."""
+
+
+def _evaluated(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The outputs of ``node`` on constant inputs, by onnx's reference implementation."""
+    inputs = [name for name in node.input if name]
+    graph = onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_empty_tensor_value_info(o) for o in node.output],
+                                   [numpy_helper.from_array(np.asarray(constants[name]), name) for name in inputs])
+    return ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, {})
+
+
 class QdqGraph:
     """Nodes, constants, shapes and consumers of a QDQ model whose inputs take ``input_shapes`` (name → shape)."""
 
@@ -36,8 +50,10 @@ class QdqGraph:
         for node in model.graph.node:
             if node.op_type == "Constant":
                 self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            elif node.op_type == "Identity" and node.input[0] in self.constants:
-                self.constants[node.output[0]] = self.constants[node.input[0]]
+            elif node.op_type in FOLDED and all(name in self.constants for name in node.input if name):
+                for name, value in zip(node.output, _evaluated(node, self.constants)):
+                    self.constants[name] = value
+                    model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))  # for shapes
         self.inputs = [i.name for i in model.graph.input if i.name not in self.constants]
         self.outputs = [o.name for o in model.graph.output]
         for value in model.graph.input:
