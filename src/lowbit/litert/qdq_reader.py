@@ -36,7 +36,8 @@ FOLDED = ("Identity", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpos
 def _evaluated(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The outputs of ``node`` on constant inputs, by onnx's reference implementation."""
     inputs = [name for name in node.input if name]
-    graph = onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_empty_tensor_value_info(o) for o in node.output],
+    outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output]
+    graph = onnx.helper.make_graph([node], "fold", [], outputs,
                                    [numpy_helper.from_array(np.asarray(constants[name]), name) for name in inputs])
     return ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, {})
 
