@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -140,3 +141,23 @@ def test_two_convolutions_sharing_one_bias_each_get_their_int32_bias(tmp_path):
     biases = [n.input[2] for n in qdq.graph.node if n.op_type == "Conv"]
     assert len(set(biases)) == 2
     assert paths.fidelity.outputs[0].max_error_lsb == 0.0
+
+
+def test_convolutions_after_a_padded_max_pool_run_in_integer_kernels(tmp_path):
+    """ResNet's stem (Pad → MaxPool → Conv, as tf2onnx writes it): onnxruntime runs a Conv in its integer kernel only
+    where a DequantizeLinear feeds it directly, so the export requantizes the pooled values on their own grid."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                torch.nn.ZeroPad2d(1), torch.nn.MaxPool2d(3, 2), torch.nn.Conv2d(16, 32, 1),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(32, 10)).eval()
+    path = tmp_path / "stem.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    data = [np.random.default_rng(seed).normal(size=(8, 3, 32, 32)).astype(np.float32) for seed in range(3)]
+    sim = lowbit.quantize(str(path), data[:2], techniques=())
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(sim.split().qdq_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ran = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ran.count("QLinearConv") == 2 and "Conv" not in ran and "FusedConv" not in ran

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from lowbit.qdq.grid_clamp import clamp_to_grids
 from lowbit.qdq.graph_index import GraphIndex, remove_unused, rename_tensors, strip_attribute
+from lowbit.qdq.requantize import requantize_after_pools
 from lowbit.qdq.storage import narrower_than_storage
 from lowbit.qdq.weights import fold_transposed_weights, quantize_biases, quantize_weights
 from lowbit.quant.encoding import Encoding
@@ -117,6 +118,7 @@ def _qdq_model(model: onnx.ModelProto, params: dict[str, Encoding], grids: dict[
     clamp_to_grids(result.graph, grids)
     quantize_weights(result.graph, params)
     fold_transposed_weights(result.graph)
+    requantize_after_pools(result.graph)
     quantize_biases(result.graph)
     remove_unused(result.graph)
     return result
