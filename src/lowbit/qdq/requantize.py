@@ -30,8 +30,9 @@ def requantize_after_pools(graph: onnx.GraphProto) -> None:
                 continue
             grid = list(dequantize.input[1:3])
             quantized, restored = f"{source}_lowbit_requantized", f"{source}_lowbit_restored"
-            graph.node.extend([helper.make_node("QuantizeLinear", [source, *grid], [quantized]),
-                               helper.make_node("DequantizeLinear", [quantized, *grid], [restored])])
+            domain = dequantize.domain  # com.microsoft for 16-bit grids below opset 21
+            graph.node.extend([helper.make_node("QuantizeLinear", [source, *grid], [quantized], domain=domain),
+                               helper.make_node("DequantizeLinear", [quantized, *grid], [restored], domain=domain)])
             pairs[source] = restored
         node.input[0] = pairs[source]
 
