@@ -1,5 +1,6 @@
 """A Keras model as a user of any backend builds one (a padded strided convolution, BatchNorm with its own
-statistics, a depthwise convolution, ReLU6, a residual add, global pooling, a classifier), quantized for LiteRT;
+statistics, a depthwise convolution, ReLU6, a residual add, a strided "same" convolution, whose padding the torch
+backend computes from the input's shape, global pooling, a classifier), quantized for LiteRT;
 prints one JSON line: the float graph's error against Keras, its op types, the sim's agreement with the float model
 and sim↔LiteRT fidelity.
 
@@ -23,7 +24,7 @@ x = layers.ZeroPadding2D(((0, 1), (0, 1)))(inputs)
 x = layers.Conv2D(16, 3, strides=2, use_bias=False)(x)
 x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
 y = layers.Conv2D(16, 1)(layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(x))))
-x = layers.Add()([x, y])
+x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(layers.Add()([x, y]))  # padding from shapes
 outputs = layers.Dense(10)(layers.GlobalAveragePooling2D()(layers.Conv2D(32, 1, activation="relu")(x)))
 model = keras.Model(inputs, outputs)
 generator = np.random.default_rng(0)

@@ -24,6 +24,7 @@ def cleaned(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with the convolutions' per-channel ops and pads folded in, its transposes cancelled and its spatial
     means as global pools."""
     model = basic_optimized(model)
+    static_pad_amounts(model)
     min_max_as_clips(model)
     if fold_channel_affines(model) + activations_before_transposes(model) + pads_into_convs(model):
         model = basic_optimized(model)
@@ -46,6 +47,46 @@ def basic_optimized(model: onnx.ModelProto) -> onnx.ModelProto:
     del optimized.opset_import[:]
     optimized.opset_import.extend(kept)
     return optimized
+
+
+def static_pad_amounts(model: onnx.ModelProto) -> None:
+    """Pad amounts the graph computes from tensor shapes ("same" padding of a strided convolution) become constants
+    where they come out alike for batches of 1 and 2: only the image size decides them (in place)."""
+    index = GraphIndex(model.graph)
+    computed = [n for n in model.graph.node if n.op_type == "Pad" and len(n.input) > 1 and n.input[1]
+                and index.constant(n.input[1]) is None]
+    feeds = [_zero_inputs(model, batch) for batch in (1, 2)]
+    if not computed or None in feeds:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    names = list(dict.fromkeys(pad.input[1] for pad in computed))
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amounts = [dict(zip(names, run.run(names, feed))) for feed in feeds]
+    for pad in computed:
+        small, large = (values[pad.input[1]] for values in amounts)
+        if np.array_equal(small, large):
+            constant = f"{pad.input[1]}.static"
+            if constant not in index.initializers:
+                model.graph.initializer.append(numpy_helper.from_array(small, constant))
+                index.initializers[constant] = model.graph.initializer[-1]
+            pad.input[1] = constant
+    remove_unused(model.graph)
+
+
+def _zero_inputs(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | None:
+    """Zeros for every graph input with ``batch`` as its one free (first) size, or None where another size is free."""
+    feeds = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if None in sizes[1:]:
+            return None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = np.zeros([batch if s is None else s for s in sizes], dtype)
+    return feeds
 
 
 def fold_channel_affines(model: onnx.ModelProto) -> int:
