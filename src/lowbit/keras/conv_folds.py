@@ -39,11 +39,7 @@ def fold_channel_affines(model: onnx.ModelProto) -> int:
             _set_weight_and_bias(model, conv, index.initializers, scale, shift)
             _rewire(model, current, start)
             removed.update(id(n) for n in chain)
-    kept = [n for n in model.graph.node if id(n) not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    remove_unused(model.graph)
-    return len(removed)
+    return _drop(model, removed)
 
 
 def pads_into_convs(model: onnx.ModelProto) -> int:
@@ -77,11 +73,7 @@ def pads_into_convs(model: onnx.ModelProto) -> int:
         conv.attribute.extend([*kept, onnx.helper.make_attribute("pads", merged)])
         (transpose if transpose is not None else conv).input[0] = pad.input[0]
         folded.add(id(pad))
-    kept_nodes = [n for n in model.graph.node if id(n) not in folded]
-    del model.graph.node[:]
-    model.graph.node.extend(kept_nodes)
-    remove_unused(model.graph)
-    return len(folded)
+    return _drop(model, folded)
 
 
 def static_pad_amounts(model: onnx.ModelProto) -> None:
@@ -133,6 +125,15 @@ def _zero_pad_amounts(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | Non
             (len(pad.input) > 3 and pad.input[3]):
         return None
     return [int(a) for a in np.ravel(amounts)]
+
+
+def _drop(model: onnx.ModelProto, nodes: set[int]) -> int:
+    """Remove the nodes (by id) and whatever only they read; returns how many nodes."""
+    kept = [n for n in model.graph.node if id(n) not in nodes]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    remove_unused(model.graph)
+    return len(nodes)
 
 
 def _moves_channels_last(transpose: onnx.NodeProto) -> bool:
