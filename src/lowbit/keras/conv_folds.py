@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
+from lowbit.onnx.attributes import attribute, set_attributes
 from lowbit.qdq.graph_index import GraphIndex, remove_unused
+from lowbit.runtime import session
 
 _AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 
@@ -18,17 +19,16 @@ def fold_channel_affines(model: onnx.ModelProto) -> int:
     """Fold each run of Add/Sub/Mul/Div by per-channel constants that follows a Conv (directly, or after a
     Transpose to channels last) into the Conv's weight and bias (in place); returns how many ops it removed."""
     index = GraphIndex(model.graph)
-    sole_reader = lambda name: readers[0] if len(readers := index.consumers.get(name, [])) == 1 else None
     removed: set[int] = set()
     constant_parameters = lambda node: all(name in index.initializers for name in node.input[1:] if name)
     for conv in [n for n in model.graph.node if n.op_type == "Conv" and constant_parameters(n)]:
         weight_shape = numpy_helper.to_array(index.initializers[conv.input[1]]).shape
-        transpose = sole_reader(conv.output[0])
+        transpose = _sole_reader(index, conv.output[0])
         channels_last = transpose is not None and transpose.op_type == "Transpose" and _moves_channels_last(transpose)
         start = transpose.output[0] if channels_last else conv.output[0]
         channel_shape = (weight_shape[0],) if channels_last else (weight_shape[0], *[1] * (len(weight_shape) - 2))
         scale, shift, current, chain = np.ones(weight_shape[0]), np.zeros(weight_shape[0]), start, []
-        while (node := sole_reader(current)) is not None and node.op_type in _AFFINE_OPS:
+        while (node := _sole_reader(index, current)) is not None and node.op_type in _AFFINE_OPS:
             constant = _constant_operand(node, current, index.initializers, channel_shape)
             if constant is None:
                 break
@@ -47,18 +47,17 @@ def pads_into_convs(model: onnx.ModelProto) -> int:
     first) into the Conv's pads, so the Conv reads its quantized input as the runtime's integer kernel does;
     returns how many were folded."""
     index = GraphIndex(model.graph)
-    sole_reader = lambda name: readers[0] if len(readers := index.consumers.get(name, [])) == 1 else None
     folded = set()
     for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
-        reader = sole_reader(pad.output[0])
+        reader = _sole_reader(index, pad.output[0])
         transpose = reader if reader is not None and reader.op_type == "Transpose" else None
-        conv = sole_reader(transpose.output[0]) if transpose is not None else reader
+        conv = _sole_reader(index, transpose.output[0]) if transpose is not None else reader
         amounts = _zero_pad_amounts(pad, index)
         if conv is None or conv.op_type != "Conv" or amounts is None or \
-                any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in conv.attribute):
+                attribute(conv, "auto_pad", b"NOTSET") not in (b"", b"NOTSET"):
             continue
         rank = len(amounts) // 2
-        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None) if transpose else None
+        perm = attribute(transpose, "perm", None) if transpose is not None else None
         if transpose is not None and perm != [0, rank - 1, *range(1, rank - 1)]:
             continue
         begins, ends = amounts[:rank], amounts[rank:]
@@ -66,11 +65,8 @@ def pads_into_convs(model: onnx.ModelProto) -> int:
             begins, ends = [begins[p] for p in perm], [ends[p] for p in perm]
         if any(begins[:2]) or any(ends[:2]):
             continue
-        current = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0] * (2 * (rank - 2)))
-        merged = [c + a for c, a in zip(current, [*begins[2:], *ends[2:]])]
-        kept = [a for a in conv.attribute if a.name != "pads"]
-        del conv.attribute[:]
-        conv.attribute.extend([*kept, onnx.helper.make_attribute("pads", merged)])
+        current = attribute(conv, "pads", [0] * (2 * (rank - 2)))
+        set_attributes(conv, pads=[c + a for c, a in zip(current, [*begins[2:], *ends[2:]])])
         (transpose if transpose is not None else conv).input[0] = pad.input[0]
         folded.add(id(pad))
     return _drop(model, folded)
@@ -90,7 +86,7 @@ def static_pad_amounts(model: onnx.ModelProto) -> None:
     del probe.graph.output[:]
     names = list(dict.fromkeys(pad.input[1] for pad in computed))
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    run = session(probe.SerializeToString())
     amounts = [dict(zip(names, run.run(names, feed))) for feed in feeds]
     for pad in computed:
         small, large = (values[pad.input[1]] for values in amounts)
@@ -118,13 +114,19 @@ def _zero_inputs(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | 
 
 def _zero_pad_amounts(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
     """A Pad's amounts (begins, then ends, one per axis) where it pads with zeros in constant mode, else None."""
-    mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+    mode = attribute(pad, "mode", b"constant")
     value = index.constant(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0.0
     amounts = index.constant(pad.input[1]) if len(pad.input) > 1 else None
     if mode != b"constant" or value is None or np.any(np.asarray(value) != 0) or amounts is None or \
             (len(pad.input) > 3 and pad.input[3]):
         return None
     return [int(a) for a in np.ravel(amounts)]
+
+
+def _sole_reader(index: GraphIndex, name: str) -> onnx.NodeProto | None:
+    """The one node reading ``name``, if only one does."""
+    readers = index.consumers.get(name, [])
+    return readers[0] if len(readers) == 1 else None
 
 
 def _drop(model: onnx.ModelProto, nodes: set[int]) -> int:
@@ -137,7 +139,7 @@ def _drop(model: onnx.ModelProto, nodes: set[int]) -> int:
 
 
 def _moves_channels_last(transpose: onnx.NodeProto) -> bool:
-    perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+    perm = attribute(transpose, "perm", None)
     return perm is not None and len(perm) >= 3 and perm == [0, *range(2, len(perm)), 1]
 
 

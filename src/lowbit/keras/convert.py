@@ -64,8 +64,8 @@ def _bind_captured_constants(keras, model, proto: onnx.ModelProto) -> None:
     if len(proto.graph.input) <= taken:
         return
     function = get_concrete_fn(model, signature).get_concrete_function(*signature)
-    captured = {inner.name: outer.numpy() for outer, inner in function.graph.captures
-                if outer.dtype != require("tensorflow").resource}
+    resource = require("tensorflow").resource
+    captured = {inner.name: outer.numpy() for outer, inner in function.graph.captures if outer.dtype != resource}
     extra = [value for value in proto.graph.input if value.name in captured]
     if len(proto.graph.input) - len(extra) != taken:
         raise ModelLoadError(f"Keras model '{model.name}': its ONNX export takes {len(proto.graph.input)} inputs where "

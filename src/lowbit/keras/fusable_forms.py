@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lowbit.onnx.attributes import attribute, reduce_axes
 from lowbit.qdq.graph_index import GraphIndex, remove_unused
 
 
@@ -96,7 +97,7 @@ def spatial_means_as_global_pools(model: onnx.ModelProto) -> None:
         if axes != [2, 3]:
             nodes.append(node)
             continue
-        if next((a.i for a in node.attribute if a.name == "keepdims"), 1):
+        if attribute(node, "keepdims", 1):
             nodes.append(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=node.name))
             continue
         pooled = f"{node.output[0]}.pooled"
@@ -108,7 +109,6 @@ def spatial_means_as_global_pools(model: onnx.ModelProto) -> None:
 
 
 def _reduced_axes(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
-    """The sorted axes (of a 4-D input) a ReduceMean averages over: its axes input or attribute."""
-    axes = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else \
-        next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    return None if axes is None else sorted(int(a) % 4 for a in np.ravel(axes))
+    """The sorted axes (of a 4-D input) a ReduceMean averages over."""
+    axes = reduce_axes(node, index.constant)
+    return None if axes is None else sorted(a % 4 for a in axes)

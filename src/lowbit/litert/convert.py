@@ -13,7 +13,7 @@ import onnx
 from lowbit.errors import ExportError
 from lowbit.litert.flatbuffer import TfliteBuilder
 from lowbit.litert.qdq_reader import Grid, QdqGraph
-from lowbit.onnx.attributes import attribute
+from lowbit.onnx.attributes import attribute, reduce_axes
 
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 ACTIVATIONS = ("Relu", "Clip")
@@ -211,9 +211,8 @@ class _Conversion:
         """Whether a ReduceMean averages a 4-D NCHW tensor over its two spatial axes."""
         if len(self.graph.shape(node.input[0])) != 4:
             return False
-        axes = self.graph.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1] else \
-            attribute(node, "axes", None)
-        return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
+        axes = reduce_axes(node, lambda name: self.graph.constants.get(name))
+        return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
     def _code(self, activation: str) -> int:
         return getattr(self.builder.schema.ActivationFunctionType, activation)

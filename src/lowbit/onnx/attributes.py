@@ -32,3 +32,12 @@ def clip_bounds(initializers: dict, node: onnx.NodeProto) -> tuple[float, float]
             tensor = initializers.get(node.input[index])
             bounds[index - 1] = math.nan if tensor is None else float(numpy_helper.to_array(tensor).reshape(-1)[0])
     return bounds[0], bounds[1]
+
+
+def reduce_axes(node: onnx.NodeProto, constant) -> list[int] | None:
+    """The axes a Reduce* node reduces over: its axes input (``constant(name)`` gives its value, or None when it is
+    computed) or its attribute; None where neither is known."""
+    if len(node.input) > 1 and node.input[1]:
+        axes = constant(node.input[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    return attribute(node, "axes", None)

@@ -43,6 +43,16 @@ class GraphIndex:
         return None
 
 
+def dequantizer_through(index: GraphIndex, name: str, op_types) -> tuple[onnx.NodeProto | None, list[str]]:
+    """The DequantizeLinear that produces ``name`` through ops of ``op_types`` (None where another op does), and the
+    op types passed on the way."""
+    node, passed = index.producer.get(name), []
+    while node is not None and node.op_type in op_types:
+        passed.append(node.op_type)
+        node = index.producer.get(node.input[0])
+    return (node if node is not None and node.op_type == "DequantizeLinear" else None), passed
+
+
 def rename_tensors(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     """Rename initializers and Constant outputs (and every reference to them) in place."""
     if not renames:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from lowbit.qdq.graph_index import GraphIndex
+from lowbit.qdq.graph_index import GraphIndex, dequantizer_through
 
 CHAIN_OPS = ("Pad", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 KERNEL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -39,11 +39,8 @@ def requantize_after_pools(graph: onnx.GraphProto) -> None:
 
 def _dequantize_through_pool(index: GraphIndex, name: str) -> onnx.NodeProto | None:
     """The per-tensor DequantizeLinear ``name`` comes from through CHAIN_OPS including a MaxPool, else None."""
-    producer, pooled = index.producer.get(name), False
-    while producer is not None and producer.op_type in CHAIN_OPS:
-        pooled = pooled or producer.op_type == "MaxPool"
-        producer = index.producer.get(producer.input[0])
-    if not pooled or producer is None or producer.op_type != "DequantizeLinear":
+    dequantize, passed = dequantizer_through(index, name, CHAIN_OPS)
+    if dequantize is None or "MaxPool" not in passed:
         return None
-    scale = index.constant(producer.input[1])
-    return producer if scale is not None and scale.size == 1 else None
+    scale = index.constant(dequantize.input[1])
+    return dequantize if scale is not None and scale.size == 1 else None

@@ -7,7 +7,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from lowbit.qdq.graph_index import GraphIndex
+from lowbit.qdq.graph_index import GraphIndex, dequantizer_through
 from lowbit.qdq.storage import onnx_storage
 from lowbit.target import PASSTHROUGH_OPS
 from lowbit.quant.encoding import Encoding
@@ -77,7 +77,7 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3:
             continue
-        dequantizers = [_dequantizer(index, name) for name in node.input[:2]]
+        dequantizers = [dequantizer_through(index, name, PASSTHROUGH_OPS)[0] for name in node.input[:2]]
         scales = [index.constant(dq.input[1]) if dq is not None else None for dq in dequantizers]
         bias = index.constant(node.input[2])
         if any(s is None for s in scales) or bias is None or scales[0].size != 1:
@@ -98,14 +98,6 @@ def quantize_biases(graph: onnx.GraphProto) -> None:
             [f"{name}_dequantized"], axis=0))
         node.input[2] = f"{name}_dequantized"
     _sort_topologically(graph)
-
-
-def _dequantizer(index: GraphIndex, name: str) -> onnx.NodeProto | None:
-    """The DequantizeLinear that produces ``name``, looking through pass-through ops."""
-    node = index.producer.get(name)
-    while node is not None and node.op_type in PASSTHROUGH_OPS:
-        node = index.producer.get(node.input[0])
-    return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
 def _redirect(graph: onnx.GraphProto, old: str, new: str) -> None:
