@@ -52,7 +52,7 @@ def test_compress_meets_the_mac_target_and_leaves_the_model_alone(tmp_path):
     assert result.params == (before.params, after.params) and after.params < before.params
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     for name, (method, kept, full) in result.ratios.items():
-        assert kept < full and (full < 16 or kept % 8 == 0), (name, kept, full)  # blocked kernels' channel counts
+        assert kept < full and (full < 32 or kept % 16 == 0), (name, kept, full)  # blocked kernels' channel counts
         if method == "channel_pruning":
             assert result.model.get_submodule(name).weight.shape[1] == kept
         else:
@@ -66,7 +66,7 @@ def test_compress_meets_the_mac_target_and_leaves_the_model_alone(tmp_path):
 def test_fine_tuning_lowers_the_distillation_loss():
     model, data = _setting()
     score = _negative_loss(model, model, data)
-    result = lowbit.compress(model, data, macs=0.6, fine_tune_steps=30, lr=1e-3, eval_fn=score, out_dir=None)
+    result = lowbit.compress(model, data, macs=0.6, fine_tune_steps=30, lr=1e-4, eval_fn=score, out_dir=None)
     assert result.score[1] > result.score[0], result.score
 
 

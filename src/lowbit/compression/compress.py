@@ -24,10 +24,10 @@ from lowbit.training.loop import agreement_score, distillation_loss, train
 METHODS = ("spatial_svd", "weight_svd", "channel_pruning")
 CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 """The fractions of a layer's MACs (SVD) or input channels (pruning) each layer is scored at."""
-CHANNEL_MULTIPLE = 8
-"""Kept channels and ranks are multiples of this: onnxruntime 1.32 runs a convolution in its blocked NCHWc layout only
-when its channel counts are multiples of 4 (a 1×1 → depthwise → 1×1 chain of 78 channels fell back to plain kernels
-in all but one layer, one of 76 or 80 did not); 8 leaves room for runtimes with wider vectors."""
+CHANNEL_MULTIPLE = 16
+"""Kept channels and ranks are multiples of this: onnxruntime's int8 depthwise kernel and its blocked NCHWc layout
+(16-wide on AVX-512) take whole blocks of 16 channels; a MobileNet chain of 88 hidden channels ran slower in int8 than
+one of 96 (``bench/bench_channel_alignment.py``, docs/compression.md)."""
 DEFAULT_LR = 1e-5
 """Fine-tuning a trained network on few images: ten times this rate unlearns what the images do not show
 (docs/compression.md)."""
