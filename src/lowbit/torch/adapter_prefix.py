@@ -78,6 +78,6 @@ def _read_before(model: nn.Module, batches: list, before: list[fx.Node],
         if isinstance(value, torch.Tensor):
             read.append(value)
         elif isinstance(value, nn.Module) and value not in adapter_quantizers:
-            read.extend(value.state_dict().values())
+            read.extend(itertools.chain(value.parameters(), value.buffers()))
             modes.extend(m.mode for m in value.modules() if isinstance(m, Quantizer))
     return read, ",".join(modes)
