@@ -44,7 +44,7 @@ def main() -> None:
             _, fp32 = write_model_files(model, x[:2], Path(tmp), f"fp32-{hidden}")
             int8 = lowbit.quantize(model, [x[:8]]).export(Path(tmp), name=f"int8-{hidden}").qdq_onnx
             for kind, path in (("fp32", fp32), ("int8", int8)):
-                run = session(path)
+                run = session(path, threads=_common.THREADS, spinning=False)
                 feed = {run.get_inputs()[0].name: x.numpy()}
                 calls[(kind, hidden)] = lambda run=run, feed=feed: run.run(None, feed)
         times = _common.alternated_times(calls, REPEATS, warmup=3)

@@ -41,8 +41,8 @@ def main() -> None:
         for target in TARGETS:
             sim = lowbit.quantize(model, calib, target=target, scheme="minmax")
             fp32_path, _, qdq_path = sim.export(Path(tmp) / target, name="mobilenet_v2")
-            fp32 = session(fp32_path, threads=_common.THREADS)
-            qdq = session(qdq_path, threads=_common.THREADS)
+            fp32 = session(fp32_path, threads=_common.THREADS, spinning=False)
+            qdq = session(qdq_path, threads=_common.THREADS, spinning=False)
             results[target] = {}
             for batch, x in inputs.items():
                 feed_f, feed_q = feeds(fp32, x), feeds(qdq, x)

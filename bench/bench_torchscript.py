@@ -35,7 +35,7 @@ EVALUATION_IMAGES = 512
 def model_row(name: str, calib, evals, tmp: Path) -> dict:
     sim = lowbit.quantize(MODELS[name]().eval(), calib, target="default")
     scripted = torch.jit.load(str(sim.export_torchscript(tmp / f"{name}.pt")))
-    qdq = session(sim.export(tmp, name).qdq_onnx, threads=_common.THREADS)
+    qdq = session(sim.export(tmp, name).qdq_onnx, threads=_common.THREADS, spinning=False)
     with torch.no_grad():
         simulated = torch.cat([sim(b) for b in evals])
         traced = torch.cat([scripted(b) for b in evals])

@@ -9,12 +9,16 @@ import torch
 from lowbit.data import as_call
 
 
-def session(path, threads: int | None = None, optimize: bool = True,
-            memory_pattern: bool = True) -> ort.InferenceSession:
+def session(path, threads: int | None = None, optimize: bool = True, memory_pattern: bool = True,
+            spinning: bool = True) -> ort.InferenceSession:
     """A CPU InferenceSession for ``path`` or serialized model bytes (all graph optimisations on unless
-    ``optimize=False``; ``memory_pattern=False`` skips planning buffers from the first runs' shapes)."""
+    ``optimize=False``; ``memory_pattern=False`` skips planning buffers from the first runs' shapes;
+    ``spinning=False``: its threads sleep after a run instead of busy-waiting for the next one, which takes the
+    cores from whatever runs in between)."""
     options = ort.SessionOptions()
     options.enable_mem_pattern = memory_pattern
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     if not optimize:
