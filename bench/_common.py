@@ -70,6 +70,13 @@ def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def timed_session(path):
+    """An onnxruntime session for timing in turn with others: THREADS threads that sleep after a run instead of
+    busy-waiting, which would take the cores from whatever is timed next."""
+    from lowbit.runtime import session
+    return session(path, threads=THREADS, spinning=False)
+
+
 def alternated_times(calls: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Wall seconds of each of ``calls`` (name → function), the calls alternated within every round
     so machine noise hits all alike; ``warmup`` untimed rounds first."""

@@ -21,7 +21,6 @@ from torch import nn  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.compression.files import write_model_files  # noqa: E402
-from lowbit.runtime import session  # noqa: E402
 
 WIDTHS = range(64, 161, 8)
 CHANNELS, SIZE, BATCH, REPEATS = 32, 28, 32, 30
@@ -44,7 +43,7 @@ def main() -> None:
             _, fp32 = write_model_files(model, x[:2], Path(tmp), f"fp32-{hidden}")
             int8 = lowbit.quantize(model, [x[:8]]).export(Path(tmp), name=f"int8-{hidden}").qdq_onnx
             for kind, path in (("fp32", fp32), ("int8", int8)):
-                run = session(path, threads=_common.THREADS, spinning=False)
+                run = _common.timed_session(path)
                 feed = {run.get_inputs()[0].name: x.numpy()}
                 calls[(kind, hidden)] = lambda run=run, feed=feed: run.run(None, feed)
         times = _common.alternated_times(calls, REPEATS, warmup=3)

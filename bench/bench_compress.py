@@ -27,13 +27,12 @@ import torch  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.compression.files import write_model_files  # noqa: E402
-from lowbit.runtime import session  # noqa: E402
 
 
 def latencies(paths: dict[str, Path], batch: int, repeats: int = 20) -> dict[str, float]:
     """Median milliseconds of each ONNX file on one batch of ``batch`` images, the sessions alternated."""
     x = torch.randn(batch, 3, 224, 224).numpy()
-    sessions = {name: session(path, threads=_common.THREADS, spinning=False) for name, path in paths.items()}
+    sessions = {name: _common.timed_session(path) for name, path in paths.items()}
     calls = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for name, s in sessions.items()}
     times = _common.alternated_times(calls, repeats, warmup=2)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit.runtime import feeds, session  # noqa: E402
+from lowbit.runtime import feeds  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
 TARGETS = ("cpu-int8", "default")
@@ -41,8 +41,8 @@ def main() -> None:
         for target in TARGETS:
             sim = lowbit.quantize(model, calib, target=target, scheme="minmax")
             fp32_path, _, qdq_path = sim.export(Path(tmp) / target, name="mobilenet_v2")
-            fp32 = session(fp32_path, threads=_common.THREADS, spinning=False)
-            qdq = session(qdq_path, threads=_common.THREADS, spinning=False)
+            fp32 = _common.timed_session(fp32_path)
+            qdq = _common.timed_session(qdq_path)
             results[target] = {}
             for batch, x in inputs.items():
                 feed_f, feed_q = feeds(fp32, x), feeds(qdq, x)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.fidelity import output_lsb  # noqa: E402
-from lowbit.runtime import feeds, session  # noqa: E402
+from lowbit.runtime import feeds  # noqa: E402
 from lowbit.zoo import pretrained_efficientnet_lite0, pretrained_mobilenet_v2  # noqa: E402
 
 MODELS = {"mobilenet_v2": pretrained_mobilenet_v2, "efficientnet_lite0": pretrained_efficientnet_lite0}
@@ -35,7 +35,7 @@ EVALUATION_IMAGES = 512
 def model_row(name: str, calib, evals, tmp: Path) -> dict:
     sim = lowbit.quantize(MODELS[name]().eval(), calib, target="default")
     scripted = torch.jit.load(str(sim.export_torchscript(tmp / f"{name}.pt")))
-    qdq = session(sim.export(tmp, name).qdq_onnx, threads=_common.THREADS, spinning=False)
+    qdq = _common.timed_session(sim.export(tmp, name).qdq_onnx)
     with torch.no_grad():
         simulated = torch.cat([sim(b) for b in evals])
         traced = torch.cat([scripted(b) for b in evals])

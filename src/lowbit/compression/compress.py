@@ -28,6 +28,9 @@ CHANNEL_MULTIPLE = 16
 """Kept channels and ranks are multiples of this: onnxruntime's int8 depthwise kernel and its blocked NCHWc layout
 (16-wide on AVX-512) take whole blocks of 16 channels; a MobileNet chain of 88 hidden channels ran slower in int8 than
 one of 96 (``bench/bench_channel_alignment.py``, docs/compression.md)."""
+MIN_SPATIAL_SVD_INPUTS = 8
+"""Convolutions with fewer input channels are not spatial-SVD'd: the k×1 half is too thin to run faster (the RGB
+convolution's split ran slower than the original in int8)."""
 DEFAULT_LR = 1e-5
 """Fine-tuning a trained network on few images: ten times this rate unlearns what the images do not show
 (docs/compression.md)."""
@@ -84,7 +87,7 @@ def _methods_for(name: str, layer: nn.Module, chains: dict, methods) -> tuple[di
                 applies[method] = layer.weight.shape[1]
             else:
                 reasons.append(f"channel pruning: {chain or 'not a dense layer'}")
-        elif method == "spatial_svd" and isinstance(layer, nn.Conv2d) and layer.in_channels < CHANNEL_MULTIPLE:
+        elif method == "spatial_svd" and isinstance(layer, nn.Conv2d) and layer.in_channels < MIN_SPATIAL_SVD_INPUTS:
             reasons.append(f"spatial SVD: {layer.in_channels} input channels make a k×1 layer too thin to run faster")
         elif method == "spatial_svd" and dense and isinstance(layer, nn.Conv2d) and min(layer.kernel_size) > 1:
             out_channels, in_channels, height, width = layer.weight.shape
