@@ -26,7 +26,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit.torch.adaround import _identity, _round_layer  # noqa: E402
+from lowbit.torch.adaround import _round_layer  # noqa: E402
 from lowbit.algorithms.block_rounding import round_block  # noqa: E402
 from lowbit.torch.graph_blocks import block_module  # noqa: E402
 from lowbit.torch.layer_activation import following_activation  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
         wrappers = [sim.model.get_submodule(n) for n in (block.layers if block else (name,))]
         originals = [w.layer.weight.detach().clone() for w in wrappers]
         if block is None:
-            activation = following_activation(sim.model, name) or _identity
+            activation = following_activation(sim.model, name) or torch.nn.Identity()
             collected = inputs.collect(name, 16384, 512 << 20, generator, "rows")
             run = lambda cache, count: _round_layer(name, wrappers[0], cache, activation, count, 1024, 1e-2,
                                                     0.01, 0.2, generator)

@@ -35,14 +35,15 @@ _scheme_option = click.option("--scheme", type=click.Choice(["minmax", "mean_min
                               default="minmax", show_default=True, help="How activation ranges are chosen.")
 
 
-def _load(model: str, data_path, target: str, batch_size: int, shape=None, eval_fn: str | None = None):
-    """Check --target, then (model, batches, eval function): ONNX files stay paths, other models are loaded."""
+def _load(model: str, data_path, target: str, batch_size: int, input_shape=None, eval_fn: str | None = None):
+    """Check --input-shape and --target, then (model, batches, eval function): ONNX files stay paths, others load."""
     import lowbit
-    from lowbit.cli_data import read_data
+    from lowbit.cli_data import parse_shape, read_data
     from lowbit.cli_inputs import import_attribute, load_model
     from lowbit.frontend import is_onnx_model
     from lowbit.keras import is_keras_model
 
+    shape = parse_shape(input_shape)
     lowbit.load_target(target)
     batches = read_data(data_path, batch_size, model, shape)
     function = import_attribute(eval_fn, "--eval-fn") if eval_fn else None
@@ -116,9 +117,8 @@ def quantize(model, data_path, out_dir, target, param_bits, act_bits, scheme, ba
     (a `.keras` file or a TensorFlow SavedModel folder; NHWC images from an image folder).
     """
     import lowbit
-    from lowbit.cli_data import parse_shape
 
-    net, batches, _ = _load(model, data_path, target, batch_size, parse_shape(input_shape))
+    net, batches, _ = _load(model, data_path, target, batch_size, input_shape)
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme,
                           num_batches=num_batches, techniques=[t for t in techniques.split(",") if t],
                           runtime=runtime)
@@ -143,11 +143,10 @@ def qat(model, data_path, out_dir, target, param_bits, act_bits, scheme, steps, 
     MODEL is a PyTorch model as for `lowbit quantize` (`module:factory`, TorchScript, `.pt2`).
     """
     import lowbit
-    from lowbit.cli_data import parse_shape
     from lowbit.distributed import joined_from_environment, writes_files
 
     joined_from_environment()
-    net, batches, _ = _load(model, data_path, target, batch_size, parse_shape(input_shape))
+    net, batches, _ = _load(model, data_path, target, batch_size, input_shape)
     sim = lowbit.quantize(net, batches, target=target, param_bits=param_bits, act_bits=act_bits, scheme=scheme)
     result = lowbit.qat(sim, batches, steps=steps, epochs=epochs, lr=lr)
     sim.technique_results += (str(result),)
@@ -173,14 +172,12 @@ def compress(model, data_path, out_dir, macs, methods, fine_tune_steps, lr, batc
     """Compress MODEL (a PyTorch model, as for `lowbit quantize`) to about --macs of its MACs on --data, fine-tune
     it by distillation, and write it to --out as NAME.pt2 and NAME.onnx with the report compression.html."""
     import lowbit
-    from lowbit.cli_data import parse_shape
     from lowbit.compression.files import write_model_files
-    from lowbit.errors import InputError
     from lowbit.frontend import is_onnx_model
 
     if is_onnx_model(model):
         raise InputError("compress takes a PyTorch model (module:factory, TorchScript or .pt2), not an ONNX file")
-    net, batches, _ = _load(model, data_path, "default", batch_size, parse_shape(input_shape))
+    net, batches, _ = _load(model, data_path, "default", batch_size, input_shape)
     result = lowbit.compress(net, batches, macs=macs, methods=tuple(m for m in methods.split(",") if m),
                              fine_tune_steps=fine_tune_steps, lr=lr, out_dir=out_dir)
     first = batches[0]

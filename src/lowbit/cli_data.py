@@ -112,9 +112,8 @@ def _image_size(model: str, shape: tuple[int, ...] | None) -> tuple[int, int]:
     if not model.endswith(".onnx"):
         return DEFAULT_IMAGE_SIZE
     from lowbit.onnx import load_model
-    graph = load_model(model).graph
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    from lowbit.onnx.feeds import GraphInputs
+    inputs = GraphInputs(load_model(model)).values
     if len(inputs) > 1:
         raise DataError(f"'{model}' has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}): give --data "
                         f"as a .npz file or a .pt dict of arrays keyed by input name")

@@ -12,7 +12,7 @@ import lowbit
 from lowbit.atomic import atomic_write_text
 from lowbit.fidelity import measure_fidelity
 from lowbit.progress import progress
-from lowbit.runtime import feeds, run, session
+from lowbit.runtime import run, session
 from lowbit.speed import median_ms
 from lowbit.zoo import augmented, calibration_photos, labelled_photos, photos_to_batch, pretrained_mobilenet_v2
 
@@ -75,8 +75,7 @@ def _latencies(fp32_path, int8_path, images: torch.Tensor, runs: int) -> dict:
     for label, path in (("fp32", fp32_path), ("int8", int8_path)):
         runtime = session(path, threads=2)
         for batch in (1, 32):
-            feed = feeds(runtime, images[:batch])
-            result[f"{label}_batch{batch}"] = median_ms(lambda: runtime.run(None, feed), runs, max(1, runs // 5))
+            result[f"{label}_batch{batch}"] = median_ms(runtime, images[:batch], runs, max(1, runs // 5))
     return result
 
 

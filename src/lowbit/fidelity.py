@@ -105,21 +105,19 @@ class _OutputTally:
             self.count += flat_sim.shape[0]
 
 
-def measure_fidelity(sim, qdq_path, data, transform=None, num_batches: int | None = None,
-                     threads: int | None = None) -> Fidelity:
+def measure_fidelity(sim, qdq_path, data, threads: int | None = None) -> Fidelity:
     """Run the sim and onnxruntime (integer kernels) on the same batches and compare every output."""
     runtime = session(qdq_path, threads=threads)
-    return compare_outputs(sim, [o.name for o in runtime.get_outputs()], lambda item: run(runtime, item), data,
-                           transform, num_batches)
+    return compare_outputs(sim, [o.name for o in runtime.get_outputs()], lambda item: run(runtime, item), data)
 
 
-def compare_outputs(sim, names: list[str], execute, data, transform=None, num_batches: int | None = None) -> Fidelity:
+def compare_outputs(sim, names: list[str], execute, data) -> Fidelity:
     """Run the sim and ``execute`` (a runtime: batch as given → its outputs as arrays) on the same batches and compare
     every output."""
     tallies = [_OutputTally() for _ in names]
     device = next(iter(sim.parameters()), torch.empty(0)).device if hasattr(sim, "parameters") else "cpu"
     with torch.no_grad():
-        for args, kwargs in progress(checked_calls(data, transform, num_batches), "fidelity"):
+        for args, kwargs in progress(checked_calls(data), "fidelity"):
             item = kwargs if kwargs else args
             args, kwargs = move_call(args, kwargs, device)
             for tally, value, executed in zip(tallies, output_arrays(sim(*args, **kwargs)), execute(item)):

@@ -52,7 +52,7 @@ def measure_speed(float_path, qdq_path, batch, runs: int = 20) -> Speed:
         options.log_severity_level = 3
         quantized = ort.InferenceSession(str(qdq_path), options, providers=["CPUExecutionProvider"])
         float_ops = float_ops_between_qdq(onnx.load(str(optimised)))
-    return Speed(_median_ms(session(float_path), sample, runs), _median_ms(quantized, sample, runs), float_ops)
+    return Speed(median_ms(session(float_path), sample, runs), median_ms(quantized, sample, runs), float_ops)
 
 
 def float_ops_between_qdq(model: onnx.ModelProto) -> dict[str, int]:
@@ -73,20 +73,15 @@ def _first_sample(batch):
     return batch_of(map_call(lambda v: v[:1] if getattr(v, "ndim", 0) > 0 else v, args, kwargs))
 
 
-def _median_ms(runtime: ort.InferenceSession, sample, runs: int) -> float:
-    """Median latency (ms) of ``runtime`` on ``sample`` over ``runs``, after three warm-up runs."""
+def median_ms(runtime: ort.InferenceSession, sample, runs: int, warmups: int = 3) -> float:
+    """Median latency (ms) of ``runtime`` on ``sample`` over ``runs`` runs, after ``warmups`` untimed ones."""
     values = feeds(runtime, sample)
-    return median_ms(lambda: runtime.run(None, values), runs, warmups=3)
-
-
-def median_ms(call, runs: int, warmups: int) -> float:
-    """Median wall time of ``call()`` in milliseconds over ``runs`` calls, after ``warmups`` untimed ones."""
     for _ in range(warmups):
-        call()
+        runtime.run(None, values)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        call()
+        runtime.run(None, values)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
 

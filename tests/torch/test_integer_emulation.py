@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.quant.encoding import Encoding
 from lowbit.quant.spec import QuantSpec
-from lowbit.torch.integer_emulation import requantized_add, requantized_conv
+from lowbit.torch.integer_emulation import conv_requantization, requantize_grid, requantized_add_grid
 
 RNG = np.random.default_rng(0)
 
@@ -54,8 +54,8 @@ def test_add_matches_qlinearadd(scales):
     b = RNG.normal(0, 2, a.shape).astype(np.float32)
     expected = _run(_add_nodes(), {"a": a, "b": b}, dict(sa=sa, za=za, sb=sb, zb=zb, sc=sc, zc=zc)).astype(np.int64)
     a_grid, b_grid = _on_grid(a, sa, int(za)), _on_grid(b, sb, int(zb))
-    result = requantized_add(torch.from_numpy(a_grid), torch.from_numpy(b_grid), _activation(sa, int(za)),
-                             _activation(sb, int(zb)), _activation(sc, int(zc)))
+    result = requantized_add_grid(torch.from_numpy(a_grid), torch.from_numpy(b_grid), _activation(sa, int(za)),
+                                  _activation(sb, int(zb)), _activation(sc, int(zc)))[0]
     got = torch.round(result / float(sc)).to(torch.int64).numpy() + int(zc)
     assert (got == expected).all(), f"{int((got != expected).sum())} of {got.size} values differ"
 
@@ -83,8 +83,9 @@ def test_conv_matches_qlinearconv(groups):
     real_weight = torch.from_numpy(weight.astype(np.float32)) * torch.from_numpy(w_scale).reshape(-1, 1, 1, 1)
     real_bias = torch.from_numpy(bias.astype(np.float32)) * (float(sx) * torch.from_numpy(w_scale))
     convolve = lambda inputs, weights, b: F.conv2d(inputs, weights, b, padding=1, groups=groups)
-    result = requantized_conv(convolve, x_grid, real_weight, real_bias, _activation(sx, int(zx)), weight_encoding,
-                              _activation(sy, int(zy)))
+    integer_form = conv_requantization(real_weight, real_bias, _activation(sx, int(zx)), weight_encoding,
+                                       _activation(sy, int(zy)))
+    result = requantize_grid(convolve, x_grid, integer_form)[0]
     got = torch.round(result / float(sy)).to(torch.int64).numpy() + int(zy)
     assert (got == expected).all(), f"{int((got != expected).sum())} of {got.size} values differ"
 
@@ -105,7 +106,7 @@ def test_add_matches_qlinearadd_on_every_input_pair(signed):
         expected = _run(_add_nodes(), {"a": a, "b": b}, dict(sa=sa, sb=sb, sc=sc, **zeros),
                         TensorProto.INT8 if signed else TensorProto.UINT8).astype(np.int64)
         encodings = [_signed(s) if signed else _activation(s, z) for s, z in ((sa, za), (sb, zb), (sc, zc))]
-        result = requantized_add(torch.from_numpy(a), torch.from_numpy(b), *encodings)
+        result = requantized_add_grid(torch.from_numpy(a), torch.from_numpy(b), *encodings)[0]
         got = torch.round(result / float(sc)).to(torch.int64).numpy() + zc
         assert (got == expected).all(), f"{int((got != expected).sum())} of {got.size} values differ"
 

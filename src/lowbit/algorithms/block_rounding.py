@@ -63,8 +63,7 @@ def _set_weights(wrappers: list, weights: list[torch.Tensor]) -> None:
         wrapper.layer.weight.copy_(weight)
 
 
-def _block_mse(module: torch.nn.Module, wrappers: list, weights: list[torch.Tensor],
-               cache: RowCache, chunk: int = 32) -> float:
-    """Mean squared error of the block's output (as the sim computes it) with ``weights`` written in."""
+def _block_mse(module: torch.nn.Module, wrappers: list, weights: list[torch.Tensor], cache: RowCache) -> float:
+    """Mean squared error of the block's output (as the sim computes it) with ``weights`` written in, 32 rows a pass."""
     _set_weights(wrappers, weights)
-    return cache.mean_squared(lambda inputs, targets: module(channels_last(inputs)) - targets, weights[0].device, chunk)
+    return cache.mean_squared(lambda inputs, targets: module(channels_last(inputs)) - targets, weights[0].device, 32)

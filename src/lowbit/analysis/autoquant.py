@@ -7,7 +7,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -53,7 +53,6 @@ class AutoQuantResult:
     stages: list[Stage]
     export_paths: object = None
     report_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         verdict = "meets" if self.met else "does not meet"

@@ -4,7 +4,7 @@ by step, the layer losing least score per BOP saved, to the cheapest point meeti
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -43,7 +43,6 @@ class MixedPrecisionResult:
     phase1: dict[str, dict[tuple[int, int], float]]
     seconds: float
     report_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         if self.chosen is None:

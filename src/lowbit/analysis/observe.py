@@ -28,12 +28,8 @@ class ActivationView:
 
 def weight_ranges(sim, groups) -> dict[str, tuple[list[float], list[float]]]:
     """Per layer with a weight: each output channel's (min, max), on the quantizer's channel axis."""
-    ranges = {}
-    for group in groups:
-        if group.weights:
-            point = sim.point(group.weights[0])
-            ranges[group.name] = channel_ranges(sim.weight(point.key).detach().float().cpu(), point.spec)
-    return ranges
+    return {group.name: channel_ranges(sim.weight(point.key).detach().float().cpu(), point.spec)
+            for group in groups if group.weights for point in [sim.point(group.weights[0])]}
 
 
 def channel_ranges(weight: torch.Tensor, spec) -> tuple[list[float], list[float]]:

@@ -23,16 +23,16 @@ class Block:
 def graph_blocks(view: GraphView, layer_of: Callable[[Op], str | None], max_layers: int) -> list[Block]:
     """Single-input single-output spans, consecutive ones merged while a block calls at most ``max_layers``
     layers; a span calling none joins the block before it (so a block ends after its activations)."""
-    blocks: list[tuple[int, int, Block]] = []
+    blocks: list[tuple[int, Block]] = []  # (stop, block)
     for start, stop, span in _spans(view, layer_of):
-        previous = blocks[-1][2] if blocks else None
-        if previous is not None and blocks[-1][1] == start and (
+        previous = blocks[-1][1] if blocks else None
+        if previous is not None and blocks[-1][0] == start and (
                 not span.layers or not previous.layers or len(previous.layers) + len(span.layers) <= max_layers):
             merged = Block(previous.ops + span.ops, previous.input, span.output, previous.layers + span.layers)
-            blocks[-1] = (blocks[-1][0], stop, merged)
+            blocks[-1] = (stop, merged)
         else:
-            blocks.append((start, stop, span))
-    return [block for _, _, block in blocks if block.layers]
+            blocks.append((stop, span))
+    return [block for _, block in blocks if block.layers]
 
 
 def rounding_units(blocks: list[Block] | None, names: list[str], max_layers: int) -> list[tuple[tuple[str, ...], Block | None]]:

@@ -38,9 +38,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     if granularity not in ("layer", "block"):
         raise SpecError(f"adaround granularity must be 'layer' or 'block', not {granularity!r}")
     start = time.perf_counter()
-    rows, layers, skipped = _prepare(sim, data, transform, num_batches)
+    rows, layers, skipped, facts = _prepare(sim, data, transform, num_batches)
     generator = torch.Generator().manual_seed(seed)
-    facts = GraphFacts(sim.model)
     by_name = {layer.name: (layer, quantizer) for layer, quantizer in layers}
     nodes = {node.name: node for node in facts.graph.node}
     blocks = None
@@ -86,7 +85,7 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
     frozen into the weight quantizer. Activation encodings are left as calibrated."""
     check_options(loss, num_candidates, max_rows)
     start = time.perf_counter()
-    rows, layers, skipped = _prepare(sim, data, transform, num_batches)
+    rows, layers, skipped, _ = _prepare(sim, data, transform, num_batches)
     generator = torch.Generator().manual_seed(0)
     optimized, before, after = [], [], []
     for layer, quantizer in layers:
@@ -107,8 +106,8 @@ def sequential_mse(sim, data, num_candidates: int = 20, loss: str = "mse", num_b
 
 
 def _prepare(sim, data, transform, num_batches):
-    """Rows collector, the (layer, weight quantizer) pairs to optimise in graph order, and the skipped
-    weight-quantized nodes with the reason."""
+    """Rows collector, the (layer, weight quantizer) pairs to optimise in graph order, the skipped
+    weight-quantized nodes with the reason, and the GraphFacts of ``sim.model`` the layers were read from."""
     if not sim.is_calibrated:
         raise NotCalibratedError("this technique needs a calibrated sim: call sim.calibrate(data) first")
     feeds = sim.feeds_of(data, transform, num_batches)
@@ -132,7 +131,7 @@ def _prepare(sim, data, transform, num_batches):
             layers.append((layer, weights[node.name]))
         else:
             skipped[node.name] = reason
-    return LayerRows(sim, feeds, reference), layers, skipped
+    return LayerRows(sim, feeds, reference), layers, skipped, facts
 
 
 def _in_layout(encoding: Encoding, layer: WeightedLayer) -> Encoding:

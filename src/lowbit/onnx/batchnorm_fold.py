@@ -39,11 +39,7 @@ def fold_with_statistics(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         gamma, beta, mean, var = (numpy_helper.to_array(facts.initializers[n]).astype(np.float64)
                                   for n in bn.input[1:5])
         scale = gamma / np.sqrt(var + attribute(bn, "epsilon", 1e-5))  # BN as y = scale · x + shift per channel
-        _fold_into(graph, facts, layer, scale, beta - mean * scale)
-        for value in [v for v in graph.value_info if v.name == layer.output[0]]:
-            graph.value_info.remove(value)
-        layer.output[0] = bn.output[0]
-        graph.node.remove(bn)
+        _fold_into(graph, facts, layer, bn, scale, beta - mean * scale)
         folded.append((layer.name, bn.name))
         statistics[bn.output[0]] = (torch.from_numpy(beta), torch.from_numpy(gamma).abs())
     folded += _fold_affine(result)
@@ -64,11 +60,7 @@ def _fold_affine(model: onnx.ModelProto) -> list[tuple[str, str]]:
         node, layer, vector = found
         ones, zeros = np.ones_like(vector), np.zeros_like(vector)
         shift = -vector if node.op_type == "Sub" else vector
-        _fold_into(graph, facts, layer, *((vector, zeros) if node.op_type == "Mul" else (ones, shift)))
-        for value in [v for v in graph.value_info if v.name == layer.output[0]]:
-            graph.value_info.remove(value)
-        layer.output[0] = node.output[0]
-        graph.node.remove(node)
+        _fold_into(graph, facts, layer, node, *((vector, zeros) if node.op_type == "Mul" else (ones, shift)))
         folded.append((layer.name, node.name))
 
 
@@ -89,7 +81,8 @@ def _affine_operand(facts: GraphFacts, node: onnx.NodeProto, ranks: dict[str, in
             continue  # ConvTranspose's groups: not worth the case
         if layer.op_type == "MatMul" and not (len(facts.initializers[layer.input[1]].dims) == rank == 2):
             continue  # a batched MatMul's channels are not its output's axis 1
-        channels = _output_channels(facts, layer)
+        weight = facts.initializers[layer.input[1]]
+        channels = weight.dims[weight_axis(layer, weight)]
         value = numpy_helper.to_array(tensor).astype(np.float64)
         if rank is None or value.ndim > rank or (layer.input[2:] and layer.input[2] not in facts.initializers):
             continue
@@ -97,11 +90,6 @@ def _affine_operand(facts: GraphFacts, node: onnx.NodeProto, ranks: dict[str, in
         if all(size == 1 for axis, size in enumerate(shape) if axis != 1) and shape[1] in (1, channels):
             return layer, np.broadcast_to(value.reshape(-1), (channels,)).copy()
     return None, None
-
-
-def _output_channels(facts: GraphFacts, layer: onnx.NodeProto) -> int:
-    weight = facts.initializers[layer.input[1]]
-    return weight.dims[weight_axis(layer, weight)]
 
 
 def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto, ranks: dict[str, int]) -> bool:
@@ -124,8 +112,10 @@ def _foldable(facts: GraphFacts, layer: onnx.NodeProto, bn: onnx.NodeProto, rank
     return layer.op_type != "ConvTranspose" or attribute(layer, "group", 1) == 1
 
 
-def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto, scale, shift) -> None:
-    """Scale the layer's weight along its output channels and give it the folded bias."""
+def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto, folded: onnx.NodeProto, scale,
+               shift) -> None:
+    """Scale the layer's weight along its output channels, give it the folded bias, and have it write the output of
+    ``folded`` (removed from the graph)."""
     stored = numpy_helper.to_array(facts.initializers[layer.input[1]])
     weight, dtype = stored.astype(np.float64), stored.dtype
     if layer.op_type == "Gemm":
@@ -147,6 +137,10 @@ def _fold_into(graph: onnx.GraphProto, facts: GraphFacts, layer: onnx.NodeProto,
         layer.input[2] = bias_name
     else:
         layer.input.append(bias_name)
+    for value in [v for v in graph.value_info if v.name == layer.output[0]]:
+        graph.value_info.remove(value)
+    layer.output[0] = folded.output[0]
+    graph.node.remove(folded)
 
 
 def _free_name(name: str, taken: set[str]) -> str:

@@ -9,65 +9,57 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.kernels import fixed_point_add_parameters
-
-STORED_RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}
+from lowbit.qdq.graph_index import GraphIndex
 
 
 def fixed_point_adds(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every per-tensor 8-bit quantized addition in XNNPACK's fixed point."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                      if n.op_type == "Constant"})
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    index = GraphIndex(graph)
     for add in [n for n in graph.node if n.op_type == "Add"]:
-        pattern = _pattern(add, producers, consumers, constants, {o.name for o in graph.output})
+        pattern = _pattern(add, index, {o.name for o in graph.output})
         if pattern is None:
             continue
         dequantized, relu, quantize = pattern
         position = list(graph.node).index(add)  # its inputs exist there; what reads the Q output comes later
         for node in [n for n in (add, relu, quantize) if n is not None]:
             graph.node.remove(node)
-        for offset, node in enumerate(_arithmetic(dequantized, relu is not None, quantize, constants)):
+        for offset, node in enumerate(_arithmetic(dequantized, relu is not None, quantize, index)):
             graph.node.insert(position + offset, node)
     return model
 
 
-def _pattern(add, producers, consumers, constants, outputs):
+def _pattern(add, index: GraphIndex, outputs):
     """(the two input DequantizeLinear nodes, the Relu or None, the QuantizeLinear) of a quantized addition."""
-    sources = [producers.get(name) for name in add.input]
-    if any(s is None or s.op_type != "DequantizeLinear" or not _per_tensor_8bit(s, constants) for s in sources):
+    sources = [index.producer.get(name) for name in add.input]
+    if any(s is None or s.op_type != "DequantizeLinear" or not _per_tensor_8bit(s, index) for s in sources):
         return None
     value, relu = add.output[0], None
-    readers = consumers.get(value, [])
+    readers = index.consumers.get(value, [])
     if len(readers) == 1 and readers[0].op_type == "Relu" and value not in outputs:
         relu, value = readers[0], readers[0].output[0]
-        readers = consumers.get(value, [])
+        readers = index.consumers.get(value, [])
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or value in outputs:
         return None
-    return (sources, relu, readers[0]) if _per_tensor_8bit(readers[0], constants) else None
+    return (sources, relu, readers[0]) if _per_tensor_8bit(readers[0], index) else None
 
 
-def _per_tensor_8bit(node, constants) -> bool:
-    scale, zero = (constants.get(name) for name in node.input[1:3])
+def _per_tensor_8bit(node, index: GraphIndex) -> bool:
+    scale, zero = (index.constant(name) for name in node.input[1:3])
     return (scale is not None and zero is not None and scale.size == 1 and zero.dtype in (np.uint8, np.int8))
 
 
-def _arithmetic(dequantized, relu: bool, quantize, constants) -> list[onnx.NodeProto]:
+def _arithmetic(dequantized, relu: bool, quantize, index: GraphIndex) -> list[onnx.NodeProto]:
     """Nodes computing the QuantizeLinear's output from the stored inputs: floor((a·ma + b·mb + bias) / 2**shift)
     + zc, clamped to the stored range (from zc up where a Relu was fused), cast to the stored type."""
-    scales = [np.float32(constants[n.input[1]].reshape(())) for n in (*dequantized, quantize)]
-    zeros = [float(constants[n.input[2]].reshape(())) for n in (*dequantized, quantize)]
+    scales = [np.float32(index.constant(n.input[1]).reshape(())) for n in (*dequantized, quantize)]
+    zeros = [float(index.constant(n.input[2]).reshape(())) for n in (*dequantized, quantize)]
     shift, a_multiplier, b_multiplier = fixed_point_add_parameters(float(scales[0] / scales[2]),
                                                                    float(scales[1] / scales[2]))
     bias = 2.0 ** (shift - 1) - a_multiplier * zeros[0] - b_multiplier * zeros[1]
-    stored = constants[quantize.input[2]].dtype
-    low, high = STORED_RANGES[TensorProto.UINT8 if stored == np.uint8 else TensorProto.INT8]
+    stored = index.constant(quantize.input[2]).dtype
+    low, high = np.iinfo(stored).min, np.iinfo(stored).max
     low = max(low, zeros[2]) if relu else low
     out = quantize.output[0]
     prefix = f"{out}_fixed_point"

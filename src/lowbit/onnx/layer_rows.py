@@ -68,7 +68,7 @@ def following_activation(facts: GraphFacts, layer: WeightedLayer):
     torch function; identity otherwise."""
     readers = facts.consumers.get(layer.node.output[0], [])
     if len(readers) != 1 or layer.node.output[0] in facts.graph_outputs:
-        return _identity
+        return nn.Identity()
     reader = readers[0]
     if reader.op_type == "Relu":
         return torch.relu
@@ -76,11 +76,7 @@ def following_activation(facts: GraphFacts, layer: WeightedLayer):
         low, high = clip_bounds(facts.initializers, reader)
         if not (math.isnan(low) or math.isnan(high)):
             return lambda t: t.clamp(low, high)
-    return _identity
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
+    return nn.Identity()
 
 
 class LayerRows:

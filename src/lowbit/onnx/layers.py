@@ -95,13 +95,11 @@ def weighted_layer(facts: GraphFacts, node: onnx.NodeProto) -> WeightedLayer | N
         return None
     stored = numpy_helper.to_array(facts.initializers[node.input[1]])
     weight = torch.from_numpy(stored.astype(np.float64))
-    transposed = node.op_type == "MatMul"
     if node.op_type in ("Gemm", "MatMul") and weight.dim() != 2:
         return None
-    if node.op_type == "Gemm":
-        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0:
-            return None
-        transposed = not attribute(node, "transB", 0)
+    if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0):
+        return None
+    transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attribute(node, "transB", 0))
     weight = weight.T.contiguous() if transposed else weight
     if node.op_type == "MatMul":
         add = _bias_add(facts, node, weight.shape[0])

@@ -36,7 +36,6 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 def _normalised(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` at a QDQ opset, Constant tensors as initializers, nodes named, shapes inferred, checked."""
-    _check_opset(proto)
     proto = _with_qdq_opset(proto)
     constants_to_initializers(proto)
     name_nodes(proto)
@@ -73,30 +72,20 @@ def _read(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _check_opset(proto: onnx.ModelProto) -> None:
-    """ModelLoadError unless the default-domain opset is between MIN_OPSET and what onnx knows."""
-    version = default_opset(proto)
-    newest = onnx.defs.onnx_opset_version()
+def _with_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` at opset QDQ_OPSET or newer (older ones converted: per-channel DequantizeLinear needs 13);
+    ModelLoadError for an opset outside MIN_OPSET to what onnx knows, or naming the op if conversion fails."""
+    versions = {o.domain: o.version for o in proto.opset_import}
+    version, newest = versions.get("", versions.get("ai.onnx")), onnx.defs.onnx_opset_version()
     if version is None or not MIN_OPSET <= version <= newest:
         raise ModelLoadError(f"unsupported ONNX opset {version}: lowbit reads opsets {MIN_OPSET} to {newest} "
                              f"(convert with onnx.version_converter.convert_version)")
-
-
-def default_opset(proto: onnx.ModelProto) -> int | None:
-    """The model's default-domain opset version."""
-    versions = {o.domain: o.version for o in proto.opset_import}
-    return versions.get("", versions.get("ai.onnx"))
-
-
-def _with_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """``proto`` at opset QDQ_OPSET or newer: older models are converted (onnx.version_converter), since
-    per-channel DequantizeLinear needs 13; ModelLoadError naming the op when conversion fails."""
-    if default_opset(proto) >= QDQ_OPSET:
+    if version >= QDQ_OPSET:
         return proto
     try:
         return onnx.version_converter.convert_version(proto, QDQ_OPSET)
     except Exception as e:
-        raise ModelLoadError(f"cannot raise this opset-{default_opset(proto)} model to opset {QDQ_OPSET}, which "
+        raise ModelLoadError(f"cannot raise this opset-{version} model to opset {QDQ_OPSET}, which "
                              f"per-channel QuantizeLinear/DequantizeLinear need: {first_line(e)}") from None
 
 

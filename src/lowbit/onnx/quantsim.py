@@ -105,7 +105,6 @@ class OnnxQuantSim(PlannedQuantizers):
             if quantizer.estimator.batches == 0:
                 raise NotCalibratedError(f"quantizer {key!r} saw no data during calibration")
             quantizer.finish_calibration(constraints=self.point(key).constraints)
-        self._split = self._session = None
         self.calibration_seconds = time.perf_counter() - start
         return self
 

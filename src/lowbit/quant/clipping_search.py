@@ -14,7 +14,8 @@ _MAX_ELEMENTS_PER_CHUNK = 1 << 24
 
 def sqnr_range(histogram: StreamingHistogram, spec: QuantSpec):
     """Per-row (min, max) whose grid has the lowest expected squared error on the histogram."""
-    return _search(histogram, spec, _squared_error, candidate_ranges)
+    return _search_on(histogram.centers(), histogram.counts.to(torch.float32), histogram.lo, histogram.hi,
+                      spec, _squared_error, candidate_ranges)
 
 
 def sqnr_range_of_values(values: torch.Tensor, spec: QuantSpec):
@@ -28,7 +29,8 @@ def sqnr_range_of_values(values: torch.Tensor, spec: QuantSpec):
 def entropy_range(histogram: StreamingHistogram, spec: QuantSpec):
     """Per-row (min, max) whose quantized histogram is closest in KL divergence to the original.
     Candidates clip at a threshold t: [max(min, −t), min(max, t)], as TensorRT and onnxruntime do."""
-    return _search(histogram, spec, _kl_divergence, threshold_ranges)
+    return _search_on(histogram.centers(), histogram.counts.to(torch.float32), histogram.lo, histogram.hi,
+                      spec, _kl_divergence, threshold_ranges)
 
 
 def threshold_ranges(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
@@ -49,12 +51,6 @@ def candidate_ranges(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec):
     lo_grid = (lo[:, None] * fractions)[:, :, None].expand(-1, -1, _STEPS_PER_SIDE)
     hi_grid = (hi[:, None] * fractions)[:, None, :].expand(-1, _STEPS_PER_SIDE, -1)
     return lo_grid.reshape(lo.shape[0], -1), hi_grid.reshape(hi.shape[0], -1)
-
-
-def _search(histogram, spec, cost, candidates):
-    """Evaluate ``cost`` for every candidate on the histogram and keep the cheapest."""
-    return _search_on(histogram.centers(), histogram.counts.to(torch.float32), histogram.lo, histogram.hi,
-                      spec, cost, candidates)
 
 
 def _search_on(centers, counts, lo, hi, spec, cost, candidates):

@@ -40,7 +40,7 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     if x.dtype != torch.float32:
         return fake_quantize(x.float(), encoding).to(x.dtype)
     if spec.axis is None and not (torch.is_grad_enabled() and x.requires_grad) and not torch.onnx.is_in_onnx_export():
-        return _per_tensor_grid(x, encoding).mul_(encoding.scale.reshape(()))
+        return per_tensor_grid(x, encoding).mul_(encoding.scale.reshape(()))
     if spec.axis is None and _composable(encoding):
         low = float(encoding.offset.reshape(()))
         return _PerTensorStraightThrough.apply(x, encoding.scale.reshape(()), low + qmin, low + qmax, False)
@@ -49,14 +49,7 @@ def fake_quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(x, encoding.scale, zero_point, spec.axis % x.dim(), qmin, qmax)
 
 
-def fake_quantize_per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values of torch's fused per-tensor kernel (float32, no gradient), bit for bit, and the centred grid
-    indices c they are c · scale of (float32)."""
-    grid = _per_tensor_grid(x, encoding)
-    return torch.mul(grid, encoding.scale.reshape(())), grid
-
-
-def _per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+def per_tensor_grid(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
     """round(x · fl(1/scale)) clamped to a per-tensor grid, as torch's fused kernel computes it, vectorised. The
     bound is a float (the faster clamp), or a tensor while torch.compile traces (a float would break its graph)."""
     low = encoding.offset.reshape(())

@@ -8,8 +8,9 @@ import math
 import torch
 
 
-class _PerTensorLSQ(torch.autograd.Function):
-    """y = (clamp(round(x/s) + z, bottom, top) − z)·s; gradients to x inside the grid, LSQ's to s, LSQ+'s to z."""
+class PerTensorLSQ(torch.autograd.Function):
+    """y = (clamp(round(x/s) + z, bottom, top) − z)·s; gradients to x inside the grid, LSQ's to s, LSQ+'s to z.
+    ``apply(x, scale, learned_zero_point (None: fixed), zero_point (its rounding), bottom, top, factor)``."""
 
     @staticmethod
     def forward(ctx, x, scale, learned_zero_point, zero_point, bottom, top, factor):
@@ -45,10 +46,3 @@ def _open_bounds(low: float, high: float) -> tuple[float, float]:
     low32, high32 = torch.tensor([low, high], dtype=torch.float32)
     return (float(torch.nextafter(low32, torch.tensor(-math.inf))),
             float(torch.nextafter(high32, torch.tensor(math.inf))))
-
-
-def per_tensor_lsq(x: torch.Tensor, scale: torch.Tensor, learned_zero_point: torch.Tensor | None, zero_point: int,
-                   bottom: int, top: int, factor: float) -> torch.Tensor:
-    """Fake-quantize float32 ``x`` on the grid (``scale``, ``zero_point``) over [bottom, top]; ``scale`` and the
-    ``learned_zero_point`` parameter (whose rounding is ``zero_point``; None: fixed) get LSQ gradients × ``factor``."""
-    return _PerTensorLSQ.apply(x, scale, learned_zero_point, zero_point, bottom, top, factor)

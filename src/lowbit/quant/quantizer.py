@@ -11,10 +11,10 @@ from torch import nn
 
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.encoding import Encoding
-from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, fake_quantize_per_tensor_grid
+from lowbit.quant.fake_quant import fake_quantize, fake_quantize_dividing, per_tensor_grid
 from lowbit.quant.grid_bounds import keep_grid_within
 from lowbit.quant.layout import encoding_shape
-from lowbit.quant.lsq import per_tensor_lsq
+from lowbit.quant.lsq import PerTensorLSQ
 from lowbit.quant.range_estimators import RangeEstimator, make_estimator
 from lowbit.quant.spec import QuantSpec
 
@@ -127,8 +127,8 @@ class Quantizer(nn.Module):
             values /= x.shape[0]
         factor = 1.0 / math.sqrt(values * top)
         if self.spec.axis is None and x.dtype == torch.float32:
-            return per_tensor_lsq(x, self.learned_scale, self.learned_zero_point if learned else None,
-                                  int(-self.offset), self.spec.qmin, top, factor)
+            return PerTensorLSQ.apply(x, self.learned_scale, self.learned_zero_point if learned else None,
+                                      int(-self.offset), self.spec.qmin, top, factor)
         bottom = self.spec.qmin  # torch's kernels want the grid to start at 0: the same grid, shifted by its start
         if self.spec.axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
@@ -219,12 +219,13 @@ class Quantizer(nn.Module):
                 return x
             if (not self.divide and self.spec.axis is None and x.dtype == torch.float32 and not torch.is_grad_enabled()
                     and fast_path_allowed() and self.scale.dim() == 0):
-                output, integers = fake_quantize_per_tensor_grid(x, self.encoding)
+                integers = per_tensor_grid(x, self.encoding)
+                output = torch.mul(integers, self.scale.reshape(()))
                 self.mark_on_grid(output, integers)
                 return output
             if (not self.divide and self.spec.axis is None and x.dtype == torch.float32 and torch.is_grad_enabled()
                     and x.requires_grad):  # training on fixed ranges: the same values, a faster kernel
-                return per_tensor_lsq(x, self.scale, None, int(-self.offset), self.spec.qmin, self.spec.qmax, 1.0)
+                return PerTensorLSQ.apply(x, self.scale, None, int(-self.offset), self.spec.qmin, self.spec.qmax, 1.0)
             return self.fake_quantize(x)
         if self.mode == "calibrate" and x.is_floating_point():
             self.estimator.observe(x)

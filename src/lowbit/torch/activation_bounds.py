@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lowbit.torch.module_graph import node_arg
+
 _RELU = (0.0, math.inf)
 
 
@@ -43,17 +45,14 @@ def _function_bounds(node: fx.Node) -> tuple[float, float] | None:
     if node.target is F.relu6:
         return 0.0, 6.0
     if node.target is F.hardtanh:
-        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
-        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
-        return _numbers(low, high)
+        return _numbers(node_arg(node, 1, "min_val", -1.0), node_arg(node, 2, "max_val", 1.0))
     if node.target is torch.clamp:
         return _clamp_bounds(node)
     return None
 
 
 def _clamp_bounds(node: fx.Node) -> tuple[float, float] | None:
-    low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-    high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    low, high = node_arg(node, 1, "min"), node_arg(node, 2, "max")
     return _numbers(-math.inf if low is None else low, math.inf if high is None else high)
 
 

@@ -68,7 +68,7 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         unit_start = time.perf_counter()
         if block is None:
             wrapper = sim.model.get_submodule(names[0])
-            activation = following_activation(sim.model, names[0]) or _identity
+            activation = following_activation(sim.model, names[0]) or torch.nn.Identity()
             with inputs.collect(names[0], max_rows, memory_limit, generator, "adaround inputs") as cache:
                 iterations, nearest_mse, rounded_mse = _round_layer(
                     names[0], wrapper, cache, activation, num_iterations, batch_rows, learning_rate, reg_weight,
@@ -82,10 +82,6 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         layers.append(LayerRounding(names, iterations, time.perf_counter() - unit_start, nearest_mse,
                                     rounded_mse))
     return AdaroundResult(tuple(layers), skipped, time.perf_counter() - start)
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 def _round_layer(name: str, wrapper: WeightQuantized, cache: RowCache, activation, iterations: int,

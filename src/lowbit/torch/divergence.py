@@ -57,15 +57,11 @@ def _quantized_tensors(model: onnx.ModelProto, names: dict[str, str]) -> dict[st
 def _sim_values(sim, batch) -> dict[str, np.ndarray]:
     """Every activation quantizer's output on ``batch``, by key."""
     captured, handles = {}, []
-
-    def keep(key):
-        def hook(module, inputs, output):
-            captured.setdefault(key, output.detach().float().cpu().numpy())
-        return hook
-
     for key, quantizer in sim.quantizers().items():
         if sim.point(key).role != "weight":
-            handles.append(quantizer.register_forward_hook(keep(key)))
+            def hook(module, inputs, output, key=key):
+                captured.setdefault(key, output.detach().float().cpu().numpy())
+            handles.append(quantizer.register_forward_hook(hook))
     try:
         args, kwargs = as_call(batch)
         with torch.no_grad():

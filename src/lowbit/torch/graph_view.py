@@ -10,7 +10,7 @@ from torch import fx, nn
 from lowbit.graph.view import GraphView, Layer, Op
 from lowbit.target.points import WEIGHT_CHANNEL_AXIS
 from lowbit.torch.op_types import (FUNCTION_OP_TYPES, METHOD_OP_TYPES, MODULE_OP_TYPES, NON_TENSOR_METHODS,
-                                   WEIGHTED_OP_TYPES, function_op_type, method_op_type, module_op_type)
+                                   WEIGHTED_OP_TYPES, function_op_type, module_op_type)
 from lowbit.torch.pair_saturation import is_depthwise
 
 _VOCABULARY = frozenset(MODULE_OP_TYPES.values()) | frozenset(METHOD_OP_TYPES.values()) | frozenset(
@@ -26,7 +26,7 @@ def node_op_type(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if node.op == "call_function":
         return function_op_type(node.target)
     if node.op == "call_method":
-        return None if node.target in NON_TENSOR_METHODS else method_op_type(node.target)
+        return None if node.target in NON_TENSOR_METHODS else METHOD_OP_TYPES.get(node.target, node.target)
     return None
 
 

@@ -66,19 +66,11 @@ class Hardtanh(_SkipsOnGrid, nn.Hardtanh):
     """nn.Hardtanh that skips itself on grids it cannot change (see :class:`_SkipsOnGrid`)."""
 
 
-def skipping_copy(activation: nn.Module) -> nn.Module | None:
-    """A new skipping module computing what ``activation`` (an exact nn.ReLU, nn.ReLU6 or nn.Hardtanh)
-    computes, or None for another type."""
-    kind = type(activation)
-    if kind is nn.ReLU:
-        copy = ReLU(activation.inplace)
-    elif kind is nn.ReLU6:
-        copy = ReLU6(activation.inplace)
-    elif kind is nn.Hardtanh:
-        copy = Hardtanh(activation.min_val, activation.max_val, activation.inplace)
-    else:
-        return None
-    return copy.train(activation.training)
+_SKIPPING_COPIES = {  # by exact type (ReLU6 subclasses Hardtanh): a new skipping module computing the same
+    nn.ReLU: lambda a: ReLU(a.inplace),
+    nn.ReLU6: lambda a: ReLU6(a.inplace),
+    nn.Hardtanh: lambda a: Hardtanh(a.min_val, a.max_val, a.inplace),
+}
 
 
 def link_grid_follower(gm: nn.Module, path: str, quantizer: Quantizer) -> bool:
@@ -86,9 +78,10 @@ def link_grid_follower(gm: nn.Module, path: str, quantizer: Quantizer) -> bool:
     ReLU, ReLU6 or Hardtanh by its skipping copy. False when the module is of another type."""
     activation = gm.get_submodule(path)
     if not isinstance(activation, _SkipsOnGrid):
-        activation = skipping_copy(activation)
-        if activation is None:
+        copy = _SKIPPING_COPIES.get(type(activation))
+        if copy is None:
             return False
+        activation = copy(activation).train(activation.training)
         gm.set_submodule(path, activation)
     activation.link_grid_quantizer(quantizer)
     return True

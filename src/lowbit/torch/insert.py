@@ -49,8 +49,6 @@ def insert_quantizers(gm: fx.GraphModule, points: list[QuantPoint], scheme: str,
             with gm.graph.inserting_before(consumer):
                 quantized = gm.graph.call_module(target, (argument,))
             consumer.replace_input_with(argument, quantized)
-    gm.graph.lint()
-    gm.recompile()
     _link_bias_sources(gm)
     link_output_quantizers(gm)
     _emulate_integer_adds(gm)
@@ -148,13 +146,11 @@ def _emulate_integer_adds(gm: fx.GraphModule) -> None:
             replacement = gm.graph.call_module(f"{INTEGER_ADDS}.{node.name}", node.args)
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
 
 
 def _emulate_integer_softmaxes(gm: fx.GraphModule) -> None:
     """Replace each Softmax read straight from a quantizer and read only by one (the pattern onnxruntime
-    fuses into QLinearSoftmax) by IntegerSoftmax."""
+    fuses into QLinearSoftmax) by IntegerSoftmax, then recompile ``gm`` (after all of insert_quantizers' edits)."""
     gm.add_module(INTEGER_SOFTMAXES, nn.ModuleDict())
     holder = gm.get_submodule(INTEGER_SOFTMAXES)
     for node in list(gm.graph.nodes):

@@ -32,9 +32,9 @@ class IntegerAdd(nn.Module):
         encodings = tuple(q.encoding for q in self.quantizers)
         if not emulable_add(*encodings) or (self.through_relu and not _starts_at_zero(encodings[2])):
             return a + b
+        add_grid = fixed_point_add_grid if self.fixed_point else requantized_add_grid
         if not torch.is_grad_enabled() and fast_path_allowed():
             a_quantizer, b_quantizer, output_quantizer = self.quantizers
-            add_grid = fixed_point_add_grid if self.fixed_point else requantized_add_grid
             exact, integers = add_grid(
                 a, b, *encodings, a_integers=a_quantizer.grid_integers(a, a_quantizer.scale),
                 b_integers=b_quantizer.grid_integers(b, b_quantizer.scale))
@@ -43,8 +43,7 @@ class IntegerAdd(nn.Module):
         total = a + b
         if torch.is_grad_enabled() and not self.exact_training:
             return total
-        exact = (fixed_point_add_grid if self.fixed_point else requantized_add_grid)(a.detach(), b.detach(),
-                                                                                     *encodings)[0]
+        exact = add_grid(a.detach(), b.detach(), *encodings)[0]
         if not torch.is_grad_enabled():
             return exact
         return total + (exact - total).detach()

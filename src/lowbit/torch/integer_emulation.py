@@ -58,16 +58,10 @@ def conv_requantization(weight: torch.Tensor, bias: torch.Tensor | None, input_e
                               low, low + output_encoding.spec.levels - 1, output_scale)
 
 
-def requantize(convolve, x: torch.Tensor, integer_form: ConvRequantization) -> torch.Tensor:
-    """``convolve`` computed as QLinearConv with ``integer_form``; ``x`` must lie on the input grid,
-    the result lies on the output grid (dequantized)."""
-    return requantize_grid(convolve, x, integer_form)[0]
-
-
 def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
                     integers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`requantize`'s result and the centred output grid indices c it is c · output_scale of; ``integers``,
-    if given, must be round(x / input_scale) and are used instead of recomputing them."""
+    """``convolve`` as QLinearConv with ``integer_form`` (dequantized, on the output grid; ``x`` on the input grid)
+    and its centred output grid indices; ``integers``, if given, must be round(x / input_scale)."""
     if integers is None:
         integers = torch.div(x, integer_form.input_scale).round_()
     accumulator = convolve(integers, integer_form.weights, integer_form.bias)
@@ -78,14 +72,6 @@ def requantize_grid(convolve, x: torch.Tensor, integer_form: ConvRequantization,
     return torch.mul(accumulator, integer_form.output_scale), accumulator
 
 
-def requantized_conv(convolve, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     input_encoding: Encoding, weight_encoding: Encoding, output_encoding: Encoding) -> torch.Tensor:
-    """``convolve(x, weight, bias)`` computed in integers like QLinearConv; ``x`` must lie on the input grid,
-    the result lies (dequantized) on the output grid."""
-    return requantize(convolve, x, conv_requantization(weight, bias, input_encoding, weight_encoding,
-                                                       output_encoding))
-
-
 def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """Per-channel ``values`` shaped to broadcast along ``axis`` of ``like`` (scalars unchanged)."""
     if values.dim() == 0:
@@ -93,13 +79,6 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> tor
     shape = [1] * like.dim()
     shape[axis] = -1
     return values.reshape(shape)
-
-
-def requantized_add(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
-                    output_encoding: Encoding) -> torch.Tensor:
-    """a + b on the output grid as onnxruntime's x86 QLinearAdd computes it on the stored integers, with float32
-    ratios sa/sc, sb/sc and fused multiply-adds (a float64 multiply-add rounded once to float32)."""
-    return requantized_add_grid(a, b, a_encoding, b_encoding, output_encoding)[0]
 
 
 def stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
@@ -112,8 +91,8 @@ def stored_zero_point(encoding: Encoding) -> tuple[torch.Tensor, float, float]:
 def requantized_add_grid(a: torch.Tensor, b: torch.Tensor, a_encoding: Encoding, b_encoding: Encoding,
                          output_encoding: Encoding, a_integers: torch.Tensor | None = None,
                          b_integers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`requantized_add`'s result and the centred output grid indices it is those times the
-    output scale of; ``a_integers``/``b_integers``, when given, must be round(a / sa), round(b / sb)."""
+    """a + b on the output grid as x86 QLinearAdd computes it (float32 ratios, fused multiply-adds) and its centred
+    output grid indices; ``a_integers``/``b_integers``, when given, must be round(a / sa), round(b / sb)."""
     a_scale, b_scale = a_encoding.scale.reshape(()), b_encoding.scale.reshape(())
     output_scale = output_encoding.scale.reshape(())
     a_ratio, b_ratio = (a_scale / output_scale).double(), (b_scale / output_scale).double()

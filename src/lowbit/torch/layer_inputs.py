@@ -147,17 +147,12 @@ class LayerInputs:
         when this batch does not reach it."""
         seen = []
 
-        def keep_input(module, args):
-            seen.append(args[0])
-            raise _Reached
-
-        def keep_output(module, args, output):
-            seen.append(output)
+        def keep(module, args, *output):  # a forward pre-hook gets no output
+            seen.append(output[0] if output else args[0])
             raise _Reached
 
         module = model.get_submodule(name)
-        hook = (module.register_forward_pre_hook(keep_input) if what == "input"
-                else module.register_forward_hook(keep_output))
+        hook = module.register_forward_pre_hook(keep) if what == "input" else module.register_forward_hook(keep)
         try:
             self._run(model, args_kwargs)
         except _Reached:

@@ -3,6 +3,7 @@ back into ``call_module`` nodes on new modules holding the same tensors, so lowb
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections import Counter
 
@@ -75,7 +76,8 @@ class _Rewriter:
         self.created: dict[str, tuple] = {}  # module path -> (kind, config key)
         self.moved: set[str] = set()  # get_attr targets now held by a created module
         self.tensors = {n.target: value for n in gm.graph.nodes if n.op == "get_attr"
-                        for value in [_attribute(gm, n.target)] if isinstance(value, torch.Tensor)}
+                        for value in [functools.reduce(lambda v, p: getattr(v, p, None), n.target.split("."), gm)]
+                        if isinstance(value, torch.Tensor)}
 
     def functional_layer(self, node: fx.Node) -> bool:
         """Whether ``node`` calls a convolution, linear or matmul function on a parameter of ``gm``."""
@@ -336,15 +338,6 @@ def _tuple(value, dims: int) -> tuple:
 def _rank(node) -> int | None:
     value = node.meta.get("val", node.meta.get("example_value")) if isinstance(node, fx.Node) else None
     return value.dim() if isinstance(value, torch.Tensor) else None
-
-
-def _attribute(gm: nn.Module, target: str):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            return None
-    return value
 
 
 def _holding(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:

@@ -74,11 +74,6 @@ def function_op_type(function) -> str:
     return FUNCTION_OP_TYPES.get(function, getattr(function, "__name__", str(function)))
 
 
-def method_op_type(method: str) -> str:
-    """ONNX op type of a tensor method called in the graph (its name when unknown)."""
-    return METHOD_OP_TYPES.get(method, method)
-
-
 WEIGHTED_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "Gather"})
 """Op types whose ``weight`` parameter gets a quantizer."""
 

@@ -29,13 +29,6 @@ class SaturatingPairs:
     out_channels: int
 
 
-def _risky(weights: torch.Tensor) -> torch.Tensor:
-    """Mask of pairs (…, 2) whose sum can leave int16 for some inputs in [0, 255]."""
-    positive = weights.clamp(min=0).sum(-1) * _INPUT_HIGH
-    negative = weights.clamp(max=0).sum(-1) * _INPUT_HIGH
-    return (positive > _INT16_HIGH) | (negative < _INT16_LOW)
-
-
 def applies(input_encoding: Encoding | None, weight_encoding: Encoding | None) -> bool:
     """Whether the layer runs on the u8×s8 kernel that saturates on CPUs without VNNI: 8-bit per-tensor
     input, signed-symmetric weights of at most 8 bits per tensor or per output channel."""
@@ -49,19 +42,13 @@ def find_pairs(weight_integers: torch.Tensor, input_encoding: Encoding) -> Satur
     """The saturating pairs of a (out_channels, K) integer weight matrix in reduction order, or None."""
     out_channels, length = weight_integers.shape
     even = weight_integers[:, : length - length % 2].reshape(out_channels, -1, 2)
-    mask = _risky(even)
+    positive, negative = even.clamp(min=0).sum(-1) * _INPUT_HIGH, even.clamp(max=0).sum(-1) * _INPUT_HIGH
+    mask = (positive > _INT16_HIGH) | (negative < _INT16_LOW)  # pairs leaving int16 for some inputs in [0, 255]
     if not bool(mask.any()):
         return None
     channels, pair = mask.nonzero(as_tuple=True)
     return SaturatingPairs(2 * pair, channels, even[channels, pair], float(input_encoding.zero_point.reshape(())),
                            out_channels)
-
-
-def reduction_order(layer: nn.Module, weight_integers: torch.Tensor) -> torch.Tensor:
-    """Weights as the (out_channels, K) matrix MLAS reduces over: channels-last im2col for convs."""
-    if isinstance(layer, nn.Linear):
-        return weight_integers
-    return weight_integers.flatten(2).transpose(1, 2).reshape(weight_integers.shape[0], -1)
 
 
 def is_depthwise(layer: nn.Module) -> bool:
@@ -71,10 +58,13 @@ def is_depthwise(layer: nn.Module) -> bool:
 
 
 def layer_pairs(layer: nn.Module, weight_integers: torch.Tensor, input_encoding: Encoding) -> SaturatingPairs | None:
-    """The saturating pairs of a Linear or Conv layer with these integer weights (None for depthwise)."""
+    """The saturating pairs of a Linear or Conv layer with these integer weights (None for depthwise); a conv's
+    weights are first put in the order MLAS reduces over (channels-last im2col)."""
     if is_depthwise(layer):
         return None
-    return find_pairs(reduction_order(layer, weight_integers), input_encoding)
+    if not isinstance(layer, nn.Linear):
+        weight_integers = weight_integers.flatten(2).transpose(1, 2).reshape(weight_integers.shape[0], -1)
+    return find_pairs(weight_integers, input_encoding)
 
 
 def _chunk(positions: int) -> int:

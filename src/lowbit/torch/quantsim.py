@@ -295,8 +295,9 @@ class QuantSim(PlannedQuantizers, nn.Module):
         simulated = Counter(module_op_type(m.layer) for m in self.model.modules()
                             if isinstance(m, WeightQuantized) and m.integer_kernel_in_float())
         if self.capture_mode == "fx":
-            simulated.update("MatMul" for n in self.model.graph.nodes
-                             if node_op_type(self.model, n) == "MatMul" and self._reads_quantizers(n))
+            simulated.update("MatMul" for n in self.model.graph.nodes  # every input on a quantizer's grid
+                             if node_op_type(self.model, n) == "MatMul" and n.all_input_nodes
+                             and all(source_quantizer(self.model, i) is not None for i in n.all_input_nodes))
         notes = [self.capture_note] if self.capture_note else []
         if left:
             notes.append("weights left in float: " + ", ".join(f"{op} ×{n}" for op, n in sorted(left.items())))
@@ -306,11 +307,6 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return {"capture": self.capture_mode, "note": "; ".join(notes), "quantizers": self.quantizer_counts(),
                 "target": self.target.name, "runtime": self.runtime.name, "float_ops": left,
                 "float_simulated": dict(simulated)}
-
-    def _reads_quantizers(self, node) -> bool:
-        """Whether every tensor ``node`` reads carries a quantizer's grid (through ops onnxruntime fuses across)."""
-        inputs = node.all_input_nodes
-        return bool(inputs) and all(source_quantizer(self.model, n) is not None for n in inputs)
 
     def _device(self) -> torch.device:
         tensor = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)

@@ -12,8 +12,7 @@ from lowbit.quant.int32_bias import int32_bias
 from lowbit.quant.quantizer import Quantizer, fast_path_allowed
 from lowbit.torch import pair_saturation
 from lowbit.torch.layer_wrapper import LayerWrapper
-from lowbit.torch.integer_emulation import (ConvRequantization, conv_requantization, emulable,
-                                            requantize, requantize_grid)
+from lowbit.torch.integer_emulation import ConvRequantization, conv_requantization, emulable, requantize_grid
 
 
 def _conv_transpose(layer, x, weight, bias):
@@ -97,13 +96,13 @@ class WeightQuantized(LayerWrapper):
         weight = self.weight_quantizer(self.layer.weight)
         encodings = self._integer_encodings()
         if encodings is not None and not needs_gradient:
-            return requantize(convolve, x, self._integer_form(weight, encodings))
+            return requantize_grid(convolve, x, self._integer_form(weight, encodings))[0]
         output = convolve(x, weight, self._bias())
         if encodings is None:
             return self._saturated(output, x, self._linear_pairs(weight.detach()))
         if not self.exact_training:  # training on fake quantization alone: within an output step, one convolution
             return output
-        exact = requantize(convolve, x.detach(), self._integer_form(weight.detach(), encodings))
+        exact = requantize_grid(convolve, x.detach(), self._integer_form(weight.detach(), encodings))[0]
         return output + (exact - output).detach()
 
     def _integer_form(self, weight: torch.Tensor, encodings: tuple) -> ConvRequantization:
