@@ -12,6 +12,7 @@ import torch
 import lowbit
 from lowbit.errors import DataError, NotCalibratedError, OptimizationError, SpecError
 from lowbit.onnx import OnnxQuantSim
+from lowbit.training.loop import distillation_loss
 from lowbit.training.qat import float_model
 from lowbit.zoo import tiny_resnet
 
@@ -48,6 +49,34 @@ def test_qat_raises_agreement_and_the_export_computes_the_trained_sim(setting, t
     assert str(result).startswith("qat: 60 steps (10 epochs), loss ")
     paths = sim.export(tmp_path, name="trained", verify=held_out)
     assert paths.fidelity.top1_agreement == 1.0 and paths.fidelity.max_error_lsb <= 1.0, paths.fidelity.row()
+
+
+def test_keep_best_returns_to_the_best_scoring_state(setting):
+    model, data, held_out = setting
+
+    def spoil(outputs, batch):  # pushes the sim away from the float model
+        with torch.no_grad():
+            target = model(batch)
+        return -distillation_loss(outputs, target)
+
+    sim = lowbit.quantize(model, data[:2], target="default")
+    spoiled = copy.deepcopy(sim)
+    with torch.no_grad():
+        start = sim(held_out[0])
+    before = _agreement(sim, model, held_out)
+    lowbit.qat(spoiled, data, steps=10, lr=1e-2, loss=spoil, eval_data=held_out)
+    assert _agreement(spoiled, model, held_out) < before - 0.2
+    result = lowbit.qat(sim, data, steps=10, lr=1e-2, loss=spoil, eval_data=held_out, keep_best=True)
+    assert result.kept_step == 0 and min(score for _, score in result.scores()[1:-1]) < before - 0.2
+    with torch.no_grad():
+        assert torch.equal(sim(held_out[0]), start)
+    assert result.scores()[-1] == (10, pytest.approx(before))
+
+    trained = lowbit.quantize(model, data[:2], target="w4a8")
+    result = lowbit.qat(trained, data, steps=20, lr=1e-4, eval_data=held_out, keep_best=True)
+    during = result.scores()[:-1]  # the last score is the kept state's, after it was made exact
+    assert result.kept_step == max(during, key=lambda entry: entry[1])[0]
+    assert result.scores()[-1][1] == pytest.approx(_agreement(trained, model, held_out))
 
 
 def test_fixed_ranges_train_only_the_weights(setting):
@@ -104,6 +133,8 @@ def test_bad_calls_are_one_line(setting, tmp_path):
         lowbit.qat(sim, iter(data[:1]), steps=2)
     with pytest.raises(SpecError, match="lr > 0"):
         lowbit.qat(sim, data, lr=0)
+    with pytest.raises(SpecError, match="pass eval_data"):
+        lowbit.qat(sim, data, keep_best=True)
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (data[0][:1],), str(path), dynamo=False)
     with pytest.raises(SpecError, match="qat trains a PyTorch QuantSim, not a OnnxQuantSim"):

@@ -30,6 +30,8 @@ class TrainingResult:
     epochs: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    kept_step: int | None = None
+    """With ``keep_best``: the step whose state was kept (0: the starting state)."""
 
     def losses(self) -> list[float]:
         """The training loss of every step, in order."""
@@ -69,10 +71,12 @@ def agreement_score(outputs, teacher_outputs) -> float:
 
 def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict], steps: int | None = None,
           epochs: int = 1, loss: Callable | None = None, teacher: torch.nn.Module | None = None, eval_data=None,
-          transform=None, finish: Callable | None = None, batchnorm_statistics: bool = True) -> TrainingResult:
+          transform=None, finish: Callable | None = None, batchnorm_statistics: bool = True,
+          keep_best: bool = False) -> TrainingResult:
     """Train ``student`` in place: Adam on ``parameter_groups`` (each with its ``lr``), decayed to 0 on a
     cosine; ``loss(outputs, batch)`` or distillation from ``teacher``; ``finish()`` runs before the last evaluation.
     BatchNorms normalise by batch statistics, or (``batchnorm_statistics=False``) keep their running ones.
+    ``keep_best``: the state that scored best on ``eval_data`` (the start included) is the one kept and finished.
     OptimizationError at a non-finite loss."""
     data = shard(data)
     total = steps if steps is not None else _epoch_steps(data, epochs)
@@ -83,8 +87,15 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     result = TrainingResult(name, 0, 0.0, 0.0)
     evaluate_every = max(1, total // 10) if total else None
     start = time.perf_counter()
+    best = BestState() if keep_best and eval_data is not None else None
+
+    def evaluate(step: int) -> None:
+        result.history.append({"step": step, "score": _score(student, teacher, eval_data, transform, device)})
+        if best is not None:
+            best.offer(result.history[-1], student)
+
     if eval_data is not None:
-        result.history.append({"step": 0, "score": _score(student, teacher, eval_data, transform, device)})
+        evaluate(0)
     forward = student if world()[1] == 1 else DistributedDataParallel(student, find_unused_parameters=True)
     student.train()
     if not batchnorm_statistics:
@@ -111,15 +122,36 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
             result.steps, result.epochs = step, epoch
             bar.set_postfix(loss=f"{result.history[-1]['loss']:.4g}", refresh=False)
             if eval_data is not None and evaluate_every and step % evaluate_every == 0 and step != total:
-                result.history.append({"step": step, "score": _score(student, teacher, eval_data, transform, device)})
+                evaluate(step)
     finally:
         student.eval()
+    if best is not None:
+        if result.steps:
+            evaluate(result.steps)
+        best.restore(student)
+        result.kept_step = best.step
     if finish is not None:
         finish()
     if eval_data is not None:
         result.history.append({"step": result.steps, "score": _score(student, teacher, eval_data, transform, device)})
     result.seconds = time.perf_counter() - start
     return result
+
+
+class BestState:
+    """The student's state at its best evaluation so far (the first of equal scores)."""
+
+    def __init__(self):
+        self.score, self.step, self.state = -math.inf, None, None
+
+    def offer(self, entry: dict, student: torch.nn.Module) -> None:
+        if entry["score"] > self.score:
+            self.score, self.step = entry["score"], entry["step"]
+            self.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+    def restore(self, student: torch.nn.Module) -> None:
+        with torch.no_grad():
+            student.load_state_dict(self.state)
 
 
 def _epoch_steps(data, epochs: int) -> int | None:

@@ -44,13 +44,14 @@ def train_exactly(sim, exact: bool) -> None:
 
 def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None = None, loss=None, teacher=None,
         eval_data=None, range_learning: bool = True, reestimate_bn: bool = True, transform=None,
-        exact_forward: bool = False) -> TrainingResult:
+        exact_forward: bool = False, keep_best: bool = False) -> TrainingResult:
     """Train a calibrated ``QuantSim`` in place for ``steps`` batches (or ``epochs`` passes over ``data``); returns
     the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
     the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms (a sim built with
     ``fold_batchnorm=False``) train on batch statistics, are re-estimated, then folded into the weights and scales.
     A sim of a peft LoRA model trains only its running adapter (weights and ranges) on the frozen quantized base.
-    Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact."""
+    Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact.
+    ``keep_best``: the sim keeps the state that agreed best with the teacher on ``eval_data`` (the start included)."""
     from lowbit.torch.quantsim import QuantSim
     if not isinstance(sim, QuantSim):
         raise SpecError(f"qat trains a PyTorch QuantSim, not a {type(sim).__name__} (an ONNX sim runs in "
@@ -60,6 +61,8 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     lr = DEFAULT_LR if lr is None else lr
     if lr <= 0 or epochs < 1 or (steps is not None and steps < 1):
         raise SpecError(f"qat needs lr > 0, epochs >= 1 and steps >= 1 (got lr={lr}, epochs={epochs}, steps={steps})")
+    if keep_best and eval_data is None:
+        raise SpecError("keep_best keeps the state that scores best on eval_data: pass eval_data")
     check_ranks(sim.structure, sim._device())
     batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
@@ -89,6 +92,7 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
         fold_batchnorm_to_scale(sim)
 
     try:
-        return train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform, finish=settle)
+        return train("qat", sim, data, groups, steps, epochs, loss, teacher, eval_data, transform, finish=settle,
+                     keep_best=keep_best)
     finally:
         restore()
