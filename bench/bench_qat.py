@@ -10,6 +10,10 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8 --start seqmse --keep-batchnorm --no-cost
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a4 --start seqmse --scheme sqnr --steps 300 --batch 16
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8,efficientnet_lite0-w4a8 --batch 16 --cost-only
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w8a8 --start adaround --fixed-ranges --keep-best --no-cost
+
+With ``--keep-best`` the trace's images (the first 64) choose the state kept; every row also reports its agreement on
+the other 448 images, which no choice saw.
 """
 
 from __future__ import annotations
@@ -146,18 +150,23 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     calib = _common.calibration_batches(n_images=256)
     sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm, args.scheme)
     with torch.no_grad():
-        before = figures(torch.cat([sim(b) for b in evals]), fp32)
+        before_outputs = torch.cat([sim(b) for b in evals])
+    before = figures(before_outputs, fp32)
     data = TrainingCrops(args.batches_per_epoch, args.batch, args.mixup)
     result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr, range_learning=not args.fixed_ranges,
-                        eval_data=evals[:TRACE_BATCHES])
+                        eval_data=evals[:TRACE_BATCHES], keep_best=args.keep_best)
     with torch.no_grad():
-        after = figures(torch.cat([sim(b) for b in evals]), fp32)
+        outputs = torch.cat([sim(b) for b in evals])
+    after = figures(outputs, fp32)
+    unseen = sum(b.shape[0] for b in evals[:TRACE_BATCHES])  # the images the trace (and keep_best's choice) did not score
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
            "start": args.start, "scheme": args.scheme, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
            "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
+           "before_untraced": figures(before_outputs[unseen:], fp32[unseen:]),
+           "after_untraced": figures(outputs[unseen:], fp32[unseen:]), "kept_step": result.kept_step,
            "trace": [[step, score] for step, score in result.scores()],
            "fidelity": {"top1_agreement": paths.fidelity.top1_agreement,
                         "max_error_lsb": paths.fidelity.max_error_lsb}}
@@ -227,6 +236,8 @@ def main() -> None:
                         help="train BatchNorm on batch statistics, folded into weights and scales after")
     parser.add_argument("--mixup", action="store_true", help="train on blends of two crops (function matching)")
     parser.add_argument("--fixed-ranges", action="store_true", help="train the weights only (range_learning=False)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="keep the state that scored best on the trace's images (qat's keep_best)")
     parser.add_argument("--no-cost", action="store_true", help="skip the step-cost and memory probes")
     parser.add_argument("--cost-only", action="store_true", help="only the step-cost and memory probes")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
@@ -253,12 +264,15 @@ def main() -> None:
     for model_name, setting in rows:
         recipe = (f"from {args.start}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "")
                   + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
-                  + (", fixed ranges" if args.fixed_ranges else ""))
+                  + (", fixed ranges" if args.fixed_ranges else "") + (", keep best" if args.keep_best else ""))
         key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
         start = time.perf_counter()
         results[key] = run_row(model_name, setting, args, evals, fp32s)
-        print(f"{key}: {results[key]['before']['top1_agreement']:.1%} → {results[key]['after']['top1_agreement']:.1%}"
-              f" | {results[key]['result']} | {time.perf_counter() - start:.0f} s", flush=True)
+        row = results[key]
+        print(f"{key}: {row['before']['top1_agreement']:.1%} → {row['after']['top1_agreement']:.1%} (images the trace "
+              f"did not score: {row['before_untraced']['top1_agreement']:.1%} → "
+              f"{row['after_untraced']['top1_agreement']:.1%}, kept step {row['kept_step']}) | {row['result']} | "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
         _common.write_results("bench_qat", payload)
     print()
     _common.print_table(["model-setting (recipe)", "steps × batch", "agreement before", "after", "KL before",
