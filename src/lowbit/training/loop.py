@@ -145,11 +145,13 @@ class BestState:
         self.score, self.step, self.state = -math.inf, None, None
 
     def offer(self, entry: dict, student: torch.nn.Module) -> None:
+        """Keep a copy of ``student``'s state if this evaluation ``entry`` beats every earlier one."""
         if entry["score"] > self.score:
             self.score, self.step = entry["score"], entry["step"]
             self.state = {k: v.detach().clone() for k, v in student.state_dict().items()}
 
     def restore(self, student: torch.nn.Module) -> None:
+        """Load the kept state into ``student``."""
         with torch.no_grad():
             student.load_state_dict(self.state)
 
