@@ -10,7 +10,7 @@ from torch import nn
 
 import lowbit
 from lowbit.compression import model_costs
-from lowbit.compression.compress import Candidate, _choose
+from lowbit.compression.compress import Candidate, _choose, _fitting_and_scoring
 from lowbit.errors import DataError, SpecError
 from lowbit.training.loop import distillation_loss
 
@@ -105,8 +105,21 @@ def test_bad_requests_are_one_line():
         lowbit.compress(model, data, exclude=("trunk",), out_dir=None)
     with pytest.raises(DataError, match="the data gave 1 batch, give at least 2"):
         lowbit.compress(model, data[:1], out_dir=None)
+    with pytest.raises(SpecError, match="refit_batches is how many batches"):
+        lowbit.compress(model, data, refit_batches=0, out_dir=None)
     with pytest.raises(SpecError, match="5% of the MACs is out of reach"):
         lowbit.compress(model, data, macs=0.05, methods=("weight_svd",), fine_tune_steps=0, out_dir=None)
+
+
+def test_chosen_layers_refit_on_more_batches_than_candidates_never_on_the_scored_ones():
+    batches = [torch.full((2, 3, 4, 4), float(i)) for i in range(7)]
+    values = lambda items: [int(b.flatten()[0]) for b in items]  # noqa: E731
+    fitting, scoring, refit = _fitting_and_scoring(batches, num_batches=2, refit_batches=4)
+    assert values(fitting) == [0, 1] and values(args[0] for args, _ in scoring) == [2, 3] and values(refit) == [0, 1, 4, 5]
+    fitting, scoring, refit = _fitting_and_scoring(batches[:3], num_batches=2, refit_batches=8)
+    assert values(fitting) == [0, 1] and values(args[0] for args, _ in scoring) == [2] and values(refit) == [0, 1]
+    _, _, refit = _fitting_and_scoring(batches, num_batches=1, refit_batches=8)
+    assert values(refit) == [0, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.slow

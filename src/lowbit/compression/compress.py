@@ -104,7 +104,7 @@ def _apply(model: nn.Module, name: str, method: str, kept: int, data, reference:
     """A copy of ``model`` with layer ``name`` compressed by ``method`` to ``kept`` rank or channels; pruned weights
     refit to ``reference``'s output of that layer (default: ``model``'s)."""
     if method == "channel_pruning":
-        return prune_channels(model, name, kept, data, reference=reference).model
+        return prune_channels(model, name, kept, data, num_batches=None, reference=reference).model
     compressed = copy.deepcopy(model)
     compressed.set_submodule(name, _LOW_RANK[method](compressed.get_submodule(name), kept))
     return compressed
@@ -126,15 +126,19 @@ def _aligned(count: float, full: int) -> int:
     return CHANNEL_MULTIPLE * max(1, round(count / CHANNEL_MULTIPLE))
 
 
-def _fitting_and_scoring(data, num_batches: int) -> tuple[list, list]:
-    """(batches the refits solve on, calls the candidates are scored on): ``num_batches`` of ``data`` each, disjoint
-    (as many as ``data`` gives, split in two halves); a scored refit on its own images would hide its overfitting."""
-    calls = [channels_last_call(*call) for call in checked_calls(data, None, 2 * num_batches)]
+def _fitting_and_scoring(data, num_batches: int, refit_batches: int) -> tuple[list, list, list]:
+    """(batches the candidates' refits solve on, calls they are scored on, batches the chosen layers' refits solve on):
+    ``num_batches`` of ``data`` each for the first two, disjoint (as many as ``data`` gives, split in two halves; a
+    scored refit on its own images would hide its overfitting), then the fitting batches and those after the scoring
+    ones, up to ``refit_batches``."""
+    wanted = num_batches + max(num_batches, refit_batches)
+    calls = [channels_last_call(*call) for call in checked_calls(data, None, wanted)]
     if len(calls) < 2:
         raise DataError(f"compress refits layers on some batches and scores them on others: the data gave "
                         f"{len(calls)} batch, give at least 2 (best {2 * num_batches})")
-    half = (len(calls) + 1) // 2
-    return [batch_of(call) for call in calls[:half]], calls[half:]
+    half = min(num_batches, (len(calls) + 1) // 2)
+    fitting = [batch_of(call) for call in calls[:half]]
+    return fitting, calls[half:2 * half], (fitting + [batch_of(call) for call in calls[2 * half:]])[:refit_batches]
 
 
 @torch.no_grad()
@@ -200,10 +204,11 @@ def _select(model: nn.Module, curves: dict, total: int, target: int, example, ba
 
 def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", "channel_pruning"), eval_fn=None,
              eval_data=None, fine_tune_steps: int = 500, lr: float | None = None, exclude=(),
-             out_dir="lowbit-report", num_batches: int = 2) -> CompressionResult:
+             out_dir="lowbit-report", num_batches: int = 2, refit_batches: int = 8) -> CompressionResult:
     """A smaller copy of ``model`` with about ``macs`` of its MACs: each layer compressed by every method that applies
     at :data:`CANDIDATES`, refit on ``num_batches`` of ``data`` and scored on the next ``num_batches`` (images the refit
-    did not see), ratios chosen at equal loss, then ``fine_tune_steps`` of distillation from ``model``.
+    did not see), ratios chosen at equal loss, the chosen layers refit on up to ``refit_batches`` (the fitting batches
+    and those after the scoring ones), then ``fine_tune_steps`` of distillation from ``model``.
     ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` (default: the scoring batches) scores it."""
     start = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
@@ -211,7 +216,10 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
         raise SpecError(f"methods are some of {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
     if not 0 < macs < 1:
         raise SpecError(f"macs is the fraction of the MACs to keep, in (0, 1); got {macs}")
-    batches, calls = _fitting_and_scoring(data, num_batches)
+    if refit_batches < 1:
+        raise SpecError(f"refit_batches is how many batches the chosen layers refit on, at least 1; "
+                        f"got {refit_batches}")
+    batches, calls, refit = _fitting_and_scoring(data, num_batches, refit_batches)
     example = batches[0]
     names = {name for name, _ in model.named_modules()}
     missing = sorted(set(exclude) - names)
@@ -249,7 +257,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
                 curves[name] = candidates
             else:
                 skipped[name] = "; ".join(reasons) or "no candidate ratio saves anything"
-        compressed, chosen = _select(model, curves, before.macs, int(before.macs * macs), example, batches)
+        compressed, chosen = _select(model, curves, before.macs, int(before.macs * macs), example, refit)
         score_before = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
         if fine_tune_steps:
             parameters = [p for p in compressed.parameters() if p.requires_grad]
