@@ -55,6 +55,8 @@ def dequantizer_through(index: GraphIndex, name: str, op_types) -> tuple[onnx.No
 
 def rename_tensors(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     """Rename initializers and Constant outputs (and every reference to them) in place."""
+    if not renames:  # an ONNX sim's split passes none: no walk over the graph
+        return
     for tensor in graph.initializer:
         tensor.name = renames.get(tensor.name, tensor.name)
     for node in graph.node:

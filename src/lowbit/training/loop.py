@@ -89,9 +89,9 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     start = time.perf_counter()
     best = BestState() if keep_best and eval_data is not None else None
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, offer: bool = True) -> None:
         result.history.append({"step": step, "score": _score(student, teacher, eval_data, transform, device)})
-        if best is not None:
+        if offer and best is not None:
             best.offer(result.history[-1], student)
 
     if eval_data is not None:
@@ -126,14 +126,14 @@ def train(name: str, student: torch.nn.Module, data, parameter_groups: list[dict
     finally:
         student.eval()
     if best is not None:
-        if result.steps:
+        if "score" not in result.history[-1]:  # the last step, unless the loop or the start just scored it
             evaluate(result.steps)
         best.restore(student)
         result.kept_step = best.step
     if finish is not None:
         finish()
     if eval_data is not None:
-        result.history.append({"step": result.steps, "score": _score(student, teacher, eval_data, transform, device)})
+        evaluate(result.steps, offer=False)
     result.seconds = time.perf_counter() - start
     return result
 
