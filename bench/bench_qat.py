@@ -11,6 +11,10 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a4 --start seqmse --scheme sqnr --steps 300 --batch 16
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w4a8,efficientnet_lite0-w4a8 --batch 16 --cost-only
     .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w8a8 --start adaround --fixed-ranges --keep-best --no-cost
+    .venv/bin/python bench/bench_qat.py --rows mobilenet_v2-w8a8 --ptq-start w8a8-adaround --fixed-ranges --keep-best
+
+``--ptq-start ROW`` starts from the sim bench_ptq.py builds for ROW (its techniques, AdaRound by layer or by block at
+its iterations, ``--seed``), so a row can start from the best post-training result that bench reports.
 
 With ``--keep-best`` the trace's images (the first 64) choose the state kept; every row also reports its agreement on
 the other 448 images, which no choice saw.
@@ -28,10 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+import bench_ptq  # noqa: E402
 
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
+from lowbit.algorithms.adaround_rows import DEFAULT_ITERATIONS  # noqa: E402
 from lowbit.quant.range_estimators import SCHEMES  # noqa: E402
 from lowbit.training.qat import train_exactly  # noqa: E402
 from lowbit.zoo import augmented, calibration_photos, photos_to_batch  # noqa: E402
@@ -148,7 +154,11 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     model = MODELS[model_name]().eval()
     fp32 = fp32s[model_name]
     calib = _common.calibration_batches(n_images=256)
-    sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm, args.scheme)
+    if args.ptq_start:
+        target, techniques, scheme = bench_ptq.ROWS[args.ptq_start]
+        sim = bench_ptq.build(model, calib, target, techniques, scheme, DEFAULT_ITERATIONS, args.seed)[0]
+    else:
+        sim = sim_for(model, calib, setting, args.start, args.keep_batchnorm, args.scheme)
     with torch.no_grad():
         before_outputs = torch.cat([sim(b) for b in evals])
     before = figures(before_outputs, fp32)
@@ -162,7 +172,7 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-           "start": args.start, "scheme": args.scheme, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
+           "start": start_name(args), "scheme": args.scheme, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
            "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
            "before_untraced": figures(before_outputs[unseen:], fp32[unseen:]),
@@ -173,6 +183,10 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     if not args.no_cost:
         row.update(cost_row(model_name, setting, args))
     return row
+
+
+def start_name(args) -> str:
+    return f"bench_ptq {args.ptq_start}, seed {args.seed}" if args.ptq_start else args.start
 
 
 def cost_row(model_name: str, setting: str, args) -> dict:
@@ -230,6 +244,9 @@ def main() -> None:
     parser.add_argument("--start", choices=sorted(START_TECHNIQUES), default="minmax",
                         help="the encodings QAT starts from: calibrated min-max, sequential MSE's, or sequential MSE's "
                              "then AdaRound's (by block)")
+    parser.add_argument("--ptq-start", choices=sorted(r for r in bench_ptq.ROWS if r != "w8-weight-only"),
+                        help="start from this bench_ptq.py row's sim, built as that bench builds it")
+    parser.add_argument("--seed", type=int, default=0, help="AdaRound's seed with --ptq-start")
     parser.add_argument("--scheme", choices=SCHEMES, default="minmax",
                         help="calibration scheme of the starting ranges")
     parser.add_argument("--keep-batchnorm", action="store_true",
@@ -249,6 +266,11 @@ def main() -> None:
     unknown = [m + "-" + s for m, s in rows if m not in MODELS or s not in SETTINGS]
     if unknown:
         parser.error(f"unknown row {unknown[0]}")
+    if args.ptq_start and (args.keep_batchnorm or args.scheme != "minmax" or any(
+            SETTINGS[s] != (bench_ptq.ROWS[args.ptq_start][0], None) for _, s in rows)):
+        parser.error(f"--ptq-start {args.ptq_start} builds a sim of target preset "
+                     f"{bench_ptq.ROWS[args.ptq_start][0]!r}: give rows "
+                     "of that setting, without --keep-batchnorm or --scheme")
     _common.setup_threads()
     if args.cost_only:
         print_costs(rows, args)
@@ -262,7 +284,7 @@ def main() -> None:
     payload = stored_payload()
     results = payload["rows"]
     for model_name, setting in rows:
-        recipe = (f"from {args.start}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "")
+        recipe = (f"from {start_name(args)}" + (f", {args.scheme} ranges" if args.scheme != "minmax" else "")
                   + (", BN kept" if args.keep_batchnorm else "") + (", mixup" if args.mixup else "")
                   + (", fixed ranges" if args.fixed_ranges else "") + (", keep best" if args.keep_best else ""))
         key = f"{model_name}-{setting} ({args.steps} steps × {args.batch}, lr {args.lr:g}, {recipe})"
