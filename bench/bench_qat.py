@@ -172,7 +172,8 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-           "start": start_name(args), "scheme": args.scheme, "mixup": args.mixup, "range_learning": not args.fixed_ranges,
+           "start": start_name(args), "scheme": args.scheme, "mixup": args.mixup,
+           "range_learning": not args.fixed_ranges,
            "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
            "before_untraced": figures(before_outputs[unseen:], fp32[unseen:]),

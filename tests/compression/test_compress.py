@@ -70,6 +70,20 @@ def test_fine_tuning_lowers_the_distillation_loss():
     assert result.score[1] > result.score[0], result.score
 
 
+def test_keep_best_returns_the_compressed_model_when_fine_tuning_spoils_it():
+    """At a learning rate that wrecks the weights, keep_best gives back the model as compressed (step 0)."""
+    model, data = _setting()
+    held_out = [torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(2))]
+    options = dict(macs=0.6, eval_data=held_out, out_dir=None)
+    plain = lowbit.compress(model, data, fine_tune_steps=0, **options)
+    spoiled = lowbit.compress(model, data, fine_tune_steps=10, lr=1.0, **options)
+    kept = lowbit.compress(model, data, fine_tune_steps=10, lr=1.0, keep_best=True, **options)
+    assert spoiled.score[1] < plain.score[0] - 0.2 and spoiled.kept_step is None
+    assert kept.kept_step == 0 and kept.score == (plain.score[0], plain.score[0])
+    with torch.no_grad():
+        assert torch.equal(kept.model(held_out[0]), plain.model(held_out[0]))
+
+
 @pytest.mark.slow
 def test_fine_tuning_trains_the_weights_and_keeps_batchnorm_statistics():
     """Batches of a few images would replace the statistics the refit layers were fitted to: they stay as selected."""
@@ -107,6 +121,8 @@ def test_bad_requests_are_one_line():
         lowbit.compress(model, data[:1], out_dir=None)
     with pytest.raises(SpecError, match="refit_batches is how many batches"):
         lowbit.compress(model, data, refit_batches=0, out_dir=None)
+    with pytest.raises(SpecError, match="keep_best keeps the fine-tuned state that scores best on eval_data"):
+        lowbit.compress(model, data, keep_best=True, out_dir=None)
     with pytest.raises(SpecError, match="5% of the MACs is out of reach"):
         lowbit.compress(model, data, macs=0.05, methods=("weight_svd",), fine_tune_steps=0, out_dir=None)
 

@@ -67,6 +67,8 @@ class CompressionResult:
     curves: dict[str, list[Candidate]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     report_path: Path | None = None
+    kept_step: int | None = None
+    """With ``keep_best``: the fine-tuning step whose weights were kept (0: as compressed, before fine-tuning)."""
 
     def __str__(self) -> str:
         (m0, m1), (p0, p1) = self.macs, self.params
@@ -204,12 +206,14 @@ def _select(model: nn.Module, curves: dict, total: int, target: int, example, ba
 
 def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", "channel_pruning"), eval_fn=None,
              eval_data=None, fine_tune_steps: int = 500, lr: float | None = None, exclude=(),
-             out_dir="lowbit-report", num_batches: int = 2, refit_batches: int = 8) -> CompressionResult:
+             out_dir="lowbit-report", num_batches: int = 2, refit_batches: int = 8,
+             keep_best: bool = False) -> CompressionResult:
     """A smaller copy of ``model`` with about ``macs`` of its MACs: each layer compressed by every method that applies
     at :data:`CANDIDATES`, refit on ``num_batches`` of ``data`` and scored on the next ``num_batches`` (images the refit
     did not see), ratios chosen at equal loss, the chosen layers refit on up to ``refit_batches`` (the fitting batches
     and those after the scoring ones), then ``fine_tune_steps`` of distillation from ``model``.
-    ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` (default: the scoring batches) scores it."""
+    ``eval_fn(model)`` (higher is better) or agreement on ``eval_data`` (default: the scoring batches) scores it.
+    ``keep_best``: the fine-tuned state agreeing best with ``model`` on ``eval_data`` (the start included) is kept."""
     start = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -219,6 +223,9 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
     if refit_batches < 1:
         raise SpecError(f"refit_batches is how many batches the chosen layers refit on, at least 1; "
                         f"got {refit_batches}")
+    if keep_best and eval_data is None:
+        raise SpecError("keep_best keeps the fine-tuned state that scores best on eval_data: pass eval_data, images "
+                        "the fine-tuning does not see")
     batches, calls, refit = _fitting_and_scoring(data, num_batches, refit_batches)
     example = batches[0]
     names = {name for name, _ in model.named_modules()}
@@ -228,6 +235,7 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
     with eval_mode(model):
         with torch.no_grad():
             targets = [model(*args, **kwargs) for args, kwargs in calls]
+            eval_data = None if eval_data is None else list(eval_data)  # scored more than once
             eval_calls = calls if eval_data is None else list(checked_calls(eval_data))
             eval_targets = targets if eval_data is None else [model(*a, **k) for a, k in eval_calls]
         before = model_costs(model, example)
@@ -259,15 +267,18 @@ def compress(model: nn.Module, data, macs: float = 0.5, methods=("spatial_svd", 
                 skipped[name] = "; ".join(reasons) or "no candidate ratio saves anything"
         compressed, chosen = _select(model, curves, before.macs, int(before.macs * macs), example, refit)
         score_before = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
+        kept_step = None
         if fine_tune_steps:
             parameters = [p for p in compressed.parameters() if p.requires_grad]
-            train("compress fine-tuning", compressed, data, [{"params": parameters, "lr": lr or DEFAULT_LR}],
-                  fine_tune_steps, teacher=model, batchnorm_statistics=False)
+            groups = [{"params": parameters, "lr": lr or DEFAULT_LR}]
+            kept_step = train("compress fine-tuning", compressed, data, groups, fine_tune_steps, teacher=model,
+                              eval_data=eval_data if keep_best else None, batchnorm_statistics=False,
+                              keep_best=keep_best).kept_step
         score_after = _score(compressed.eval(), eval_calls, eval_targets, eval_fn)
     after = model_costs(compressed, example)
     result = CompressionResult(compressed, {n: (c.method, c.kept, c.full) for n, c in chosen.items()},
                                (before.macs, after.macs), (before.params, after.params), (score_before, score_after),
-                               time.perf_counter() - start, curves, skipped)
+                               time.perf_counter() - start, curves, skipped, kept_step=kept_step)
     if out_dir is not None:
         from lowbit.compression.report import write_compression_report
         result.report_path = write_compression_report(result, Path(out_dir))
