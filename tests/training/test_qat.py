@@ -141,13 +141,26 @@ def test_bad_calls_are_one_line(setting, tmp_path):
         lowbit.qat(OnnxQuantSim(str(path)).calibrate([data[0][:1].numpy()]), data)
 
 
-def test_the_default_teacher_is_the_float_model(setting):
+@pytest.mark.parametrize("techniques", [(), ("adaround",), ("bias_correction",)])
+def test_the_default_teacher_is_the_float_model(setting, techniques):
+    """Also where AdaRound wrote its rounding into the weights or bias correction shifted the biases: the teacher
+    is the float model, not the weight-quantized one."""
     model, data, _ = setting
-    sim = lowbit.quantize(model, data[:1], target="w4a8")
+    sim = lowbit.quantize(model, data[:2], target="w4a8", techniques=techniques)
     teacher = float_model(sim)
     with torch.no_grad():
         torch.testing.assert_close(teacher(data[0]), model(data[0]), rtol=1e-4, atol=1e-4)  # BN folded: float error
+    written = [not torch.equal(a, b) for a, b in zip(sim.model.parameters(), teacher.parameters())]
+    assert any(written) == bool(techniques)  # the techniques did write into the sim's layers
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_teacher_stays_the_float_model_when_batchnorm_folds_after_adaround(setting):
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8", fold_batchnorm=False, techniques=("adaround",))
+    sim.fold_batchnorm()
+    with torch.no_grad():
+        torch.testing.assert_close(float_model(sim)(data[0]), model(data[0]), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("exact", [False, True])
@@ -165,3 +178,4 @@ def test_training_forward_choice_leaves_the_sim_exact(setting, exact):
     hook.remove()
     assert seen == [exact, exact]
     assert all(m.exact_training for m in sim.model.modules() if isinstance(m, WeightQuantized))
+

@@ -15,6 +15,7 @@ from lowbit.errors import SpecError
 from lowbit.graph.blocks import rounding_units
 from lowbit.progress import progress
 from lowbit.algorithms.block_rounding import round_block
+from lowbit.torch.float_parameters import keep_float_parameters
 from lowbit.torch.graph_blocks import block_module
 from lowbit.torch.layer_activation import following_activation
 from lowbit.torch.layer_inputs import layer_inputs_for, weight_skip_reason
@@ -66,6 +67,8 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
     layers = []
     for names, block in progress(units, "adaround", len(units), unit=granularity):
         unit_start = time.perf_counter()
+        for name in names:  # before the rounding is written into the weights
+            keep_float_parameters(sim.model.get_submodule(name))
         if block is None:
             wrapper = sim.model.get_submodule(names[0])
             activation = following_activation(sim.model, names[0]) or torch.nn.Identity()

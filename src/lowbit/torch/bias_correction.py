@@ -17,6 +17,7 @@ from lowbit.algorithms.bias_correction_analytical import ChannelStatistics
 from lowbit.errors import DataError, NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.batchnorm_fold import FoldedBatchNorm
+from lowbit.torch.float_parameters import keep_float_parameters
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.module_graph import node_arg
 from lowbit.torch.weight_quantized import WeightQuantized
@@ -75,6 +76,7 @@ def _correct_layer(wrapper: WeightQuantized, input_mean: torch.Tensor) -> torch.
     moments = recorded.moments(layer) if recorded is not None else None
     weight_error = wrapper.weight_quantizer(layer.weight) - layer.weight
     shift = expected_output_shift(weight_error, input_mean.to(weight_error.device), getattr(layer, "groups", 1))
+    keep_float_parameters(wrapper)
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
                                               device=layer.weight.device))

@@ -53,6 +53,7 @@ class WeightQuantized(LayerWrapper):
         self.weight_quantizer = weight_quantizer
         self.int16_pairs = False
         self.exact_training = True
+        self.float_parameters = None  # the layer's float weight and bias, once a technique overwrites them
         self.links = (None, True, None)  # input quantizer, input direct, output quantizer: by reference
         self._forward = next((f for cls, f in _FORWARDS.items()
                               if isinstance(layer, cls) and type(layer).forward is cls.forward), None)

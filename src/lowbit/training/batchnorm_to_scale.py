@@ -12,6 +12,7 @@ from torch import nn
 
 from lowbit.errors import SpecError
 from lowbit.torch.batchnorm_fold import batchnorm_factor, fold_into, own_forward
+from lowbit.torch.float_parameters import fold_float_parameters
 from lowbit.torch.insert import link_output_quantizers
 from lowbit.torch.weight_quantized import WeightQuantized
 
@@ -81,6 +82,7 @@ def fold_batchnorm_to_scale(sim) -> list[tuple[str, str]]:
             quantizer.scale.mul_(factor.reshape([-1] + [1] * (quantizer.scale.dim() - 1)))
             if learning:
                 quantizer.learn_ranges()
+        fold_float_parameters(wrapper, batchnorm)
         fold_into(wrapper.layer, batchnorm)
         sim.model.set_submodule(bn_path, nn.Identity())
     if pairs:

@@ -11,6 +11,7 @@ from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
 from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.adapters import adapter_keys, adapter_parameters
+from lowbit.torch.float_parameters import restore_float_parameters
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
@@ -31,6 +32,8 @@ def float_model(sim) -> torch.nn.Module:
     for module in model.modules():
         if isinstance(module, Quantizer):
             module.mode = "off"
+        elif isinstance(module, WeightQuantized) and module.float_parameters is not None:
+            restore_float_parameters(module.layer, module.float_parameters)
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,44 @@
+"""The float weight and bias a sim simulates, kept where a technique writes rounded (AdaRound) or corrected (bias
+correction) values into a layer, so that the float model (QAT's default teacher) stays the float model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lowbit.torch.batchnorm_fold import fold_into
+
+
+def keep_float_parameters(wrapper) -> None:
+    """Remember the wrapped layer's weight and bias as they are now, unless remembered before: call it before a
+    technique first overwrites them."""
+    if wrapper.float_parameters is None:
+        layer = wrapper.layer
+        wrapper.float_parameters = {name: getattr(layer, name).detach().clone() for name in ("weight", "bias")
+                                    if getattr(layer, name, None) is not None}
+
+
+def fold_float_parameters(wrapper, batchnorm: nn.Module) -> None:
+    """Fold ``batchnorm`` into the remembered float parameters too, as it is folded into the layer."""
+    if wrapper.float_parameters is not None:
+        layer = float_layer(wrapper.layer, wrapper.float_parameters)
+        fold_into(layer, batchnorm)
+        wrapper.float_parameters = {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()}
+
+
+@torch.no_grad()
+def float_layer(layer: nn.Module, parameters: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``layer`` with ``parameters`` written in (a bias added since, by bias correction, becomes zero)."""
+    layer = copy.deepcopy(layer)
+    restore_float_parameters(layer, parameters)
+    return layer
+
+
+@torch.no_grad()
+def restore_float_parameters(layer: nn.Module, parameters: dict[str, torch.Tensor]) -> None:
+    """Write ``parameters`` into ``layer`` in place; a bias it has that ``parameters`` lack becomes zero."""
+    layer.weight.copy_(parameters["weight"])
+    if layer.bias is not None:
+        layer.bias.copy_(parameters["bias"] if "bias" in parameters else torch.zeros_like(layer.bias))
