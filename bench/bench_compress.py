@@ -10,8 +10,8 @@ Rows of earlier runs stay in the JSON (each records its machine) unless this run
     .venv/bin/python bench/bench_compress.py --rows mobilenet_v2-0.5 --steps 50 --methods channel_pruning
     .venv/bin/python bench/bench_compress.py --rows mobilenet_v2-0.75 --steps 50 --keep-best
 
-With ``--keep-best`` the first 64 evaluation images choose the fine-tuned state kept (compress's keep_best), and the
-agreement before and after fine-tuning is scored on the other 448, which the choice did not see.
+With ``--keep-best`` every eighth evaluation image (64 in all) chooses the fine-tuned state kept (compress's
+keep_best), and the agreement before and after fine-tuning is scored on the other 448, which the choice did not see.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from bench_qat import EVALUATION_IMAGES, MODELS, N_LABELLED, TRACE_BATCHES, TrainingCrops, figures  # noqa: E402
+from bench_qat import EVALUATION_IMAGES, MODELS, N_LABELLED, TrainingCrops, figures, split_trace  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -55,13 +55,14 @@ def run_row(model_name: str, fraction: float, args, evals, fp32: torch.Tensor) -
     crops = TrainingCrops(args.batches_per_epoch, args.batch)
     scoring = {"eval_data": evals}
     if args.keep_best:
-        untraced, reference = evals[TRACE_BATCHES:], fp32[sum(b.shape[0] for b in evals[:TRACE_BATCHES]):]
+        trace, traced = split_trace(evals)
+        untraced, reference = list(torch.cat(evals)[~traced].split(evals[0].shape[0])), fp32[~traced]
 
         def untraced_agreement(candidate) -> float:
             with torch.no_grad():
                 return figures(torch.cat([candidate(b) for b in untraced]), reference)["top1_agreement"]
 
-        scoring = {"eval_data": evals[:TRACE_BATCHES], "eval_fn": untraced_agreement, "keep_best": True}
+        scoring = {"eval_data": trace, "eval_fn": untraced_agreement, "keep_best": True}
     with tempfile.TemporaryDirectory() as tmp:
         result = lowbit.compress(model, crops, macs=fraction, methods=args.methods, fine_tune_steps=args.steps,
                                  lr=args.lr, num_batches=2, out_dir=Path(tmp), **scoring)
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--methods", default="spatial_svd,channel_pruning",
                         help="comma-separated methods compress may use (one alone: what it turns into latency)")
     parser.add_argument("--keep-best", action="store_true",
-                        help="keep the fine-tuned state that scores best on the first 64 images; score on the rest")
+                        help="keep the fine-tuned state that scores best on every eighth image; score on the rest")
     args = parser.parse_args()
     args.methods = tuple(args.methods.split(","))
     rows = [(m, float(f)) for m, f in (row.rsplit("-", 1) for row in args.rows.split(","))]

@@ -16,7 +16,7 @@ Evaluation: the 20 labelled ImageNet photos plus 492 crops of them, as bench_ptq
 ``--ptq-start ROW`` starts from the sim bench_ptq.py builds for ROW (its techniques, AdaRound by layer or by block at
 its iterations, ``--seed``), so a row can start from the best post-training result that bench reports.
 
-With ``--keep-best`` the trace's images (the first 64) choose the state kept; every row also reports its agreement on
+With ``--keep-best`` the trace's images (every eighth) choose the state kept; every row also reports its agreement on
 the other 448 images, which no choice saw.
 """
 
@@ -48,8 +48,8 @@ SETTINGS = {"w8a8": ("default", None), "w4a8": ("w4a8", None), "w4a4": ("w4a8", 
 """Setting → (target preset, activation bits override)."""
 N_LABELLED = 20
 EVALUATION_IMAGES = 512
-TRACE_BATCHES = 2
-"""Evaluation batches (of 32) scored every tenth of the run, to show the trajectory."""
+TRACE_STRIDE = 8
+"""Every eighth evaluation image is in the trace: scored every tenth of the run, and keep_best's choice."""
 
 
 class TrainingCrops:
@@ -74,6 +74,13 @@ class TrainingCrops:
                 weights = torch.rand(self.batch, 1, 1, 1, generator=generator)
                 crops = weights * crops + (1 - weights) * others
             yield crops
+
+
+def split_trace(evals: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(the trace's batches, a mask of the images in it): a strided sample, labelled photos and crops alike."""
+    images = torch.cat(evals)
+    traced = torch.arange(len(images)) % TRACE_STRIDE == 0
+    return list(images[traced].split(evals[0].shape[0])), traced
 
 
 def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
@@ -163,12 +170,12 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
         before_outputs = torch.cat([sim(b) for b in evals])
     before = figures(before_outputs, fp32)
     data = TrainingCrops(args.batches_per_epoch, args.batch, args.mixup)
+    trace, traced = split_trace(evals)
     result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr, range_learning=not args.fixed_ranges,
-                        eval_data=evals[:TRACE_BATCHES], keep_best=args.keep_best)
+                        eval_data=trace, keep_best=args.keep_best)
     with torch.no_grad():
         outputs = torch.cat([sim(b) for b in evals])
     after = figures(outputs, fp32)
-    unseen = sum(b.shape[0] for b in evals[:TRACE_BATCHES])  # the images the trace (and keep_best's choice) did not score
     with tempfile.TemporaryDirectory() as tmp:
         paths = sim.export(tmp, model_name, verify=evals)
     row = {"model": model_name, "setting": setting, "steps": args.steps, "batch": args.batch, "lr": args.lr,
@@ -176,8 +183,8 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
            "range_learning": not args.fixed_ranges,
            "batchnorm": "kept, folded after" if args.keep_batchnorm else "folded before",
            "before": before, "after": after, "qat_seconds": result.seconds, "result": str(result),
-           "before_untraced": figures(before_outputs[unseen:], fp32[unseen:]),
-           "after_untraced": figures(outputs[unseen:], fp32[unseen:]), "kept_step": result.kept_step,
+           "before_untraced": figures(before_outputs[~traced], fp32[~traced]),
+           "after_untraced": figures(outputs[~traced], fp32[~traced]), "kept_step": result.kept_step,
            "trace": [[step, score] for step, score in result.scores()],
            "fidelity": {"top1_agreement": paths.fidelity.top1_agreement,
                         "max_error_lsb": paths.fidelity.max_error_lsb}}
