@@ -68,3 +68,30 @@ def test_going_back_restarts_the_paused_runs():
     first, second = _rows(names, paused=True), _rows(names, paused=False)
     for name in names:
         torch.testing.assert_close(first[name], second[name], rtol=0, atol=0)
+
+
+def test_the_reference_is_the_float_model_after_adaround_wrote_its_rounding():
+    """A layer-wise technique run after AdaRound (a second AdaRound, say) fits to the float model's outputs,
+    not to the rounded weights AdaRound wrote into the sim's layers."""
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    data = [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    sim = lowbit.quantize(model, data, target="w4a8", techniques=("adaround",))
+    assert not torch.equal(sim.model.get_submodule("stem").layer.weight, model.stem.weight)
+    reference = LayerInputs(sim, [((batch,), {}) for batch in data]).reference
+    with torch.no_grad():
+        torch.testing.assert_close(reference(data[0]), model(data[0]), rtol=0, atol=1e-6)
+
+
+def test_quantizer_values_read_the_float_model_after_adaround():
+    """The float side of ``quantizer_values`` (analysis' activation views) is the float model's: the float
+    weights and the activations they give, not AdaRound's rounded weights."""
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    data = [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    sim = lowbit.quantize(model, data, target="w4a8", techniques=("adaround",))
+    floats, quantized = sim.quantizer_values((data[0],), {}, ["stem.weight", "head"])
+    with torch.no_grad():
+        torch.testing.assert_close(floats["head"], model(data[0]).flatten(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(floats["stem.weight"], model.stem.weight.flatten(), rtol=0, atol=0)
+        torch.testing.assert_close(quantized["head"], sim(data[0]).flatten(), rtol=0, atol=0)

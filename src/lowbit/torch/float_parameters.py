@@ -8,7 +8,21 @@ import copy
 import torch
 from torch import nn
 
+from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.batchnorm_fold import fold_into
+from lowbit.torch.weight_quantized import WeightQuantized
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A copy of a sim's model with every quantizer off and each layer's float weight and bias back: the float
+    model it simulates, also after AdaRound or bias correction wrote into its layers."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, Quantizer):
+            module.mode = "off"
+        elif isinstance(module, WeightQuantized) and module.float_parameters is not None:
+            restore_float_parameters(module.layer, module.float_parameters)
+    return model
 
 
 def keep_float_parameters(wrapper) -> None:

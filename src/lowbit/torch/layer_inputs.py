@@ -3,7 +3,6 @@ batches, stop at one layer, and keep sampled rows of the layer's quantized input
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -15,6 +14,7 @@ from lowbit.progress import progress
 from lowbit.quant.quantizer import Quantizer
 from lowbit.graph.blocks import Block
 from lowbit.torch.graph_blocks import block_nodes, fx_blocks
+from lowbit.torch.float_parameters import float_copy
 from lowbit.torch.graph_cursor import GraphCursor
 from lowbit.algorithms.layer_rows import rows_unsupported, sample_rows
 from lowbit.algorithms.row_cache import RowCache
@@ -47,17 +47,14 @@ def weight_skip_reason(wrapper: WeightQuantized) -> str | None:
 
 
 class LayerInputs:
-    """The sim and a float reference copy (every quantizer off) run on the same ``calls``; on an fx graph both
+    """The sim and its float model (:func:`float_copy`) run on the same ``calls``; on an fx graph both
     pause at each layer and resume there (:class:`GraphCursor`), so layers must be collected in call order."""
 
     def __init__(self, sim, calls: list[tuple[tuple, dict]]):
         self.sim = sim
         self.calls = calls
         self.device = sim._device()
-        self.reference = copy.deepcopy(sim.model)
-        for module in self.reference.modules():
-            if isinstance(module, Quantizer):
-                module.mode = "off"
+        self.reference = float_copy(sim.model)
         self._node_index = _single_call_layers(sim.model)
         self._cursors: list[tuple[GraphCursor, GraphCursor]] = []
 

@@ -1,37 +1,34 @@
-"""What a QuantSim's quantizers read (with every quantizer off) and write (as the sim runs), for one call."""
+"""What a QuantSim's quantizers read in the float model and write as the sim runs, for one call."""
 
 from __future__ import annotations
 
 import torch
 
 from lowbit.data import move_call
+from lowbit.torch.float_parameters import float_copy
 
 
 def quantizer_values(sim, args, kwargs, keys) -> tuple[dict, dict]:
-    """For each quantizer key: its input in the float model (every quantizer off) and its output in the sim."""
+    """For each quantizer key: its input in the float model (:func:`float_copy`) and its output in the sim."""
     args, kwargs = move_call(args, kwargs, sim._device())
-    quantizers = sim.quantizers()
-    return (_capture(sim, quantizers, keys, args, kwargs, quantized=False),
-            _capture(sim, quantizers, keys, args, kwargs, quantized=True))
+    paths = {module: path for path, module in sim.model.named_modules()}
+    quantizers = {key: paths[quantizer] for key, quantizer in sim.quantizers().items() if key in keys}
+    reference = float_copy(sim.model)
+    return (_capture(reference, quantizers, args, kwargs, quantized=False),
+            _capture(sim.model, quantizers, args, kwargs, quantized=True))
 
 
-def _capture(sim, quantizers, keys, args, kwargs, quantized: bool) -> dict[str, torch.Tensor]:
-    """Float inputs (``quantized=False``: every quantizer off) or quantized outputs of the named quantizers."""
+def _capture(model, quantizers: dict[str, str], args, kwargs, quantized: bool) -> dict[str, torch.Tensor]:
+    """The inputs (``quantized=False``) or outputs of ``model``'s quantizers at the given module paths, by key."""
     captured, hooks = {}, []
-    saved = {key: quantizer.mode for key, quantizer in quantizers.items()}
-    for key in keys:
+    for key, path in quantizers.items():
         def hook(module, inputs, output, key=key):
             captured[key] = (output if quantized else inputs[0]).detach().float().cpu().flatten()
-        hooks.append(quantizers[key].register_forward_hook(hook))
+        hooks.append(model.get_submodule(path).register_forward_hook(hook))
     try:
-        if not quantized:
-            for quantizer in quantizers.values():
-                quantizer.mode = "off"
         with torch.no_grad():
-            sim.model(*args, **kwargs)
+            model(*args, **kwargs)
     finally:
         for hook in hooks:
             hook.remove()
-        for key, quantizer in quantizers.items():
-            quantizer.mode = saved[key]
     return captured

@@ -3,15 +3,12 @@ distilled from the float model, so no labels are needed; the sim is trained in p
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from lowbit.distributed import check_ranks
 from lowbit.errors import NotCalibratedError, SpecError
-from lowbit.quant.quantizer import Quantizer
 from lowbit.torch.adapters import adapter_keys, adapter_parameters
-from lowbit.torch.float_parameters import restore_float_parameters
+from lowbit.torch.float_parameters import float_copy
 from lowbit.torch.integer_add import IntegerAdd
 from lowbit.torch.weight_quantized import WeightQuantized
 from lowbit.training.batchnorm import batchnorms, reestimate_batchnorm
@@ -27,14 +24,8 @@ ZERO_POINT_LR_FACTOR = 1e4
 
 
 def float_model(sim) -> torch.nn.Module:
-    """A copy of the sim's model with every quantizer off: the float model it simulates (the default teacher)."""
-    model = copy.deepcopy(sim.model)
-    for module in model.modules():
-        if isinstance(module, Quantizer):
-            module.mode = "off"
-        elif isinstance(module, WeightQuantized) and module.float_parameters is not None:
-            restore_float_parameters(module.layer, module.float_parameters)
-    return model.eval().requires_grad_(False)
+    """The float model a sim simulates, in eval mode without gradients (the default teacher)."""
+    return float_copy(sim.model).eval().requires_grad_(False)
 
 
 def train_exactly(sim, exact: bool) -> None:
