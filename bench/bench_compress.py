@@ -55,8 +55,8 @@ def run_row(model_name: str, fraction: float, args, evals, fp32: torch.Tensor) -
     crops = TrainingCrops(args.batches_per_epoch, args.batch)
     scoring = {"eval_data": evals}
     if args.keep_best:
-        trace, traced = split_trace(evals)
-        untraced, reference = list(torch.cat(evals)[~traced].split(evals[0].shape[0])), fp32[~traced]
+        trace, untraced, traced = split_trace(evals)
+        reference = fp32[~traced]
 
         def untraced_agreement(candidate) -> float:
             with torch.no_grad():

@@ -76,11 +76,12 @@ class TrainingCrops:
             yield crops
 
 
-def split_trace(evals: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(the trace's batches, a mask of the images in it): a strided sample, labelled photos and crops alike."""
-    images = torch.cat(evals)
+def split_trace(evals: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """(the trace's batches, the other images' batches, a mask of the traced images): a strided sample, labelled
+    photos and crops alike."""
+    images, batch = torch.cat(evals), evals[0].shape[0]
     traced = torch.arange(len(images)) % TRACE_STRIDE == 0
-    return list(images[traced].split(evals[0].shape[0])), traced
+    return list(images[traced].split(batch)), list(images[~traced].split(batch)), traced
 
 
 def figures(outputs: torch.Tensor, fp32: torch.Tensor) -> dict:
@@ -170,7 +171,7 @@ def run_row(model_name: str, setting: str, args, evals, fp32s) -> dict:
         before_outputs = torch.cat([sim(b) for b in evals])
     before = figures(before_outputs, fp32)
     data = TrainingCrops(args.batches_per_epoch, args.batch, args.mixup)
-    trace, traced = split_trace(evals)
+    trace, _, traced = split_trace(evals)
     result = lowbit.qat(sim, data, steps=args.steps, lr=args.lr, range_learning=not args.fixed_ranges,
                         eval_data=trace, keep_best=args.keep_best)
     with torch.no_grad():

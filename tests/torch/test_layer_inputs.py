@@ -28,10 +28,14 @@ class _Residual(nn.Module):
         return self.head((x + y).mean(dim=(2, 3)))
 
 
-def _sim_and_calls():
+def _model_and_data():
     torch.manual_seed(0)
     model = _Residual().eval()
-    data = [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    return model, [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+
+def _sim_and_calls():
+    model, data = _model_and_data()
     sim = lowbit.QuantSim(model, data[0], target="w4a8").calibrate(data)
     return sim, [((batch,), {}) for batch in data]
 
@@ -73,9 +77,7 @@ def test_going_back_restarts_the_paused_runs():
 def test_the_reference_is_the_float_model_after_adaround_wrote_its_rounding():
     """A layer-wise technique run after AdaRound (a second AdaRound, say) fits to the float model's outputs,
     not to the rounded weights AdaRound wrote into the sim's layers."""
-    torch.manual_seed(0)
-    model = _Residual().eval()
-    data = [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    model, data = _model_and_data()
     sim = lowbit.quantize(model, data, target="w4a8", techniques=("adaround",))
     assert not torch.equal(sim.model.get_submodule("stem").layer.weight, model.stem.weight)
     reference = LayerInputs(sim, [((batch,), {}) for batch in data]).reference
@@ -86,9 +88,7 @@ def test_the_reference_is_the_float_model_after_adaround_wrote_its_rounding():
 def test_quantizer_values_read_the_float_model_after_adaround():
     """The float side of ``quantizer_values`` (analysis' activation views) is the float model's: the float
     weights and the activations they give, not AdaRound's rounded weights."""
-    torch.manual_seed(0)
-    model = _Residual().eval()
-    data = [torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    model, data = _model_and_data()
     sim = lowbit.quantize(model, data, target="w4a8", techniques=("adaround",))
     floats, quantized = sim.quantizer_values((data[0],), {}, ["stem.weight", "head"])
     with torch.no_grad():

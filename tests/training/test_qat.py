@@ -178,4 +178,3 @@ def test_training_forward_choice_leaves_the_sim_exact(setting, exact):
     hook.remove()
     assert seen == [exact, exact]
     assert all(m.exact_training for m in sim.model.modules() if isinstance(m, WeightQuantized))
-
