@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -23,16 +24,26 @@ MAX_KEPT_BYTES = 1 << 29
 @dataclass
 class AdapterPrefix:
     """Runs of the sim paused before its first adapter op, one per batch, with copies of what they read (the
-    batches, the base part's tensors) and the base part's quantizer modes."""
+    batches, the base part's tensors), which tensors those were (version and storage) and the base part's
+    quantizer modes."""
 
     read: list[torch.Tensor]
+    seen: list[tuple]
     modes: str
     cursors: list[GraphCursor]
 
+    @classmethod
+    def of(cls, read: list[torch.Tensor], modes: str, cursors: list[GraphCursor]) -> "AdapterPrefix":
+        """Keep copies of ``read`` and the identity, version and storage of each tensor in it."""
+        seen = [(weakref.ref(t), t._version, t.data_ptr()) for t in read]
+        return cls([t.detach().clone() for t in read], seen, modes, cursors)
+
     def matches(self, read: list[torch.Tensor], modes: str) -> bool:
-        """Whether runs on ``read`` with ``modes`` would pause where these did."""
+        """Whether runs on ``read`` with ``modes`` would pause where these did: each tensor the one read then,
+        unwritten since, or equal to its copy."""
         return modes == self.modes and len(read) == len(self.read) and all(
-            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(read, self.read))
+            _unchanged(a, seen) or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+            for a, b, seen in zip(read, self.read, self.seen))
 
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.read, *(t for c in self.cursors
@@ -50,11 +61,17 @@ def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modu
     read, modes = _read_before(sim.model, batches, nodes[:pause], adapter_quantizers)
     if kept is None or not kept.matches(read, modes):  # checked and laid out only when they run
         calls = list(sim_calls(batches, None, None, sim._device()))
-        kept = AdapterPrefix([t.detach().clone() for t in read], modes, _paused_runs(sim.model, calls, pause))
+        kept = AdapterPrefix.of(read, modes, _paused_runs(sim.model, calls, pause))
     for count, cursor in enumerate(progress(kept.cursors, "calibrate adapter")):
         with batch_errors(count):
             cursor.fork().finish()
     return kept if kept.bytes() <= MAX_KEPT_BYTES else None
+
+
+def _unchanged(tensor: torch.Tensor, seen: tuple) -> bool:
+    """Whether ``tensor`` is the tensor ``seen`` recorded, with the same version and storage (not written since)."""
+    reference, version, pointer = seen
+    return reference() is tensor and tensor._version == version and tensor.data_ptr() == pointer
 
 
 def _paused_runs(model: nn.Module, calls: list, pause: int) -> list[GraphCursor]:
