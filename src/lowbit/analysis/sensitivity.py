@@ -163,13 +163,15 @@ def sim_outputs(sim, calls) -> list[torch.Tensor]:
 
 @contextmanager
 def enabled_only(sim, keys: set[str]):
-    """Only the quantizers named in ``keys`` quantize (those already off stay off); restored after."""
+    """Only the quantizers named in ``keys`` quantize (those already off stay off), and layers whose weights are
+    not quantized compute with their float weights (also where AdaRound or bias correction wrote); restored after."""
     quantizers = sim.quantizers()
     saved = {key: quantizer.mode for key, quantizer in quantizers.items()}
     try:
         for key, quantizer in quantizers.items():
             quantizer.mode = "quantize" if key in keys and saved[key] == "quantize" else "off"
-        yield
+        with sim.float_where_off():
+            yield
     finally:
         for key, quantizer in quantizers.items():
             quantizer.mode = saved[key]

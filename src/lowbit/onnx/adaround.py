@@ -39,6 +39,7 @@ def adaround(sim, data, num_iterations: int = DEFAULT_ITERATIONS, num_batches: i
         raise SpecError(f"adaround granularity must be 'layer' or 'block', not {granularity!r}")
     start = time.perf_counter()
     rows, layers, skipped, facts = _prepare(sim, data, transform, num_batches)
+    sim.keep_float_model()
     generator = torch.Generator().manual_seed(seed)
     by_name = {layer.name: (layer, quantizer) for layer, quantizer in layers}
     nodes = {node.name: node for node in facts.graph.node}
@@ -113,7 +114,7 @@ def _prepare(sim, data, transform, num_batches):
     feeds = sim.feeds_of(data, transform, num_batches)
     if not feeds:
         raise DataError("no batch of data was produced")
-    reference = copy.deepcopy(sim.model)
+    reference = copy.deepcopy(sim.float_model if sim.float_model is not None else sim.model)
     facts = GraphFacts(sim.model)
     quantizers = sim.quantizers()
     weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}

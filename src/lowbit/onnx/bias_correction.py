@@ -40,6 +40,7 @@ def correct_bias(sim, data, num_batches: int | None = None, transform=None) -> B
         raise DataError("bias correction needs data: no batch was produced")
     means = _input_means(sim, layers, feeds) if layers else {}
     weights = {p.node: quantizers[p.key] for p in sim.points if p.role == "weight"}
+    sim.keep_float_model()
     shifts = []
     for layer in layers:
         stored = layer.weight.T if layer.transposed else layer.weight  # the initializer's layout

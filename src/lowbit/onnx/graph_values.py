@@ -21,13 +21,13 @@ def graph_values(model: onnx.ModelProto, names: list[str], feeds: dict, threads)
 
 
 def quantizer_values(sim, args, kwargs, keys) -> tuple[dict, dict]:
-    """For each quantizer key: the float graph's value at its tensor, and the QDQ graph's value there on
-    the quantizer's grid (the sim's quantized value), for one call."""
+    """For each quantizer key: the float graph's value at its tensor (its weights before AdaRound or bias correction
+    rewrote them), and the QDQ graph's value there on the quantizer's grid (the sim's quantized value), for one call."""
     tensors = {key: sim.point(key).tensor for key in keys}
     feeds = sim.inputs.feeds(args, kwargs)
     split = sim.split()
     names = sorted(set(tensors.values()))
-    floats = graph_values(split.float_model, names, feeds, sim.threads)
+    floats = graph_values(split.float_model if sim.float_model is None else sim.float_model, names, feeds, sim.threads)
     read = graph_values(split.qdq_model, names, feeds, sim.threads)
     quantizers = sim.quantizers()
     quantized = {key: fake_quantize(read[tensors[key]], quantizers[key].encoding)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from lowbit.fidelity import verify_export
 from lowbit.kernels import Kernels, resolve_kernels
 from lowbit.onnx.fixed_point_adds import fixed_point_adds
 from lowbit.onnx.float_softmaxes import float_softmaxes
+from lowbit.onnx.float_weights import with_float_weights
 from lowbit.onnx.load import load_model
 from lowbit.graph.placement import carries_input, plan, returned_values
 from lowbit.graph.view import GraphView
@@ -71,8 +73,10 @@ class OnnxQuantSim(PlannedQuantizers):
                                              and p.role == "output" else scheme) for p in self.points}
         self.calibration_seconds: float | None = None
         self.technique_results: tuple[str, ...] = ()
+        self.float_model: onnx.ModelProto | None = None  # the model before AdaRound or bias correction wrote into it
+        self._float_where_off = False
         self._split: SplitGraph | None = None
-        self._split_off: frozenset[str] = frozenset()
+        self._split_key: tuple = (frozenset(), frozenset())  # quantizers off, layers with float weights
         self._session = None
         self._rows: dict[tuple, int] = {}  # samples per run, by the feeds' shapes
 
@@ -191,15 +195,33 @@ class OnnxQuantSim(PlannedQuantizers):
 
     def split(self) -> SplitGraph:
         """FP32 graph, encodings and integer QDQ graph of the current encodings; quantizers switched
-        ``"off"`` (as analysis does) get no Q/DQ pair."""
+        ``"off"`` (as analysis does) get no Q/DQ pair; within :meth:`float_where_off` weights off are the float ones."""
         off = frozenset(key for key, quantizer in self._quantizers.items() if quantizer.mode == "off")
-        if self._split is None or off != self._split_off:
+        restored = frozenset(p.node for p in self.points if p.role == "weight" and p.key in off) \
+            if self._float_where_off and self.float_model is not None else frozenset()
+        if self._split is None or (off, restored) != self._split_key:
             require_encodings(self._quantizers)
             points = [p for p in self.points if p.key not in off]
-            self._split = split_exported_graph(tagged_model(self.model, points, self._quantizers),
-                                               self._quantizers, {})
-            self._split_off, self._session = off, None
+            model = with_float_weights(self.model, self.float_model, restored)
+            self._split = split_exported_graph(tagged_model(model, points, self._quantizers), self._quantizers, {})
+            self._split_key, self._session = (off, restored), None
         return self._split
+
+    def keep_float_model(self) -> None:
+        """Remember the model as it is now, unless remembered before: call it before a technique first rewrites
+        weights or biases (AdaRound, bias correction)."""
+        if self.float_model is None:
+            self.float_model = copy.deepcopy(self.model)
+
+    @contextmanager
+    def float_where_off(self):
+        """Within the block, layers whose weight quantizer is off run with the float weight and bias that AdaRound
+        or bias correction replaced (:meth:`keep_float_model`)."""
+        self._float_where_off = True
+        try:
+            yield
+        finally:
+            self._float_where_off = False
 
     def weight(self, key: str) -> torch.Tensor:
         """The float weight quantizer ``key`` quantizes, as the initializer stores it."""

@@ -4,6 +4,7 @@ correction) values into a layer, so that the float model (QAT's default teacher)
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -23,6 +24,28 @@ def float_copy(model: nn.Module) -> nn.Module:
         elif isinstance(module, WeightQuantized) and module.float_parameters is not None:
             restore_float_parameters(module.layer, module.float_parameters)
     return model
+
+
+@contextmanager
+def float_where_off(model: nn.Module):
+    """Within the block, each layer whose weight quantizer is off computes with its kept float weight and bias
+    (AdaRound's rounding and bias correction's shift undone), as the float model does."""
+    swapped = []
+    try:
+        for module in model.modules():
+            if (isinstance(module, WeightQuantized) and module.float_parameters is not None
+                    and module.weight_quantizer.mode == "off"):
+                for name, value in module.float_parameters.items():
+                    parameter = getattr(module.layer, name)
+                    swapped.append((parameter, parameter.data))
+                    parameter.data = value
+                if "bias" not in module.float_parameters and module.layer.bias is not None:
+                    swapped.append((module.layer.bias, module.layer.bias.data))
+                    module.layer.bias.data = torch.zeros_like(module.layer.bias)
+        yield
+    finally:
+        for parameter, data in swapped:
+            parameter.data = data  # the same storage and version: caches of the frozen forms stay valid
 
 
 def keep_float_parameters(wrapper) -> None:

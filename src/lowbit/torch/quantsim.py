@@ -266,6 +266,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         from lowbit.torch.forked_runs import forked_outputs
         return forked_outputs(self, calls, groups, plans, enabled_only)
 
+    def float_where_off(self):
+        """A context in which layers whose weight quantizer is off compute with the float weight and bias that
+        AdaRound or bias correction replaced (``lowbit.torch.float_parameters``)."""
+        from lowbit.torch.float_parameters import float_where_off
+        return float_where_off(self.model)
+
     def quantizer_values(self, args, kwargs, keys) -> tuple[dict, dict]:
         """Per quantizer key, on one call: its input in the float model and its output in the sim."""
         from lowbit.torch.quantizer_values import quantizer_values
