@@ -89,6 +89,19 @@ def test_fixed_ranges_train_only_the_weights(setting):
     assert not torch.equal(sim.model.get_submodule("conv1").layer.weight, weight)
 
 
+def test_range_learning_keeps_adarounds_weight_grids(setting):
+    """AdaRound chose each weight's rounding on its frozen grid, which a learned scale would re-round: range learning
+    leaves those scales and learns the others."""
+    model, data, _ = setting
+    sim = lowbit.quantize(model, data[:2], target="w4a8", techniques=("adaround",))
+    before = {key: q.encoding.scale.clone() for key, q in sim.quantizers().items()}
+    frozen = {key for key, q in sim.quantizers().items() if q.frozen_by == "adaround"}
+    lowbit.qat(sim, data[:2], steps=3, lr=1e-3)
+    assert frozen and all(torch.equal(sim.quantizers()[key].encoding.scale, before[key]) for key in frozen)
+    assert any(not torch.equal(q.encoding.scale, before[key]) for key, q in sim.quantizers().items()
+               if key not in frozen)
+
+
 def test_a_labelled_loss_sees_the_batch_as_given(setting):
     model, data, _ = setting
     sim = lowbit.quantize(model, data[:2], target="w4a8")

@@ -41,8 +41,9 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
         exact_forward: bool = False, keep_best: bool = False) -> TrainingResult:
     """Train a calibrated ``QuantSim`` in place for ``steps`` batches (or ``epochs`` passes over ``data``); returns
     the result (``history``, ``seconds``). Loss: ``loss(outputs, batch)``, or distillation from ``teacher`` (default:
-    the sim's float model). ``range_learning`` trains scales and zero points (LSQ); BatchNorms (a sim built with
-    ``fold_batchnorm=False``) train on batch statistics, are re-estimated, then folded into the weights and scales.
+    the sim's float model). ``range_learning`` trains scales and zero points (LSQ; weight scales AdaRound froze
+    stay); BatchNorms (a sim built with ``fold_batchnorm=False``) train on batch statistics, are re-estimated, then
+    folded into the weights and scales.
     A sim of a peft LoRA model trains only its running adapter (weights and ranges) on the frozen quantized base.
     Training steps fake-quantize (``exact_forward=True``: the exact integer emulation, slower); evaluation is exact.
     ``keep_best``: the sim keeps the state that agreed best with the teacher on ``eval_data`` (the start included)."""
@@ -61,8 +62,8 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
     keys = set(adapter_keys(sim)) if sim.adapters is not None else set(sim.quantizers())
-    learning = {k: q for k, q in sim.quantizers().items() if q.mode == "quantize" and k in keys} if range_learning \
-        else {}
+    learning = {k: q for k, q in sim.quantizers().items()
+                if q.mode == "quantize" and k in keys and q.frozen_by != "adaround"} if range_learning else {}
     sim.learn_ranges(True, keys=learning)
     ranges = {id(p) for q in learning.values() for p in q.parameters()}
     weights = adapter_parameters(sim) if sim.adapters is not None else list(sim.model.parameters())
