@@ -100,6 +100,10 @@ def test_range_learning_keeps_adarounds_weight_grids(setting):
     assert frozen and all(torch.equal(sim.quantizers()[key].encoding.scale, before[key]) for key in frozen)
     assert any(not torch.equal(q.encoding.scale, before[key]) for key, q in sim.quantizers().items()
                if key not in frozen)
+    sim.learn_ranges()  # a training loop of the user's own: the same rule
+    assert not any(sim.quantizers()[key].learning for key in frozen)
+    assert any(q.learning for key, q in sim.quantizers().items() if key not in frozen)
+    sim.learn_ranges(False)
 
 
 def test_a_labelled_loss_sees_the_batch_as_given(setting):

@@ -141,10 +141,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
     def learn_ranges(self, enabled: bool = True, keys=None) -> "QuantSim":
         """Make every active quantizer's (or those of ``keys``) scale and zero point trainable (they join
         ``sim.parameters()``), or fix them again at their learned values; see :meth:`Quantizer.learn_ranges`.
-        A grid after a ReLU, ReLU6 or clamp stays inside its range, as onnxruntime's fused kernels need."""
+        A grid after a ReLU, ReLU6 or clamp stays inside its range, as onnxruntime's fused kernels need. Weight
+        scales AdaRound froze stay fixed: a moved scale would re-round every weight it chose a rounding for."""
         points = {point.key: point for point in self.points}
         for key, quantizer in self._quantizers.items():
-            if quantizer.mode == "quantize" and (keys is None or key in keys):
+            kept = enabled and quantizer.frozen_by == "adaround"
+            if quantizer.mode == "quantize" and (keys is None or key in keys) and not kept:
                 point = points[key]
                 weight = point.role == "weight"
                 quantizer.learn_ranges(enabled, batched=not weight,

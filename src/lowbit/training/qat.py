@@ -62,9 +62,9 @@ def qat(sim, data, steps: int | None = None, epochs: int = 1, lr: float | None =
     batchnorm_pairs(sim)  # a BatchNorm that cannot fold after training stops it before
     teacher = float_model(sim) if teacher is None else teacher
     keys = set(adapter_keys(sim)) if sim.adapters is not None else set(sim.quantizers())
-    learning = {k: q for k, q in sim.quantizers().items()
-                if q.mode == "quantize" and k in keys and q.frozen_by != "adaround"} if range_learning else {}
-    sim.learn_ranges(True, keys=learning)
+    if range_learning:
+        sim.learn_ranges(True, keys=keys)
+    learning = {k: q for k, q in sim.quantizers().items() if k in keys and q.learning} if range_learning else {}
     ranges = {id(p) for q in learning.values() for p in q.parameters()}
     weights = adapter_parameters(sim) if sim.adapters is not None else list(sim.model.parameters())
     groups = [{"params": [p for p in weights if p.requires_grad and id(p) not in ranges], "lr": lr}]
