@@ -1,12 +1,14 @@
 """LoRA adapters on the quantized MobileNetV2: switching cost, accuracy against a fresh calibration, export sizes.
 
-A peft LoRA model (rank 8 on the last 1×1 convolutions and the classifier; adapters with seeded random B, so each
-changes the network's outputs) is quantized at W8A8 with adapter ``a`` on 64 crops. Then adapter ``b`` is loaded
-from peft's ``save_pretrained`` folder, set and calibrated (``calibrate_adapter``, same 64 crops): the median seconds
-of such a switch against a full ``sim.calibrate`` of the same images (of a copy of the sim; alternated, 11 rounds
-each); the base's encodings before and after; top-1 agreement of the switched sim and of a sim calibrated from
-scratch with ``b`` with the float model running ``b`` (bench_ptq's 512 held-out images); and the size of one
-adapter's export against the base's.
+For each placement (rank 8 on the last blocks' 1×1 convolutions and the classifier, as the example trains them; on
+the last convolution and the classifier only), a peft LoRA model (adapters with seeded random B, so each changes the
+network's outputs) is quantized at W8A8 with adapter ``a`` on 64 crops. Then adapter ``b`` is loaded from peft's
+``save_pretrained`` folder, set and calibrated (``calibrate_adapter``, same 64 crops): the median seconds of such a
+switch against a full ``sim.calibrate`` of the same images (of a copy of the sim) and against the float floor of a
+switch (the peft model's own layers from the first adapted block on, run on that block's inputs: what any
+calibration of the adapter computes at least), alternated, 11 rounds each; the base's encodings before and after;
+top-1 agreement of the switched sim and of a sim calibrated from scratch with ``b`` with the float model running
+``b`` (bench_ptq's 512 held-out images); and the size of one adapter's export against the base's.
 
     .venv/bin/python bench/bench_lora.py
 """
@@ -30,15 +32,18 @@ import lowbit  # noqa: E402
 from lowbit.torch.adapters import adapter_keys  # noqa: E402
 from lowbit.zoo import pretrained_mobilenet_v2  # noqa: E402
 
-ADAPTED = ["features.16.conv.0.0", "features.16.conv.2", "features.17.conv.0.0", "features.17.conv.2",
-           "features.18.0", "classifier.1"]
+PLACEMENTS = {
+    "last 3 blocks + classifier, 6 layers": ["features.16.conv.0.0", "features.16.conv.2", "features.17.conv.0.0",
+                                             "features.17.conv.2", "features.18.0", "classifier.1"],
+    "last conv + classifier, 2 layers": ["features.18.0", "classifier.1"],
+}
 EVALUATION_IMAGES = 512
 ROUNDS = 11
 
 
-def lora_model():
+def lora_model(adapted: list[str]):
     torch.manual_seed(0)  # peft draws lora_A at random
-    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=ADAPTED, lora_dropout=0.0)
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=adapted, lora_dropout=0.0)
     model = peft.get_peft_model(pretrained_mobilenet_v2().eval(), config, adapter_name="a")
     model.add_adapter("b", config)
     generator = torch.Generator().manual_seed(0)
@@ -49,13 +54,13 @@ def lora_model():
     return model.eval()
 
 
-def switch_and_calibrate_seconds(sim, folder: Path, calib, rounds: int = ROUNDS) -> tuple[float, float, float]:
+def switch_and_calibrate_seconds(sim, folder: Path, calib, floor, rounds: int = ROUNDS) -> tuple[float, ...]:
     """Median seconds of a full ``sim.calibrate``, of the first switch (load_adapter + set_adapter +
-    calibrate_adapter of a new adapter: the base's part runs) and of later switches on the same images (the
-    base's part is reused), full calibrations and switches alternated so machine noise hits both alike. The full
-    calibrations run on a copy: between a deployed sim's switches nothing recalibrates its base."""
+    calibrate_adapter of a new adapter: the base's part runs), of later switches on the same images (the base's
+    part is reused) and of ``floor``, alternated so machine noise hits all alike. The full calibrations run on a
+    copy: between a deployed sim's switches nothing recalibrates its base."""
     calibrated = copy.deepcopy(sim)
-    calibrate, switch = [], []
+    calibrate, switch, floors = [], [], []
     for index in range(rounds):
         start = time.perf_counter()
         calibrated.calibrate(calib)
@@ -63,18 +68,34 @@ def switch_and_calibrate_seconds(sim, folder: Path, calib, rounds: int = ROUNDS)
         start = time.perf_counter()
         sim.load_adapter(folder, f"b{index}").set_adapter(f"b{index}").calibrate_adapter(calib)
         switch.append(time.perf_counter() - start)
-    return statistics.median(calibrate), switch[0], statistics.median(switch[1:])
+        start = time.perf_counter()
+        floor()
+        floors.append(time.perf_counter() - start)
+    return statistics.median(calibrate), switch[0], statistics.median(switch[1:]), statistics.median(floors)
+
+
+def float_tail_run(model, calib, first_block: int):
+    """A call running the float peft model's layers from the first adapted block on, over the calibration batches'
+    inputs to that block: the work left after the base's kept part, with no sim around it."""
+    network = model.get_base_model()
+    with torch.no_grad():
+        inputs = [network.features[:first_block](x) for x in calib]
+
+    def run() -> None:
+        with torch.no_grad():
+            for x in inputs:
+                pooled = torch.nn.functional.adaptive_avg_pool2d(network.features[first_block:](x), (1, 1))
+                network.classifier(torch.flatten(pooled, 1))
+    return run
 
 
 def agreement(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     return float((outputs.argmax(1) == reference.argmax(1)).float().mean())
 
 
-def main() -> None:
-    _common.setup_threads()
-    calib = _common.calibration_batches(n_images=64)
-    evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - 20)
-    model = lora_model()
+def measure(adapted: list[str], calib, evals) -> dict:
+    """One placement's figures (see the module docstring)."""
+    model = lora_model(adapted)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model.save_pretrained(folder / "saved", selected_adapters=["b"])
@@ -98,23 +119,35 @@ def main() -> None:
             reference = torch.cat([only_b(x) for x in evals])
             switched = agreement(torch.cat([sim(x) for x in evals]), reference)
             scratch = agreement(torch.cat([fresh(x) for x in evals]), reference)
-        calibrate_seconds, first_switch, switch_seconds = switch_and_calibrate_seconds(timing, folder / "saved" / "b",
-                                                                                       calib)
-    row = {"quantize_seconds": quantize_seconds, "calibrate_seconds": calibrate_seconds,
-           "first_switch_seconds": first_switch, "switch_seconds": switch_seconds, "switch_over_calibrate": switch_seconds / calibrate_seconds,
-           "base_encodings_unchanged": unchanged, "agreement_switched": switched, "agreement_fresh": scratch,
-           "adapter_export_bytes": adapter_bytes, "base_export_bytes": base_bytes,
-           "adapter_over_base": adapter_bytes / base_bytes}
-    _common.print_table(["adapter b (W8A8)", "first switch s", "switch s (load + calibrate_adapter, 64 images)",
-                         "sim.calibrate s",
-                         "switch / calibrate", "switch / lowbit.quantize", "base encodings", "agreement switched", "agreement fresh sim",
-                         "adapter export / base export"],
-                        [["MobileNetV2, rank 8, 6 layers", f"{first_switch:.2f}", f"{switch_seconds:.2f}", f"{calibrate_seconds:.2f}",
-                          f"{row['switch_over_calibrate']:.2f}", f"{switch_seconds / quantize_seconds:.2f}", "unchanged" if unchanged else "**changed**",
-                          f"{switched:.1%}", f"{scratch:.1%}",
-                          f"{adapter_bytes / 1024:.0f} KiB / {base_bytes / 2**20:.1f} MiB = {row['adapter_over_base']:.1%}"]])
+        model.set_adapter("b")
+        first_block = int(adapted[0].split(".")[1])
+        calibrate_seconds, first_switch, switch_seconds, float_tail = switch_and_calibrate_seconds(
+            timing, folder / "saved" / "b", calib, float_tail_run(model, calib, first_block))
+    return {"adapted_layers": adapted, "quantize_seconds": quantize_seconds, "calibrate_seconds": calibrate_seconds,
+            "first_switch_seconds": first_switch, "switch_seconds": switch_seconds,
+            "switch_over_calibrate": switch_seconds / calibrate_seconds, "float_tail_seconds": float_tail,
+            "float_tail_over_calibrate": float_tail / calibrate_seconds, "base_encodings_unchanged": unchanged,
+            "agreement_switched": switched, "agreement_fresh": scratch, "adapter_export_bytes": adapter_bytes,
+            "base_export_bytes": base_bytes, "adapter_over_base": adapter_bytes / base_bytes}
+
+
+def main() -> None:
+    _common.setup_threads()
+    calib = _common.calibration_batches(n_images=64)
+    evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - 20)
+    rows = {label: measure(adapted, calib, evals) for label, adapted in PLACEMENTS.items()}
+    _common.print_table(["adapters b (rank 8, W8A8)", "first switch s", "switch s (load + calibrate_adapter)",
+                         "sim.calibrate s", "switch / calibrate", "float tail / calibrate", "switch / lowbit.quantize",
+                         "base encodings", "agreement switched", "agreement fresh sim", "adapter export / base export"],
+                        [[label, f"{r['first_switch_seconds']:.2f}", f"{r['switch_seconds']:.3f}",
+                          f"{r['calibrate_seconds']:.2f}", f"{r['switch_over_calibrate']:.3f}",
+                          f"{r['float_tail_over_calibrate']:.3f}", f"{r['switch_seconds'] / r['quantize_seconds']:.3f}",
+                          "unchanged" if r["base_encodings_unchanged"] else "**changed**",
+                          f"{r['agreement_switched']:.1%}", f"{r['agreement_fresh']:.1%}",
+                          f"{r['adapter_export_bytes'] / 1024:.0f} KiB / {r['base_export_bytes'] / 2**20:.1f} MiB = "
+                          f"{r['adapter_over_base']:.1%}"] for label, r in rows.items()])
     path = _common.write_results("bench_lora", {"evaluation_images": EVALUATION_IMAGES, "calibration_images": 64,
-                                                "adapted_layers": ADAPTED, "rank": 8, **row})
+                                                "rank": 8, "placements": rows})
     print(f"\nwrote {path}")
 
 

@@ -95,6 +95,8 @@ def _read_before(model: nn.Module, batches: list, before: list[fx.Node],
         if isinstance(value, torch.Tensor):
             read.append(value)
         elif isinstance(value, nn.Module) and value not in adapter_quantizers:
-            read.extend(itertools.chain(value.parameters(), value.buffers()))
-            modes.extend(m.mode for m in value.modules() if isinstance(m, Quantizer))
+            for module in value.modules():  # each module's own tensors, read directly: this runs on every switch
+                read.extend(t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None)
+                if isinstance(module, Quantizer):
+                    modes.append(module.mode)
     return read, ",".join(modes)
