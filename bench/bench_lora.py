@@ -1,13 +1,13 @@
 """LoRA adapters on the quantized MobileNetV2: switching cost, accuracy against a fresh calibration, export sizes.
 
 For each placement (rank 8 on the last blocks' 1×1 convolutions and the classifier, as the example trains them; on
-the last convolution and the classifier only), a peft LoRA model (adapters with seeded random B, so each changes the
-network's outputs) is quantized at W8A8 with adapter ``a`` on 64 crops. Then adapter ``b`` is loaded from peft's
-``save_pretrained`` folder, set and calibrated (``calibrate_adapter``, same 64 crops): the median seconds of such a
-switch against a full ``sim.calibrate`` of the same images (of a copy of the sim) and against the float floor of a
-switch (the peft model's own layers from the first adapted block on, run on that block's inputs: what any
-calibration of the adapter computes at least), alternated, 11 rounds each; the base's encodings before and after;
-top-1 agreement of the switched sim and of a sim calibrated from scratch with ``b`` with the float model running
+the last convolution and the classifier only), a peft LoRA model with adapters ``a`` and ``b`` (seeded random B, so
+each changes the network's outputs) is quantized at W8A8 on 64 crops (the base's ranges cover both). Then adapter
+``b`` is loaded again from peft's ``save_pretrained`` folder, set and calibrated (``calibrate_adapter``, same 64
+crops): the median seconds of such a switch against a full ``sim.calibrate`` of the same images (of a sim of the
+model with ``b`` alone) and against the float floor of a switch (the peft model's own layers from the first adapted
+block on, run on that block's inputs: what any calibration of the adapter computes at least), alternated, 11 rounds
+each; the base's encodings before and after; top-1 agreement of the switched sim and of a sim of the model with ``b`` alone with the float model running
 ``b`` (bench_ptq's 512 held-out images); and the size of one adapter's export against the base's.
 
     .venv/bin/python bench/bench_lora.py
@@ -54,16 +54,14 @@ def lora_model(adapted: list[str]):
     return model.eval()
 
 
-def switch_and_calibrate_seconds(sim, folder: Path, calib, floor, rounds: int = ROUNDS) -> tuple[float, ...]:
-    """Median seconds of a full ``sim.calibrate``, of the first switch (load_adapter + set_adapter +
-    calibrate_adapter of a new adapter: the base's part runs), of later switches on the same images (the base's
-    part is reused) and of ``floor``, alternated so machine noise hits all alike. The full calibrations run on a
-    copy: between a deployed sim's switches nothing recalibrates its base."""
-    calibrated = copy.deepcopy(sim)
+def switch_and_calibrate_seconds(sim, single, folder: Path, calib, floor, rounds: int = ROUNDS) -> tuple[float, ...]:
+    """Median seconds of a full calibration of ``single`` (a sim with one adapter), of the first switch of ``sim``
+    (load_adapter + set_adapter + calibrate_adapter of a new adapter: the base's part runs), of later switches on the
+    same images (the base's part is reused) and of ``floor``, alternated so machine noise hits all alike."""
     calibrate, switch, floors = [], [], []
     for index in range(rounds):
         start = time.perf_counter()
-        calibrated.calibrate(calib)
+        single.calibrate(calib)
         calibrate.append(time.perf_counter() - start)
         start = time.perf_counter()
         sim.load_adapter(folder, f"b{index}").set_adapter(f"b{index}").calibrate_adapter(calib)
@@ -114,6 +112,7 @@ def measure(adapted: list[str], calib, evals) -> dict:
         base_bytes = sum(p.stat().st_size for p in base_paths)
         only_b = copy.deepcopy(model)
         only_b.set_adapter("b")
+        only_b.delete_adapter("a")
         fresh = lowbit.quantize(only_b, calib, target="default")
         with torch.no_grad():
             reference = torch.cat([only_b(x) for x in evals])
@@ -122,7 +121,7 @@ def measure(adapted: list[str], calib, evals) -> dict:
         model.set_adapter("b")
         first_block = int(adapted[0].split(".")[1])
         calibrate_seconds, first_switch, switch_seconds, float_tail = switch_and_calibrate_seconds(
-            timing, folder / "saved" / "b", calib, float_tail_run(model, calib, first_block))
+            timing, fresh, folder / "saved" / "b", calib, float_tail_run(model, calib, first_block))
     return {"adapted_layers": adapted, "quantize_seconds": quantize_seconds, "calibrate_seconds": calibrate_seconds,
             "first_switch_seconds": first_switch, "switch_seconds": switch_seconds,
             "switch_over_calibrate": switch_seconds / calibrate_seconds, "float_tail_seconds": float_tail,

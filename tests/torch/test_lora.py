@@ -63,24 +63,53 @@ def test_sim_of_a_lora_model_runs_as_onnxruntime(two_adapters, calibration_batch
     assert fidelity.top1_agreement == 1.0 and fidelity.max_error_lsb <= 1.0
 
 
+def alone(peft_model, name: str, other: str):
+    """A copy of the two-adapter model with adapter ``name`` only."""
+    only = copy.deepcopy(peft_model)
+    only.set_adapter(name)
+    only.delete_adapter(other)
+    return only
+
+
 def test_switching_keeps_the_base_and_matches_a_fresh_calibration(two_adapters, calibration_batches, eval_batches):
     sim = lowbit.quantize(two_adapters, calibration_batches)
     adapter = set(adapter_keys(sim))
     base = encodings(sim, [k for k in sim.quantizers() if k not in adapter])
     with torch.no_grad():
         outputs_a = sim(eval_batches[0])
-    sim.set_adapter("b")
-    with pytest.raises(NotCalibratedError):
-        sim(eval_batches[0])
+    calibrated_b = encodings(sim.set_adapter("b"), adapter)
     sim.calibrate_adapter(calibration_batches)
     assert same(encodings(sim, base), base)
-    only_b = copy.deepcopy(two_adapters)
-    only_b.set_adapter("b")
-    fresh = lowbit.quantize(only_b, calibration_batches)
+    assert same(encodings(sim, adapter), calibrated_b)
+    fresh = lowbit.quantize(alone(two_adapters, "b", "a"), calibration_batches)
     assert same(encodings(sim, adapter), encodings(fresh, adapter))
     sim.set_adapter("a")
     with torch.no_grad():
         assert torch.equal(sim(eval_batches[0]), outputs_a)
+    sim.load_adapter(peft.get_peft_model_state_dict(two_adapters, adapter_name="b"), "loaded").set_adapter("loaded")
+    with pytest.raises(NotCalibratedError):
+        sim(eval_batches[0])
+
+
+def test_calibration_covers_every_adapter(two_adapters, calibration_batches):
+    """With several adapters, the base's min-max ranges span each adapter's (a sim calibrated with that adapter
+    alone) and each adapter's encodings are that sim's."""
+    sim = lowbit.quantize(two_adapters, calibration_batches)
+    adapter = set(adapter_keys(sim))
+    fresh = {name: lowbit.quantize(alone(two_adapters, name, other), calibration_batches)
+             for name, other in (("a", "b"), ("b", "a"))}
+    for name, single in fresh.items():
+        assert same(encodings(sim.set_adapter(name), adapter), encodings(single, adapter))
+    base = [k for k, p in ((p.key, p) for p in sim.points) if k not in adapter and p.role != "weight"]
+    moved = 0
+    for key in base:
+        union, a, b = (s.quantizers()[key].encoding for s in (sim, fresh["a"], fresh["b"]))
+        widest = torch.maximum(a.scale, b.scale)
+        assert bool((union.scale >= widest).all()), key
+        if not (union.offset.any() or a.offset.any() or b.offset.any()):  # [0, max]: the larger maximum's grid
+            assert torch.equal(union.scale, widest), key
+        moved += not torch.equal(a.scale, b.scale)
+    assert moved >= 3
 
 
 def test_adapter_calibration_resumes_where_the_adapters_begin(two_adapters, calibration_batches):
@@ -167,8 +196,9 @@ def test_bad_adapters_are_one_line(two_adapters, calibration_batches, mobilenet,
     other_layers = peft.get_peft_model(copy.deepcopy(mobilenet), peft.LoraConfig(r=4, target_modules=ADAPTED[:2]))
     with pytest.raises(SpecError, match="does not adapt"):
         sim.load_adapter(peft.get_peft_model_state_dict(other_layers), "partial")
+    sim.load_adapter(peft.get_peft_model_state_dict(two_adapters, adapter_name="b"), "loaded")
     with pytest.raises(NotCalibratedError, match="has no encodings"):
-        sim.export_adapter(tmp_path, "b")
+        sim.export_adapter(tmp_path, "loaded")
     with pytest.raises(SpecError, match="no LoRA adapters"):
         lowbit.quantize(mobilenet, calibration_batches[:1]).set_adapter("a")
     assert not list(tmp_path.iterdir())

@@ -15,7 +15,8 @@ from lowbit.errors import InputError, NotCalibratedError, SpecError
 from lowbit.qdq.files import quantizer_args
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.encodings_file import write_encodings
-from lowbit.torch.adapter_prefix import AdapterPrefix, run_adapter_part
+from lowbit.distributed import pool_estimators
+from lowbit.torch.adapter_prefix import AdapterPrefix, run_adapter_part, worth_keeping
 from lowbit.torch.lora import AdaptedLayer
 from lowbit.torch.weight_quantized import WeightQuantized
 
@@ -75,7 +76,7 @@ def adapter_keys(sim) -> list[str]:
     """The keys of the quantizers that belong to the running adapter: its weights, the outputs of its layers, and
     the quantizer of each adapted layer's sum base(x) + up(down(x)) (its range follows the adapter)."""
     bank = _bank(sim)
-    modules = {f"{path}.{part}" for path in bank.layers for part in PARTS}
+    modules = _adapter_modules(bank)
     calls = [n for n in sim.model.graph.nodes if n.op == "call_module" and n.target in modules]
     by_module = {id(q): k for k, q in sim._quantizers.items()}
     sums = {by_module[id(q)] for n in calls if n.target.endswith(".up") and (q := _quantizer_after_sum(sim.model, n))}
@@ -114,10 +115,7 @@ def set_adapter(sim, name: str) -> None:
     keys = adapter_keys(sim)
     bank.weights[bank.active] = live_tensors(sim)  # as trained, if it was
     bank.encodings[bank.active] = {k: sim._quantizers[k].encoding for k in keys}
-    with torch.no_grad():
-        for path, layer_tensors in tensors.items():
-            for tensor_name, value in layer_tensors.items():
-                _tensor(sim, path, tensor_name).copy_(value)
+    _write_tensors(sim, tensors)
     bank.active = name
     stored = bank.encodings.get(name)
     for key in keys:
@@ -126,6 +124,14 @@ def set_adapter(sim, name: str) -> None:
         if stored:
             quantizer.encoding, quantizer.mode = stored[key], "quantize"
     sim.encodings_changed()
+
+
+def _write_tensors(sim, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Copy an adapter's tensors (layer path → tensor name → tensor) into the sim's adapter layers."""
+    with torch.no_grad():
+        for path, layer_tensors in tensors.items():
+            for tensor_name, value in layer_tensors.items():
+                _tensor(sim, path, tensor_name).copy_(value)
 
 
 def live_tensors(sim) -> dict[str, dict[str, torch.Tensor]]:
@@ -190,17 +196,60 @@ def calibrate_adapter(sim, data, transform=None, num_batches: int | None = None)
             quantizer.mode = "off"
         for quantizer in activations.values():
             quantizer.start_calibration()
-        modules = {f"{path}.{part}" for path in bank.layers for part in PARTS}
-        bank.prefix = run_adapter_part(sim, data, transform, num_batches, modules,
-                                       {sim._quantizers[k] for k in keys}, bank.prefix)
-        for key, quantizer in activations.items():
-            if quantizer.estimator.batches == 0:
-                raise NotCalibratedError(f"quantizer {key!r} saw no data while calibrating the adapter")
-            quantizer.finish_calibration(constraints=sim.point(key).constraints)
+        bank.prefix = worth_keeping(run_adapter_part(sim, data, transform, num_batches, _adapter_modules(bank),
+                                                     {sim._quantizers[k] for k in keys}, bank.prefix))
+        _finish(sim, activations)
     finally:
         for key, quantizer in base.items():
             quantizer.mode = modes[key]
     sim.encodings_changed()
+
+
+def observe_every_adapter(sim, data, transform) -> None:
+    """The data passes of a full calibration of a sim with several adapters: the running adapter's, in which every
+    activation quantizer observes, then one per other adapter from where the adapters begin, in which the base's
+    quantizers after them observe again (their ranges cover every adapter) and that adapter's quantizers get its
+    own encodings. The base's part runs once; the caller finishes the base's and the running adapter's quantizers."""
+    bank = _bank(sim)
+    batches = list(data)
+    keys = adapter_keys(sim)
+    weights = [k for k in keys if sim.point(k).role == "weight"]
+    activations = {k: sim._quantizers[k] for k in keys if k not in weights}
+    modules, quantizers = _adapter_modules(bank), {sim._quantizers[k] for k in keys}
+    kept = run_adapter_part(sim, batches, transform, None, modules, quantizers, None, "calibrate")
+    running = {k: sim._quantizers[k].encoding for k in weights}, live_tensors(sim)
+    observed = {k: q.estimator for k, q in activations.items()}
+    try:
+        for name in [n for n in bank.weights if n != bank.active]:
+            _write_tensors(sim, bank.weights[name])
+            for key in weights:
+                sim.calibrate_weight(key)
+            for quantizer in activations.values():
+                quantizer.start_calibration()
+            kept = run_adapter_part(sim, batches, transform, None, modules, quantizers, kept,
+                                    f"calibrate adapter {name!r}")
+            pool_estimators(activations)
+            _finish(sim, activations)
+            bank.encodings[name] = {k: sim._quantizers[k].encoding for k in keys}
+    finally:
+        _write_tensors(sim, running[1])
+        for key, encoding in running[0].items():
+            sim._quantizers[key].encoding = encoding
+        for key, quantizer in activations.items():
+            quantizer.estimator, quantizer.mode = observed[key], "calibrate"
+
+
+def _finish(sim, activations: dict[str, Quantizer]) -> None:
+    """Encodings of the adapter's activation quantizers from what they observed."""
+    for key, quantizer in activations.items():
+        if quantizer.estimator.batches == 0:
+            raise NotCalibratedError(f"quantizer {key!r} saw no data while calibrating the adapter")
+        quantizer.finish_calibration(constraints=sim.point(key).constraints)
+
+
+def _adapter_modules(bank: AdapterBank) -> set[str]:
+    """The sim's module paths of every adapter layer's down and up parts."""
+    return {f"{path}.{part}" for path in bank.layers for part in PARTS}
 
 
 def load_adapter(sim, source, name: str, scaling: float | None = None) -> None:

@@ -110,7 +110,8 @@ class QuantSim(PlannedQuantizers, nn.Module):
         return self.model(*args, **kwargs)
 
     def calibrate(self, data, transform=None, num_batches: int | None = None) -> "QuantSim":
-        """Compute every encoding: weights from their values, activations from ``data`` batches."""
+        """Compute every encoding: weights from their values, activations from ``data`` batches. With several LoRA
+        adapters, the base's ranges cover every adapter and each adapter gets its own encodings."""
         start = time.perf_counter()
         check_ranks(self.structure, self._device())
         self.calibrate_weights()
@@ -118,8 +119,12 @@ class QuantSim(PlannedQuantizers, nn.Module):
         for quantizer in activations.values():
             quantizer.start_calibration()
         try:
-            self.stream(shard(data if num_batches is None else itertools.islice(data, num_batches)), transform,
-                        None, "calibrate")
+            batches = shard(data if num_batches is None else itertools.islice(data, num_batches))
+            if self.adapters is not None and len(self.adapters.weights) > 1 and self.capture_mode == "fx":
+                from lowbit.torch.adapters import observe_every_adapter
+                observe_every_adapter(self, batches, transform)
+            else:
+                self.stream(batches, transform, None, "calibrate")
             pool_estimators(activations)
             for key, quantizer in activations.items():
                 if quantizer.estimator.batches == 0:
