@@ -51,27 +51,27 @@ class AdapterPrefix:
 
 
 def run_adapter_part(sim, data, transform, num_batches: int | None, adapter_modules: set[str],
-                     adapter_quantizers: set[nn.Module], kept: AdapterPrefix | None,
-                     description: str = "calibrate adapter") -> AdapterPrefix:
+                     adapter_quantizers: set[nn.Module], kept: AdapterPrefix | None) -> AdapterPrefix | None:
     """Run every batch of ``data`` through the sim, resuming from ``kept`` when it was paused on the same batches
-    and base; returns the paused runs (:func:`worth_keeping` says whether to hold them for later calls)."""
+    and base; returns the paused runs to keep (None: too large to keep)."""
     check_data_arguments(data, num_batches)
     batches = [item if transform is None else transform(item) for item in itertools.islice(data, num_batches)]
     nodes = list(sim.model.graph.nodes)
-    pause = next(i for i, node in enumerate(nodes) if node.op == "call_module" and node.target in adapter_modules)
+    pause = adapter_pause(sim.model, adapter_modules)
     read, modes = _read_before(sim.model, batches, nodes[:pause], adapter_quantizers)
     if kept is None or not kept.matches(read, modes):  # checked and laid out only when they run
         calls = list(sim_calls(batches, None, None, sim._device()))
-        kept = AdapterPrefix.of(read, modes, _paused_runs(sim.model, calls, pause, description))
-    for count, cursor in enumerate(progress(kept.cursors, description)):
+        kept = AdapterPrefix.of(read, modes, _paused_runs(sim.model, calls, pause))
+    for count, cursor in enumerate(progress(kept.cursors, "calibrate adapter")):
         with batch_errors(count):
             cursor.fork().finish()
-    return kept
-
-
-def worth_keeping(kept: AdapterPrefix) -> AdapterPrefix | None:
-    """``kept`` when it is small enough to hold between calls, else None."""
     return kept if kept.bytes() <= MAX_KEPT_BYTES else None
+
+
+def adapter_pause(model: fx.GraphModule, adapter_modules: set[str]) -> int:
+    """Index of the first graph node that calls an adapter module: where the base's part of a run ends."""
+    return next(i for i, node in enumerate(model.graph.nodes)
+                if node.op == "call_module" and node.target in adapter_modules)
 
 
 def _unchanged(tensor: torch.Tensor, seen: tuple) -> bool:
@@ -80,10 +80,10 @@ def _unchanged(tensor: torch.Tensor, seen: tuple) -> bool:
     return reference() is tensor and tensor._version == version and tensor.data_ptr() == pointer
 
 
-def _paused_runs(model: nn.Module, calls: list, pause: int, description: str) -> list[GraphCursor]:
+def _paused_runs(model: nn.Module, calls: list, pause: int) -> list[GraphCursor]:
     """One run per call, paused before graph node ``pause`` (the first that calls an adapter module)."""
     cursors = []
-    for count, (args, kwargs) in enumerate(progress(calls, f"{description}: base part")):
+    for count, (args, kwargs) in enumerate(progress(calls, "calibrate adapter: base part")):
         cursors.append(GraphCursor(model, args, kwargs))
         with batch_errors(count):
             cursors[-1].run_to(pause)

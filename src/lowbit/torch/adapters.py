@@ -11,12 +11,16 @@ import torch
 from torch import nn
 
 from lowbit.atomic import atomic_write_bytes
+from lowbit.data import batch_count
 from lowbit.errors import InputError, NotCalibratedError, SpecError
 from lowbit.qdq.files import quantizer_args
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.encodings_file import write_encodings
 from lowbit.distributed import pool_estimators
-from lowbit.torch.adapter_prefix import AdapterPrefix, run_adapter_part, worth_keeping
+from lowbit.progress import progress
+from lowbit.torch.adapter_prefix import AdapterPrefix, adapter_pause, run_adapter_part
+from lowbit.torch.graph_cursor import GraphCursor
+from lowbit.torch.sim_calls import batch_errors, sim_calls
 from lowbit.torch.lora import AdaptedLayer
 from lowbit.torch.weight_quantized import WeightQuantized
 
@@ -196,8 +200,8 @@ def calibrate_adapter(sim, data, transform=None, num_batches: int | None = None)
             quantizer.mode = "off"
         for quantizer in activations.values():
             quantizer.start_calibration()
-        bank.prefix = worth_keeping(run_adapter_part(sim, data, transform, num_batches, _adapter_modules(bank),
-                                                     {sim._quantizers[k] for k in keys}, bank.prefix))
+        bank.prefix = run_adapter_part(sim, data, transform, num_batches, _adapter_modules(bank),
+                                       {sim._quantizers[k] for k in keys}, bank.prefix)
         _finish(sim, activations)
     finally:
         for key, quantizer in base.items():
@@ -206,37 +210,60 @@ def calibrate_adapter(sim, data, transform=None, num_batches: int | None = None)
 
 
 def observe_every_adapter(sim, data, transform) -> None:
-    """The data passes of a full calibration of a sim with several adapters: the running adapter's, in which every
-    activation quantizer observes, then one per other adapter from where the adapters begin, in which the base's
-    quantizers after them observe again (their ranges cover every adapter) and that adapter's quantizers get its
-    own encodings. The base's part runs once; the caller finishes the base's and the running adapter's quantizers."""
+    """The data pass of a full calibration of a sim with several adapters: each batch runs the base's part once,
+    then the rest once per adapter, every activation quantizer observing (the base's after the adapters see every
+    adapter; each adapter's see its own). Other adapters get their encodings here; the caller finishes the base's
+    and the running adapter's quantizers."""
     bank = _bank(sim)
-    batches = list(data)
     keys = adapter_keys(sim)
     weights = [k for k in keys if sim.point(k).role == "weight"]
     activations = {k: sim._quantizers[k] for k in keys if k not in weights}
-    modules, quantizers = _adapter_modules(bank), {sim._quantizers[k] for k in keys}
-    kept = run_adapter_part(sim, batches, transform, None, modules, quantizers, None, "calibrate")
-    running = {k: sim._quantizers[k].encoding for k in weights}, live_tensors(sim)
-    observed = {k: q.estimator for k, q in activations.items()}
+    states = {bank.active: _AdapterState(live_tensors(sim), {k: sim._quantizers[k].encoding for k in weights},
+                                         {k: q.estimator for k, q in activations.items()})}
+    for name in (n for n in bank.weights if n != bank.active):
+        _write_tensors(sim, bank.weights[name])
+        for key in weights:
+            sim.calibrate_weight(key)
+        for quantizer in activations.values():
+            quantizer.start_calibration()
+        states[name] = _AdapterState(bank.weights[name], {k: sim._quantizers[k].encoding for k in weights},
+                                     {k: q.estimator for k, q in activations.items()})
+    pause = adapter_pause(sim.model, _adapter_modules(bank))
     try:
-        for name in [n for n in bank.weights if n != bank.active]:
-            _write_tensors(sim, bank.weights[name])
-            for key in weights:
-                sim.calibrate_weight(key)
-            for quantizer in activations.values():
-                quantizer.start_calibration()
-            kept = run_adapter_part(sim, batches, transform, None, modules, quantizers, kept,
-                                    f"calibrate adapter {name!r}")
-            pool_estimators(activations)
-            _finish(sim, activations)
-            bank.encodings[name] = {k: sim._quantizers[k].encoding for k in keys}
+        calls = sim_calls(data, transform, None, sim._device())
+        for count, (args, kwargs) in enumerate(progress(calls, f"calibrate ({len(states)} adapters)",
+                                                        batch_count(data, None))):
+            with batch_errors(count):
+                paused = GraphCursor(sim.model, args, kwargs)
+                paused.run_to(pause)
+                for index, state in enumerate(states.values()):
+                    state.use(sim)
+                    (paused if index == len(states) - 1 else paused.fork()).finish()
+        for name, state in states.items():
+            if name != bank.active:
+                state.use(sim)
+                pool_estimators(activations)
+                _finish(sim, activations)
+                bank.encodings[name] = {k: sim._quantizers[k].encoding for k in keys}
     finally:
-        _write_tensors(sim, running[1])
-        for key, encoding in running[0].items():
+        states[bank.active].use(sim)
+
+
+@dataclass
+class _AdapterState:
+    """One adapter's part of a calibration: its layers' tensors, its weight encodings, its activations' estimators."""
+
+    tensors: dict[str, dict[str, torch.Tensor]]
+    weight_encodings: dict
+    estimators: dict
+
+    def use(self, sim) -> None:
+        """Put this adapter's tensors and weight encodings into the sim, its estimators into its quantizers."""
+        _write_tensors(sim, self.tensors)
+        for key, encoding in self.weight_encodings.items():
             sim._quantizers[key].encoding = encoding
-        for key, quantizer in activations.items():
-            quantizer.estimator, quantizer.mode = observed[key], "calibrate"
+        for key, estimator in self.estimators.items():
+            sim._quantizers[key].estimator, sim._quantizers[key].mode = estimator, "calibrate"
 
 
 def _finish(sim, activations: dict[str, Quantizer]) -> None:
