@@ -93,8 +93,10 @@ def test_switching_keeps_the_base_and_matches_a_fresh_calibration(two_adapters, 
 
 def test_calibration_covers_every_adapter(two_adapters, calibration_batches):
     """With several adapters, the base's min-max ranges span each adapter's (a sim calibrated with that adapter
-    alone) and each adapter's encodings are that sim's."""
+    alone) and each adapter's encodings are that sim's; a one-pass iterator of batches gives the same encodings."""
     sim = lowbit.quantize(two_adapters, calibration_batches)
+    once = lowbit.quantize(two_adapters, iter(calibration_batches), example_input=calibration_batches[0])
+    assert same(encodings(once, list(sim.quantizers())), encodings(sim, list(sim.quantizers())))
     adapter = set(adapter_keys(sim))
     fresh = {name: lowbit.quantize(alone(two_adapters, name, other), calibration_batches)
              for name, other in (("a", "b"), ("b", "a"))}
