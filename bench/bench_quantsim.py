@@ -11,6 +11,9 @@
    runs in a fresh subprocess (same data file, same model, one warm-up batch each) so they cannot share
    a peak; the calibration times of 2. come from the same subprocesses. Goal: <= 1.5x.
    The FP32 subprocess runs twice (before and after the schemes); its times/RSS are averaged.
+4. The min-max calibration and the FP32 forward of 2. again, each in a subprocess started with PyTorch's
+   ``THP_MEM_ALLOC_ENABLE=1`` (its CPU allocator then asks Linux for transparent huge pages on large tensors, so
+   the first layers' activations fault in 2 MiB pages instead of 4 KiB ones), against the runs of 2. without it.
 
     .venv/bin/python bench/bench_quantsim.py [--quick]   # --quick: only 1. (forward), nothing written
 """
@@ -105,9 +108,10 @@ def child(mode: str, data_path: str) -> None:
                       "peak_rss_before_timed_mib": rss_before}))
 
 
-def run_child(mode: str, data_path: str) -> dict:
+def run_child(mode: str, data_path: str, huge_pages: bool = False) -> dict:
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"} if huge_pages else None
     out = subprocess.run([sys.executable, __file__, "--child", mode, data_path], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,6 +151,7 @@ def main(quick: bool = False) -> None:
         fp32_runs = [run_child("fp32", data_path)]
         scheme_runs = {s: run_child(s, data_path) for s in SCHEMES}
         fp32_runs.append(run_child("fp32", data_path))
+        huge = {mode: run_child(mode, data_path, huge_pages=True) for mode in ("fp32", "minmax")}
     fp32_s = statistics.mean(r["seconds"] for r in fp32_runs)
     fp32_rss = statistics.mean(r["peak_rss_mib"] for r in fp32_runs)
 
@@ -170,6 +175,10 @@ def main(quick: bool = False) -> None:
         r = scheme_runs[s]["peak_rss_mib"] / fp32_rss
         rows.append([f"peak RSS calibrate {s} / FP32 inference", f"{scheme_runs[s]['peak_rss_mib']:.0f} MiB / "
                      f"{fp32_rss:.0f} MiB", f"{r:.2f}×", "≤ 1.5×", verdict(r, GOALS["rss"])])
+    for mode, label, plain in (("minmax", "calibrate 256 img minmax", scheme_runs["minmax"]["seconds"]),
+                               ("fp32", "FP32 fwd 256 img", fp32_s)):
+        rows.append([f"{label}: THP_MEM_ALLOC_ENABLE=1 / unset", f"{huge[mode]['seconds']:.1f} s / {plain:.1f} s",
+                     f"{huge[mode]['seconds'] / plain:.2f}×", "—", "—"])
     _common.print_table(["measure", "values", "ratio", "goal", "met"], rows)
     path = _common.write_results("bench_quantsim", {
         "model": "mobilenet_v2 (pretrained, 224x224)", "target": "cpu-int8", "batch": 32,
@@ -180,6 +189,9 @@ def main(quick: bool = False) -> None:
         "fp32_inference_runs": fp32_runs, "calibration_runs": scheme_runs,
         "calibration_time_ratio": {s: scheme_runs[s]["seconds"] / fp32_s for s in SCHEMES},
         "peak_rss_ratio": {s: scheme_runs[s]["peak_rss_mib"] / fp32_rss for s in SCHEMES},
+        "huge_pages_runs": huge,
+        "huge_pages_time_ratio": {"minmax": huge["minmax"]["seconds"] / scheme_runs["minmax"]["seconds"],
+                                  "fp32": huge["fp32"]["seconds"] / fp32_s},
         "goals": GOALS, "wall_seconds": time.perf_counter() - start})
     print(f"\nwrote {path}")
 
