@@ -220,16 +220,16 @@ def observe_every_adapter(sim, data, transform) -> None:
     activations = {k: sim._quantizers[k] for k in keys if k not in weights}
     states = {bank.active: _AdapterState(live_tensors(sim), {k: sim._quantizers[k].encoding for k in weights},
                                          {k: q.estimator for k, q in activations.items()})}
-    for name in (n for n in bank.weights if n != bank.active):
-        _write_tensors(sim, bank.weights[name])
-        for key in weights:
-            sim.calibrate_weight(key)
-        for quantizer in activations.values():
-            quantizer.start_calibration()
-        states[name] = _AdapterState(bank.weights[name], {k: sim._quantizers[k].encoding for k in weights},
-                                     {k: q.estimator for k, q in activations.items()})
     pause = adapter_pause(sim.model, _adapter_modules(bank))
     try:
+        for name in (n for n in bank.weights if n != bank.active):
+            _write_tensors(sim, bank.weights[name])
+            for key in weights:
+                sim.calibrate_weight(key)
+            for quantizer in activations.values():
+                quantizer.start_calibration()
+            states[name] = _AdapterState(bank.weights[name], {k: sim._quantizers[k].encoding for k in weights},
+                                         {k: q.estimator for k, q in activations.items()})
         calls = sim_calls(data, transform, None, sim._device())
         for count, (args, kwargs) in enumerate(progress(calls, f"calibrate ({len(states)} adapters)",
                                                         batch_count(data, None))):
