@@ -7,7 +7,8 @@ each changes the network's outputs) is quantized at W8A8 on 64 crops (the base's
 crops): the median seconds of such a switch against a full ``sim.calibrate`` of the same images (of a sim of the
 model with ``b`` alone) and against the float floor of a switch (the peft model's own layers from the first adapted
 block on, run on that block's inputs: what any calibration of the adapter computes at least), alternated, 11 rounds
-each; the base's encodings before and after; top-1 agreement of the switched sim and of a sim of the model with ``b`` alone with the float model running
+each; ``set_adapter`` alone between the adapters the full calibration calibrated; the base's encodings before and
+after; top-1 agreement of the switched sim and of a sim of the model with ``b`` alone with the float model running
 ``b`` (bench_ptq's 512 held-out images); and the size of one adapter's export against the base's.
 
     .venv/bin/python bench/bench_lora.py
@@ -72,6 +73,17 @@ def switch_and_calibrate_seconds(sim, single, folder: Path, calib, floor, rounds
     return statistics.median(calibrate), switch[0], statistics.median(switch[1:]), statistics.median(floors)
 
 
+def set_adapter_seconds(sim, names: list[str], rounds: int = ROUNDS) -> float:
+    """Median seconds of ``sim.set_adapter`` between adapters the full calibration calibrated (ends on names[-1])."""
+    times = []
+    for _ in range(rounds):
+        for name in names:
+            start = time.perf_counter()
+            sim.set_adapter(name)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def float_tail_run(model, calib, first_block: int):
     """A call running the float peft model's layers from the first adapted block on, over the calibration batches'
     inputs to that block: the work left after the base's kept part, with no sim around it."""
@@ -103,6 +115,7 @@ def measure(adapted: list[str], calib, evals) -> dict:
         keys = set(adapter_keys(sim))
         base = {k: q.encoding for k, q in sim.quantizers().items() if k not in keys}
         base_paths = sim.export(folder / "export", "base")
+        set_seconds = set_adapter_seconds(sim, ["b", "a"])
         timing = copy.deepcopy(sim)
         sim.load_adapter(folder / "saved" / "b", "b_loaded").set_adapter("b_loaded").calibrate_adapter(calib)
         unchanged = all(torch.equal(q.encoding.scale, base[k].scale) and torch.equal(q.encoding.offset, base[k].offset)
@@ -123,7 +136,7 @@ def measure(adapted: list[str], calib, evals) -> dict:
         calibrate_seconds, first_switch, switch_seconds, float_tail = switch_and_calibrate_seconds(
             timing, fresh, folder / "saved" / "b", calib, float_tail_run(model, calib, first_block))
     return {"adapted_layers": adapted, "quantize_seconds": quantize_seconds, "calibrate_seconds": calibrate_seconds,
-            "first_switch_seconds": first_switch, "switch_seconds": switch_seconds,
+            "first_switch_seconds": first_switch, "switch_seconds": switch_seconds, "set_adapter_seconds": set_seconds,
             "switch_over_calibrate": switch_seconds / calibrate_seconds, "float_tail_seconds": float_tail,
             "float_tail_over_calibrate": float_tail / calibrate_seconds, "base_encodings_unchanged": unchanged,
             "agreement_switched": switched, "agreement_fresh": scratch, "adapter_export_bytes": adapter_bytes,
@@ -135,10 +148,12 @@ def main() -> None:
     calib = _common.calibration_batches(n_images=64)
     evals, _ = _common.evaluation_batches(n_augmented=EVALUATION_IMAGES - 20)
     rows = {label: measure(adapted, calib, evals) for label, adapted in PLACEMENTS.items()}
-    _common.print_table(["adapters b (rank 8, W8A8)", "first switch s", "switch s (load + calibrate_adapter)",
+    _common.print_table(["adapters b (rank 8, W8A8)", "set_adapter s (calibrated together)", "first switch s",
+                         "switch s (load + calibrate_adapter)",
                          "sim.calibrate s", "switch / calibrate", "float tail / calibrate", "switch / lowbit.quantize",
                          "base encodings", "agreement switched", "agreement fresh sim", "adapter export / base export"],
-                        [[label, f"{r['first_switch_seconds']:.2f}", f"{r['switch_seconds']:.3f}",
+                        [[label, f"{r['set_adapter_seconds']:.4f}", f"{r['first_switch_seconds']:.2f}",
+                          f"{r['switch_seconds']:.3f}",
                           f"{r['calibrate_seconds']:.2f}", f"{r['switch_over_calibrate']:.3f}",
                           f"{r['float_tail_over_calibrate']:.3f}", f"{r['switch_seconds'] / r['quantize_seconds']:.3f}",
                           "unchanged" if r["base_encodings_unchanged"] else "**changed**",
